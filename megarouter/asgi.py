@@ -1,0 +1,9 @@
+import os
+
+from django.core.asgi import get_asgi_application
+
+from megarouter.bootstrap import exit_on_config_error
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "megarouter.settings")
+
+application = exit_on_config_error(get_asgi_application)

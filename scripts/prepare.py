@@ -1,0 +1,82 @@
+"""Gets a fresh checkout ready for ``make run``: migrates, loads the demo, prints how to log in.
+
+Idempotent: running it again changes nothing that is already in place.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "megarouter.settings")
+
+
+def main() -> int:
+    from megarouter.bootstrap import exit_on_config_error
+
+    return exit_on_config_error(_prepare)
+
+
+def _prepare() -> int:
+    import django
+    from django.core.management import call_command, get_commands
+
+    django.setup()
+    from django.conf import settings
+
+    call_command("migrate", interactive=False, verbosity=0)
+    available = get_commands()
+    port = os.environ.get("PORT", "8000")
+    base = f"http://127.0.0.1:{port}"
+    summary: dict[str, object] = {"console": f"{base}/", "api_docs": f"{base}/api/docs/"}
+
+    if "catalog_import" in available:
+        call_command("catalog_import", verbosity=0)
+    if "seed_demo" in available:
+        out = io.StringIO()
+        call_command("seed_demo", json=True, stdout=out)
+        demo = json.loads(out.getvalue())
+        summary.update(demo)
+    else:
+        summary.update(_ensure_admin(Path(settings.DATA_DIR)))
+
+    print("\nMegaRouter is starting.")
+    print(f"  Console:   {summary['console']}")
+    print(f"  API docs:  {summary['api_docs']}")
+    print(f"  Log in as: {summary['admin_username']} / {summary['admin_password']}")
+    if "api_key" in summary:
+        print(f"  Base URL:  {summary.get('base_url', base + '/v1')}")
+        print(f"  API key:   {summary['api_key']}")
+    print("  Stop with Ctrl-C.\n", flush=True)
+    return 0
+
+
+def _ensure_admin(data_dir: Path) -> dict[str, str]:
+    from django.contrib.auth import get_user_model
+
+    username = os.environ.get("MEGAROUTER_ADMIN_USERNAME", "admin")
+    password_file = data_dir / "admin-password"
+    if password_file.exists():
+        password = password_file.read_text().strip()
+    else:
+        password = os.environ.get("MEGAROUTER_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+        password_file.write_text(password + "\n")
+        password_file.chmod(0o600)
+    user_model = get_user_model()
+    user, _ = user_model.objects.get_or_create(
+        username=username, defaults={"is_staff": True, "is_superuser": True}
+    )
+    if not user.check_password(password):
+        user.set_password(password)
+        user.save(update_fields=["password"])
+    return {"admin_username": username, "admin_password": password}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
