@@ -199,3 +199,9 @@ LOGGING = {
         "django.server": {"level": "WARNING"},
     },
 }
+
+# Gateway (/v1/): request body limit and the /metrics scrape token (docs/api.md).
+MEGAROUTER_MAX_BODY_BYTES = env.int(
+    "MEGAROUTER_MAX_BODY_BYTES", 20 * 1024 * 1024, min_value=1024, max_value=1024**3
+)
+MEGAROUTER_METRICS_TOKEN = env.optional_str("MEGAROUTER_METRICS_TOKEN")
