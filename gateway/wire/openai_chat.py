@@ -405,7 +405,7 @@ def render_chat(response: ChatResponse, model_id: str) -> dict[str, Any]:
         message: dict[str, Any] = {
             "role": "assistant",
             "content": choice.message.text() if choice.message.content is not None else None,
-            "refusal": None,
+            "refusal": choice.message.refusal,
         }
         if choice.message.tool_calls:
             message["tool_calls"] = tool_calls_json(choice.message.tool_calls)

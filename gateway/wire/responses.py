@@ -384,9 +384,10 @@ class ResponseShell:
             "tools": self.tools,
             "top_p": self.top_p,
             "truncation": "disabled",
-            "usage": _usage(usage) if usage is not None else None,
             "metadata": self.metadata,
         }
+        if usage is not None:
+            body["usage"] = _usage(usage)
         if self.user is not None:
             body["user"] = self.user
         return body

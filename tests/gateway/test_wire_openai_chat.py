@@ -86,7 +86,10 @@ def test_image_parts_need_vision():
                     "role": "user",
                     "content": [
                         {"type": "text", "text": "what is this"},
-                        {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}},
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "https://x/y.png", "detail": "low"},
+                        },
                     ],
                 }
             ]
@@ -109,12 +112,18 @@ def test_tool_round_trip_messages_and_json_schema():
                     "role": "assistant",
                     "content": None,
                     "tool_calls": [
-                        {"id": "call_1", "type": "function", "function": {"name": "w", "arguments": "{}"}}
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "w", "arguments": "{}"},
+                        }
                     ],
                 },
                 {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
             ],
-            tools=[{"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}],
+            tools=[
+                {"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}
+            ],
             tool_choice={"type": "function", "function": {"name": "w"}},
             response_format={
                 "type": "json_schema",
@@ -172,7 +181,9 @@ def test_bad_input_names_the_parameter(changes, param, fragment):
 
 
 def test_unsupported_content_part_and_store():
-    data = body(messages=[{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}])
+    data = body(
+        messages=[{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]
+    )
     with pytest.raises(UnsupportedParameter) as info:
         parse_chat(data)
     assert info.value.param == "messages[0].content[0].type"
@@ -252,7 +263,11 @@ def test_render_chat_uses_canonical_model_and_full_usage():
                     "content": None,
                     "refusal": None,
                     "tool_calls": [
-                        {"id": "c1", "type": "function", "function": {"name": "w", "arguments": '{"a":1}'}}
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "w", "arguments": '{"a":1}'},
+                        }
                     ],
                 },
                 "finish_reason": "tool_calls",
@@ -284,7 +299,9 @@ def test_render_chunk_with_and_without_usage():
     rendered = render_chunk(chunk, "openai/gpt-5", include_usage=True)
     assert rendered["usage"] is None
     assert rendered["choices"][0]["delta"] == {
-        "tool_calls": [{"index": 0, "id": "t", "type": "function", "function": {"name": "w", "arguments": "{"}}]
+        "tool_calls": [
+            {"index": 0, "id": "t", "type": "function", "function": {"name": "w", "arguments": "{"}}
+        ]
     }
     assert "usage" not in render_chunk(chunk, "openai/gpt-5", include_usage=False)
     assert orjson.loads(orjson.dumps(rendered))["model"] == "openai/gpt-5"
