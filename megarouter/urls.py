@@ -12,6 +12,7 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
     path("", include("gateway.api.urls")),
     path("admin/", admin.site.urls),
+    path("api/", include("orgs.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
