@@ -351,14 +351,14 @@ async def models_list(req: ApiRequest) -> ApiResponse:
     from gateway.routing_interim import models_for_key
 
     key = await _authenticate(req)
-    return ApiResponse.json({"object": "list", "data": models_for_key(key)})
+    return ApiResponse.json({"object": "list", "data": await models_for_key(key)})
 
 
 async def models_retrieve(req: ApiRequest, model_id: str) -> ApiResponse:
     from gateway.routing_interim import model_for_key
 
     key = await _authenticate(req)
-    return ApiResponse.json(model_for_key(key, model_id))
+    return ApiResponse.json(await model_for_key(key, model_id))
 
 
 # ---------------------------------------------------------------- dispatch
