@@ -28,24 +28,30 @@ import httpx
 from django.conf import settings
 
 
+DEFAULT_CONNECT = 5.0
+DEFAULT_FIRST_BYTE = 60.0
+DEFAULT_STALL = 30.0
+DEFAULT_TOTAL = 600.0
+
+
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     """Seconds. ``first_byte`` covers connect + send + response headers (+ first chunk)."""
 
-    connect: float = 5.0
-    first_byte: float = 60.0
-    stall: float = 30.0
-    total: float = 600.0
+    connect: float = DEFAULT_CONNECT
+    first_byte: float = DEFAULT_FIRST_BYTE
+    stall: float = DEFAULT_STALL
+    total: float = DEFAULT_TOTAL
     write: float = 10.0
     pool: float = 5.0
 
     @classmethod
     def default(cls) -> Timeouts:
         return cls(
-            connect=float(getattr(settings, "PROVIDER_CONNECT_TIMEOUT", cls.connect)),
-            first_byte=float(getattr(settings, "PROVIDER_FIRST_BYTE_TIMEOUT", cls.first_byte)),
-            stall=float(getattr(settings, "PROVIDER_STALL_TIMEOUT", cls.stall)),
-            total=float(getattr(settings, "PROVIDER_TOTAL_TIMEOUT", cls.total)),
+            connect=float(getattr(settings, "PROVIDER_CONNECT_TIMEOUT", DEFAULT_CONNECT)),
+            first_byte=float(getattr(settings, "PROVIDER_FIRST_BYTE_TIMEOUT", DEFAULT_FIRST_BYTE)),
+            stall=float(getattr(settings, "PROVIDER_STALL_TIMEOUT", DEFAULT_STALL)),
+            total=float(getattr(settings, "PROVIDER_TOTAL_TIMEOUT", DEFAULT_TOTAL)),
         )
 
     def with_(self, **changes: float) -> Timeouts:

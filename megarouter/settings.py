@@ -210,6 +210,9 @@ LOGGING = {
         # The request line comes from megarouter.request; Django's own copy would repeat it.
         "django.request": {"level": "ERROR"},
         "django.server": {"level": "WARNING"},
+        # httpx logs every outbound request URL at INFO: noise on the hot path.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
     },
 }
 
