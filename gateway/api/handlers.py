@@ -104,6 +104,12 @@ def _record(req: ApiRequest, ctx: CallContext, status: int) -> None:
     )
 
 
+def _failed(req: ApiRequest, ctx: CallContext, error: GatewayError) -> None:
+    _record(req, ctx, error.status)
+    if ctx.plan is not None:
+        error.headers.update(_headers(ctx, with_cost=False))
+
+
 async def _authenticate(req: ApiRequest) -> Any:
     key = await authenticate(req.headers, req.client_ip)
     _log_ids(req, key)
@@ -263,7 +269,7 @@ async def _run_chat(
             return await _stream_response(req, ctx, inbound, renderer(inbound, data))
         response = await pipeline.chat_complete(ctx, inbound.chat)
     except GatewayError as error:
-        _record(req, ctx, error.status)
+        _failed(req, ctx, error)
         raise
     assert ctx.chosen is not None
     _record(req, ctx, 200)
@@ -306,7 +312,7 @@ async def responses_create(req: ApiRequest) -> ApiResponse:
             return await _stream_response(req, ctx, inbound, ResponsesRenderer(shell))
         response = await pipeline.chat_complete(ctx, inbound.chat)
     except GatewayError as error:
-        _record(req, ctx, error.status)
+        _failed(req, ctx, error)
         raise
     assert ctx.chosen is not None
     _record(req, ctx, 200)
@@ -339,7 +345,7 @@ async def embeddings_create(req: ApiRequest) -> ApiResponse:
     try:
         response = await pipeline.embed(ctx, request)
     except GatewayError as error:
-        _record(req, ctx, error.status)
+        _failed(req, ctx, error)
         raise
     assert ctx.chosen is not None
     _record(req, ctx, 200)
