@@ -71,7 +71,7 @@ def _headers(ctx: CallContext, *, with_cost: bool) -> dict[str, str]:
         headers["x-megarouter-model"] = ctx.chosen.model_id
         headers["x-megarouter-provider"] = ctx.chosen.provider
     if with_cost:
-        headers["x-megarouter-cost-usd"] = format(ctx.cost, "f")
+        headers["x-megarouter-cost-usd"] = format(ctx.cost.normalize(), "f")
     return headers
 
 
@@ -99,7 +99,7 @@ def _record(req: ApiRequest, ctx: CallContext, status: int) -> None:
             "upstream_ms": round(ctx.upstream_seconds * 1000, 3),
             "prompt_tokens": ctx.usage.prompt_tokens if ctx.usage else None,
             "completion_tokens": ctx.generated_tokens() if ctx.chosen else None,
-            "cost_usd": format(ctx.cost, "f") if ctx.chosen else None,
+            "cost_usd": format(ctx.cost.normalize(), "f") if ctx.chosen else None,
         }
     )
 

@@ -96,3 +96,79 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "committed_db" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.django_db)
+
+
+class SimWorld:
+    """A tenant with keys and a small catalog whose deployments point at a live simulator."""
+
+    def __init__(self, sim_url: str) -> None:
+        from tests.gateway import factories as f
+
+        self.sim_url = sim_url
+        self.tenant = f.tenant_create()
+        self.key = f.api_key_create(self.tenant)
+        openai_url = f"{sim_url}/openai/v1"
+        openai = f.provider_create("openai", "openai", openai_url)
+        anthropic = f.provider_create("anthropic", "anthropic", f"{sim_url}/anthropic")
+        credential = f.credential_create()
+        self.models = {
+            "gpt": f.model_create(openai, "gpt-sim"),
+            "flaky": f.model_create(openai, "gpt-flaky"),
+            "broken": f.model_create(openai, "gpt-broken"),
+            "cutter": f.model_create(openai, "gpt-cutter"),
+            "slow": f.model_create(openai, "gpt-slow"),
+            "cheap": f.model_create(
+                openai,
+                "gpt-cheap",
+                price_in=f.Decimal("0.0000001"),
+                price_out=f.Decimal("0.0000004"),
+                quality_tier=2,
+            ),
+            "claude": f.model_create(anthropic, "claude-sim", quality_tier=4),
+            "embed": f.model_create(openai, "embed-sim", mode="embedding", price_out=f.Decimal(0)),
+        }
+        m = self.models
+
+        def deploy(
+            model: Any, name: str, upstream: str, priority: int = 0, base: str = openai_url
+        ) -> None:
+            f.deployment_create(
+                model,
+                name=name,
+                base_url=base,
+                upstream_name=upstream,
+                priority=priority,
+                credential=credential,
+            )
+
+        deploy(m["gpt"], "sim-gpt", "gpt-sim")
+        deploy(m["flaky"], "sim-flaky-a", "gpt-sim~fault=500", priority=0)
+        deploy(m["flaky"], "sim-flaky-b", "gpt-sim~fault=429~retry_after=1", priority=1)
+        deploy(m["flaky"], "sim-flaky-c", "gpt-sim", priority=2)
+        deploy(m["broken"], "sim-broken-a", "gpt-sim~fault=503", priority=0)
+        deploy(m["broken"], "sim-broken-b", "gpt-sim~fault=500", priority=1)
+        deploy(m["cutter"], "sim-cutter", "gpt-sim~fault=cut~after=3")
+        deploy(m["slow"], "sim-slow", "gpt-sim~token_ms=40~tokens=200")
+        deploy(m["cheap"], "sim-cheap", "gpt-cheap")
+        deploy(m["claude"], "sim-claude", "claude-sim", base=f"{sim_url}/anthropic")
+        deploy(m["embed"], "sim-embed", "embed-sim")
+        reset_caches()
+
+    def auth(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.key}"}
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Iterator[str]:
+    from gateway.simulator.server import run_in_thread
+
+    url, stop = run_in_thread(port=0)
+    try:
+        yield url
+    finally:
+        stop()
+
+
+@pytest.fixture(scope="module")
+def sim_world(committed_db: None, simulator: str) -> SimWorld:
+    return SimWorld(simulator)

@@ -20,9 +20,27 @@ FILES = (
 )
 
 
+def _nullable(node: Any) -> Any:
+    """The spec mixes OpenAPI 3.0's ``nullable: true`` into JSON Schema; JSON Schema validators
+    ignore that keyword, so turn it into what it means (``null`` also allowed)."""
+    if isinstance(node, list):
+        return [_nullable(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _nullable(value) for key, value in node.items()}
+    if node.pop("nullable", False) is True:
+        if isinstance(node.get("type"), str):
+            node["type"] = [node["type"], "null"]
+            if "enum" in node and None not in node["enum"]:
+                node["enum"] = [*node["enum"], None]
+        elif "$ref" in node or "allOf" in node or "anyOf" in node or "oneOf" in node:
+            node = {"anyOf": [node, {"type": "null"}]}
+    return node
+
+
 @functools.cache
 def _documents() -> list[dict[str, Any]]:
-    return [json.loads(path.read_text()) for path in FILES]
+    return [_nullable(json.loads(path.read_text())) for path in FILES]
 
 
 @functools.cache
