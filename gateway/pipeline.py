@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from gateway import metrics
-from gateway.errors import GatewayError, InvalidRequest, UpstreamFailed
+from gateway.errors import GatewayError, InvalidRequest, RateLimited, UpstreamFailed
 from gateway.providers.types import (
     ChatChunk,
     ChatRequest,
@@ -89,6 +89,7 @@ class Attempt:
     model_id: str
     error: str | None = None  # ErrorKind value, None when it answered
     status: int | None = None
+    retry_after: float | None = None
 
 
 @dataclass(slots=True)
@@ -174,6 +175,7 @@ async def prepare(ctx: CallContext, request: ChatRequest | EmbeddingRequest) -> 
 
 
 def _failed(ctx: CallContext, last: ProviderError | None) -> GatewayError:
+    retry_afters = [a.retry_after for a in ctx.attempts if a.retry_after is not None]
     tried = ", ".join(
         f"{a.deployment} ({a.error}{' ' + str(a.status) if a.status else ''})" for a in ctx.attempts
     )
@@ -187,12 +189,18 @@ def _failed(ctx: CallContext, last: ProviderError | None) -> GatewayError:
             return InvalidRequest(
                 "The provider's content filter refused the request.", code="content_filter"
             )
+    kinds = {attempt.error for attempt in ctx.attempts}
+    if kinds == {ErrorKind.RATE_LIMITED.value}:
+        # Every candidate said 429: the caller should back off, like with a provider.
+        return RateLimited(
+            f"Every candidate deployment is rate limited. Tried: {tried}.",
+            retry_after=min(retry_afters) if retry_afters else None,
+            code="upstream_rate_limited",
+        )
     status = 502
-    if ctx.attempts and all(a.error == ErrorKind.TIMEOUT.value for a in ctx.attempts):
+    if kinds == {ErrorKind.TIMEOUT.value}:
         status = 504
-    elif ctx.attempts and all(
-        a.error in (ErrorKind.RATE_LIMITED.value, ErrorKind.OVERLOADED.value) for a in ctx.attempts
-    ):
+    elif kinds and kinds <= {ErrorKind.RATE_LIMITED.value, ErrorKind.OVERLOADED.value}:
         status = 503
     return UpstreamFailed(
         f"Every candidate deployment failed. Tried: {tried}.",
@@ -214,6 +222,7 @@ def _record_failure(ctx: CallContext, candidate: Candidate, error: ProviderError
             model_id=candidate.model_id,
             error=error.kind.value,
             status=error.status,
+            retry_after=error.retry_after,
         )
     )
     metrics.UPSTREAM_ERRORS.labels(candidate.provider, error.kind.value).inc()

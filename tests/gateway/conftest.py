@@ -107,6 +107,7 @@ class SimWorld:
         self.sim_url = sim_url
         self.tenant = f.tenant_create()
         self.key = f.api_key_create(self.tenant)
+        self.openai_only_key = f.api_key_create(self.tenant, allowed_models=["openai/*"])
         openai_url = f"{sim_url}/openai/v1"
         openai = f.provider_create("openai", "openai", openai_url)
         anthropic = f.provider_create("anthropic", "anthropic", f"{sim_url}/anthropic")
@@ -117,6 +118,7 @@ class SimWorld:
             "broken": f.model_create(openai, "gpt-broken"),
             "cutter": f.model_create(openai, "gpt-cutter"),
             "slow": f.model_create(openai, "gpt-slow"),
+            "limited": f.model_create(openai, "gpt-limited"),
             "cheap": f.model_create(
                 openai,
                 "gpt-cheap",
@@ -150,6 +152,7 @@ class SimWorld:
         deploy(m["cutter"], "sim-cutter", "gpt-sim~fault=cut~after=3")
         deploy(m["slow"], "sim-slow", "gpt-sim~token_ms=40~tokens=200")
         deploy(m["cheap"], "sim-cheap", "gpt-cheap")
+        deploy(m["limited"], "sim-limited", "gpt-sim~fault=429~retry_after=7")
         deploy(m["claude"], "sim-claude", "claude-sim", base=f"{sim_url}/anthropic")
         deploy(m["embed"], "sim-embed", "embed-sim")
         reset_caches()

@@ -244,3 +244,15 @@ def test_per_request_fallbacks_and_cost_cap(client):
     assert capped.status_code == 400
     assert capped.json()["error"]["param"] == "megarouter.max_cost_usd"
     assert capped.json()["error"]["code"] == "max_cost_exceeded"
+
+
+def test_all_candidates_rate_limited_is_429_with_retry_after(client):
+    response = client.post("/v1/chat/completions", json=chat("openai/gpt-limited"))
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "7"
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("rate_limit_error", "upstream_rate_limited")
+    assert (
+        error["message"]
+        == "Every candidate deployment is rate limited. Tried: sim-limited (rate_limited 429)."
+    )
