@@ -16,7 +16,9 @@ import logging
 import time
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
 
 from gateway.api.handlers import dispatch, error_response
 from gateway.api.http import ApiRequest, ApiResponse
@@ -35,9 +37,14 @@ class _Meta:
         self.META = {"HTTP_X_REQUEST_ID": request_id}
 
 
+DB_HYGIENE_INTERVAL = 5.0  # seconds between connection checks of the sync worker thread
+
+
 class GatewayASGI:
     def __init__(self, django_app: Any) -> None:
         self.django_app = django_app
+        self._hygiene_at = 0.0
+        self._background: set[asyncio.Future[Any]] = set()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -91,6 +98,20 @@ class GatewayASGI:
         else:
             await _send_stream(receive, send, request, response)
         _log(request, response, started)
+        self._db_hygiene()
+
+    def _db_hygiene(self) -> None:
+        """Django closes stale or broken database connections on request start and end; this
+        front door sends no such signals, so the thread that runs the cold-path queries
+        (orgs key loads, catalog rebuilds via sync_to_async) gets the same check here, at most
+        every few seconds and off the request path."""
+        now = time.monotonic()
+        if now - self._hygiene_at < DB_HYGIENE_INTERVAL:
+            return
+        self._hygiene_at = now
+        task = asyncio.ensure_future(sync_to_async(close_old_connections, thread_sensitive=True)())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 class _Disconnected(Exception):

@@ -52,8 +52,14 @@ class ServerThread:
         return f"http://127.0.0.1:{self.port}"
 
     def __exit__(self, *exc: object) -> None:
+        from asgiref.sync import SyncToAsync
+        from django.db import connections
+
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        # The server's cold-path queries ran on asgiref's shared sync thread: close its
+        # connections there, or PostgreSQL refuses to drop the test database.
+        SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
 
 
 def reset_caches() -> None:

@@ -87,9 +87,10 @@ def test_messages_tool_use_round_trip(client):
 
 
 def test_typed_errors(client, gateway_server):
-    with anthropic.Anthropic(
-        base_url=gateway_server.url, api_key="mrk_wrong", max_retries=0
-    ) as bad, pytest.raises(anthropic.AuthenticationError):
+    with (
+        anthropic.Anthropic(base_url=gateway_server.url, api_key="mrk_wrong", max_retries=0) as bad,
+        pytest.raises(anthropic.AuthenticationError),
+    ):
         bad.messages.create(
             model="anthropic/claude-sim",
             max_tokens=5,
