@@ -81,6 +81,7 @@ def _record(req: ApiRequest, ctx: CallContext, status: int) -> None:
     provider = ctx.chosen.provider if ctx.chosen else ""
     metrics.REQUESTS.labels(ctx.route, str(status), model, provider, ctx.strategy()).inc()
     elapsed = time.perf_counter() - ctx.started
+    metrics.LATENCY.labels(ctx.route).observe(elapsed)
     metrics.OVERHEAD.labels(ctx.route).observe(max(0.0, elapsed - ctx.upstream_seconds))
     if ctx.ttft_seconds is not None:
         metrics.TTFT.labels(ctx.route, model).observe(ctx.ttft_seconds)
