@@ -76,3 +76,12 @@ def test_multiprocess_mode_aggregates_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     out = generate_latest(registry()).decode()
     assert 'megarouter_budget_refusals_total{layer="team"} 6.0' in out
+
+
+def test_refused_requests_are_counted(client):
+    from gateway import metrics
+
+    before = metrics.REQUESTS.labels("chat", "401", "", "", "none")._value.get()
+    response = client.post("/v1/chat/completions", json={"model": "x", "messages": []})
+    assert response.status_code == 401
+    assert metrics.REQUESTS.labels("chat", "401", "", "", "none")._value.get() == before + 1
