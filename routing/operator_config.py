@@ -333,8 +333,9 @@ def _validate_providers(items: list[dict[str, Any]], ctx: Context) -> list[Provi
                 fields["name"] = slug
             if "auth_style" not in fields and "kind" in fields:
                 fields["auth_style"] = DEFAULT_AUTH[ProviderKind(fields["kind"])]
-        if slug and r.ok:
+        if slug:
             ctx.file_providers[slug] = fields
+        if slug and r.ok:
             plans.append(ProviderPlan(slug, fields))
     return plans
 
@@ -393,8 +394,9 @@ def _validate_credentials(items: list[dict[str, Any]], ctx: Context) -> list[Cre
                 r.fail("api_key_env", "a credential needs api_key_env (or the AWS fields)")
         elif not ({"aws_access_key_id", "aws_secret_access_key"} <= set(values)):
             r.fail("aws_secret_access_key_env", "an AWS credential needs the key id and secret")
+        if name:
+            ctx.credentials.add(name)  # known even when invalid: report only the real error
         if name and r.ok:
-            ctx.credentials.add(name)
             plans.append(
                 CredentialPlan(
                     name=name,
