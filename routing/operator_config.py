@@ -78,6 +78,9 @@ class Context:
     models: dict[str, Model] = field(default_factory=dict)
     bare_names: dict[str, list[str]] = field(default_factory=dict)
     file_models: dict[str, str] = field(default_factory=dict)  # canonical id -> provider slug
+    # What the file's [[models]] say about mode and status, so deployment sets see the
+    # catalog as it will be after this run (and a second run finds nothing to do).
+    file_model_fields: dict[str, dict[str, Any]] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)
 
     def error(self, path: str, message: str) -> None:
@@ -550,6 +553,7 @@ def _validate_models(items: list[dict[str, Any]], ctx: Context) -> list[ModelPla
                 ctx.file_models[model_id] = provider_slug
         if model_id and r.ok:
             plans.append(plan)
+            ctx.file_model_fields[model_id] = fields
     return plans
 
 
@@ -671,16 +675,32 @@ def _validate_deployment_sets(items: list[dict[str, Any]], ctx: Context) -> list
         via = r.str("provider")
         if not (prefix and r.ok):
             continue
-        wanted = [
-            m for m in ctx.models.values()
-            if m.provider.slug in providers and m.mode in modes and m.status == ModelStatus.ACTIVE
-            and m.canonical_id not in exclude
-        ]  # fmt: skip
+        wanted = []
+        for canonical_id, (provider, mode, status) in sorted(_models_after_file(ctx).items()):
+            active = status == ModelStatus.ACTIVE and canonical_id not in exclude
+            if active and provider in providers and mode in modes:
+                wanted.append(canonical_id)
         used: set[str] = set()
-        for model in sorted(wanted, key=lambda m: m.canonical_id):
-            name = _deployment_name(prefix, model.canonical_id, used)
-            plans.append(DeploymentPlan(name, model.canonical_id, via, dict(fields), credential))
+        for canonical_id in wanted:
+            name = _deployment_name(prefix, canonical_id, used)
+            plans.append(DeploymentPlan(name, canonical_id, via, dict(fields), credential))
     return plans
+
+
+def _models_after_file(ctx: Context) -> dict[str, tuple[str, str, str]]:
+    """canonical id -> (provider slug, mode, status) once this file's [[models]] applied."""
+    models = {m.canonical_id: (m.provider.slug, m.mode, m.status) for m in ctx.models.values()}
+    for canonical_id, provider in ctx.file_models.items():
+        models[canonical_id] = (provider, ModelMode.CHAT, ModelStatus.ACTIVE)
+    for canonical_id, fields in ctx.file_model_fields.items():
+        if canonical_id in models:
+            provider, mode, status = models[canonical_id]
+            models[canonical_id] = (
+                provider,
+                fields.get("mode", mode),
+                fields.get("status", status),
+            )
+    return models
 
 
 def _deployment_name(prefix: str, canonical_id: str, used: set[str]) -> str:

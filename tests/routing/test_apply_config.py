@@ -313,3 +313,45 @@ def test_demo_file_puts_every_main_provider_model_on_the_simulator(monkeypatch):
         "simulator-demo-secret",
     )
     assert config_apply_file(ROOT / "config" / "demo.toml").changes == []
+
+
+SET_FILE = """
+[[providers]]
+slug = "selfhosted"
+kind = "openai"
+
+[[models]]
+id = "deepseek/deepseek-chat"        # deprecated in the catalog, revived here
+status = "active"
+
+[[models]]
+id = "selfhosted/qwen3-32b"
+price = { input_per_million = "0.1", output_per_million = "0.3" }
+
+[[deployment_sets]]
+name = "sim"
+providers = ["deepseek", "selfhosted", "anthropic"]
+exclude = ["anthropic/claude-opus-4-5"]
+base_url = "http://127.0.0.1:9100/openai/v1"
+rpm_limit = 100
+"""
+
+
+def test_deployment_sets_see_the_models_section_of_the_same_file(tmp_path):
+    _base_catalog()
+    path = _write(tmp_path, SET_FILE)
+    first = config_apply_file(path, environ={})
+    assert first.changes == [
+        "provider selfhosted: created",
+        "model deepseek/deepseek-chat: updated status",
+        "model selfhosted/qwen3-32b: created",
+        "deployment sim-deepseek-deepseek-chat: created",
+        "deployment sim-selfhosted-qwen3-32b: created",
+    ]
+    assert sorted(Deployment.objects.values_list("name", "rpm_limit", "base_url")) == [
+        ("sim-deepseek-deepseek-chat", 100, "http://127.0.0.1:9100/openai/v1"),
+        ("sim-selfhosted-qwen3-32b", 100, "http://127.0.0.1:9100/openai/v1"),
+    ]
+    before = _state()
+    assert config_apply_file(path, environ={}).changes == []
+    assert _state() == before
