@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from types import MappingProxyType
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -224,8 +225,11 @@ def catalog_snapshot_build() -> CatalogSnapshot:
         "quality_tier",
         "status",
     ):
-        provider = provider_by_id[m.pop("provider_id")]
-        model = ModelInfo(provider=provider.slug, prices=tuple(prices.get(m["id"], ())), **m)
+        fields: dict[str, Any] = dict(m)
+        provider = provider_by_id[fields.pop("provider_id")]
+        model = ModelInfo(
+            provider=provider.slug, prices=tuple(prices.get(fields["id"], ())), **fields
+        )
         models[model.canonical_id] = model
         by_bare_name[model.provider_model_name].append(model.canonical_id)
     aliases = {}

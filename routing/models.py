@@ -7,10 +7,12 @@ the snapshot, never through these models directly.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ValidationError
 from django.db import models
 
-PRICE_FIELD = {"max_digits": 20, "decimal_places": 12}
+PRICE_FIELD: dict[str, Any] = {"max_digits": 20, "decimal_places": 12}
 
 
 class ProviderKind(models.TextChoices):

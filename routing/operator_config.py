@@ -191,7 +191,7 @@ class _Reader:
     def has(self, key: str) -> bool:
         return key in self.data
 
-    def str(self, key: str, *, required: bool = False, default: str | None = None) -> str | None:
+    def text(self, key: str, *, required: bool = False, default: str | None = None) -> str | None:
         value = self.data.get(key)
         if value is None:
             if required:
@@ -203,20 +203,20 @@ class _Reader:
         return value
 
     def slug(self, key: str, *, required: bool = False) -> str | None:
-        value = self.str(key, required=required)
+        value = self.text(key, required=required)
         if value is not None and not re.fullmatch(r"[-a-zA-Z0-9_]+", value):
             self.fail(key, f"expected letters, digits, - and _ only, got {value!r}")
             return None
         return value
 
     def choice(self, key: str, choices: list[str], *, required: bool = False) -> str | None:
-        value = self.str(key, required=required)
+        value = self.text(key, required=required)
         if value is not None and value not in choices:
             self.fail(key, f"expected one of {', '.join(choices)}, got {value!r}")
             return None
         return value
 
-    def bool(self, key: str) -> bool | None:
+    def flag(self, key: str) -> bool | None:
         value = self.data.get(key)
         if value is None:
             return None
@@ -225,7 +225,7 @@ class _Reader:
             return None
         return value
 
-    def int(self, key: str, *, min_value: int = 0, required: bool = False) -> int | None:
+    def integer(self, key: str, *, min_value: int = 0, required: bool = False) -> int | None:
         value = self.data.get(key)
         if value is None:
             if required:
@@ -292,7 +292,7 @@ class ProviderPlan:
 
 
 def _validate_providers(items: list[dict[str, Any]], ctx: Context) -> list[ProviderPlan]:
-    plans = []
+    plans: list[ProviderPlan] = []
     allowed = {"slug", "name", "kind", "base_url", "auth_style", "zero_data_retention",
                "regions", "enabled"}  # fmt: skip
     for index, item in enumerate(items):
@@ -300,7 +300,7 @@ def _validate_providers(items: list[dict[str, Any]], ctx: Context) -> list[Provi
         slug = r.slug("slug", required=True)
         fields: dict[str, Any] = {}
         for key in ("name", "base_url"):
-            value = r.str(key)
+            value = r.text(key)
             if value is not None:
                 fields[key] = value
         kind = r.choice("kind", list(ProviderKind.values))
@@ -310,7 +310,7 @@ def _validate_providers(items: list[dict[str, Any]], ctx: Context) -> list[Provi
         if auth:
             fields["auth_style"] = auth
         for key in ("zero_data_retention", "enabled"):
-            flag = r.bool(key)
+            flag = r.flag(key)
             if flag is not None:
                 fields[key] = flag
         regions = r.str_list("regions")
@@ -366,7 +366,7 @@ _SECRET_FIELDS = ("api_key", "aws_access_key_id", "aws_secret_access_key", "aws_
 
 
 def _validate_credentials(items: list[dict[str, Any]], ctx: Context) -> list[CredentialPlan]:
-    plans = []
+    plans: list[CredentialPlan] = []
     allowed = {"name", "provider", *_SECRET_FIELDS, *(f"{f}_env" for f in _SECRET_FIELDS)}
     for index, item in enumerate(items):
         r = _Reader(item, f"credentials[{index}]", ctx, allowed)
@@ -377,8 +377,8 @@ def _validate_credentials(items: list[dict[str, Any]], ctx: Context) -> list[Cre
         values: dict[str, str] = {}
         sources = []
         for secret_field in _SECRET_FIELDS:
-            env_name = r.str(f"{secret_field}_env")
-            literal = r.str(secret_field)
+            env_name = r.text(f"{secret_field}_env")
+            literal = r.text(secret_field)
             if env_name is not None and literal is not None:
                 r.fail(secret_field, f"give {secret_field} or {secret_field}_env, not both")
             elif env_name is not None:
@@ -463,11 +463,12 @@ def _read_price(r: _Reader, ctx: Context) -> tuple[PriceInput | None, datetime |
             r.ok = r.ok and values[name] is not None
         elif per_million is not None:
             million = _decimal(per_million, f"{path}.{name}_per_million", ctx)
-            values[name] = None if million is None else (million / 1_000_000)
-            if million is not None and values[name] != values[name].quantize(Decimal("1e-12")):
+            per = None if million is None else million / 1_000_000
+            if per is not None and per != per.quantize(Decimal("1e-12")):
                 ctx.error(f"{path}.{name}_per_million", "is finer than 1e-12 per token")
-                values[name] = None
-            r.ok = r.ok and values[name] is not None
+                per = None
+            values[name] = per
+            r.ok = r.ok and per is not None
     for name in ("input", "output"):
         if name not in values:
             ctx.error(f"{path}.{name}_per_token", "is required (or _per_million)")
@@ -497,15 +498,15 @@ def _read_price(r: _Reader, ctx: Context) -> tuple[PriceInput | None, datetime |
 
 
 def _validate_models(items: list[dict[str, Any]], ctx: Context) -> list[ModelPlan]:
-    plans = []
+    plans: list[ModelPlan] = []
     allowed = {"id", "display_name", "family", "mode", "context_window", "max_output_tokens",
                "quality_tier", "status", "capabilities", "price"}  # fmt: skip
     for index, item in enumerate(items):
         r = _Reader(item, f"models[{index}]", ctx, allowed)
-        model_id = r.str("id", required=True)
+        model_id = r.text("id", required=True)
         fields: dict[str, Any] = {}
         for key in ("display_name", "family"):
-            value = r.str(key)
+            value = r.text(key)
             if value is not None:
                 fields[key] = value
         mode = r.choice("mode", list(ModelMode.values))
@@ -515,7 +516,7 @@ def _validate_models(items: list[dict[str, Any]], ctx: Context) -> list[ModelPla
         if status:
             fields["status"] = status
         for key in ("context_window", "max_output_tokens"):
-            number = r.int(key, min_value=1)
+            number = r.integer(key, min_value=1)
             if number is not None:
                 fields[key] = number
         tier = item.get("quality_tier") if isinstance(item, dict) else None
@@ -599,14 +600,14 @@ _DEPLOYMENT_COMMON = {"provider", "base_url", "region", "credential", "weight", 
 def _read_deployment_fields(r: _Reader, ctx: Context) -> tuple[dict[str, Any], str | None]:
     fields: dict[str, Any] = {}
     for key in ("base_url", "region", "api_version", "provider_model_name"):
-        value = r.str(key)
+        value = r.text(key)
         if value is not None:
             fields[key] = value
     for key, minimum in (("weight", 0), ("priority", -(2**31)), ("rpm_limit", 1), ("tpm_limit", 1)):
-        number = r.int(key, min_value=minimum)
+        number = r.integer(key, min_value=minimum)
         if number is not None:
             fields[key] = number
-    enabled = r.bool("enabled")
+    enabled = r.flag("enabled")
     if enabled is not None:
         fields["enabled"] = enabled
     headers = r.table("headers")
@@ -624,12 +625,12 @@ def _read_deployment_fields(r: _Reader, ctx: Context) -> tuple[dict[str, Any], s
 
 
 def _validate_deployments(items: list[dict[str, Any]], ctx: Context) -> list[DeploymentPlan]:
-    plans = []
+    plans: list[DeploymentPlan] = []
     for index, item in enumerate(items):
         allowed = {"name", "model", "provider_model_name", *_DEPLOYMENT_COMMON}
         r = _Reader(item, f"deployments[{index}]", ctx, allowed)
         name = r.slug("name", required=True)
-        model_id = r.str("model", required=True)
+        model_id = r.text("model", required=True)
         fields, credential = _read_deployment_fields(r, ctx)
         if model_id is not None:
             model_id = _resolve_model(model_id, r, ctx)
@@ -654,7 +655,7 @@ def _resolve_model(model_id: str, r: _Reader, ctx: Context) -> str | None:
 
 def _validate_deployment_sets(items: list[dict[str, Any]], ctx: Context) -> list[DeploymentPlan]:
     """``[[deployment_sets]]``: one deployment per catalog model of the listed providers."""
-    plans = []
+    plans: list[DeploymentPlan] = []
     for index, item in enumerate(items):
         allowed = {"name", "providers", "modes", "exclude", *_DEPLOYMENT_COMMON}
         r = _Reader(item, f"deployment_sets[{index}]", ctx, allowed)
@@ -672,7 +673,7 @@ def _validate_deployment_sets(items: list[dict[str, Any]], ctx: Context) -> list
                 r.fail("modes", f"unknown mode {mode!r}")
         exclude = set(r.str_list("exclude") or [])
         fields, credential = _read_deployment_fields(r, ctx)
-        via = r.str("provider")
+        via = r.text("provider")
         if not (prefix and r.ok):
             continue
         wanted = []

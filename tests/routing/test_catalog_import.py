@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -258,8 +259,14 @@ def test_import_from_url():
 
 
 def test_unreachable_url_is_a_clear_error():
-    with pytest.raises(CatalogFormatError, match=r"http://127\.0\.0\.1:9/x: download failed"):
-        catalog_import("http://127.0.0.1:9/x")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/x"
+    with pytest.raises(CatalogFormatError) as raised:
+        catalog_import(url)
+    assert raised.value.errors[0].startswith(f"{url}: download failed: ")
+    assert Model.objects.count() == 0
 
 
 def test_bundled_file_ships_with_the_package():
