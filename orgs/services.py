@@ -13,7 +13,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Permission
-from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email, validate_slug
@@ -328,9 +327,10 @@ def _sync_permissions(*, membership: Membership) -> None:
     ).delete()
     if membership.removed_at is not None:
         return
-    node_type = ContentType.objects.get_for_model(Node)
     perms = Permission.objects.filter(
-        content_type=node_type, codename__in=permissions_for(membership.role)
+        content_type__app_label="orgs",
+        content_type__model="node",
+        codename__in=permissions_for(membership.role),
     )
     NodeUserPermission.objects.bulk_create(
         [
