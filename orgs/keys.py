@@ -280,6 +280,18 @@ class KeyResolver:
             cache.delete_many([_entry_key(p) for p in prefixes])
 
 
+def raw_key_from_headers(headers: Mapping[str, str]) -> str | None:
+    """The gateway key a client sent: ``Authorization: Bearer <key>`` (OpenAI clients) or
+    ``x-api-key: <key>`` (Anthropic clients). ``headers`` is case-insensitive, like
+    ``request.headers``."""
+    authorization = headers.get("Authorization") or headers.get("authorization") or ""
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    api_key = headers.get("x-api-key") or headers.get("X-Api-Key") or ""
+    return api_key.strip() or None
+
+
 def _prefix_or_raise(raw_key: str | None) -> str:
     if not raw_key:
         raise KeyRejected("missing", "no API key was sent")

@@ -318,3 +318,31 @@ def _ctx(**overrides):
     )
     base.update(overrides)
     return KeyContext(**base)
+
+
+def test_deactivated_user_keys_are_refused(tree, django_capture_on_commit_callbacks):
+    dev = add_member(tree.team, Role.DEVELOPER)
+    raw = make_key(tree.project, dev).raw_key
+    key_context_for_sync(raw)
+    user = dev.user
+    user.is_active = False
+    with django_capture_on_commit_callbacks(execute=True):
+        user.save()  # e.g. from the Django admin, not through an orgs service
+    assert _reason(raw) == "inactive"
+
+
+def test_raw_key_from_headers():
+    from django.http import HttpRequest
+
+    from orgs.keys import raw_key_from_headers
+
+    def headers(**meta):
+        request = HttpRequest()
+        request.META.update(meta)
+        return request.headers
+
+    assert raw_key_from_headers(headers(HTTP_AUTHORIZATION="Bearer mrk_x")) == "mrk_x"
+    assert raw_key_from_headers(headers(HTTP_AUTHORIZATION="bearer  mrk_y ")) == "mrk_y"
+    assert raw_key_from_headers(headers(HTTP_X_API_KEY="mrk_z")) == "mrk_z"
+    assert raw_key_from_headers(headers(HTTP_AUTHORIZATION="Basic abc")) is None
+    assert raw_key_from_headers(headers()) is None
