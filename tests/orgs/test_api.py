@@ -476,3 +476,15 @@ def test_key_list_is_scoped_for_billing_manager(t, login):
     r = client.post("/api/orgs/alpha/keys/", {"project": t.project.pk, "name": "x"})
     assert r.status_code == 403
     assert ApiKey.objects.count() == 1
+
+
+def test_tenancy_and_permission_resolution_costs_two_queries(t, api, django_assert_num_queries):
+    """Token/session lookup aside: organization + permission, then the data itself."""
+    key = make_key(t.project, t.owner_membership).api_key
+    dev = add_member(t.team, Role.DEVELOPER)
+    for user in (t.owner, dev.user):
+        api.force_authenticate(user)
+        with django_assert_num_queries(3):  # organization, permission, the row
+            assert api.get(f"/api/orgs/alpha/keys/{key.pk}/").status_code == 200
+        with django_assert_num_queries(4):  # organization, permission, count, page
+            assert api.get("/api/orgs/alpha/keys/").json()["count"] == 1
