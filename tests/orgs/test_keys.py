@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
 import time
@@ -106,6 +107,12 @@ async def _async_lookups(committed_key):
     with pytest.raises(KeyRejected) as exc:
         await key_context_for(None)
     assert exc.value.reason == "missing"
+    # 50 concurrent requests with a cold key: one lookup
+    cold = KeyResolver()
+    contexts = await asyncio.gather(*(cold.resolve(committed_key.raw_key) for _ in range(50)))
+    assert cold.db_loads + cold.shared_hits == 1 and {c.key_id for c in contexts} == {
+        committed_key.api_key.pk
+    }
     with pytest.raises(KeyRejected) as exc:
         last = committed_key.raw_key[-1]
         await key_context_for(committed_key.raw_key[:-1] + ("x" if last != "x" else "y"))
