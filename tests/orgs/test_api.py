@@ -488,3 +488,31 @@ def test_tenancy_and_permission_resolution_costs_two_queries(t, api, django_asse
             assert api.get(f"/api/orgs/alpha/keys/{key.pk}/").status_code == 200
         with django_assert_num_queries(4):  # organization, permission, count, page
             assert api.get("/api/orgs/alpha/keys/").json()["count"] == 1
+
+
+def test_archive_organization(t, owner, login, django_capture_on_commit_callbacks):
+    raw = make_key(t.project, t.owner_membership).raw_key
+    admin = add_member(t.root, Role.ADMIN)
+    before = snapshot()
+    r = login(admin.user).post("/api/orgs/alpha/archive/", {"revoke_keys": True})
+    assert r.status_code == 403
+    assert r.json() == {
+        "detail": "Only an owner can archive the organization.",
+        "code": "permission_denied",
+    }
+    owner = login(t.owner)
+    r = owner.post("/api/orgs/alpha/archive/", {})
+    assert r.status_code == 400 and list(r.json()) == ["revoke_keys"]
+    assert snapshot() == before
+    key_context_for_sync(raw)
+    with django_capture_on_commit_callbacks(execute=True):
+        r = owner.post("/api/orgs/alpha/archive/", {"revoke_keys": True})
+    assert r.status_code == 204
+    with pytest.raises(KeyRejected) as exc:
+        key_context_for_sync(raw)
+    assert exc.value.reason == "revoked"
+    assert owner.get("/api/orgs/").json()["count"] == 0
+    assert owner.get("/api/orgs/alpha/keys/").status_code == 404
+    assert AuditEvent.objects.filter(action="organization.archive").get().changes == {
+        "revoked_keys": 1
+    }
