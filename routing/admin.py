@@ -9,6 +9,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
+from django.utils import timezone
 
 from routing.crypto import CredentialSecret, encrypt_secret
 from routing.models import (
@@ -142,6 +143,7 @@ class CredentialForm(forms.ModelForm):
         credential = super().save(commit=False)
         data = self.cleaned_data
         if data.get("api_key") or data.get("aws_access_key_id"):
+            credential.secret_updated_at = timezone.now()
             credential.ciphertext = encrypt_secret(
                 CredentialSecret(
                     api_key=data.get("api_key") or "",

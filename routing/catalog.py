@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from types import MappingProxyType
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -93,10 +94,13 @@ class ModelInfo:
     quality_tier: int
     status: str
     prices: tuple[PriceVersion, ...] = field(repr=False)  # ascending effective_from
+    price_starts: tuple[datetime, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "price_starts", tuple(p.effective_from for p in self.prices))
 
     def price_at(self, when: datetime) -> PriceVersion | None:
-        starts = [price.effective_from for price in self.prices]
-        index = bisect.bisect_right(starts, when)
+        index = bisect.bisect_right(self.price_starts, when)
         return self.prices[index - 1] if index else None
 
     @property
@@ -224,8 +228,14 @@ def catalog_snapshot_build() -> CatalogSnapshot:
         "quality_tier",
         "status",
     ):
-        provider = provider_by_id[m.pop("provider_id")]
-        model = ModelInfo(provider=provider.slug, prices=tuple(prices.get(m["id"], ())), **m)
+        fields: dict[str, Any] = dict(m)
+        provider = provider_by_id[fields.pop("provider_id")]
+        versions = tuple(prices.get(fields["id"], ()))
+        model = ModelInfo(
+            provider=provider.slug,
+            prices=versions,
+            **fields,
+        )
         models[model.canonical_id] = model
         by_bare_name[model.provider_model_name].append(model.canonical_id)
     aliases = {}

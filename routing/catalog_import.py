@@ -30,7 +30,7 @@ from routing.catalog_providers import (
     provider_model_name_for,
 )
 from routing.models import Model, ModelMode, ModelPrice, ModelStatus, Provider, QualityTier
-from routing.services import PriceInput, catalog_version_bump
+from routing.services import PriceInput, catalog_version_bump, catalog_write_lock
 
 BUNDLED_CATALOG = Path(__file__).resolve().parent / "data" / "model_prices_and_context_window.json"
 BUNDLED_SOURCE = "litellm 1.108.7"
@@ -398,7 +398,8 @@ def _parse_openrouter(items: list[Any], text: str, today: date) -> ParsedCatalog
             errors.append(f"{path}.supported_parameters: expected a list")
         if len(errors) > before:
             continue
-        name = item.get("name") if isinstance(item.get("name"), str) else model_id
+        raw_name = item.get("name")
+        name = raw_name if isinstance(raw_name, str) else model_id
         entries[f"openrouter/{model_id}"] = CatalogEntry(
             provider_slug="openrouter",
             provider_model_name=model_id,
@@ -574,6 +575,7 @@ def catalog_entries_import(
     result.skipped_reasons = dict(parsed.skipped)
     slugs = sorted({entry.provider_slug for entry in parsed.entries})
     with transaction.atomic():
+        catalog_write_lock()
         providers = {p.slug: p for p in Provider.objects.filter(slug__in=slugs)}
         new_providers = [
             _provider_from_spec(PROVIDERS_BY_SLUG[slug]) for slug in slugs if slug not in providers

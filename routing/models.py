@@ -7,10 +7,12 @@ the snapshot, never through these models directly.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ValidationError
 from django.db import models
 
-PRICE_FIELD = {"max_digits": 20, "decimal_places": 12}
+PRICE_FIELD: dict[str, Any] = {"max_digits": 20, "decimal_places": 12}
 
 
 class ProviderKind(models.TextChoices):
@@ -121,6 +123,17 @@ class Model(models.Model):
 
     def __str__(self) -> str:
         return self.canonical_id
+
+    @property
+    def current_price(self) -> ModelPrice | None:
+        """The price version in force now (one query; the hot path uses the snapshot)."""
+        from django.utils import timezone
+
+        return (
+            self.prices.filter(effective_from__lte=timezone.now())
+            .order_by("-effective_from")
+            .first()
+        )
 
 
 class ModelPrice(models.Model):

@@ -78,6 +78,9 @@ class Context:
     models: dict[str, Model] = field(default_factory=dict)
     bare_names: dict[str, list[str]] = field(default_factory=dict)
     file_models: dict[str, str] = field(default_factory=dict)  # canonical id -> provider slug
+    # What the file's [[models]] say about mode and status, so deployment sets see the
+    # catalog as it will be after this run (and a second run finds nothing to do).
+    file_model_fields: dict[str, dict[str, Any]] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)
 
     def error(self, path: str, message: str) -> None:
@@ -188,7 +191,7 @@ class _Reader:
     def has(self, key: str) -> bool:
         return key in self.data
 
-    def str(self, key: str, *, required: bool = False, default: str | None = None) -> str | None:
+    def text(self, key: str, *, required: bool = False, default: str | None = None) -> str | None:
         value = self.data.get(key)
         if value is None:
             if required:
@@ -200,20 +203,20 @@ class _Reader:
         return value
 
     def slug(self, key: str, *, required: bool = False) -> str | None:
-        value = self.str(key, required=required)
+        value = self.text(key, required=required)
         if value is not None and not re.fullmatch(r"[-a-zA-Z0-9_]+", value):
             self.fail(key, f"expected letters, digits, - and _ only, got {value!r}")
             return None
         return value
 
     def choice(self, key: str, choices: list[str], *, required: bool = False) -> str | None:
-        value = self.str(key, required=required)
+        value = self.text(key, required=required)
         if value is not None and value not in choices:
             self.fail(key, f"expected one of {', '.join(choices)}, got {value!r}")
             return None
         return value
 
-    def bool(self, key: str) -> bool | None:
+    def flag(self, key: str) -> bool | None:
         value = self.data.get(key)
         if value is None:
             return None
@@ -222,7 +225,7 @@ class _Reader:
             return None
         return value
 
-    def int(self, key: str, *, min_value: int = 0, required: bool = False) -> int | None:
+    def integer(self, key: str, *, min_value: int = 0, required: bool = False) -> int | None:
         value = self.data.get(key)
         if value is None:
             if required:
@@ -289,7 +292,7 @@ class ProviderPlan:
 
 
 def _validate_providers(items: list[dict[str, Any]], ctx: Context) -> list[ProviderPlan]:
-    plans = []
+    plans: list[ProviderPlan] = []
     allowed = {"slug", "name", "kind", "base_url", "auth_style", "zero_data_retention",
                "regions", "enabled"}  # fmt: skip
     for index, item in enumerate(items):
@@ -297,7 +300,7 @@ def _validate_providers(items: list[dict[str, Any]], ctx: Context) -> list[Provi
         slug = r.slug("slug", required=True)
         fields: dict[str, Any] = {}
         for key in ("name", "base_url"):
-            value = r.str(key)
+            value = r.text(key)
             if value is not None:
                 fields[key] = value
         kind = r.choice("kind", list(ProviderKind.values))
@@ -307,7 +310,7 @@ def _validate_providers(items: list[dict[str, Any]], ctx: Context) -> list[Provi
         if auth:
             fields["auth_style"] = auth
         for key in ("zero_data_retention", "enabled"):
-            flag = r.bool(key)
+            flag = r.flag(key)
             if flag is not None:
                 fields[key] = flag
         regions = r.str_list("regions")
@@ -333,8 +336,9 @@ def _validate_providers(items: list[dict[str, Any]], ctx: Context) -> list[Provi
                 fields["name"] = slug
             if "auth_style" not in fields and "kind" in fields:
                 fields["auth_style"] = DEFAULT_AUTH[ProviderKind(fields["kind"])]
-        if slug and r.ok:
+        if slug:
             ctx.file_providers[slug] = fields
+        if slug and r.ok:
             plans.append(ProviderPlan(slug, fields))
     return plans
 
@@ -362,7 +366,7 @@ _SECRET_FIELDS = ("api_key", "aws_access_key_id", "aws_secret_access_key", "aws_
 
 
 def _validate_credentials(items: list[dict[str, Any]], ctx: Context) -> list[CredentialPlan]:
-    plans = []
+    plans: list[CredentialPlan] = []
     allowed = {"name", "provider", *_SECRET_FIELDS, *(f"{f}_env" for f in _SECRET_FIELDS)}
     for index, item in enumerate(items):
         r = _Reader(item, f"credentials[{index}]", ctx, allowed)
@@ -373,8 +377,8 @@ def _validate_credentials(items: list[dict[str, Any]], ctx: Context) -> list[Cre
         values: dict[str, str] = {}
         sources = []
         for secret_field in _SECRET_FIELDS:
-            env_name = r.str(f"{secret_field}_env")
-            literal = r.str(secret_field)
+            env_name = r.text(f"{secret_field}_env")
+            literal = r.text(secret_field)
             if env_name is not None and literal is not None:
                 r.fail(secret_field, f"give {secret_field} or {secret_field}_env, not both")
             elif env_name is not None:
@@ -393,8 +397,9 @@ def _validate_credentials(items: list[dict[str, Any]], ctx: Context) -> list[Cre
                 r.fail("api_key_env", "a credential needs api_key_env (or the AWS fields)")
         elif not ({"aws_access_key_id", "aws_secret_access_key"} <= set(values)):
             r.fail("aws_secret_access_key_env", "an AWS credential needs the key id and secret")
+        if name:
+            ctx.credentials.add(name)  # known even when invalid: report only the real error
         if name and r.ok:
-            ctx.credentials.add(name)
             plans.append(
                 CredentialPlan(
                     name=name,
@@ -458,11 +463,12 @@ def _read_price(r: _Reader, ctx: Context) -> tuple[PriceInput | None, datetime |
             r.ok = r.ok and values[name] is not None
         elif per_million is not None:
             million = _decimal(per_million, f"{path}.{name}_per_million", ctx)
-            values[name] = None if million is None else (million / 1_000_000)
-            if million is not None and values[name] != values[name].quantize(Decimal("1e-12")):
+            per = None if million is None else million / 1_000_000
+            if per is not None and per != per.quantize(Decimal("1e-12")):
                 ctx.error(f"{path}.{name}_per_million", "is finer than 1e-12 per token")
-                values[name] = None
-            r.ok = r.ok and values[name] is not None
+                per = None
+            values[name] = per
+            r.ok = r.ok and per is not None
     for name in ("input", "output"):
         if name not in values:
             ctx.error(f"{path}.{name}_per_token", "is required (or _per_million)")
@@ -492,15 +498,15 @@ def _read_price(r: _Reader, ctx: Context) -> tuple[PriceInput | None, datetime |
 
 
 def _validate_models(items: list[dict[str, Any]], ctx: Context) -> list[ModelPlan]:
-    plans = []
+    plans: list[ModelPlan] = []
     allowed = {"id", "display_name", "family", "mode", "context_window", "max_output_tokens",
                "quality_tier", "status", "capabilities", "price"}  # fmt: skip
     for index, item in enumerate(items):
         r = _Reader(item, f"models[{index}]", ctx, allowed)
-        model_id = r.str("id", required=True)
+        model_id = r.text("id", required=True)
         fields: dict[str, Any] = {}
         for key in ("display_name", "family"):
-            value = r.str(key)
+            value = r.text(key)
             if value is not None:
                 fields[key] = value
         mode = r.choice("mode", list(ModelMode.values))
@@ -510,7 +516,7 @@ def _validate_models(items: list[dict[str, Any]], ctx: Context) -> list[ModelPla
         if status:
             fields["status"] = status
         for key in ("context_window", "max_output_tokens"):
-            number = r.int(key, min_value=1)
+            number = r.integer(key, min_value=1)
             if number is not None:
                 fields[key] = number
         tier = item.get("quality_tier") if isinstance(item, dict) else None
@@ -548,6 +554,7 @@ def _validate_models(items: list[dict[str, Any]], ctx: Context) -> list[ModelPla
                 ctx.file_models[model_id] = provider_slug
         if model_id and r.ok:
             plans.append(plan)
+            ctx.file_model_fields[model_id] = fields
     return plans
 
 
@@ -593,14 +600,14 @@ _DEPLOYMENT_COMMON = {"provider", "base_url", "region", "credential", "weight", 
 def _read_deployment_fields(r: _Reader, ctx: Context) -> tuple[dict[str, Any], str | None]:
     fields: dict[str, Any] = {}
     for key in ("base_url", "region", "api_version", "provider_model_name"):
-        value = r.str(key)
+        value = r.text(key)
         if value is not None:
             fields[key] = value
     for key, minimum in (("weight", 0), ("priority", -(2**31)), ("rpm_limit", 1), ("tpm_limit", 1)):
-        number = r.int(key, min_value=minimum)
+        number = r.integer(key, min_value=minimum)
         if number is not None:
             fields[key] = number
-    enabled = r.bool("enabled")
+    enabled = r.flag("enabled")
     if enabled is not None:
         fields["enabled"] = enabled
     headers = r.table("headers")
@@ -618,12 +625,12 @@ def _read_deployment_fields(r: _Reader, ctx: Context) -> tuple[dict[str, Any], s
 
 
 def _validate_deployments(items: list[dict[str, Any]], ctx: Context) -> list[DeploymentPlan]:
-    plans = []
+    plans: list[DeploymentPlan] = []
     for index, item in enumerate(items):
         allowed = {"name", "model", "provider_model_name", *_DEPLOYMENT_COMMON}
         r = _Reader(item, f"deployments[{index}]", ctx, allowed)
         name = r.slug("name", required=True)
-        model_id = r.str("model", required=True)
+        model_id = r.text("model", required=True)
         fields, credential = _read_deployment_fields(r, ctx)
         if model_id is not None:
             model_id = _resolve_model(model_id, r, ctx)
@@ -648,7 +655,7 @@ def _resolve_model(model_id: str, r: _Reader, ctx: Context) -> str | None:
 
 def _validate_deployment_sets(items: list[dict[str, Any]], ctx: Context) -> list[DeploymentPlan]:
     """``[[deployment_sets]]``: one deployment per catalog model of the listed providers."""
-    plans = []
+    plans: list[DeploymentPlan] = []
     for index, item in enumerate(items):
         allowed = {"name", "providers", "modes", "exclude", *_DEPLOYMENT_COMMON}
         r = _Reader(item, f"deployment_sets[{index}]", ctx, allowed)
@@ -666,19 +673,35 @@ def _validate_deployment_sets(items: list[dict[str, Any]], ctx: Context) -> list
                 r.fail("modes", f"unknown mode {mode!r}")
         exclude = set(r.str_list("exclude") or [])
         fields, credential = _read_deployment_fields(r, ctx)
-        via = r.str("provider")
+        via = r.text("provider")
         if not (prefix and r.ok):
             continue
-        wanted = [
-            m for m in ctx.models.values()
-            if m.provider.slug in providers and m.mode in modes and m.status == ModelStatus.ACTIVE
-            and m.canonical_id not in exclude
-        ]  # fmt: skip
+        wanted = []
+        for canonical_id, (provider, mode, status) in sorted(_models_after_file(ctx).items()):
+            active = status == ModelStatus.ACTIVE and canonical_id not in exclude
+            if active and provider in providers and mode in modes:
+                wanted.append(canonical_id)
         used: set[str] = set()
-        for model in sorted(wanted, key=lambda m: m.canonical_id):
-            name = _deployment_name(prefix, model.canonical_id, used)
-            plans.append(DeploymentPlan(name, model.canonical_id, via, dict(fields), credential))
+        for canonical_id in wanted:
+            name = _deployment_name(prefix, canonical_id, used)
+            plans.append(DeploymentPlan(name, canonical_id, via, dict(fields), credential))
     return plans
+
+
+def _models_after_file(ctx: Context) -> dict[str, tuple[str, str, str]]:
+    """canonical id -> (provider slug, mode, status) once this file's [[models]] applied."""
+    models = {m.canonical_id: (m.provider.slug, m.mode, m.status) for m in ctx.models.values()}
+    for canonical_id, provider in ctx.file_models.items():
+        models[canonical_id] = (provider, ModelMode.CHAT, ModelStatus.ACTIVE)
+    for canonical_id, fields in ctx.file_model_fields.items():
+        if canonical_id in models:
+            provider, mode, status = models[canonical_id]
+            models[canonical_id] = (
+                provider,
+                fields.get("mode", mode),
+                fields.get("status", status),
+            )
+    return models
 
 
 def _deployment_name(prefix: str, canonical_id: str, used: set[str]) -> str:

@@ -50,6 +50,7 @@ def catalog_batch() -> Iterator[None]:
         _batch.depth = getattr(_batch, "depth", 0) + 1
         if outer:
             _batch.dirty = False
+            catalog_write_lock()
         try:
             yield
         finally:
@@ -57,6 +58,14 @@ def catalog_batch() -> Iterator[None]:
         if outer and _batch.dirty:
             _batch.dirty = False
             catalog_version_bump()
+
+
+def catalog_write_lock() -> None:
+    """Serialize catalog-wide writers (imports, operator files): lock the version row for the
+    rest of the current transaction (PostgreSQL; SQLite serializes writers by itself)."""
+    if not CatalogVersion.objects.select_for_update().filter(pk=1).exists():
+        CatalogVersion.objects.get_or_create(pk=1)
+        CatalogVersion.objects.select_for_update().filter(pk=1).exists()
 
 
 def catalog_version_bump() -> str:

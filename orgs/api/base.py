@@ -119,7 +119,18 @@ class OrgScopedViewSet(ManagementAPIMixin, viewsets.GenericViewSet):
         return qs
 
     def get_object(self) -> Any:
-        obj = super().get_object()  # 404 outside the visible set
+        try:
+            obj = super().get_object()  # only rows of the visible set
+        except Http404:
+            # In the caller's own organization but outside what their role shows: 403.
+            # Anything else (another organization's row, no such row): 404.
+            lookup = self.kwargs.get(self.lookup_url_kwarg or self.lookup_field)
+            in_org = self.get_base_queryset().filter(
+                organization=self.organization, **{self.lookup_field: lookup}
+            )
+            if in_org.exists():
+                raise NotAllowed("Your role does not allow access to this object.") from None
+            raise
         if self.action not in SAFE_ACTIONS:
             self.require(self.node_of(obj), self.required_permission())
         return obj
@@ -128,6 +139,9 @@ class OrgScopedViewSet(ManagementAPIMixin, viewsets.GenericViewSet):
     def node_of(self, obj: Model) -> Node | None:
         if self.node_field is None:
             return None
+        if self.node_field == "pk":
+            assert isinstance(obj, Node)
+            return obj
         node = obj
         for part in self.node_field.split("__"):
             node = getattr(node, part)

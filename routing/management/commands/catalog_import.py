@@ -23,7 +23,8 @@ class Command(BaseCommand):
             result = catalog_import(options["source"])
         except CatalogFormatError as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(result.summary())
+        if options["verbosity"] >= 1:
+            self.stdout.write(result.summary())
         if options["verbosity"] > 1:
             for reason, count in sorted(result.skipped_reasons.items()):
                 self.stdout.write(f"  skipped {count}: {reason}")
