@@ -27,7 +27,6 @@ from typing import Any
 import httpx
 from django.conf import settings
 
-
 DEFAULT_CONNECT = 5.0
 DEFAULT_FIRST_BYTE = 60.0
 DEFAULT_STALL = 30.0
