@@ -396,7 +396,8 @@ def register(cls: type[Adapter]) -> type[Adapter]:
 
 
 def get_adapter(kind: str) -> Adapter:
-    if not _REGISTRY:
+    """The adapter for a provider kind ("openai", "azure", "anthropic", "gemini", "bedrock")."""
+    if kind not in _REGISTRY:
         import gateway.providers.adapters  # noqa: F401  (registers every adapter)
     try:
         return _REGISTRY[kind]
