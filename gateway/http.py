@@ -74,8 +74,24 @@ def _limits() -> httpx.Limits:
     )
 
 
+def make_transport(name: str | None = None) -> httpx.AsyncBaseTransport | None:
+    """The transport named by ``name`` or setting ``PROVIDER_HTTP_TRANSPORT``: ``httpx`` (the
+    default httpcore transport; returns None) or ``aiohttp`` (needs ``httpx-aiohttp``)."""
+    name = name or str(getattr(settings, "PROVIDER_HTTP_TRANSPORT", "httpx"))
+    if name == "httpx":
+        return None
+    if name == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        return AiohttpTransport(limits=_limits(), trust_env=False)
+    raise ValueError(f"unknown PROVIDER_HTTP_TRANSPORT {name!r} (use httpx or aiohttp)")
+
+
 def new_client(**kwargs: Any) -> httpx.AsyncClient:
     """A client configured like the shared one (for benchmarks and tests that need their own)."""
+    transport = kwargs.pop("transport", None) or make_transport()
+    if transport is not None:
+        kwargs["transport"] = transport
     options: dict[str, Any] = {
         "limits": _limits(),
         "timeout": Timeouts.default().httpx_timeout(),

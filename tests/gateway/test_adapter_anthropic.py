@@ -97,10 +97,12 @@ def test_stream_tool_use_fixture() -> None:
 
 def test_stream_error_event_is_overloaded() -> None:
     decoder = AnthropicStreamDecoder("m")
-    with pytest.raises(ProviderError) as info:
-        decoder.feed(fixture_bytes("anthropic", "stream_error.sse"))
-    assert info.value.kind is ErrorKind.OVERLOADED
-    assert info.value.retriable
+    chunks = decoder.feed(fixture_bytes("anthropic", "stream_error.sse"))
+    assert [c.choices[0].delta.role for c in chunks] == ["assistant"]  # relayed first
+    error = decoder.pending_error
+    assert error is not None
+    assert error.kind is ErrorKind.OVERLOADED
+    assert error.retriable
 
 
 def test_stream_without_message_stop() -> None:

@@ -152,12 +152,17 @@ def test_converse_stream_events() -> None:
 )  # fmt: skip
 def test_converse_stream_exceptions(exception: str, kind: ErrorKind) -> None:
     decoder = BedrockStreamDecoder("m")
-    with pytest.raises(ProviderError) as info:
-        decoder.feed(
-            _event("messageStart", {"role": "assistant"}) + exception_frame(exception, "boom")
-        )
+    # The role chunk before the exception is still relayed; the error is raised after it.
+    chunks = decoder.feed(
+        _event("messageStart", {"role": "assistant"}) + exception_frame(exception, "boom")
+    )
+    assert [c.choices[0].delta.role for c in chunks] == ["assistant"]
+    assert decoder.pending_error is not None
+    assert decoder.pending_error.kind is kind
+    assert decoder.pending_error.message == "boom"
+    with pytest.raises(ProviderError) as info:  # alone, the exception raises at once
+        BedrockStreamDecoder("m").feed(exception_frame(exception, "boom"))
     assert info.value.kind is kind
-    assert info.value.message == "boom"
 
 
 @pytest.mark.parametrize("name", sorted(ERRORS))
