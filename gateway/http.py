@@ -20,12 +20,15 @@ figures and the reason for the choice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CONNECT = 5.0
 DEFAULT_FIRST_BYTE = 60.0
@@ -81,8 +84,11 @@ def make_transport(name: str | None = None) -> httpx.AsyncBaseTransport | None:
     if name == "httpx":
         return None
     if name == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
-
+        try:
+            from httpx_aiohttp import AiohttpTransport
+        except ImportError:  # not installed: the default transport still works, only slower
+            logger.warning("httpx-aiohttp is not installed; using the default httpx transport")
+            return None
         return AiohttpTransport(limits=_limits(), trust_env=False)
     raise ValueError(f"unknown PROVIDER_HTTP_TRANSPORT {name!r} (use httpx or aiohttp)")
 
