@@ -20,12 +20,15 @@ figures and the reason for the choice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CONNECT = 5.0
 DEFAULT_FIRST_BYTE = 60.0
@@ -74,8 +77,27 @@ def _limits() -> httpx.Limits:
     )
 
 
+def make_transport(name: str | None = None) -> httpx.AsyncBaseTransport | None:
+    """The transport named by ``name`` or setting ``PROVIDER_HTTP_TRANSPORT``: ``httpx`` (the
+    default httpcore transport; returns None) or ``aiohttp`` (needs ``httpx-aiohttp``)."""
+    name = name or str(getattr(settings, "PROVIDER_HTTP_TRANSPORT", "httpx"))
+    if name == "httpx":
+        return None
+    if name == "aiohttp":
+        try:
+            from httpx_aiohttp import AiohttpTransport
+        except ImportError:  # not installed: the default transport still works, only slower
+            logger.warning("httpx-aiohttp is not installed; using the default httpx transport")
+            return None
+        return AiohttpTransport(limits=_limits(), trust_env=False)
+    raise ValueError(f"unknown PROVIDER_HTTP_TRANSPORT {name!r} (use httpx or aiohttp)")
+
+
 def new_client(**kwargs: Any) -> httpx.AsyncClient:
     """A client configured like the shared one (for benchmarks and tests that need their own)."""
+    transport = kwargs.pop("transport", None) or make_transport()
+    if transport is not None:
+        kwargs["transport"] = transport
     options: dict[str, Any] = {
         "limits": _limits(),
         "timeout": Timeouts.default().httpx_timeout(),
