@@ -214,6 +214,7 @@ async def _stream_response(
     """Fail over until a deployment yields its first chunk, then relay chunk by chunk."""
     first, rest = await pipeline.chat_stream(ctx, inbound.chat)
     assert ctx.chosen is not None
+    created = first.created or int(time.time())  # some providers give no timestamp
     model_id = ctx.chosen.model_id
     state = {"status": 200}
 
@@ -221,9 +222,11 @@ async def _stream_response(
         try:
             for event in renderer.start(model_id):
                 yield event
+            first.created = created
             for event in renderer.chunk(first):
                 yield event
             async for chunk in rest:
+                chunk.created = created
                 for event in renderer.chunk(chunk):
                     yield event
             for event in renderer.finish(model_id):
@@ -275,6 +278,8 @@ async def _run_chat(
         raise
     assert ctx.chosen is not None
     _record(req, ctx, 200)
+    if not response.created:  # some providers give no timestamp
+        response.created = int(time.time())
     return ApiResponse.json(
         render(response, ctx.chosen.model_id), headers=_headers(ctx, with_cost=True)
     )
