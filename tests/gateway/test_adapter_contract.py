@@ -68,6 +68,23 @@ async def test_complete_text_and_usage(kind: str, simulator_url: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+async def test_cache_and_reasoning_usage(kind: str, simulator_url: str) -> None:
+    """Each provider's cache / reasoning usage fields land in the normalized Usage."""
+    base = endpoint(kind, simulator_url).model
+    ep = endpoint(kind, simulator_url, model=base + "~tokens=4~cached=5~reasoning=3")
+    adapter = get_adapter(kind)
+    for usage in (
+        (await adapter.complete(ep, chat(max_tokens=50))).usage,
+        (await collect(adapter, ep, chat(max_tokens=50)))[-1].usage,
+    ):
+        assert usage is not None
+        assert (usage.prompt_tokens, usage.cached_tokens) == (PROMPT_TOKENS, 5)
+        assert usage.completion_tokens == 4 + 3
+        # Only OpenAI and Gemini report reasoning tokens apart.
+        assert usage.reasoning_tokens == (3 if kind in ("openai", "azure", "gemini") else 0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 async def test_stream_matches_complete(kind: str, simulator_url: str) -> None:
     ep = endpoint(kind, simulator_url)
     adapter = get_adapter(kind)
