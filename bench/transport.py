@@ -1,11 +1,12 @@
 """Measure the provider call path (adapter + shared httpx client) against the simulator, with
 httpx's default transport and with the aiohttp transport (httpx-aiohttp).
 
-    .venv/bin/python bench/transport.py [--requests 4000] [--stream]
+    .venv/bin/python bench/transport.py [--requests 3000] [--rounds 3] [--stream]
 
 Starts ``manage.py simulate_providers`` (fast mode, its own process), then for each transport
 runs OpenAIAdapter.complete (or .stream) at concurrency 1 and 32 on uvloop and prints p50 /
-p99 latency and requests per second. Figures are recorded in docs/providers.md.
+p99 latency and requests per second: the median over ``--rounds`` rounds, transports
+alternating so that background load hits both alike. Figures are in docs/providers.md.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ async def run(transport: str, url: str, concurrency: int, total: int, stream: bo
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stream", action="store_true")
     args = parser.parse_args()
     import uvloop
@@ -106,16 +108,20 @@ def main() -> None:
     proc, url = start_simulator()
     try:
         mode = "stream" if args.stream else "complete"
-        print(f"OpenAIAdapter.{mode} -> simulator at {url}, {args.requests} requests per row")
-        print(f"{'transport':<10} {'c':>3} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
-        for transport in ("httpx", "aiohttp"):
+        print(f"OpenAIAdapter.{mode} -> simulator at {url}, {args.requests} requests per row, "
+              f"median of {args.rounds} rounds")  # fmt: skip
+        results: dict[tuple[str, int], list[dict]] = {}
+        for _ in range(args.rounds):
             for concurrency in (1, 32):
-                row = uvloop.run(run(transport, url, concurrency, args.requests, args.stream))
-                print(
-                    f"{row['transport']:<10} {row['c']:>3} {row['p50_ms']:>8.2f} "
-                    f"{row['p99_ms']:>8.2f} {row['rps']:>8.0f}",
-                    flush=True,
-                )
+                for transport in ("httpx", "aiohttp"):
+                    row = uvloop.run(run(transport, url, concurrency, args.requests, args.stream))
+                    results.setdefault((transport, concurrency), []).append(row)
+        print(f"{'transport':<10} {'c':>3} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+        for (transport, concurrency), rows in results.items():
+            p50 = statistics.median(r["p50_ms"] for r in rows)
+            p99 = statistics.median(r["p99_ms"] for r in rows)
+            rps = statistics.median(r["rps"] for r in rows)
+            print(f"{transport:<10} {concurrency:>3} {p50:>8.2f} {p99:>8.2f} {rps:>8.0f}")
     finally:
         proc.terminate()
         proc.wait(10)

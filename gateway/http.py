@@ -7,10 +7,10 @@ connections are pooled per upstream host; the limits and timeouts are explicit a
 settings (``PROVIDER_*`` in docs/configuration.md and docs/providers.md).
 
 Timeouts are explicit per call with :class:`Timeouts`: ``connect`` (TCP/TLS), ``first_byte``
-(request sent -> response headers and, when streaming, the first chunk), ``stall`` (the longest
-gap between two stream chunks) and ``total`` (a whole non-streaming call). Adapters enforce
-``first_byte`` and ``stall`` themselves with ``asyncio.timeout``; httpx's own read timeout is
-only a backstop set to the larger of the two.
+(streaming: request sent -> response headers and the first chunk), ``stall`` (the longest gap
+between two stream chunks) and ``total`` (a whole non-streaming call: its headers come only
+when the whole answer is ready). Adapters enforce them with ``asyncio.timeout``; httpx's own
+timeouts are only a backstop.
 
 The transport is httpx's default one (httpcore). It was measured against the aiohttp transport
 (``httpx-aiohttp``) on this machine with ``bench/transport.py``; see docs/providers.md for the
@@ -38,7 +38,8 @@ DEFAULT_TOTAL = 600.0
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Seconds. ``first_byte`` covers connect + send + response headers (+ first chunk)."""
+    """Seconds. Streams: ``first_byte`` covers connect + send + headers + first chunk, then
+    ``stall`` bounds each gap. Non-streaming calls: ``total`` bounds the whole call."""
 
     connect: float = DEFAULT_CONNECT
     first_byte: float = DEFAULT_FIRST_BYTE
@@ -59,8 +60,9 @@ class Timeouts:
     def with_(self, **changes: float) -> Timeouts:
         return replace(self, **changes)
 
-    def httpx_timeout(self) -> httpx.Timeout:
-        read = max(self.first_byte, self.stall)
+    def httpx_timeout(self, *, stream: bool = True) -> httpx.Timeout:
+        """httpx's own timeouts, a backstop behind the adapters' explicit deadlines."""
+        read = max(self.first_byte, self.stall) if stream else self.total
         return httpx.Timeout(connect=self.connect, read=read, write=self.write, pool=self.pool)
 
 

@@ -293,13 +293,19 @@ class Adapter:
         body: bytes,
         timeouts: Timeouts,
         deadline: float,
+        *,
+        stream: bool = True,
     ) -> httpx.Response:
         """Send the request and return the (streaming) response once its headers arrived and its
         status is a success; otherwise raise the mapped ProviderError."""
         client = get_client()
         headers = self.sign(endpoint, "POST", url, headers, body)
         request = client.build_request(
-            "POST", url, headers=headers, content=body, timeout=timeouts.httpx_timeout()
+            "POST",
+            url,
+            headers=headers,
+            content=body,
+            timeout=timeouts.httpx_timeout(stream=stream),
         )
         try:
             async with asyncio.timeout_at(deadline):
@@ -328,8 +334,9 @@ class Adapter:
         timeouts = timeouts or Timeouts.default()
         loop = asyncio.get_running_loop()
         start = loop.time()
+        # The headers of a non-streaming answer come when the whole answer is ready.
         response = await self._open(
-            endpoint, url, headers, body, timeouts, start + timeouts.first_byte
+            endpoint, url, headers, body, timeouts, start + timeouts.total, stream=False
         )
         try:
             async with asyncio.timeout_at(start + timeouts.total):
