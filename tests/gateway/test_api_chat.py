@@ -288,3 +288,29 @@ def test_warm_hot_path_does_no_database_work(client, monkeypatch):
     response = client.post("/v1/embeddings", json={"model": "openai/embed-sim", "input": "x"})
     assert response.status_code == 200
     assert queries == []
+
+
+async def test_django_view_path_serves_and_streams(sim_world):
+    """The Django async view (runserver, WSGI, test client) runs the same handlers."""
+    from django.test import AsyncClient
+
+    django_client = AsyncClient()
+    response = await django_client.post(
+        "/v1/chat/completions",
+        data=chat(max_tokens=10),
+        content_type="application/json",
+        headers=sim_world.auth(),
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["model"] == "openai/gpt-sim"
+    assert response["x-megarouter-attempts"] == "1"
+    streamed = await django_client.post(
+        "/v1/chat/completions",
+        data=chat(stream=True),
+        content_type="application/json",
+        headers=sim_world.auth(),
+    )
+    assert streamed.status_code == 200
+    body = b"".join([part async for part in streamed.streaming_content])
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert body.count(b"chat.completion.chunk") >= 2
