@@ -290,7 +290,7 @@ def test_warm_hot_path_does_no_database_work(client, monkeypatch):
     assert queries == []
 
 
-async def test_django_view_path_serves_and_streams(sim_world):
+async def test_django_view_path_serves_and_streams(sim_world, close_clients):
     """The Django async view (runserver, WSGI, test client) runs the same handlers."""
     from django.test import AsyncClient
 
