@@ -23,6 +23,7 @@ from gateway.errors import (
     NotFound,
     UpstreamFailed,
     anthropic_error_json,
+    describe_exception,
     error_json,
 )
 from gateway.pipeline import CallContext
@@ -402,10 +403,9 @@ async def dispatch(req: ApiRequest) -> ApiResponse:
         response = await _route(req)
     except GatewayError as error:
         response = error_response(req, error)
-    except Exception:
-        logger.exception(
-            "unhandled gateway error", extra={"fields": {"request_id": req.request_id}}
-        )
+    except Exception as exc:
+        fields = {"request_id": req.request_id, **describe_exception(exc)}
+        logger.error("unhandled gateway error", extra={"fields": fields})
         response = error_response(req, InternalError("The gateway failed to handle this request."))
     if not req.recorded:  # answered before routing: bad key or input, unknown path, models
         route = ROUTE_LABELS.get(req.route or "", "other")
