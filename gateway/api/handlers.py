@@ -243,6 +243,13 @@ async def _stream_response(
             state["status"] = 599  # logged as an interrupted stream
             for event in renderer.error(failure):
                 yield event
+        except Exception as exc:  # a bug in rendering: still end with an error event
+            fields = {"request_id": req.request_id, **describe_exception(exc)}
+            logger.error("stream relay failed", extra={"fields": fields})
+            metrics.STREAM_ERRORS.labels(ctx.route, "internal").inc()
+            state["status"] = 598
+            for event in renderer.error(InternalError("The gateway failed while streaming.")):
+                yield event
 
     async def on_close() -> None:
         await rest.aclose()  # cancels the upstream call if it is still running

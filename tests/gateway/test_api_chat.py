@@ -314,3 +314,28 @@ async def test_django_view_path_serves_and_streams(sim_world, close_clients):
     body = b"".join([part async for part in streamed.streaming_content])
     assert body.endswith(b"data: [DONE]\n\n")
     assert body.count(b"chat.completion.chunk") >= 2
+
+
+def test_stream_renderer_bug_still_ends_with_error_event(client, monkeypatch):
+    from gateway.api import handlers
+
+    calls = {"n": 0}
+    original = handlers.ChatRenderer.chunk
+
+    def flaky(self, chunk):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("renderer bug")
+        return original(self, chunk)
+
+    monkeypatch.setattr(handlers.ChatRenderer, "chunk", flaky)
+    events = sse_data(client.post("/v1/chat/completions", json=chat(stream=True)))
+    assert "[DONE]" not in events
+    assert events[-1] == {
+        "error": {
+            "message": "The gateway failed while streaming.",
+            "type": "server_error",
+            "param": None,
+            "code": "internal_error",
+        }
+    }
