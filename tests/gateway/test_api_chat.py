@@ -339,3 +339,18 @@ def test_stream_renderer_bug_still_ends_with_error_event(client, monkeypatch):
             "code": "internal_error",
         }
     }
+
+
+def test_every_candidate_timed_out_is_504(client):
+    from django.test import override_settings
+
+    with override_settings(PROVIDER_TOTAL_TIMEOUT=0.3, PROVIDER_FIRST_BYTE_TIMEOUT=0.3):
+        started = time.monotonic()
+        response = client.post("/v1/chat/completions", json=chat("openai/gpt-hang"))
+        streamed = client.post("/v1/chat/completions", json=chat("openai/gpt-hang", stream=True))
+    assert time.monotonic() - started < 3
+    for result in (response, streamed):
+        assert result.status_code == 504
+        error = result.json()["error"]
+        assert error["code"] == "all_deployments_failed"
+        assert error["message"] == "Every candidate deployment failed. Tried: sim-hang (timeout)."
