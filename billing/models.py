@@ -354,7 +354,9 @@ class RateWindow(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["key_id", "window_start"], name="billing_ratewindow")
+            models.UniqueConstraint(
+                fields=["key_id", "window_start"], name="billing_ratewindow_key_window"
+            )
         ]
 
     def __str__(self) -> str:

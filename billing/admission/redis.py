@@ -62,7 +62,8 @@ from orgs.models import Organization
 LUA_DIR = Path(__file__).with_name("lua")
 NANO = Decimal(10) ** 9
 BUDGET_CACHE_TTL = 1.0  # seconds a process trusts its copy of an organization's budgets
-REBUILD_WAIT = 3.0  # seconds a reserve waits for another process's rebuild
+REBUILD_WAIT = 3.0
+MAX_CONNECTIONS = 50  # per process and event loop; callers wait for a free connection  # seconds a reserve waits for another process's rebuild
 
 
 def nano_ceil(amount: Decimal) -> int:
@@ -121,7 +122,10 @@ class RedisBackend:
         loop = asyncio.get_running_loop()
         client = self._async.get(loop)
         if client is None:
-            client = redis_async.Redis.from_url(self.url, decode_responses=True)
+            pool = redis_async.BlockingConnectionPool.from_url(
+                self.url, max_connections=MAX_CONNECTIONS, timeout=5, decode_responses=True
+            )
+            client = redis_async.Redis(connection_pool=pool)
             client.billing_scripts = {  # type: ignore[attr-defined]
                 n: client.register_script(src) for n, src in self._sources.items()
             }
@@ -208,8 +212,7 @@ class RedisBackend:
                 raise AdmissionUnavailable()
         status = result[0]
         if status == "rate":
-            ttl = int(result[2])
-            retry = ttl if ttl > 0 else max(1, math.ceil(60 - epoch_seconds % 60))
+            retry = max(1, math.ceil(60 - epoch_seconds % 60))  # the minute window's end
             raise RateLimited(limit=result[1], retry_after=retry)
         if status == "budget":
             b = budgets[int(result[1]) - 1]
@@ -239,24 +242,28 @@ class RedisBackend:
 
     async def _await_rebuild(self, organization_id: int) -> None:
         deadline = time.monotonic() + REBUILD_WAIT
+        client, _ = self._client()
+        epoch = self.keys(organization_id).epoch
         while time.monotonic() < deadline:
+            if await client.exists(epoch):  # built meanwhile (by us or another process)
+                return
             built = await sync_to_async(self.rebuild_sync, thread_sensitive=True)(organization_id)
             if built:
                 return
-            # another process holds the rebuild lock: wait for its epoch
-            client, _ = self._client()
-            if await client.exists(self.keys(organization_id).epoch):
-                return
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # another process holds the rebuild lock
 
     # -- settle / release ------------------------------------------------------------------
     async def _persisted(self, res: Reservation) -> None:
         task = res.extra.get("persist")
-        if task is not None:
-            try:
-                await task
-            except Exception:
-                res.extra["persist_failed"] = True
+        if task is None:
+            return
+        if task.done() and task.cancelled():  # its event loop ended before it ran
+            res.extra["persist_failed"] = True
+            return
+        try:
+            await task
+        except Exception:  # the Redis hold is still reconciled by its deadline
+            res.extra["persist_failed"] = True
 
     def _settle_keys(self, res: Reservation) -> list[str]:
         k = self.keys(res.ctx.organization_id)
@@ -318,7 +325,7 @@ class RedisBackend:
         self.sync.delete(self.keys(organization_id).epoch)
         self.budgets_changed(organization_id)
 
-    def rebuild_sync(self, organization_id: int) -> bool:
+    def rebuild_sync(self, organization_id: int, *, force: bool = False) -> bool:
         """Recompute the organization's counters from the database. False when another process
         holds the rebuild lock."""
         k = self.keys(organization_id)
@@ -326,6 +333,9 @@ class RedisBackend:
         if not self.sync.set(k.lock, token, nx=True, px=30_000):
             return False
         try:
+            if not force and self.sync.exists(k.epoch):
+                return True  # another caller rebuilt while we waited for the lock
+
             payload = self.snapshot(organization_id)
             payload["epoch"] = uuid.uuid4().hex
             self._sync_script("rebuild")(
@@ -342,8 +352,9 @@ class RedisBackend:
         """What the counters must hold, computed from one consistent database read."""
         k = self.keys(organization_id)
         now = timezone.now()
+        outermost = not connection.in_atomic_block
         with transaction.atomic():
-            if connection.vendor == "postgresql":
+            if outermost and connection.vendor == "postgresql":
                 with connection.cursor() as cursor:
                     cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             tz = (

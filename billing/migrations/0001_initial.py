@@ -159,7 +159,7 @@ class Migration(migrations.Migration):
                 ('tokens', models.BigIntegerField(default=0)),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('key_id', 'window_start'), name='billing_ratewindow')],
+                'constraints': [models.UniqueConstraint(fields=('key_id', 'window_start'), name='billing_ratewindow_key_window')],
             },
         ),
         migrations.CreateModel(

@@ -14,10 +14,10 @@ local tokens = tonumber(ARGV[2])
 local rpm = tonumber(ARGV[3])
 local tpm = tonumber(ARGV[4])
 if rpm >= 0 and tonumber(redis.call('GET', KEYS[6]) or '0') + 1 > rpm then
-  return {'rate', 'requests', redis.call('TTL', KEYS[6])}
+  return {'rate', 'requests'}
 end
 if tpm >= 0 and tonumber(redis.call('GET', KEYS[7]) or '0') + tokens > tpm then
-  return {'rate', 'tokens', redis.call('TTL', KEYS[7])}
+  return {'rate', 'tokens'}
 end
 local n = #KEYS - 7
 for i = 1, n do
