@@ -62,8 +62,8 @@ from orgs.models import Organization
 LUA_DIR = Path(__file__).with_name("lua")
 NANO = Decimal(10) ** 9
 BUDGET_CACHE_TTL = 1.0  # seconds a process trusts its copy of an organization's budgets
-REBUILD_WAIT = 3.0
-MAX_CONNECTIONS = 50  # per process and event loop; callers wait for a free connection  # seconds a reserve waits for another process's rebuild
+REBUILD_WAIT = 3.0  # seconds a reserve waits for another process's rebuild
+MAX_CONNECTIONS = 50  # per process and event loop; callers wait for a free connection
 
 
 def nano_ceil(amount: Decimal) -> int:

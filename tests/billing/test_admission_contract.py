@@ -78,13 +78,21 @@ def test_reserve_then_settle_charges_the_actual_cost_everywhere(backend, world):
     assert open_reservations(world.org) == 1
     assert [b[0] for b in res.budgets] == [org_b.pk, team_b.pk, key_b.pk]
     during = observed(backend, world.org, budgets)
-    assert during == {"available": D("99.5"), org_b.pk: D("0.5"), team_b.pk: D("0.5"),
-                      key_b.pk: D("0.5")}
+    assert during == {
+        "available": D("99.5"),
+        org_b.pk: D("0.5"),
+        team_b.pk: D("0.5"),
+        key_b.pk: D("0.5"),
+    }
 
     run(backend.settle, res, D("0.2"), usage())
     after = observed(backend, world.org, budgets)
-    assert after == {"available": D("99.8"), org_b.pk: D("0.2"), team_b.pk: D("0.2"),
-                     key_b.pk: D("0.2")}
+    assert after == {
+        "available": D("99.8"),
+        org_b.pk: D("0.2"),
+        team_b.pk: D("0.2"),
+        key_b.pk: D("0.2"),
+    }
     assert open_reservations(world.org) == 0
     event = UsageEvent.objects.get(request_id=request_id)
     assert event.cost == D("0.2")
@@ -96,10 +104,16 @@ def test_reserve_then_settle_charges_the_actual_cost_everywhere(backend, world):
     assert UsageEvent.objects.count() == 0
     record = UsageRecord.objects.get(request_id=request_id)
     assert (record.cost, record.tokens_in, record.tokens_out, record.tokens_cached) == (
-        D("0.2"), 1200, 300, 200
+        D("0.2"),
+        1200,
+        300,
+        200,
     )
     assert (record.key_id, record.member_id, record.project_id, record.team_id) == (
-        world.key_id, world.member_id, world.tree.project.pk, world.tree.team.pk
+        world.key_id,
+        world.member_id,
+        world.tree.project.pk,
+        world.tree.team.pk,
     )
     assert (record.price_version_id, record.attempts, record.fallback_used) == (7, 2, True)
     assert record.routing == {"chosen": "openai-gpt-4o-mini", "candidates": 3}
@@ -117,7 +131,9 @@ def test_reserve_then_settle_charges_the_actual_cost_everywhere(backend, world):
     assert LedgerEntry.objects.filter(kind="usage").count() == 1
 
 
-@pytest.mark.parametrize("layer", ["organization", "department", "team", "project", "member", "key"])
+@pytest.mark.parametrize(
+    "layer", ["organization", "department", "team", "project", "member", "key"]
+)
 def test_each_layer_refuses_and_names_itself_changing_nothing(backend, world, layer):
     others = [budget(world, s, "50") for s in ("organization", "team", "key") if s != layer]
     tight = budget(world, layer, "0.30")
@@ -127,7 +143,11 @@ def test_each_layer_refuses_and_names_itself_changing_nothing(backend, world, la
     rows = open_reservations(world.org)
     with pytest.raises(BudgetExceeded) as err:
         run(backend.reserve, rid(), world.ctx(), D("0.06"), 10)
-    assert (err.value.layer, err.value.budget_id, err.value.code) == (layer, tight.pk, "budget_exceeded")
+    assert (err.value.layer, err.value.budget_id, err.value.code) == (
+        layer,
+        tight.pk,
+        "budget_exceeded",
+    )
     assert err.value.http_status == 429
     assert err.value.scope_id == tight.scope_id
     assert observed(backend, world.org, budgets) == before
@@ -180,7 +200,11 @@ def test_rate_limits_per_key(backend, world):
         run(backend.reserve, rid(), ctx, D("0.001"), 100)
     with pytest.raises(RateLimited) as err:
         run(backend.reserve, rid(), ctx, D("0.001"), 100)
-    assert (err.value.limit, err.value.http_status, err.value.code) == ("requests", 429, "rate_limited")
+    assert (err.value.limit, err.value.http_status, err.value.code) == (
+        "requests",
+        429,
+        "rate_limited",
+    )
     assert 1 <= err.value.retry_after <= 60
     # tokens: another key's window is separate
     tctx = world.ctx(key_id=world.key_id + 1000, rpm_limit=None, tpm_limit=1000)
@@ -231,7 +255,8 @@ def test_reconciliation_settles_when_the_usage_event_was_written(backend, world)
     if backend.name == "db":
         # the database backend moves the counters in the same transaction: nothing is left
         assert services.reservations_reconcile(now=res.deadline + dt.timedelta(seconds=120)) == {
-            "released": 0, "settled": 0
+            "released": 0,
+            "settled": 0,
         }
         return
     later = res.deadline + dt.timedelta(seconds=120)
@@ -273,8 +298,13 @@ def test_posting_is_idempotent_by_request_id(backend, world):
     services.usage_events_post()
     # a duplicate event for an already recorded request is consumed without a second charge
     UsageEvent.objects.create(
-        request_id="req-dup", organization_id=world.org.pk, backend=backend.name,
-        cost=D("0.1"), budget_periods=[], data={}, created_at=timezone.now(),
+        request_id="req-dup",
+        organization_id=world.org.pk,
+        backend=backend.name,
+        cost=D("0.1"),
+        budget_periods=[],
+        data={},
+        created_at=timezone.now(),
     )
     assert services.usage_events_post().events == 1
     assert LedgerEntry.objects.filter(kind="usage").count() == 1

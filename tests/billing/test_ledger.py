@@ -36,7 +36,10 @@ def test_topup_refund_adjust_move_balance_with_ledger_and_audit():
     e4 = services.balance_adjust(actor=SYSTEM, organization=org, amount=3, reason="goodwill")
     assert [e.kind for e in (e1, e2, e3, e4)] == ["topup", "refund", "adjustment", "adjustment"]
     assert [e.amount for e in (e1, e2, e3, e4)] == [
-        D("250"), D("-100.5"), D("-0.000000000001"), D("3")
+        D("250"),
+        D("-100.5"),
+        D("-0.000000000001"),
+        D("3"),
     ]
     assert e4.balance_after == D("152.499999999999")
     account = BillingAccount.objects.get(organization=org)
@@ -48,7 +51,10 @@ def test_topup_refund_adjust_move_balance_with_ledger_and_audit():
         .values_list("action", "changes")
     )
     assert [a for a, _ in actions] == [
-        "billing.topup", "billing.refund", "billing.adjust", "billing.adjust"
+        "billing.topup",
+        "billing.refund",
+        "billing.adjust",
+        "billing.adjust",
     ]
     assert actions[0][1] == {
         "amount": "250.00",
@@ -125,4 +131,3 @@ def test_account_check_finds_a_balance_moved_outside_the_ledger():
     assert services.account_check() == []
     BillingAccount.objects.filter(organization=w.org).update(balance=D("11"))
     assert services.account_check() == [(w.org.pk, D("11"), D("10"))]
-

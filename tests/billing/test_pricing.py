@@ -30,8 +30,9 @@ def test_cached_tokens_use_the_cached_price_and_cache_writes_theirs():
         cached_input_per_token=D("0.0000003"),
         cache_write_per_token=D("0.00000375"),
     )
-    usage = Usage(prompt_tokens=10_000, completion_tokens=100, cached_tokens=8_000,
-                  cache_write_tokens=1_000)
+    usage = Usage(
+        prompt_tokens=10_000, completion_tokens=100, cached_tokens=8_000, cache_write_tokens=1_000
+    )
     # 1,000 fresh * 3e-6 + 8,000 cached * 3e-7 + 1,000 written * 3.75e-6 + 100 out * 1.5e-5
     assert usage_cost(price, usage) == D("0.003") + D("0.0024") + D("0.00375") + D("0.0015")
 
