@@ -44,3 +44,16 @@ def observed(backend, org, budgets) -> dict:
 
 def open_reservations(org) -> int:
     return Reservation.objects.filter(organization_id=org.pk).count()
+
+
+def reserve_held(backend, *args):
+    """Reserve and wait for the durable copy (the gateway's loop would keep running; a test's
+    ends with the call)."""
+
+    async def go():
+        res = await backend.reserve(*args)
+        if "persist" in res.extra:
+            await res.extra["persist"]
+        return res
+
+    return run(go)
