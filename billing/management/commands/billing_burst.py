@@ -1,7 +1,7 @@
 """Fire N concurrent admissions for one API key through the configured backend and print a
 JSON summary: how many were admitted or refused (by code) and reserve latency percentiles.
 
-    manage.py billing_burst --key-id 12 --requests 500 --cost 0.00003 [--no-settle]
+    manage.py billing_burst --key-id 12 --requests 500 --cost 0.00003 [--no-settle] [--sequential]
 
 Each admitted request is settled at ``--cost`` (so it is charged), unless ``--no-settle``.
 Used by bench/budget_exactness.py and the two-process test; also a quick load check.
@@ -45,7 +45,13 @@ def context_for_key(key_id: int) -> AdmissionContext:
 
 
 async def burst(
-    ctx: AdmissionContext, *, requests: int, cost: Decimal, settle: bool, start_at: float
+    ctx: AdmissionContext,
+    *,
+    requests: int,
+    cost: Decimal,
+    settle: bool,
+    start_at: float,
+    sequential: bool = False,
 ) -> dict[str, Any]:
     backend = get_backend()
     latencies: list[float] = []
@@ -72,7 +78,11 @@ async def burst(
     if delay > 0:
         await asyncio.sleep(delay)  # both processes start together
     started = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(requests)))
+    if sequential:  # one at a time: the per-call latency without queueing
+        for _ in range(requests):
+            await one()
+    else:
+        await asyncio.gather(*(one() for _ in range(requests)))
     elapsed = time.perf_counter() - started
     latencies.sort()
     return {
@@ -97,6 +107,7 @@ class Command(BaseCommand):
         parser.add_argument("--cost", default="0.0001")
         parser.add_argument("--no-settle", action="store_true")
         parser.add_argument("--start-at", type=float, default=0.0, help="unix time to start")
+        parser.add_argument("--sequential", action="store_true", help="one request at a time")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         ctx = context_for_key(opts["key_id"])
@@ -106,5 +117,6 @@ class Command(BaseCommand):
             cost=Decimal(opts["cost"]),
             settle=not opts["no_settle"],
             start_at=opts["start_at"],
+            sequential=opts["sequential"],
         )
         self.stdout.write(json.dumps(result))
