@@ -11,8 +11,8 @@ reserve (+ settle) one request at a time.
     .venv/bin/python bench/budget_exactness.py --embedded
 
 Options: --requests 1000 --cost 0.00003 --limit 0.01 --latency-requests 300.
-Migrates the database first. Prints one JSON object. Leaves a tenant named bench-<hex> behind in the database it used
-(ledger rows are append-only); the Redis keys it used are deleted.
+Migrates the database first. Prints one JSON object. Leaves a tenant named bench-<hex> behind
+in the database it used (ledger rows are append-only); the Redis keys it used are deleted.
 """
 
 from __future__ import annotations
