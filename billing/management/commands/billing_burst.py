@@ -52,11 +52,13 @@ async def burst(
     settle: bool,
     start_at: float,
     sequential: bool = False,
+    hold_seconds: float = 0.0,
 ) -> dict[str, Any]:
     backend = get_backend()
     latencies: list[float] = []
     refused: Counter[str] = Counter()
     admitted = 0
+    held: list[str] = []
 
     async def one() -> None:
         nonlocal admitted
@@ -69,6 +71,13 @@ async def burst(
         finally:
             latencies.append((time.perf_counter() - t0) * 1000)
         admitted += 1
+        if hold_seconds:  # stands in for a slow provider call (tests kill us here)
+            if "persist" in res.extra:
+                await res.extra["persist"]
+            held.append(res.request_id)
+            if len(held) == requests:
+                print(json.dumps({"held": held}), flush=True)
+            await asyncio.sleep(hold_seconds)
         if settle:
             await backend.settle(res, cost, UsageEventData(tokens_in=10, tokens_out=10))
         else:
@@ -108,6 +117,9 @@ class Command(BaseCommand):
         parser.add_argument("--no-settle", action="store_true")
         parser.add_argument("--start-at", type=float, default=0.0, help="unix time to start")
         parser.add_argument("--sequential", action="store_true", help="one request at a time")
+        parser.add_argument(
+            "--hold-seconds", type=float, default=0.0, help="wait between reserve and settle"
+        )
 
     def handle(self, *args: Any, **opts: Any) -> None:
         ctx = context_for_key(opts["key_id"])
@@ -118,5 +130,6 @@ class Command(BaseCommand):
             settle=not opts["no_settle"],
             start_at=opts["start_at"],
             sequential=opts["sequential"],
+            hold_seconds=opts["hold_seconds"],
         )
         self.stdout.write(json.dumps(result))
