@@ -4,10 +4,9 @@ into. A request goes
     authenticate (api layer) -> route -> admit -> call with failover -> settle
 
 ``route``, ``admit`` and ``settle`` are the seams: :data:`STEPS` holds the implementation in
-force. Today ``route`` is the interim policy in :mod:`gateway.routing_interim`; ``admit`` admits
-everything and ``settle`` records metrics. The routing-engine and billing branches replace
-them by assigning their own functions (``STEPS.route = ...``) in their AppConfig.ready, with
-these signatures; nothing else in the gateway changes.
+force. Today ``route`` is the interim policy in :mod:`gateway.routing_interim`; ``admit`` and
+``settle`` are billing's reservation and charge (:mod:`gateway.admission`, installed by
+``GatewayConfig.ready``; the defaults below admit everything and charge nothing).
 """
 
 from __future__ import annotations
@@ -96,7 +95,7 @@ class Attempt:
 class CallContext:
     """Per-request state the steps share. Holds ids and numbers only, never content."""
 
-    request_id: str
+    request_id: str  # the X-Request-ID (the caller's own when it sent one)
     route: str  # "chat", "completions", "responses", "messages", "embeddings"
     key: Any  # the orgs key auth context
     requested_model: str
@@ -104,7 +103,15 @@ class CallContext:
     needs: frozenset[str] = frozenset()
     needs_param: dict[str, str] = field(default_factory=dict)  # capability -> parameter name
     max_tokens: int | None = None
+    n: int = 1  # choices requested (the output reservation scales with it)
     stream: bool = False
+    # Admission: the prompt-size estimate (set by prepare) and the output tokens reserved.
+    input_tokens_estimate: int | None = None
+    output_tokens_reserve: int = 0
+    # The id billing keys the reservation and usage record by: the request id when the gateway
+    # made it, a fresh one when the caller chose it (callers' ids need not be unique).
+    client_request_id: bool = False
+    charge_id: str = ""
     started: float = field(default_factory=time.perf_counter)
     plan: RoutePlan | None = None
     admission: Any = None
@@ -164,6 +171,11 @@ STEPS = Steps(route=_route_interim, admit=admit_all, settle=settle_record)
 
 async def prepare(ctx: CallContext, request: ChatRequest | EmbeddingRequest) -> None:
     """Route and admit. Raises GatewayError (404 / 403 / 400 / 402 / 429) before any call."""
+    from gateway.admission import input_tokens_estimate
+
+    ctx.input_tokens_estimate = input_tokens_estimate(request)
+    if isinstance(request, ChatRequest):
+        ctx.n = max(1, request.n or 1)
     ctx.plan = await STEPS.route(ctx=ctx, request=request)
     if not ctx.plan.candidates:
         raise UpstreamFailed(
@@ -242,9 +254,18 @@ def _record_success(ctx: CallContext, candidate: Candidate) -> None:
 
 
 async def chat_complete(ctx: CallContext, request: ChatRequest) -> ChatResponse:
+    await prepare(ctx, request)
+    try:
+        return await _complete_attempts(ctx, request)
+    except BaseException:
+        # A bug or a cancellation (client gone): release the hold now, not at reconcile.
+        await finish(ctx)
+        raise
+
+
+async def _complete_attempts(ctx: CallContext, request: ChatRequest) -> ChatResponse:
     from gateway.providers.base import get_adapter
 
-    await prepare(ctx, request)
     assert ctx.plan is not None
     last: ProviderError | None = None
     for candidate in ctx.plan.candidates:
@@ -272,9 +293,18 @@ async def chat_complete(ctx: CallContext, request: ChatRequest) -> ChatResponse:
 
 
 async def embed(ctx: CallContext, request: EmbeddingRequest) -> EmbeddingResponse:
+    await prepare(ctx, request)
+    try:
+        return await _embed_attempts(ctx, request)
+    except BaseException:
+        # A bug or a cancellation (client gone): release the hold now, not at reconcile.
+        await finish(ctx)
+        raise
+
+
+async def _embed_attempts(ctx: CallContext, request: EmbeddingRequest) -> EmbeddingResponse:
     from gateway.providers.base import get_adapter
 
-    await prepare(ctx, request)
     assert ctx.plan is not None
     last: ProviderError | None = None
     for candidate in ctx.plan.candidates:
@@ -305,9 +335,20 @@ async def chat_stream(
     """Open a stream, failing over until one deployment yields its first chunk. Returns that
     chunk and the rest; nothing has reached the client yet, so every failure here may move on.
     The caller must iterate the rest to the end (or close it) and then call :func:`finish`."""
+    await prepare(ctx, request)
+    try:
+        return await _stream_attempts(ctx, request)
+    except BaseException:
+        # A bug or a cancellation (client gone): release the hold now, not at reconcile.
+        await finish(ctx)
+        raise
+
+
+async def _stream_attempts(
+    ctx: CallContext, request: ChatRequest
+) -> tuple[ChatChunk, AsyncGenerator[ChatChunk, None]]:
     from gateway.providers.base import get_adapter
 
-    await prepare(ctx, request)
     assert ctx.plan is not None
     last: ProviderError | None = None
     for candidate in ctx.plan.candidates:
