@@ -27,6 +27,7 @@ SCAN_CHARS = 3000
 _WORD_RE = re.compile(r"[a-z0-9]+|[^\sa-z0-9]", re.ASCII)
 _CHOICE_RE = re.compile(r"^[ \t]*\(?[A-Ea-e][.)][ \t]+\S", re.M)
 _UPPER_RE = re.compile(r"[A-Z]")
+_LOWER_RE = re.compile(r"[a-z]")
 _NUMBER_RE = re.compile(r"\d+(?:[.,]\d+)*")
 _SENTENCE_RE = re.compile(r"[.!?](?:\s|$)")
 _DECIMAL_RE = re.compile(r"\d[.,]\d|\d/\d|\d\s*%")
@@ -264,12 +265,13 @@ def detect_language(text: str) -> str:
 
 
 def _latin_language(sample: str) -> str:
-    words = sample.lower().split()
-    if not words:
+    if _UPPER_RE.search(sample) is None and _LOWER_RE.search(sample) is None:
         return "und"
+    words = sample.lower().split()
     scores = {lang: sum(1 for w in words if w in stop) for lang, stop in _STOPWORDS.items()}
     lang, hits = max(scores.items(), key=lambda item: item[1])
-    return lang if hits > 0 else "en"
+    # English unless another language has clear evidence (short texts share stop words).
+    return lang if hits >= 2 and hits > scores["en"] else "en"
 
 
 def _build(
