@@ -215,5 +215,8 @@ LOGGING = {
         # The request line comes from megarouter.request; Django's own copy would repeat it.
         "django.request": {"level": "ERROR"},
         "django.server": {"level": "WARNING"},
+        # httpx logs every outbound request URL at INFO: noise on the hot path.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
     },
 }
