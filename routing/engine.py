@@ -121,14 +121,15 @@ class _Entry:
     priced: bool
 
 
-_index_cache: dict[str, tuple[_Entry, ...]] = {}
+_index_cache: list[tuple[CatalogSnapshot, tuple[_Entry, ...]]] = []
 
 
 def _index(snapshot: CatalogSnapshot) -> tuple[_Entry, ...]:
-    """Models that have enabled deployments, with their current prices (per snapshot)."""
-    entries = _index_cache.get(snapshot.token)
-    if entries is not None:
-        return entries
+    """Models that have enabled deployments, with their current prices (built once per
+    snapshot object: a rebuilt snapshot is a new object even when its token is the same)."""
+    cached = _index_cache[0] if _index_cache else None
+    if cached is not None and cached[0] is snapshot:
+        return cached[1]
     out = []
     for model_id, deployments in snapshot.deployments.items():
         model = snapshot.models[model_id]
@@ -149,8 +150,7 @@ def _index(snapshot: CatalogSnapshot) -> tuple[_Entry, ...]:
             )
         )
     entries = tuple(sorted(out, key=lambda e: e.model.canonical_id))
-    _index_cache.clear()  # one snapshot at a time
-    _index_cache[snapshot.token] = entries
+    _index_cache[:] = [(snapshot, entries)]  # one snapshot at a time
     return entries
 
 

@@ -190,7 +190,7 @@ def policy_spec_to_dict(spec: PolicySpec) -> dict[str, Any]:
         if isinstance(value, tuple):
             value = list(value)
         elif isinstance(value, Decimal):
-            value = str(value)
+            value = format(value.normalize(), "f")  # "15", "3.5": the same from any database
         out[name] = value
     return out
 
@@ -312,11 +312,11 @@ class EffectivePolicy:
         if self.zero_data_retention_only:
             out["zero_data_retention_only"] = True
         if self.max_price_per_million is not None:
-            out["max_price_per_million"] = str(self.max_price_per_million)
+            out["max_price_per_million"] = format(self.max_price_per_million.normalize(), "f")
         if self.max_latency_ms is not None:
             out["max_latency_ms"] = self.max_latency_ms
         if self.max_cost_usd is not None:
-            out["max_cost_usd"] = str(self.max_cost_usd)
+            out["max_cost_usd"] = format(self.max_cost_usd.normalize(), "f")
         return out
 
 
