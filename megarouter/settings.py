@@ -24,6 +24,8 @@ MEGAROUTER_ENV = env.choice("MEGAROUTER_ENV", "development", ("development", "pr
 PRODUCTION = MEGAROUTER_ENV == "production"
 
 SECRET_KEY = env.str("SECRET_KEY", DEV_SECRET_KEY)
+# Keys the HMAC digests of API keys and access tokens (orgs.secrets); changing it voids them all.
+KEY_HMAC_SECRET = env.str("MEGAROUTER_KEY_HMAC_SECRET", SECRET_KEY)
 DEBUG = env.bool("DEBUG", default=not PRODUCTION)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ["*"] if not PRODUCTION else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", [])
@@ -44,6 +46,17 @@ if PRODUCTION:
         raise ConfigError("REDIS_URL", "production needs Redis (redis://host:6379/0)")
     if not ALLOWED_HOSTS:
         raise ConfigError("ALLOWED_HOSTS", "production needs the host names the gateway serves")
+
+# Provider credentials are encrypted at rest with these Fernet keys (comma-separated; the first
+# encrypts, all decrypt, so a new key goes first and `manage.py credentials_rotate` re-encrypts).
+# Outside production an unset value derives one key from SECRET_KEY (see routing/crypto.py).
+MEGAROUTER_ENCRYPTION_KEYS = env.list("MEGAROUTER_ENCRYPTION_KEYS", [])
+if PRODUCTION and not MEGAROUTER_ENCRYPTION_KEYS:
+    raise ConfigError(
+        "MEGAROUTER_ENCRYPTION_KEYS",
+        "production needs at least one Fernet key (python -c 'from cryptography.fernet "
+        "import Fernet; print(Fernet.generate_key().decode())')",
+    )
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -151,6 +164,11 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 4
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = "UTC"
+CELERY_IMPORTS = ("megarouter.tasks",)
+# Periodic tasks run by `celery beat` (started by `make run`); apps add their own entries.
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "clear-expired-sessions": {"task": "megarouter.clear_expired_sessions", "schedule": 3600.0},
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

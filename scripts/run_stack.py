@@ -4,6 +4,7 @@ provider simulator. Ctrl-C (or SIGTERM) stops all of them. Used by ``make run``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -85,14 +86,16 @@ def main() -> int:
                 break
         time.sleep(0.3)
 
+    # SIGTERM to each leader lets it shut its own children down cleanly (Celery's pool,
+    # uvicorn's workers); whatever is left of a group after the grace period is killed.
     for child in children.values():
         if child.poll() is None:
-            os.killpg(child.pid, signal.SIGTERM)
+            child.terminate()
     deadline = time.monotonic() + 10
     for child in children.values():
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
     print("[run] stopped", flush=True)
     return exit_code
