@@ -168,7 +168,10 @@ def request_to_wire(request: ChatRequest) -> dict[str, Any]:
         config["stopSequences"] = request.stop
     if config:
         body["inferenceConfig"] = config
-    if request.tools and request.tool_choice != "none":
+    # Converse has no "none" choice: tools are left out, unless the history holds toolUse /
+    # toolResult blocks, which Bedrock accepts only with a toolConfig.
+    history_has_tools = any(m.tool_calls or m.role == "tool" for m in request.messages)
+    if request.tools and (request.tool_choice != "none" or history_has_tools):
         tool_config: dict[str, Any] = {
             "tools": [
                 {
@@ -277,12 +280,11 @@ class BedrockStreamDecoder(StreamDecoder):
             choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish)],
         )
 
-    def feed(self, data: bytes) -> list[ChatChunk]:
+    def decode(self, data: bytes, out: list[ChatChunk]) -> None:
         try:
             messages = self.events.feed(data)
         except EventStreamError as exc:
             raise ProviderError(ErrorKind.PROTOCOL, f"bad event stream frame: {exc}") from None
-        out: list[ChatChunk] = []
         for headers, payload in messages:
             message_type = headers.get(":message-type", "event")
             if message_type in ("exception", "error"):
@@ -349,7 +351,8 @@ class BedrockStreamDecoder(StreamDecoder):
                     )
                 )
                 break
-        return out
+        if self.events.error is not None:
+            raise ProviderError(ErrorKind.PROTOCOL, f"bad event stream frame: {self.events.error}")
 
     def finish(self) -> list[ChatChunk]:
         if not self.done:

@@ -168,7 +168,7 @@ def request_to_wire(request: ChatRequest) -> dict[str, Any]:
             config["responseSchema"] = clean_schema(fmt.schema)
     if config:
         body["generationConfig"] = config
-    if request.tools and request.tool_choice != "none":
+    if request.tools:  # with tool_choice "none" too (mode NONE below)
         body["tools"] = [
             {
                 "functionDeclarations": [
@@ -318,8 +318,7 @@ class GeminiStreamDecoder(StreamDecoder):
         self.calls = 0
         self.started = False
 
-    def feed(self, data: bytes) -> list[ChatChunk]:
-        out: list[ChatChunk] = []
+    def decode(self, data: bytes, out: list[ChatChunk]) -> None:
         for _event, payload in self.sse.feed(data):
             obj = loads(payload, "stream chunk")
             if "error" in obj:
@@ -359,7 +358,6 @@ class GeminiStreamDecoder(StreamDecoder):
                         ],
                     )
                 )
-        return out
 
     def finish(self) -> list[ChatChunk]:
         if self.finish_reason is None or self.sse.pending():

@@ -97,10 +97,12 @@ def test_stream_tool_use_fixture() -> None:
 
 def test_stream_error_event_is_overloaded() -> None:
     decoder = AnthropicStreamDecoder("m")
-    with pytest.raises(ProviderError) as info:
-        decoder.feed(fixture_bytes("anthropic", "stream_error.sse"))
-    assert info.value.kind is ErrorKind.OVERLOADED
-    assert info.value.retriable
+    chunks = decoder.feed(fixture_bytes("anthropic", "stream_error.sse"))
+    assert [c.choices[0].delta.role for c in chunks] == ["assistant"]  # relayed first
+    error = decoder.pending_error
+    assert error is not None
+    assert error.kind is ErrorKind.OVERLOADED
+    assert error.retriable
 
 
 def test_stream_without_message_stop() -> None:
@@ -188,3 +190,13 @@ def test_invalid_tool_arguments_are_bad_request() -> None:
     with pytest.raises(ProviderError) as info:
         request_to_wire(request, "m", stream=False)
     assert info.value.kind is ErrorKind.BAD_REQUEST
+
+
+def test_tool_choice_none_keeps_tool_definitions() -> None:
+    """History with tool_use blocks needs the tools defined, even when no call is wanted."""
+    request = ChatRequest(
+        messages=[Message(role="user", content="hi")], tools=[WEATHER_TOOL], tool_choice="none"
+    )
+    body = request_to_wire(request, "m", stream=False)
+    assert [t["name"] for t in body["tools"]] == ["get_weather"]
+    assert body["tool_choice"] == {"type": "none"}

@@ -152,12 +152,17 @@ def test_converse_stream_events() -> None:
 )  # fmt: skip
 def test_converse_stream_exceptions(exception: str, kind: ErrorKind) -> None:
     decoder = BedrockStreamDecoder("m")
-    with pytest.raises(ProviderError) as info:
-        decoder.feed(
-            _event("messageStart", {"role": "assistant"}) + exception_frame(exception, "boom")
-        )
+    # The role chunk before the exception is still relayed; the error is raised after it.
+    chunks = decoder.feed(
+        _event("messageStart", {"role": "assistant"}) + exception_frame(exception, "boom")
+    )
+    assert [c.choices[0].delta.role for c in chunks] == ["assistant"]
+    assert decoder.pending_error is not None
+    assert decoder.pending_error.kind is kind
+    assert decoder.pending_error.message == "boom"
+    with pytest.raises(ProviderError) as info:  # alone, the exception raises at once
+        BedrockStreamDecoder("m").feed(exception_frame(exception, "boom"))
     assert info.value.kind is kind
-    assert info.value.message == "boom"
 
 
 @pytest.mark.parametrize("name", sorted(ERRORS))
@@ -206,3 +211,23 @@ def test_request_translation() -> None:
         "json": WEATHER_TOOL.parameters
     }
     assert body["toolConfig"]["toolChoice"] == {"auto": {}}
+
+
+def test_tool_choice_none() -> None:
+    plain = ChatRequest(
+        messages=[Message(role="user", content="hi")], tools=[WEATHER_TOOL], tool_choice="none"
+    )
+    assert "toolConfig" not in request_to_wire(plain)
+    with_history = ChatRequest(
+        messages=[
+            Message(role="user", content="hi"),
+            Message(role="assistant", content=None,
+                    tool_calls=[ToolCall(id="t1", name="get_weather", arguments="{}")]),
+            Message(role="tool", content="ok", tool_call_id="t1"),
+        ],
+        tools=[WEATHER_TOOL],
+        tool_choice="none",
+    )  # fmt: skip
+    config = request_to_wire(with_history)["toolConfig"]
+    assert [t["toolSpec"]["name"] for t in config["tools"]] == ["get_weather"]
+    assert "toolChoice" not in config
