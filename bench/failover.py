@@ -37,7 +37,7 @@ from routing.failover import FailoverConfig, run_with_failover  # noqa: E402
 from routing.health import HealthConfig, LocalHealth, RedisHealth  # noqa: E402
 from tests.routing.simulated import candidate, chat, complete_attempt  # noqa: E402
 
-CONFIG = FailoverConfig(max_attempts=4, max_total_s=10.0, ttft_timeout_s=2.0)
+CONFIG = FailoverConfig(max_attempts=4, max_total_s=10.0, ttft_timeout_s=2.0, attempt_timeout_s=2.0)
 
 
 def new_store(**config):

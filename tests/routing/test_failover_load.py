@@ -33,7 +33,9 @@ async def test_primary_down_and_next_flaky_requests_still_succeed(simulator_url,
         model_id="down/gpt-x",
     )
     healthy = candidate(simulator_url, 3, "gpt-x", provider="steady", model_id="down/gpt-x")
-    config = FailoverConfig(max_attempts=4, max_total_s=10.0, ttft_timeout_s=2.0)
+    config = FailoverConfig(
+        max_attempts=4, max_total_s=10.0, ttft_timeout_s=2.0, attempt_timeout_s=2.0
+    )
     gate = asyncio.Semaphore(CONCURRENCY)
     attempt = complete_attempt(chat())
 
