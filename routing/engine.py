@@ -770,3 +770,21 @@ def route_timed(**kwargs: Any) -> tuple[RouteDecision, float]:
     start = time.perf_counter()
     decision = route(**kwargs)
     return decision, time.perf_counter() - start
+
+
+async def aroute_for_key(
+    *,
+    request: RouteRequest,
+    key: Any,
+    override: Any = None,
+    store: HealthStore | None = None,
+) -> tuple[RouteDecision, EffectivePolicy]:
+    """For async views: the catalog snapshot and the policy table come from their in-process
+    caches (no thread hop and no database work while fresh), then ``route``. ``key`` is an
+    orgs KeyContext, ``override`` a ``routing.policies.RequestOverride`` or None."""
+    from routing.catalog import acatalog_snapshot
+    from routing.policies import apolicy_for_key
+
+    snapshot = await acatalog_snapshot()
+    policy = await apolicy_for_key(key, override)
+    return route(request=request, policy=policy, snapshot=snapshot, store=store), policy
