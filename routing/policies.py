@@ -442,9 +442,11 @@ async def apolicy_table(*, max_age: float = CHECK_INTERVAL) -> PolicyTable:
 
 
 def policy_table_reset() -> None:
+    """Forget the table and the organizations' root ids (tests; after restoring a database)."""
     with _holder.lock:
         _holder.table = None
         _holder.checked_at = 0.0
+        _roots.clear()
 
 
 LEVEL_NAMES = ("organization", "department", "team", "project")

@@ -299,8 +299,15 @@ async def test_async_route_for_a_key_uses_every_policy_level(store):
     from orgs.models import Role
     from routing.catalog import catalog_snapshot
     from routing.engine import aroute_for_key
-    from routing.policies import RequestOverride, policy_table, routing_policy_set
+    from routing.policies import (
+        RequestOverride,
+        policy_table,
+        policy_table_reset,
+        routing_policy_set,
+    )
     from tests.orgs.factories import SYSTEM, add_member, make_key, make_tree
+
+    policy_table_reset()
 
     def setup():
         build_catalog()
