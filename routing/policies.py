@@ -414,7 +414,8 @@ def _current_version() -> int:
         if cached is not None:
             return int(cached)
         version = _policy_version()
-        cache.set(POLICY_VERSION_CACHE_KEY, version, timeout=None)
+        # add, not set: never overwrite a newer version a writer stored meanwhile
+        cache.add(POLICY_VERSION_CACHE_KEY, version, timeout=None)
         return version
     return _policy_version()
 
@@ -442,11 +443,13 @@ async def apolicy_table(*, max_age: float = CHECK_INTERVAL) -> PolicyTable:
 
 
 def policy_table_reset() -> None:
-    """Forget the table and the organizations' root ids (tests; after restoring a database)."""
+    """Forget the table, the cached version and the organizations' root ids (tests; after
+    restoring a database)."""
     with _holder.lock:
         _holder.table = None
         _holder.checked_at = 0.0
         _roots.clear()
+    cache.delete(POLICY_VERSION_CACHE_KEY)
 
 
 LEVEL_NAMES = ("organization", "department", "team", "project")
@@ -533,6 +536,9 @@ def policy_version_bump() -> int:
     if not updated:
         RoutingPolicyVersion.objects.create(pk=1, version=1)
     version = _policy_version()
+    # Now and again on commit: a process that reloads before the commit reads the committed
+    # (older) version from the database, so it keeps checking until the commit lands.
+    cache.set(POLICY_VERSION_CACHE_KEY, version, timeout=None)
     transaction.on_commit(lambda: cache.set(POLICY_VERSION_CACHE_KEY, version, timeout=None))
     return version
 
