@@ -320,8 +320,16 @@ async def test_async_route_for_a_key_uses_every_policy_level(store):
         policy_table(max_age=0)
         return key
 
-    key = await sync_to_async(setup)()
-    decision, policy = await aroute_for_key(request=req(), key=key, store=store)
+    def close():
+        from django.db import connection
+
+        connection.close()
+
+    try:
+        key = await sync_to_async(setup)()
+        decision, policy = await aroute_for_key(request=req(), key=key, store=store)
+    finally:
+        await sync_to_async(close)()  # the worker thread's connection
     assert policy.levels == ("organization", "key")
     assert decision.strategy == "cost"
     assert names(decision) == ["b-mid-eu", "b-large-us"]  # beta is the only ZDR provider
