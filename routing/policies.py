@@ -460,14 +460,19 @@ def _resolve(
     node_ids: Sequence[int | None],
     key_policy: Mapping[str, Any] | None,
     override: RequestOverride | None,
+    key_allowed: Sequence[str] = (),
 ) -> EffectivePolicy:
     levels: list[tuple[str, PolicySpec | None]] = [
         (name, table.by_node.get(node_id) if node_id is not None else None)
         for name, node_id in zip(LEVEL_NAMES, node_ids, strict=False)
     ]
     levels.append(("key", key_policy_spec(key_policy)))
+    if key_allowed:
+        levels.append(("key", PolicySpec(allowed_models=tuple(key_allowed))))
     levels.append(("request", override.spec() if override else None))
-    return policy_merge(levels)
+    merged = policy_merge(levels)
+    # the key's two documents are one level
+    return replace(merged, levels=tuple(dict.fromkeys(merged.levels)))
 
 
 def node_ids_for_key(key: Any) -> tuple[int | None, ...]:
@@ -510,9 +515,14 @@ def policy_resolve(
 
 
 def policy_for_key(key: Any, override: RequestOverride | None = None) -> EffectivePolicy:
-    """``policy_resolve`` for an orgs KeyContext (sync; the root id is cached per process)."""
-    return policy_resolve(
-        node_ids=node_ids_for_key(key), key_policy=key.routing_policy, override=override
+    """``policy_resolve`` for an orgs KeyContext (sync; the root id is cached per process).
+    The key level is its ``routing_policy`` plus its ``allowed_models`` list."""
+    return _resolve(
+        policy_table(),
+        node_ids_for_key(key),
+        key.routing_policy,
+        override,
+        getattr(key, "allowed_models", ()),
     )
 
 
@@ -523,7 +533,11 @@ async def apolicy_for_key(key: Any, override: RequestOverride | None = None) -> 
         root = await sync_to_async(_root_node)(key.organization_id)
     table = await apolicy_table()
     return _resolve(
-        table, (root, key.department_id, key.team_id, key.project_id), key.routing_policy, override
+        table,
+        (root, key.department_id, key.team_id, key.project_id),
+        key.routing_policy,
+        override,
+        getattr(key, "allowed_models", ()),
     )
 
 
