@@ -36,6 +36,7 @@ from billing.errors import (
     BudgetExceeded,
 )
 from billing.errors import RateLimited as BillingRateLimited
+from billing.pricing import usage_cost
 from gateway import metrics
 from gateway.errors import GatewayError, PaymentRequired, RateLimited, describe_exception
 from gateway.providers.types import ChatRequest, EmbeddingRequest, Usage
@@ -208,16 +209,42 @@ async def admit(*, ctx: Any, plan: Any) -> Any:
         raise refusal_error(AdmissionUnavailable()) from None
 
 
+async def _price_version(model_id: str, when: Any) -> Any:
+    from routing.catalog import UnknownModel, acatalog_snapshot
+
+    try:
+        return (await acatalog_snapshot()).price_at(model_id, when)
+    except (UnknownModel, LookupError):
+        return None
+
+
 async def settle(*, ctx: Any) -> None:
-    """Charge what was used at the answering model's price version; release the rest."""
-    if ctx.chosen is not None and ctx.usage is None:
+    """Charge what was used at the answering model's price version in force at admission;
+    release the rest (all of it when nothing answered). Writes the usage event (metadata,
+    with the routing decision's explanation) and sets ``ctx.cost`` to the amount charged."""
+    reservation = ctx.admission
+    if reservation is None or reservation.closed:
+        return
+    backend = get_backend()
+    if ctx.chosen is None:
+        await backend.release(reservation)
+        return
+    if ctx.usage is None:
         # A stream that ended early (client gone, upstream broke) without a usage report: the
         # provider billed the prompt and what it generated; charge the same estimate.
         ctx.usage = Usage(
             prompt_tokens=int(ctx.input_tokens_estimate or 0),
             completion_tokens=ctx.generated_tokens(),
         )
-    await gateway_steps.settle(ctx=ctx)
+    version = await _price_version(ctx.chosen.model_id, reservation.created_at)
+    cost = usage_cost(version if version is not None else ctx.chosen, ctx.usage)
+    ctx.cost = cost
+    event = gateway_steps.usage_event_for(
+        ctx, price_version_id=getattr(version, "id", None), usage=ctx.usage
+    )
+    if ctx.route_explain is not None:
+        event.routing["explain"] = ctx.route_explain
+    await backend.settle(reservation, cost, event)
 
 
 def install() -> None:

@@ -7,6 +7,8 @@ class GatewayConfig(AppConfig):
 
     def ready(self) -> None:
         # Billing's admission and settlement in the pipeline (gateway -> billing, never back).
-        from gateway import admission
+        # The routing engine replaces the interim route step (gateway/routing_interim.py).
+        from gateway import admission, routing_step
 
         admission.install()
+        routing_step.install()

@@ -51,6 +51,9 @@ class Candidate:
     output_per_token: Decimal = ZERO
     cached_input_per_token: Decimal | None = None
     cache_write_per_token: Decimal | None = None
+    # For the failover loop (routing.failover): health / breaker key and context window.
+    deployment_id: int = 0
+    context_window: int | None = None
 
     def cost(self, usage: Usage) -> Decimal:
         """List price of ``usage`` at this deployment's model, in US dollars."""
@@ -112,6 +115,10 @@ class CallContext:
     # made it, a fresh one when the caller chose it (callers' ids need not be unique).
     client_request_id: bool = False
     charge_id: str = ""
+    # Routing: the engine's decision explanation (metadata only), returned in the
+    # x-megarouter-route header when the caller sent x-megarouter-debug: 1.
+    route_explain: dict[str, Any] | None = None
+    debug: bool = False
     started: float = field(default_factory=time.perf_counter)
     plan: RoutePlan | None = None
     admission: Any = None

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any, Protocol
 
+import orjson
+
 from gateway import metrics, pipeline
 from gateway.api.http import SSE, SSE_DONE, SSE_HEADERS, ApiRequest, ApiResponse, sse_data
 from gateway.auth import authenticate
@@ -52,7 +54,12 @@ def _context(req: ApiRequest, route: str, key: Any, inbound: Inbound) -> CallCon
         max_tokens=inbound.chat.max_tokens,
         stream=inbound.chat.stream,
         client_request_id="x-request-id" in req.headers,
+        debug=_debug(req),
     )
+
+
+def _debug(req: ApiRequest) -> bool:
+    return req.headers.get("x-megarouter-debug", "").lower() in ("1", "true", "yes")
 
 
 def _log_ids(req: ApiRequest, key: Any) -> None:
@@ -75,6 +82,8 @@ def _headers(ctx: CallContext, *, with_cost: bool) -> dict[str, str]:
         headers["x-megarouter-provider"] = ctx.chosen.provider
     if ctx.charge_id:
         headers["x-megarouter-usage-id"] = ctx.charge_id  # the usage record's request id
+    if ctx.debug and ctx.route_explain is not None:
+        headers["x-megarouter-route"] = orjson.dumps(ctx.route_explain).decode("ascii", "replace")
     if with_cost:
         headers["x-megarouter-cost-usd"] = cost_text(ctx.cost)
     return headers
@@ -385,6 +394,7 @@ async def embeddings_create(req: ApiRequest) -> ApiResponse:
         override=override,
         needs=frozenset({"embeddings"}),
         client_request_id="x-request-id" in req.headers,
+        debug=_debug(req),
     )
     try:
         response = await pipeline.embed(ctx, request)
