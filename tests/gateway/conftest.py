@@ -98,10 +98,13 @@ class ServerThread:
 def reset_caches() -> None:
     from orgs.keys import default_resolver
     from routing.catalog import catalog_snapshot_reset
+    from routing.health import health_store
 
     catalog_snapshot_reset()
     default_resolver.forget()
     cache.clear()  # the test cache: LocMem, or this suite's own Redis database
+    # Live health and breakers are keyed by deployment id, which a flushed database reuses.
+    health_store().clear()
 
 
 @pytest.fixture(scope="module")

@@ -340,17 +340,29 @@ def test_burst_costs_seen_by_clients_equal_usage_records_and_ledger(gateway_serv
             return await asyncio.gather(*(_send(http, path, body) for path, body in bodies))
 
     results = asyncio.run(burst())
-    statuses = [r["status"] for r in results]
-    # gpt-broken fails everywhere (502, streamed or not); the cutter's truncated body fails a
-    # non-streamed call (502) and breaks a stream after its first chunks.
-    assert statuses.count(502) == 9
-    assert all(s in (200, 502) for s in statuses)
+    # gpt-broken fails everywhere, streamed or not; the cutter's truncated body fails a
+    # non-streamed call and breaks a stream after its first chunks: 502, or 503 once the
+    # circuit breaker of a failing deployment opened during the burst (timing decides).
+    outcome = [
+        (body.get("model"), bool(body.get("stream")), r)
+        for (_, body), r in zip(bodies, results, strict=True)
+    ]
+    failed = [(model, stream, r["status"]) for model, stream, r in outcome if r["status"] != 200]
+    assert {(model, stream) for model, stream, _ in failed} >= {
+        ("openai/gpt-broken", False),
+        ("openai/gpt-broken", True),
+        ("openai/gpt-cutter", False),
+    }
+    assert {model for model, _, _ in failed} == {"openai/gpt-broken", "openai/gpt-cutter"}
+    assert {status for _, _, status in failed} <= {502, 503}
+    assert len(failed) >= 9
     interrupted = [r for r in results if r.get("error")]
-    assert len(interrupted) == 3  # the cutter's three streams broke after they started
+    cut_streams = [r for model, stream, r in outcome if model == "openai/gpt-cutter" and stream]
+    assert len(interrupted) == len([r for r in cut_streams if r["status"] == 200])
     charged = [r for r in results if r["cost"] is not None]
     assert all(r["status"] == 200 for r in charged)
-    # Every 200 told its cost (header, usage chunk or trailing comment); no 502 was charged.
-    assert len(charged) == statuses.count(200) == len(bodies) - 9
+    # Every 200 told its cost (header, usage chunk or trailing comment); no failure was charged.
+    assert len(charged) == len(results) - len(failed)
     assert all(r["usage_id"] for r in charged)
     client_total = sum((r["cost"] for r in charged), D(0))
     assert client_total > 0
@@ -379,7 +391,24 @@ def test_burst_costs_seen_by_clients_equal_usage_records_and_ledger(gateway_serv
             "openai",
             "sim-flaky-b",
         )
-        assert (record.strategy, record.attempts, record.fallback_used) == ("fixed", 2, True)
+        trail = record.routing["attempts"]
+        assert (record.strategy, record.attempts, record.fallback_used) == (
+            "fixed",
+            len(trail),
+            len(trail) > 1,
+        )
+        # sim-flaky-a fails (500) until its breaker opens mid-burst; then it is skipped
+        # without a call, or ordered behind sim-flaky-b by the engine.
+        assert trail[-1] == {"deployment": "sim-flaky-b", "error": None, "status": None}
+        for failed in trail[:-1]:
+            assert failed in (
+                {"deployment": "sim-flaky-a", "error": "server_error", "status": 500},
+                {"deployment": "sim-flaky-a", "error": "skipped_breaker_open", "status": None},
+            )
+        assert sorted(c["deployment"] for c in record.routing["explain"]["candidates"]) == [
+            "sim-flaky-a",
+            "sim-flaky-b",
+        ]
         assert record.price_version_id == world.models["flaky"].prices.get().pk
         assert record.status == "ok"
         assert record.tokens_in > 0 and record.tokens_out > 0
@@ -387,15 +416,12 @@ def test_burst_costs_seen_by_clients_equal_usage_records_and_ledger(gateway_serv
         assert record.cost == record.tokens_in * f.PRICE_IN + record.tokens_out * f.PRICE_OUT
         assert record.key_id == tenant.key.pk
         assert record.project_id == tenant.scope_ids["project"]
-        assert record.routing["attempts"][0] == {
-            "deployment": "sim-flaky-a",
-            "error": "server_error",
-            "status": 500,
-        }
+    # The first ones saw sim-flaky-a fail before any breaker could open.
+    assert any(x.routing["attempts"][0]["status"] == 500 for x in flaky)
     streamed = [x for x in flaky if x.ttft_ms is not None]
     assert len(streamed) == 3
     cut = [x for x in records.values() if x.requested_model == "openai/gpt-cutter"]
-    assert [x.status for x in cut] == ["incomplete"] * 3
+    assert [x.status for x in cut] == ["incomplete"] * len(interrupted)
 
 
 def test_the_usage_chunk_carries_the_cost_and_stays_schema_valid(gateway_server, world):
