@@ -515,3 +515,25 @@ def test_a_stream_the_client_abandons_is_charged_what_was_generated(gateway_serv
     assert record.cost == record.tokens_in * f.PRICE_IN + record.tokens_out * f.PRICE_OUT
     assert tenant.charged() == record.cost
     assert Reservation.objects.filter(organization_id=tenant.org.pk).count() == 0
+
+
+def test_the_openai_sdk_raises_on_a_budget_refusal_without_retrying(gateway_server, world):
+    """``x-should-retry: false``: the SDK's automatic retries (max_retries=2) do not hammer a
+    budget that will not have room a second later; a balance refusal likewise."""
+    import openai
+
+    tenant = Tenant()
+    tenant.budget("project", "0")
+    client = openai.OpenAI(base_url=f"{gateway_server.url}/v1", api_key=tenant.raw_key)
+    counted = refusals("project")
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.chat.completions.create(**chat())
+    assert raised.value.code == "budget_exceeded"
+    assert refusals("project") == counted + 1  # one request reached the gateway
+    broke = Tenant(balance=None)
+    client = openai.OpenAI(base_url=f"{gateway_server.url}/v1", api_key=broke.raw_key)
+    counted = refusals("balance")
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(**chat())
+    assert raised.value.status_code == 402
+    assert refusals("balance") == counted + 1
