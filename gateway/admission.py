@@ -49,7 +49,6 @@ IMAGE_TOKENS = 1105
 IMAGE_TOKENS_LOW = 85
 MESSAGE_OVERHEAD = 4  # role and framing tokens per message
 REQUEST_OVERHEAD = 3  # the reply primer
-DEFAULT_OUTPUT_RESERVE = 4096  # without max_tokens: the model's max output, capped at this
 
 
 # ---------------------------------------------------------------- estimates
@@ -121,7 +120,7 @@ async def output_tokens_reserve(ctx: Any, plan: Any) -> int:
     n = max(1, int(getattr(ctx, "n", 1) or 1))
     if ctx.max_tokens:
         return int(ctx.max_tokens) * n
-    cap = int(getattr(settings, "MEGAROUTER_RESERVE_OUTPUT_TOKENS", DEFAULT_OUTPUT_RESERVE))
+    cap = settings.MEGAROUTER_RESERVE_OUTPUT_TOKENS
     declared = await _model_max_output({c.model_id for c in plan.candidates})
     return min(declared, cap) * n if declared else cap * n
 

@@ -284,3 +284,7 @@ MEGAROUTER_MAX_BODY_BYTES = env.int(
     "MEGAROUTER_MAX_BODY_BYTES", 20 * 1024 * 1024, min_value=1024, max_value=1024**3
 )
 MEGAROUTER_METRICS_TOKEN = env.optional_str("MEGAROUTER_METRICS_TOKEN")
+# Admission: output tokens reserved when a request sets no max_tokens (docs/integration.md).
+MEGAROUTER_RESERVE_OUTPUT_TOKENS = env.int(
+    "MEGAROUTER_RESERVE_OUTPUT_TOKENS", 4096, min_value=1, max_value=1_000_000
+)
