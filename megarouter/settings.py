@@ -24,6 +24,8 @@ MEGAROUTER_ENV = env.choice("MEGAROUTER_ENV", "development", ("development", "pr
 PRODUCTION = MEGAROUTER_ENV == "production"
 
 SECRET_KEY = env.str("SECRET_KEY", DEV_SECRET_KEY)
+# Keys the HMAC digests of API keys and access tokens (orgs.secrets); changing it voids them all.
+KEY_HMAC_SECRET = env.str("MEGAROUTER_KEY_HMAC_SECRET", SECRET_KEY)
 DEBUG = env.bool("DEBUG", default=not PRODUCTION)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ["*"] if not PRODUCTION else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", [])

@@ -1,0 +1,248 @@
+"""Input serializers validate shapes (services validate rules); output serializers render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils import timezone
+from rest_framework import serializers
+
+from orgs.models import (
+    ApiKey,
+    AuditEvent,
+    Invitation,
+    Membership,
+    Node,
+    Organization,
+    PersonalAccessToken,
+    Role,
+)
+
+# --- output -------------------------------------------------------------------------------
+
+
+class OrganizationOut(serializers.ModelSerializer):
+    root_node = serializers.IntegerField(source="root_node_id", read_only=True)
+
+    class Meta:
+        model = Organization
+        fields = ["id", "name", "slug", "time_zone", "created_at", "root_node"]
+
+
+class NodeOut(serializers.ModelSerializer):
+    class Meta:
+        model = Node
+        fields = [
+            "id",
+            "kind",
+            "parent",
+            "name",
+            "slug",
+            "path",
+            "depth",
+            "created_at",
+            "archived_at",
+        ]
+
+
+class UserOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+    email = serializers.EmailField()
+
+
+class MemberOut(serializers.ModelSerializer):
+    user = UserOut(read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "user", "node", "role", "created_at", "removed_at"]
+
+
+class InvitationOut(serializers.ModelSerializer):
+    status = serializers.SerializerMethodField()
+    invited_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = Invitation
+        fields = [
+            "id",
+            "email",
+            "node",
+            "role",
+            "status",
+            "invited_by",
+            "created_at",
+            "expires_at",
+            "accepted_at",
+            "revoked_at",
+        ]
+
+    def get_status(self, obj: Invitation) -> str:
+        if obj.accepted_at is not None:
+            return "accepted"
+        if obj.revoked_at is not None:
+            return "revoked"
+        if obj.expires_at <= timezone.now():
+            return "expired"
+        return "pending"
+
+
+class InvitationCreatedOut(InvitationOut):
+    token = serializers.CharField(read_only=True)
+
+    class Meta(InvitationOut.Meta):
+        fields = [*InvitationOut.Meta.fields, "token"]
+
+
+class ApiKeyOut(serializers.ModelSerializer):
+    user = serializers.IntegerField(source="membership.user_id", read_only=True)
+
+    class Meta:
+        model = ApiKey
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "project",
+            "membership",
+            "user",
+            "allowed_models",
+            "ip_allowlist",
+            "rpm_limit",
+            "tpm_limit",
+            "routing_policy",
+            "expires_at",
+            "created_at",
+            "revoked_at",
+            "revoked_reason",
+        ]
+
+
+class ApiKeyCreatedOut(ApiKeyOut):
+    key = serializers.CharField(read_only=True, help_text="The secret, shown only this once.")
+
+    class Meta(ApiKeyOut.Meta):
+        fields = [*ApiKeyOut.Meta.fields, "key"]
+
+
+class AuditEventOut(serializers.ModelSerializer):
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "id",
+            "created_at",
+            "actor",
+            "actor_label",
+            "action",
+            "target_type",
+            "target_id",
+            "target_repr",
+            "changes",
+            "ip",
+            "request_id",
+        ]
+
+
+class AccessTokenOut(serializers.ModelSerializer):
+    class Meta:
+        model = PersonalAccessToken
+        fields = ["id", "name", "prefix", "created_at", "expires_at", "last_used_at", "revoked_at"]
+
+
+class AccessTokenCreatedOut(AccessTokenOut):
+    token = serializers.CharField(read_only=True, help_text="The secret, shown only this once.")
+
+    class Meta(AccessTokenOut.Meta):
+        fields = [*AccessTokenOut.Meta.fields, "token"]
+
+
+# --- input --------------------------------------------------------------------------------
+
+
+class OrganizationCreateIn(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    slug = serializers.SlugField(max_length=80)
+    time_zone = serializers.CharField(max_length=64, default="UTC")
+
+
+class OrganizationUpdateIn(serializers.Serializer):
+    name = serializers.CharField(max_length=200, required=False)
+    time_zone = serializers.CharField(max_length=64, required=False)
+
+
+class NodeCreateIn(serializers.Serializer):
+    parent = serializers.IntegerField()
+    name = serializers.CharField(max_length=200)
+    slug = serializers.SlugField(max_length=80)
+
+
+class NodeUpdateIn(serializers.Serializer):
+    name = serializers.CharField(max_length=200, required=False)
+    slug = serializers.SlugField(max_length=80, required=False)
+
+
+class NodeMoveIn(serializers.Serializer):
+    parent = serializers.IntegerField()
+
+
+class NodeArchiveIn(serializers.Serializer):
+    revoke_keys = serializers.BooleanField(default=False)
+
+
+class MemberCreateIn(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    node = serializers.IntegerField()
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class MemberUpdateIn(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class InvitationCreateIn(serializers.Serializer):
+    email = serializers.EmailField()
+    node = serializers.IntegerField()
+    role = serializers.ChoiceField(choices=Role.choices)
+    ttl_hours = serializers.IntegerField(min_value=1, max_value=720, default=168)
+
+
+class InvitationAcceptIn(serializers.Serializer):
+    token = serializers.CharField(max_length=200)
+
+
+class _KeyFields(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    allowed_models = serializers.ListField(
+        child=serializers.CharField(max_length=200), max_length=200, required=False
+    )
+    ip_allowlist = serializers.ListField(
+        child=serializers.CharField(max_length=64), max_length=100, required=False
+    )
+    rpm_limit = serializers.IntegerField(min_value=1, allow_null=True, required=False)
+    tpm_limit = serializers.IntegerField(min_value=1, allow_null=True, required=False)
+    routing_policy = serializers.JSONField(allow_null=True, required=False)
+    expires_at = serializers.DateTimeField(allow_null=True, required=False)
+
+
+class ApiKeyCreateIn(_KeyFields):
+    project = serializers.IntegerField()
+
+
+class ApiKeyUpdateIn(_KeyFields):
+    name = serializers.CharField(max_length=200, required=False)
+
+
+class ApiKeyRotateIn(serializers.Serializer):
+    grace_seconds = serializers.IntegerField(min_value=0, max_value=2_592_000, default=0)
+
+
+class AccessTokenCreateIn(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    expires_at = serializers.DateTimeField(allow_null=True, required=False)
+
+
+def created_key_payload(api_key: ApiKey, raw: str) -> dict[str, Any]:
+    data = dict(ApiKeyOut(api_key).data)
+    data["key"] = raw
+    return data

@@ -1,0 +1,824 @@
+"""Writes for the orgs app. Every service is keyword-only, atomic, and records its audit event in
+the same transaction. Bad input raises ``InvalidInput`` (field errors) before anything changes;
+a role that does not allow the change raises ``NotAllowed``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import zoneinfo
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import Permission
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.core.validators import validate_email, validate_slug
+from django.db import IntegrityError, transaction
+from django.db.models import Value
+from django.db.models.functions import Concat, Substr
+from django.utils import timezone
+
+from orgs import keys as key_cache
+from orgs import secrets
+from orgs.audit import Actor, audit_event_record, diff
+from orgs.errors import InvalidInput, NotAllowed
+from orgs.models import (
+    PARENT_KIND,
+    ApiKey,
+    ApiKeySecret,
+    Invitation,
+    Membership,
+    Node,
+    NodeKind,
+    NodeUserPermission,
+    Organization,
+    PersonalAccessToken,
+    Role,
+)
+from orgs.policy import validate_model_patterns, validate_routing_policy
+from orgs.roles import CREATE_KEYS, MANAGE_KEYS, OWNER_ONLY_ROLES, permissions_for
+from orgs.selectors import has_perm_on_node, is_owner_over, memberships_covering, subtree
+
+INVITATION_TTL = dt.timedelta(days=7)
+MAX_ROTATION_GRACE = dt.timedelta(days=30)
+CHILD_KIND = {parent: child for child, parent in PARENT_KIND.items()}
+
+
+# --- validation helpers -------------------------------------------------------------------
+
+
+def _clean_name(name: Any, errors: dict[str, list[str]]) -> str:
+    if not isinstance(name, str) or not name.strip():
+        errors.setdefault("name", []).append("This field may not be blank.")
+        return ""
+    if len(name.strip()) > 200:
+        errors.setdefault("name", []).append("Ensure this field has no more than 200 characters.")
+    return name.strip()
+
+
+def _clean_slug(slug: Any, errors: dict[str, list[str]]) -> str:
+    try:
+        if not isinstance(slug, str) or not slug or len(slug) > 80:
+            raise ValidationError("bad")
+        validate_slug(slug)
+    except ValidationError:
+        errors.setdefault("slug", []).append(
+            "Enter 1 to 80 letters, numbers, underscores or hyphens."
+        )
+        return ""
+    return slug
+
+
+def _check_time_zone(name: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput({"time_zone": [f"Unknown time zone {name!r}."]}) from None
+
+
+def _raise(errors: dict[str, list[str]]) -> None:
+    if errors:
+        raise InvalidInput(errors)
+
+
+def _sibling_slug_taken(*, parent: Node, slug: str, exclude_pk: int | None = None) -> bool:
+    qs = Node.objects.filter(parent=parent, slug=slug)
+    if exclude_pk is not None:
+        qs = qs.exclude(pk=exclude_pk)
+    return qs.exists()
+
+
+def _on_commit_invalidate(prefixes: list[str]) -> None:
+    if prefixes:
+        transaction.on_commit(lambda: key_cache.invalidate_prefixes(prefixes))
+
+
+def _prefixes_of_keys(key_qs: Any) -> list[str]:
+    return list(ApiKeySecret.objects.filter(api_key__in=key_qs).values_list("prefix", flat=True))
+
+
+# --- organizations and nodes --------------------------------------------------------------
+
+
+@transaction.atomic
+def organization_create(
+    *, actor: Actor, name: str, slug: str, owner: Any, time_zone: str = "UTC"
+) -> Organization:
+    """A new tenant with its root node, and ``owner`` as owner at the root."""
+    errors: dict[str, list[str]] = {}
+    name = _clean_name(name, errors)
+    slug = _clean_slug(slug, errors)
+    _raise(errors)
+    _check_time_zone(time_zone)
+    if Organization.objects.filter(slug=slug).exists():
+        raise InvalidInput({"slug": ["An organization with this slug already exists."]})
+    org = Organization.objects.create(name=name, slug=slug, time_zone=time_zone)
+    root = Node.objects.create(
+        organization=org, kind=NodeKind.ORGANIZATION, parent=None, name=name, slug=slug, depth=0
+    )
+    root.path = f"/{root.pk}/"
+    root.save(update_fields=["path"])
+    audit_event_record(
+        organization=org,
+        actor=actor,
+        action="organization.create",
+        target=org,
+        changes={"name": name, "slug": slug, "time_zone": time_zone},
+    )
+    _membership_insert(actor=actor, node=root, user=owner, role=Role.OWNER)
+    return org
+
+
+@transaction.atomic
+def organization_update(
+    *, actor: Actor, organization: Organization, name: str | None = None, time_zone: str | None
+) -> Organization:
+    values: dict[str, Any] = {}
+    errors: dict[str, list[str]] = {}
+    if name is not None:
+        values["name"] = _clean_name(name, errors)
+    _raise(errors)
+    if time_zone is not None:
+        _check_time_zone(time_zone)
+        values["time_zone"] = time_zone
+    changes = diff(organization, values)
+    if not changes:
+        return organization
+    for field, value in values.items():
+        setattr(organization, field, value)
+    organization.save(update_fields=list(values))
+    if "time_zone" in changes:
+        _on_commit_invalidate(_prefixes_of_keys(ApiKey.objects.filter(organization=organization)))
+    audit_event_record(
+        organization=organization,
+        actor=actor,
+        action="organization.update",
+        target=organization,
+        changes=changes,
+    )
+    return organization
+
+
+@transaction.atomic
+def node_create(*, actor: Actor, parent: Node, name: str, slug: str) -> Node:
+    """A child of ``parent``: its kind is the level below the parent's."""
+    errors: dict[str, list[str]] = {}
+    name = _clean_name(name, errors)
+    slug = _clean_slug(slug, errors)
+    kind = CHILD_KIND.get(parent.kind)
+    if kind is None:
+        errors.setdefault("parent", []).append("A project cannot have children.")
+    elif parent.archived_at is not None:
+        errors.setdefault("parent", []).append("The parent is archived.")
+    if slug and kind and _sibling_slug_taken(parent=parent, slug=slug):
+        errors.setdefault("slug", []).append("A sibling with this slug already exists.")
+    _raise(errors)
+    assert kind is not None
+    try:
+        with transaction.atomic():
+            node = Node.objects.create(
+                organization_id=parent.organization_id,
+                kind=kind,
+                parent=parent,
+                name=name,
+                slug=slug,
+                depth=parent.depth + 1,
+            )
+    except IntegrityError:
+        raise InvalidInput({"slug": ["A sibling with this slug already exists."]}) from None
+    node.path = f"{parent.path}{node.pk}/"
+    node.save(update_fields=["path"])
+    audit_event_record(
+        organization=parent.organization_id,
+        actor=actor,
+        action="node.create",
+        target=node,
+        changes={"kind": kind, "name": name, "slug": slug, "parent": parent.pk},
+    )
+    return node
+
+
+@transaction.atomic
+def node_update(
+    *, actor: Actor, node: Node, name: str | None = None, slug: str | None = None
+) -> Node:
+    errors: dict[str, list[str]] = {}
+    values: dict[str, Any] = {}
+    if name is not None:
+        values["name"] = _clean_name(name, errors)
+    if slug is not None:
+        values["slug"] = _clean_slug(slug, errors)
+        if node.parent_id is None and values["slug"] and values["slug"] != node.slug:
+            errors.setdefault("slug", []).append("The root node keeps the organization's slug.")
+        elif (
+            values["slug"]
+            and node.parent_id is not None
+            and _sibling_slug_taken(parent=node.parent, slug=values["slug"], exclude_pk=node.pk)
+        ):
+            errors.setdefault("slug", []).append("A sibling with this slug already exists.")
+    if node.archived_at is not None:
+        errors.setdefault("non_field_errors", []).append("An archived node cannot be changed.")
+    _raise(errors)
+    changes = diff(node, values)
+    if not changes:
+        return node
+    for field, value in values.items():
+        setattr(node, field, value)
+    try:
+        with transaction.atomic():
+            node.save(update_fields=list(values))
+    except IntegrityError:
+        raise InvalidInput({"slug": ["A sibling with this slug already exists."]}) from None
+    audit_event_record(
+        organization=node.organization_id,
+        actor=actor,
+        action="node.update",
+        target=node,
+        changes=changes,
+    )
+    return node
+
+
+@transaction.atomic
+def node_move(*, actor: Actor, node: Node, new_parent: Node) -> Node:
+    """Re-parent ``node`` (and its subtree). The tree stays valid: same organization, the right
+    level, never under itself or a descendant, slug unique among the new siblings."""
+    errors: dict[str, list[str]] = {}
+    if node.parent_id is None:
+        errors["parent"] = ["The root node cannot be moved."]
+    elif new_parent.organization_id != node.organization_id:
+        errors["parent"] = ["The new parent must be in the same organization."]
+    elif new_parent.path.startswith(node.path):
+        errors["parent"] = ["A node cannot be moved under itself or one of its descendants."]
+    elif new_parent.kind != PARENT_KIND.get(NodeKind(node.kind)):
+        errors["parent"] = [
+            f"A {node.kind} must be placed under a {PARENT_KIND[NodeKind(node.kind)]}."
+        ]
+    elif new_parent.archived_at is not None or node.archived_at is not None:
+        errors["parent"] = ["Archived nodes cannot be moved or receive children."]
+    elif _sibling_slug_taken(parent=new_parent, slug=node.slug, exclude_pk=node.pk):
+        errors["slug"] = ["The new parent already has a child with this slug."]
+    _raise(errors)
+    if new_parent.pk == node.parent_id:
+        return node
+    old_path, old_parent_id = node.path, node.parent_id
+    new_path = f"{new_parent.path}{node.pk}/"
+    Node.objects.filter(organization_id=node.organization_id, path__startswith=old_path).update(
+        path=Concat(Value(new_path), Substr("path", len(old_path) + 1))
+    )
+    Node.objects.filter(pk=node.pk).update(parent=new_parent)
+    node.refresh_from_db()
+    # Key contexts carry department and team ids: drop the cached ones in the subtree.
+    _on_commit_invalidate(_prefixes_of_keys(ApiKey.objects.filter(project__in=subtree(node))))
+    audit_event_record(
+        organization=node.organization_id,
+        actor=actor,
+        action="node.move",
+        target=node,
+        changes={"parent": [old_parent_id, new_parent.pk]},
+    )
+    return node
+
+
+@transaction.atomic
+def node_archive(*, actor: Actor, node: Node, revoke_keys: bool = False) -> int:
+    """Archive ``node`` and its subtree. Live keys in it must be revoked explicitly
+    (``revoke_keys=True``), else InvalidInput. Returns the number of keys revoked."""
+    if node.parent_id is None:
+        raise InvalidInput({"node": ["The root node cannot be archived."]})
+    if node.archived_at is not None:
+        raise InvalidInput({"node": ["The node is already archived."]})
+    nodes = subtree(node)
+    live_keys = ApiKey.objects.filter(project__in=nodes, revoked_at__isnull=True)
+    live_count = live_keys.count()
+    if live_count and not revoke_keys:
+        raise InvalidInput(
+            {
+                "revoke_keys": [
+                    f"{live_count} active API key(s) belong to this subtree; "
+                    "pass revoke_keys=true to revoke them with it."
+                ]
+            }
+        )
+    now = timezone.now()
+    prefixes = _prefixes_of_keys(ApiKey.objects.filter(project__in=nodes))
+    revoked = live_keys.update(revoked_at=now, revoked_reason="node_archived")
+    archived = nodes.filter(archived_at__isnull=True).update(archived_at=now)
+    _on_commit_invalidate(prefixes)
+    audit_event_record(
+        organization=node.organization_id,
+        actor=actor,
+        action="node.archive",
+        target=node,
+        changes={"archived_nodes": archived, "revoked_keys": revoked},
+    )
+    return revoked
+
+
+# --- memberships --------------------------------------------------------------------------
+
+
+def _sync_permissions(*, membership: Membership) -> None:
+    NodeUserPermission.objects.filter(
+        user_id=membership.user_id, content_object_id=membership.node_id
+    ).delete()
+    if membership.removed_at is not None:
+        return
+    perms = Permission.objects.filter(
+        content_type__app_label="orgs",
+        content_type__model="node",
+        codename__in=permissions_for(membership.role),
+    )
+    NodeUserPermission.objects.bulk_create(
+        [
+            NodeUserPermission(
+                user_id=membership.user_id, permission=perm, content_object_id=membership.node_id
+            )
+            for perm in perms
+        ]
+    )
+
+
+def _check_role(role: Any) -> str:
+    if role not in Role.values:
+        raise InvalidInput({"role": [f"Choose one of {', '.join(Role.values)}."]})
+    return str(role)
+
+
+def _check_may_grant(*, actor: Actor, node: Node, role: str) -> None:
+    if actor.user is None:  # the system (seeding, management commands) is trusted
+        return
+    if role in OWNER_ONLY_ROLES and not is_owner_over(user_id=actor.user.pk, node=node):
+        raise NotAllowed("Only an owner can grant, change or remove the owner role.")
+
+
+def _membership_insert(*, actor: Actor, node: Node, user: Any, role: str) -> Membership:
+    if Membership.objects.filter(user=user, node=node, removed_at__isnull=True).exists():
+        raise InvalidInput({"user": ["This user is already a member of this node."]})
+    membership = Membership.objects.create(
+        organization_id=node.organization_id, user=user, node=node, role=role
+    )
+    _sync_permissions(membership=membership)
+    audit_event_record(
+        organization=node.organization_id,
+        actor=actor,
+        action="membership.create",
+        target=membership,
+        changes={"user": user.pk, "node": node.pk, "role": role},
+    )
+    return membership
+
+
+@transaction.atomic
+def membership_create(*, actor: Actor, node: Node, user: Any, role: str) -> Membership:
+    role = _check_role(role)
+    if node.archived_at is not None:
+        raise InvalidInput({"node": ["The node is archived."]})
+    _check_may_grant(actor=actor, node=node, role=role)
+    return _membership_insert(actor=actor, node=node, user=user, role=role)
+
+
+def _is_last_root_owner(membership: Membership) -> bool:
+    if membership.role != Role.OWNER or membership.node.parent_id is not None:
+        return False
+    others = Membership.objects.filter(
+        node_id=membership.node_id, role=Role.OWNER, removed_at__isnull=True
+    ).exclude(pk=membership.pk)
+    return not others.exists()
+
+
+@transaction.atomic
+def membership_update(*, actor: Actor, membership: Membership, role: str) -> Membership:
+    role = _check_role(role)
+    membership = Membership.objects.select_for_update().select_related("node").get(pk=membership.pk)
+    if membership.removed_at is not None:
+        raise InvalidInput({"membership": ["This membership has ended."]})
+    if role == membership.role:
+        return membership
+    _check_may_grant(actor=actor, node=membership.node, role=role)
+    _check_may_grant(actor=actor, node=membership.node, role=membership.role)
+    if _is_last_root_owner(membership):
+        raise InvalidInput({"role": ["The organization's last owner cannot be demoted."]})
+    old = membership.role
+    membership.role = role
+    membership.save(update_fields=["role"])
+    _sync_permissions(membership=membership)
+    audit_event_record(
+        organization=membership.organization_id,
+        actor=actor,
+        action="membership.update",
+        target=membership,
+        changes={"role": [old, role]},
+    )
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, actor: Actor, membership: Membership) -> Membership:
+    """End the membership: its permissions go, and keys created under it stop working."""
+    membership = Membership.objects.select_for_update().select_related("node").get(pk=membership.pk)
+    if membership.removed_at is not None:
+        raise InvalidInput({"membership": ["This membership has already ended."]})
+    _check_may_grant(actor=actor, node=membership.node, role=membership.role)
+    if _is_last_root_owner(membership):
+        raise InvalidInput({"membership": ["The organization's last owner cannot be removed."]})
+    membership.removed_at = timezone.now()
+    membership.save(update_fields=["removed_at"])
+    _sync_permissions(membership=membership)
+    _on_commit_invalidate(_prefixes_of_keys(ApiKey.objects.filter(membership=membership)))
+    audit_event_record(
+        organization=membership.organization_id,
+        actor=actor,
+        action="membership.remove",
+        target=membership,
+        changes={"user": membership.user_id, "role": membership.role},
+    )
+    return membership
+
+
+# --- invitations --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreatedInvitation:
+    invitation: Invitation
+    token: str  # shown once (emailed)
+
+
+@transaction.atomic
+def invitation_create(
+    *,
+    actor: Actor,
+    node: Node,
+    email: str,
+    role: str,
+    ttl: dt.timedelta = INVITATION_TTL,
+    accept_url: str = "",
+) -> CreatedInvitation:
+    role = _check_role(role)
+    email = (email or "").strip().lower()
+    try:
+        validate_email(email)
+    except ValidationError:
+        raise InvalidInput({"email": ["Enter a valid email address."]}) from None
+    if node.archived_at is not None:
+        raise InvalidInput({"node": ["The node is archived."]})
+    _check_may_grant(actor=actor, node=node, role=role)
+    new = secrets.new_secret(secrets.INVITATION)
+    invitation = Invitation.objects.create(
+        organization_id=node.organization_id,
+        node=node,
+        email=email,
+        role=role,
+        token_prefix=new.prefix,
+        token_digest=new.digest,
+        invited_by=actor.user,
+        expires_at=timezone.now() + ttl,
+    )
+    audit_event_record(
+        organization=node.organization_id,
+        actor=actor,
+        action="invitation.create",
+        target=invitation,
+        target_repr=f"invitation for {email}",
+        changes={"email": email, "node": node.pk, "role": role},
+    )
+    org_name = node.organization.name
+    body = (
+        f"You have been invited to join {org_name} on MegaRouter as {role} of {node.name}.\n\n"
+        f"Your invitation token (valid until {invitation.expires_at:%Y-%m-%d %H:%M} UTC, "
+        f"single use):\n\n    {new.raw}\n\n"
+        + (f"Accept it at {accept_url}\n" if accept_url else "")
+        + 'Accept with POST /api/invitations/accept/ {"token": "..."} while logged in.\n'
+    )
+    transaction.on_commit(
+        lambda: send_mail(
+            f"Invitation to {org_name} on MegaRouter",
+            body,
+            settings.DEFAULT_FROM_EMAIL,
+            [email],
+            fail_silently=False,
+        )
+    )
+    return CreatedInvitation(invitation=invitation, token=new.raw)
+
+
+@transaction.atomic
+def invitation_accept(*, actor: Actor, token: str) -> Membership:
+    """Use the token: the logged-in user (whose email must match) becomes a member."""
+    user = actor.user
+    prefix = secrets.prefix_of(token or "", secrets.INVITATION)
+    invitation = (
+        Invitation.objects.select_for_update().filter(token_prefix=prefix).first()
+        if prefix
+        else None
+    )
+    if invitation is None or not secrets.matches(token, invitation.token_digest):
+        raise InvalidInput({"token": ["This invitation token is not valid."]})
+    if invitation.accepted_at is not None:
+        raise InvalidInput({"token": ["This invitation has already been used."]})
+    if invitation.revoked_at is not None:
+        raise InvalidInput({"token": ["This invitation has been revoked."]})
+    if invitation.expires_at <= timezone.now():
+        raise InvalidInput({"token": ["This invitation has expired."]})
+    if user is None or (user.email or "").strip().lower() != invitation.email:
+        raise InvalidInput({"token": ["This invitation was sent to another email address."]})
+    node = Node.objects.select_related("organization").get(pk=invitation.node_id)
+    if node.archived_at is not None or node.organization.archived_at is not None:
+        raise InvalidInput({"token": ["The invitation's node has been archived."]})
+    membership = _membership_insert(actor=actor, node=node, user=user, role=invitation.role)
+    invitation.accepted_at = timezone.now()
+    invitation.accepted_by = user
+    invitation.membership = membership
+    invitation.save(update_fields=["accepted_at", "accepted_by", "membership"])
+    audit_event_record(
+        organization=invitation.organization_id,
+        actor=actor,
+        action="invitation.accept",
+        target=invitation,
+        target_repr=f"invitation for {invitation.email}",
+        changes={"membership": membership.pk},
+    )
+    return membership
+
+
+@transaction.atomic
+def invitation_revoke(*, actor: Actor, invitation: Invitation) -> Invitation:
+    invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
+    if invitation.accepted_at is not None or invitation.revoked_at is not None:
+        raise InvalidInput({"invitation": ["This invitation is no longer pending."]})
+    invitation.revoked_at = timezone.now()
+    invitation.save(update_fields=["revoked_at"])
+    audit_event_record(
+        organization=invitation.organization_id,
+        actor=actor,
+        action="invitation.revoke",
+        target=invitation,
+        target_repr=f"invitation for {invitation.email}",
+    )
+    return invitation
+
+
+# --- API keys -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    api_key: ApiKey
+    raw_key: str  # shown once
+
+
+def _clean_key_fields(values: dict[str, Any]) -> dict[str, Any]:
+    errors: dict[str, list[str]] = {}
+    out: dict[str, Any] = {}
+    if "name" in values:
+        out["name"] = _clean_name(values["name"], errors)
+    if "allowed_models" in values:
+        try:
+            out["allowed_models"] = validate_model_patterns(values["allowed_models"] or [])
+        except ValueError as exc:
+            errors["allowed_models"] = [str(exc)]
+    if "ip_allowlist" in values:
+        cidrs = values["ip_allowlist"] or []
+        try:
+            if not isinstance(cidrs, list):
+                raise ValueError
+            out["ip_allowlist"] = [str(ipaddress.ip_network(c, strict=False)) for c in cidrs]
+        except (ValueError, TypeError):
+            errors["ip_allowlist"] = ["Enter a list of IP addresses or CIDR networks."]
+    for field in ("rpm_limit", "tpm_limit"):
+        if field in values:
+            limit = values[field]
+            if limit is not None and (
+                isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+            ):
+                errors[field] = ["Enter a positive whole number or null."]
+            out[field] = limit
+    if "routing_policy" in values:
+        try:
+            out["routing_policy"] = validate_routing_policy(values["routing_policy"])
+        except ValueError as exc:
+            errors["routing_policy"] = [str(exc)]
+    if "expires_at" in values:
+        expires = values["expires_at"]
+        if expires is not None and expires <= timezone.now():
+            errors["expires_at"] = ["The expiry must be in the future."]
+        out["expires_at"] = expires
+    _raise(errors)
+    return out
+
+
+def _actor_may_manage_key(*, actor: Actor, api_key: ApiKey) -> bool:
+    if actor.user is None:
+        return True
+    project = api_key.project
+    if has_perm_on_node(user_id=actor.user.pk, node=project, perm=MANAGE_KEYS):
+        return True
+    # Developers manage the keys they created, while they still may create keys there.
+    return api_key.membership.user_id == actor.user.pk and has_perm_on_node(
+        user_id=actor.user.pk, node=project, perm=CREATE_KEYS
+    )
+
+
+@transaction.atomic
+def api_key_create(
+    *,
+    actor: Actor,
+    project: Node,
+    name: str,
+    membership: Membership | None = None,
+    allowed_models: list[str] | None = None,
+    ip_allowlist: list[str] | None = None,
+    rpm_limit: int | None = None,
+    tpm_limit: int | None = None,
+    routing_policy: dict[str, Any] | None = None,
+    expires_at: dt.datetime | None = None,
+) -> CreatedKey:
+    """A key for ``project`` owned by the actor's membership that allows creating keys there
+    (the nearest one), or by ``membership`` when the system acts (seeding)."""
+    if project.kind != NodeKind.PROJECT:
+        raise InvalidInput({"project": ["API keys belong to a project."]})
+    if project.archived_at is not None:
+        raise InvalidInput({"project": ["The project is archived."]})
+    if membership is None:
+        if actor.user is None:
+            raise InvalidInput({"membership": ["A system-created key needs a membership."]})
+        membership = memberships_covering(
+            user_id=actor.user.pk, node=project, perm=CREATE_KEYS
+        ).first()
+        if membership is None:
+            raise NotAllowed("Your role does not allow creating API keys in this project.")
+    elif membership.removed_at is not None or membership.organization_id != (
+        project.organization_id
+    ):
+        raise InvalidInput({"membership": ["Not an active membership of this organization."]})
+    fields = _clean_key_fields(
+        {
+            "name": name,
+            "allowed_models": allowed_models or [],
+            "ip_allowlist": ip_allowlist or [],
+            "rpm_limit": rpm_limit,
+            "tpm_limit": tpm_limit,
+            "routing_policy": routing_policy,
+            "expires_at": expires_at,
+        }
+    )
+    new = secrets.new_secret(secrets.GATEWAY_KEY)
+    api_key = ApiKey.objects.create(
+        organization_id=project.organization_id,
+        project=project,
+        membership=membership,
+        prefix=new.prefix,
+        **fields,
+    )
+    ApiKeySecret.objects.create(api_key=api_key, prefix=new.prefix, digest=new.digest)
+    audit_event_record(
+        organization=project.organization_id,
+        actor=actor,
+        action="api_key.create",
+        target=api_key,
+        changes={"project": project.pk, "membership": membership.pk, **fields},
+    )
+    return CreatedKey(api_key=api_key, raw_key=new.raw)
+
+
+def _lock_key(api_key: ApiKey) -> ApiKey:
+    return (
+        ApiKey.objects.select_for_update(of=("self",))
+        .select_related("project", "membership")
+        .get(pk=api_key.pk)
+    )
+
+
+@transaction.atomic
+def api_key_update(*, actor: Actor, api_key: ApiKey, **values: Any) -> ApiKey:
+    """Change name, allowed_models, ip_allowlist, rpm_limit, tpm_limit, routing_policy or
+    expires_at."""
+    allowed = {
+        "name",
+        "allowed_models",
+        "ip_allowlist",
+        "rpm_limit",
+        "tpm_limit",
+        "routing_policy",
+        "expires_at",
+    }
+    unknown = set(values) - allowed
+    if unknown:
+        raise InvalidInput({name: ["This field cannot be changed."] for name in sorted(unknown)})
+    api_key = _lock_key(api_key)
+    if not _actor_may_manage_key(actor=actor, api_key=api_key):
+        raise NotAllowed("Your role does not allow changing this key.")
+    if api_key.revoked_at is not None:
+        raise InvalidInput({"non_field_errors": ["A revoked key cannot be changed."]})
+    fields = _clean_key_fields(values)
+    changes = diff(api_key, fields)
+    if not changes:
+        return api_key
+    for field, value in fields.items():
+        setattr(api_key, field, value)
+    api_key.save(update_fields=list(fields))
+    _on_commit_invalidate(_prefixes_of_keys(ApiKey.objects.filter(pk=api_key.pk)))
+    audit_event_record(
+        organization=api_key.organization_id,
+        actor=actor,
+        action="api_key.update",
+        target=api_key,
+        changes=changes,
+    )
+    return api_key
+
+
+@transaction.atomic
+def api_key_revoke(*, actor: Actor, api_key: ApiKey, reason: str = "revoked") -> ApiKey:
+    api_key = _lock_key(api_key)
+    if not _actor_may_manage_key(actor=actor, api_key=api_key):
+        raise NotAllowed("Your role does not allow revoking this key.")
+    if api_key.revoked_at is not None:
+        raise InvalidInput({"non_field_errors": ["This key is already revoked."]})
+    api_key.revoked_at = timezone.now()
+    api_key.revoked_reason = reason[:64]
+    api_key.save(update_fields=["revoked_at", "revoked_reason"])
+    _on_commit_invalidate(_prefixes_of_keys(ApiKey.objects.filter(pk=api_key.pk)))
+    audit_event_record(
+        organization=api_key.organization_id,
+        actor=actor,
+        action="api_key.revoke",
+        target=api_key,
+        changes={"reason": api_key.revoked_reason},
+    )
+    return api_key
+
+
+@transaction.atomic
+def api_key_rotate(
+    *, actor: Actor, api_key: ApiKey, grace: dt.timedelta = dt.timedelta(0)
+) -> CreatedKey:
+    """A new secret for the same key. Older secrets keep working for ``grace`` (0 = end now)."""
+    if grace < dt.timedelta(0) or grace > MAX_ROTATION_GRACE:
+        raise InvalidInput({"grace_seconds": ["Choose between 0 and 2592000 seconds (30 days)."]})
+    api_key = _lock_key(api_key)
+    if not _actor_may_manage_key(actor=actor, api_key=api_key):
+        raise NotAllowed("Your role does not allow rotating this key.")
+    if api_key.revoked_at is not None:
+        raise InvalidInput({"non_field_errors": ["A revoked key cannot be rotated."]})
+    now = timezone.now()
+    old_prefixes = _prefixes_of_keys(ApiKey.objects.filter(pk=api_key.pk))
+    ApiKeySecret.objects.filter(api_key=api_key, valid_until__isnull=True).update(
+        valid_until=now + grace
+    )
+    ApiKeySecret.objects.filter(api_key=api_key, valid_until__gt=now + grace).update(
+        valid_until=now + grace
+    )
+    new = secrets.new_secret(secrets.GATEWAY_KEY)
+    ApiKeySecret.objects.create(api_key=api_key, prefix=new.prefix, digest=new.digest)
+    api_key.prefix = new.prefix
+    api_key.save(update_fields=["prefix"])
+    _on_commit_invalidate(old_prefixes)
+    audit_event_record(
+        organization=api_key.organization_id,
+        actor=actor,
+        action="api_key.rotate",
+        target=api_key,
+        changes={
+            "prefix": [old_prefixes[0] if old_prefixes else "", new.prefix],
+            "grace_seconds": int(grace.total_seconds()),
+        },
+    )
+    return CreatedKey(api_key=api_key, raw_key=new.raw)
+
+
+# --- personal access tokens ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreatedToken:
+    token: PersonalAccessToken
+    raw_token: str  # shown once
+
+
+@transaction.atomic
+def access_token_create(
+    *, user: Any, name: str, expires_at: dt.datetime | None = None
+) -> CreatedToken:
+    errors: dict[str, list[str]] = {}
+    name = _clean_name(name, errors)
+    if expires_at is not None and expires_at <= timezone.now():
+        errors["expires_at"] = ["The expiry must be in the future."]
+    _raise(errors)
+    new = secrets.new_secret(secrets.ACCESS_TOKEN)
+    token = PersonalAccessToken.objects.create(
+        user=user, name=name, prefix=new.prefix, digest=new.digest, expires_at=expires_at
+    )
+    return CreatedToken(token=token, raw_token=new.raw)
+
+
+@transaction.atomic
+def access_token_revoke(*, token: PersonalAccessToken) -> PersonalAccessToken:
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+    return token
