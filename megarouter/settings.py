@@ -47,6 +47,17 @@ if PRODUCTION:
     if not ALLOWED_HOSTS:
         raise ConfigError("ALLOWED_HOSTS", "production needs the host names the gateway serves")
 
+# Provider credentials are encrypted at rest with these Fernet keys (comma-separated; the first
+# encrypts, all decrypt, so a new key goes first and `manage.py credentials_rotate` re-encrypts).
+# Outside production an unset value derives one key from SECRET_KEY (see routing/crypto.py).
+MEGAROUTER_ENCRYPTION_KEYS = env.list("MEGAROUTER_ENCRYPTION_KEYS", [])
+if PRODUCTION and not MEGAROUTER_ENCRYPTION_KEYS:
+    raise ConfigError(
+        "MEGAROUTER_ENCRYPTION_KEYS",
+        "production needs at least one Fernet key (python -c 'from cryptography.fernet "
+        "import Fernet; print(Fernet.generate_key().decode())')",
+    )
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",

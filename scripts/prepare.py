@@ -38,6 +38,9 @@ def _prepare() -> int:
 
     if "catalog_import" in available:
         call_command("catalog_import", verbosity=0)
+    if "apply_config" in available:
+        # Demo deployments on the provider simulator (SIMULATOR_URL); idempotent.
+        call_command("apply_config", str(ROOT / "config" / "demo.toml"), stdout=io.StringIO())
     if "seed_demo" in available:
         out = io.StringIO()
         call_command("seed_demo", json=True, stdout=out)

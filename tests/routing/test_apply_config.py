@@ -1,0 +1,357 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from routing.catalog import catalog_snapshot
+from routing.catalog_import import catalog_entries_import, catalog_import, catalog_parse
+from routing.crypto import CredentialSecret, decrypt_secret
+from routing.models import (
+    CatalogVersion,
+    Credential,
+    Deployment,
+    Model,
+    ModelPrice,
+    Provider,
+)
+from routing.operator_config import ConfigFileError, config_apply_file
+from routing.selectors import price_at
+
+pytestmark = pytest.mark.django_db
+FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+ENV = {"DEEPSEEK_API_KEY": "sk-deepseek-SECRET", "SIM": "http://127.0.0.1:9999"}
+
+OPERATOR_FILE = """
+version = 1
+
+[[providers]]
+slug = "deepseek"
+zero_data_retention = true
+regions = ["cn", "global"]
+
+[[providers]]
+slug = "selfhosted"
+name = "Our vLLM"
+kind = "openai"
+base_url = "http://10.0.0.5:8000/v1"
+
+[[credentials]]
+name = "deepseek-main"
+provider = "deepseek"
+api_key_env = "DEEPSEEK_API_KEY"
+
+[[models]]
+id = "deepseek/deepseek-chat"
+quality_tier = "strong"
+status = "active"
+capabilities = { json_schema = true }
+price = { input_per_million = "0.25", output_per_million = "0.40", effective_from = "2026-12-01T00:00:00Z" }
+
+[[models]]
+id = "selfhosted/llama-3.3-70b"
+mode = "chat"
+context_window = 131072
+price = { input_per_token = "0", output_per_token = "0" }
+
+[[deployments]]
+name = "deepseek-direct"
+model = "deepseek-chat"
+credential = "deepseek-main"
+weight = 2
+rpm_limit = 500
+
+[[deployments]]
+name = "llama-local"
+model = "selfhosted/llama-3.3-70b"
+base_url = "${SIM}/openai/v1"
+"""
+
+
+def _base_catalog() -> None:
+    raw = (FIXTURES / "litellm_small.json").read_bytes()
+    catalog_entries_import(parsed=catalog_parse(raw, today=NOW.date()), source="test", now=NOW)
+
+
+def _write(tmp_path: Path, text: str, name: str = "operator.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _state() -> tuple:
+    return (
+        list(Provider.objects.order_by("slug").values()),
+        list(Model.objects.order_by("canonical_id").values()),
+        list(ModelPrice.objects.order_by("id").values()),
+        list(Credential.objects.order_by("name").values()),
+        list(Deployment.objects.order_by("name").values()),
+        list(CatalogVersion.objects.values()),
+    )
+
+
+def test_apply_creates_everything_then_a_second_run_changes_nothing(tmp_path):
+    _base_catalog()
+    path = _write(tmp_path, OPERATOR_FILE)
+    result = config_apply_file(path, environ=ENV)
+    assert result.changes == [
+        "provider deepseek: updated zero_data_retention, regions",
+        "provider selfhosted: created",
+        "credential deepseek-main: created",
+        "model deepseek/deepseek-chat: updated status, quality_tier, supports_json_schema, price",
+        "model selfhosted/llama-3.3-70b: created",
+        "deployment deepseek-direct: created",
+        "deployment llama-local: created",
+    ]
+    assert result.unchanged == 0
+
+    deepseek = Provider.objects.get(slug="deepseek")
+    assert (deepseek.zero_data_retention, deepseek.regions) == (True, ["cn", "global"])
+    assert deepseek.base_url == "https://api.deepseek.com/v1"  # untouched
+    model = Model.objects.get(canonical_id="deepseek/deepseek-chat")
+    assert (model.quality_tier, model.status, model.supports_json_schema) == (3, "active", True)
+    assert model.operator_overrides == [
+        "price",
+        "quality_tier",
+        "status",
+        "supports_json_schema",
+    ]
+    cutover = datetime(2026, 12, 1, tzinfo=UTC)
+    assert price_at(model.canonical_id, cutover - timedelta(seconds=1)).input_per_token == (
+        Decimal("0.00000028")
+    )
+    assert price_at(model.canonical_id, cutover).input_per_token == Decimal("0.00000025")
+    credential = Credential.objects.get(name="deepseek-main")
+    assert "sk-deepseek-SECRET" not in credential.ciphertext
+    assert decrypt_secret(credential.ciphertext) == CredentialSecret(api_key="sk-deepseek-SECRET")
+    assert credential.source == "api_key=$DEEPSEEK_API_KEY"
+    direct = Deployment.objects.get(name="deepseek-direct")
+    assert (direct.model.canonical_id, direct.provider.slug, direct.credential.name) == (
+        "deepseek/deepseek-chat",
+        "deepseek",
+        "deepseek-main",
+    )
+    assert (direct.weight, direct.rpm_limit, direct.tpm_limit, direct.enabled) == (
+        2,
+        500,
+        None,
+        True,
+    )
+    assert Deployment.objects.get(name="llama-local").base_url == "http://127.0.0.1:9999/openai/v1"
+
+    before = _state()
+    again = config_apply_file(path, environ=ENV)
+    assert again.changes == []
+    assert again.unchanged == 7
+    assert _state() == before
+
+    # A re-import of the catalog leaves the operator's values alone.
+    _base_catalog()
+    assert _state()[1] == before[1]
+
+
+def test_changed_value_and_rotated_secret_are_reported(tmp_path):
+    _base_catalog()
+    config_apply_file(_write(tmp_path, OPERATOR_FILE), environ=ENV)
+    changed = OPERATOR_FILE.replace("weight = 2", "weight = 5")
+    result = config_apply_file(
+        _write(tmp_path, changed), environ={**ENV, "DEEPSEEK_API_KEY": "sk-rotated"}
+    )
+    assert result.changes == [
+        "credential deepseek-main: updated secret",
+        "deployment deepseek-direct: updated weight",
+    ]
+    credential = Credential.objects.get(name="deepseek-main")
+    assert decrypt_secret(credential.ciphertext).api_key == "sk-rotated"
+    assert (
+        catalog_snapshot(max_age=0)
+        .deployments_by_id[Deployment.objects.get(name="deepseek-direct").pk]
+        .weight
+        == 5
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "errors"),
+    [
+        (
+            lambda t: t,
+            ["credentials[0].api_key_env: environment variable DEEPSEEK_API_KEY is not set"],
+        ),
+        (
+            lambda t: t.replace("weight = 2", "weight = -1"),
+            [
+                "credentials[0].api_key_env: environment variable DEEPSEEK_API_KEY is not set",
+                "deployments[0].weight: expected a whole number >= 0, got -1",
+            ],
+        ),
+        (
+            lambda t: t + '\n[[policies]]\nname = "x"\n',
+            [
+                "policies: unknown section (routing policies arrive with the routing engine); "
+                "known: credentials, deployment_sets, deployments, models, providers",
+                "credentials[0].api_key_env: environment variable DEEPSEEK_API_KEY is not set",
+            ],
+        ),
+        (
+            lambda t: t.replace('model = "deepseek-chat"', 'model = "gpt-9"'),
+            [
+                "credentials[0].api_key_env: environment variable DEEPSEEK_API_KEY is not set",
+                "deployments[0].model: unknown model 'gpt-9' (run catalog_import first?)",
+            ],
+        ),
+        (
+            lambda t: t.replace('quality_tier = "strong"', "quality_tier = 9").replace(
+                'input_per_million = "0.25"', 'input_per_million = "cheap"'
+            ),
+            [
+                "credentials[0].api_key_env: environment variable DEEPSEEK_API_KEY is not set",
+                "models[0].quality_tier: expected 1 or 'economy', 2 or 'standard', "
+                "3 or 'strong', 4 or 'frontier'; got 9",
+                "models[0].price.input_per_million: expected a decimal number, got 'cheap'",
+            ],
+        ),
+    ],
+)
+def test_bad_file_is_refused_with_the_path_and_nothing_changes(tmp_path, edit, errors):
+    _base_catalog()
+    before = _state()
+    env = {"SIM": "http://127.0.0.1:9999"}  # DEEPSEEK_API_KEY missing
+    with pytest.raises(ConfigFileError) as raised:
+        config_apply_file(_write(tmp_path, edit(OPERATOR_FILE)), environ=env)
+    assert raised.value.errors == errors
+    assert _state() == before
+
+
+def test_interpolation_without_default_must_be_set(tmp_path):
+    _base_catalog()
+    with pytest.raises(ConfigFileError) as raised:
+        config_apply_file(_write(tmp_path, OPERATOR_FILE), environ={"DEEPSEEK_API_KEY": "sk"})
+    assert raised.value.errors == ["deployments[1].base_url: environment variable SIM is not set"]
+    assert Deployment.objects.count() == 0
+
+
+def test_yaml_and_json_files_apply_the_same(tmp_path):
+    _base_catalog()
+    document = {
+        "providers": [{"slug": "deepseek", "zero_data_retention": True}],
+        "deployments": [{"name": "ds", "model": "deepseek/deepseek-chat", "priority": 2}],
+    }
+    import yaml
+
+    yaml_path = _write(tmp_path, yaml.safe_dump(document), "operator.yaml")
+    assert config_apply_file(yaml_path, environ={}).changes == [
+        "provider deepseek: updated zero_data_retention",
+        "deployment ds: created",
+    ]
+    json_path = _write(tmp_path, json.dumps(document), "operator.json")
+    assert config_apply_file(json_path, environ={}).changes == []
+    assert Deployment.objects.get(name="ds").priority == 2
+
+
+def test_command_prints_changes_and_refuses_bad_files(tmp_path, monkeypatch):
+    _base_catalog()
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-x")
+    monkeypatch.setenv("SIM", "http://127.0.0.1:1")
+    out = StringIO()
+    call_command("apply_config", str(_write(tmp_path, OPERATOR_FILE)), stdout=out)
+    assert out.getvalue().splitlines()[-1] == "7 changed, 0 unchanged"
+    out = StringIO()
+    call_command("apply_config", str(_write(tmp_path, OPERATOR_FILE)), stdout=out)
+    assert out.getvalue() == "0 changed, 7 unchanged\n"
+    with pytest.raises(CommandError, match=r"operator\.txt: use a \.toml, \.yaml, \.yml or \.json"):
+        call_command("apply_config", str(_write(tmp_path, "x", "operator.txt")))
+    with pytest.raises(CommandError, match=r"Expected '=' after a key"):
+        call_command("apply_config", str(_write(tmp_path, "version 1\n")))
+
+
+def test_demo_file_puts_every_main_provider_model_on_the_simulator(monkeypatch):
+    monkeypatch.setenv("SIMULATOR_URL", "http://127.0.0.1:9123")
+    catalog_import()
+    result = config_apply_file(ROOT / "config" / "demo.toml")
+    deployments = Deployment.objects.select_related("model", "provider")
+    assert len(result.changes) == deployments.count() + 2  # + the two credentials
+    expected_base = {
+        "openai": "http://127.0.0.1:9123/openai/v1",
+        "anthropic": "http://127.0.0.1:9123/anthropic",
+        "gemini": "http://127.0.0.1:9123/gemini",
+    }
+    main = ("openai", "anthropic", "gemini", "deepseek", "xai", "mistral", "dashscope", "moonshot")
+    chat_models = Model.objects.filter(provider__slug__in=main, mode="chat", status="active")
+    assert chat_models.count() >= 200
+    on_simulator = {d.model.canonical_id for d in deployments if d.provider == d.model.provider}
+    assert set(chat_models.values_list("canonical_id", flat=True)) <= on_simulator
+    for deployment in deployments:
+        if deployment.provider.kind in expected_base:
+            assert deployment.base_url == expected_base[deployment.provider.kind]
+    azure = deployments.get(name="sim-azure-gpt-4o")
+    assert (azure.provider.kind, azure.base_url, azure.api_version, azure.model.canonical_id) == (
+        "azure",
+        "http://127.0.0.1:9123/azure",
+        "2024-10-21",
+        "openai/gpt-4o",
+    )
+    bedrock = deployments.get(name="sim-bedrock-claude-sonnet-4-5")
+    assert (bedrock.provider.kind, bedrock.region, bedrock.credential.kind) == (
+        "bedrock",
+        "us-east-1",
+        "aws",
+    )
+    snapshot = catalog_snapshot(max_age=0)
+    kinds = {d.kind for d in snapshot.deployments_for("claude-sonnet-4-5")}
+    assert kinds == {"anthropic", "bedrock"}
+    aws = snapshot.credential_secret(bedrock.credential_id)
+    assert (aws.aws_access_key_id, aws.aws_secret_access_key) == (
+        "AKIASIMULATORDEMO",
+        "simulator-demo-secret",
+    )
+    assert config_apply_file(ROOT / "config" / "demo.toml").changes == []
+
+
+SET_FILE = """
+[[providers]]
+slug = "selfhosted"
+kind = "openai"
+
+[[models]]
+id = "deepseek/deepseek-chat"        # deprecated in the catalog, revived here
+status = "active"
+
+[[models]]
+id = "selfhosted/qwen3-32b"
+price = { input_per_million = "0.1", output_per_million = "0.3" }
+
+[[deployment_sets]]
+name = "sim"
+providers = ["deepseek", "selfhosted", "anthropic"]
+exclude = ["anthropic/claude-opus-4-5"]
+base_url = "http://127.0.0.1:9100/openai/v1"
+rpm_limit = 100
+"""
+
+
+def test_deployment_sets_see_the_models_section_of_the_same_file(tmp_path):
+    _base_catalog()
+    path = _write(tmp_path, SET_FILE)
+    first = config_apply_file(path, environ={})
+    assert first.changes == [
+        "provider selfhosted: created",
+        "model deepseek/deepseek-chat: updated status",
+        "model selfhosted/qwen3-32b: created",
+        "deployment sim-deepseek-deepseek-chat: created",
+        "deployment sim-selfhosted-qwen3-32b: created",
+    ]
+    assert sorted(Deployment.objects.values_list("name", "rpm_limit", "base_url")) == [
+        ("sim-deepseek-deepseek-chat", 100, "http://127.0.0.1:9100/openai/v1"),
+        ("sim-selfhosted-qwen3-32b", 100, "http://127.0.0.1:9100/openai/v1"),
+    ]
+    before = _state()
+    assert config_apply_file(path, environ={}).changes == []
+    assert _state() == before
