@@ -215,5 +215,14 @@ LOGGING = {
         # The request line comes from megarouter.request; Django's own copy would repeat it.
         "django.request": {"level": "ERROR"},
         "django.server": {"level": "WARNING"},
+        # httpx logs every outbound request URL at INFO: noise on the hot path.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
     },
 }
+
+# Gateway (/v1/): request body limit and the /metrics scrape token (docs/api.md).
+MEGAROUTER_MAX_BODY_BYTES = env.int(
+    "MEGAROUTER_MAX_BODY_BYTES", 20 * 1024 * 1024, min_value=1024, max_value=1024**3
+)
+MEGAROUTER_METRICS_TOKEN = env.optional_str("MEGAROUTER_METRICS_TOKEN")
