@@ -7,10 +7,10 @@ connections are pooled per upstream host; the limits and timeouts are explicit a
 settings (``PROVIDER_*`` in docs/configuration.md and docs/providers.md).
 
 Timeouts are explicit per call with :class:`Timeouts`: ``connect`` (TCP/TLS), ``first_byte``
-(request sent -> response headers and, when streaming, the first chunk), ``stall`` (the longest
-gap between two stream chunks) and ``total`` (a whole non-streaming call). Adapters enforce
-``first_byte`` and ``stall`` themselves with ``asyncio.timeout``; httpx's own read timeout is
-only a backstop set to the larger of the two.
+(streaming: request sent -> response headers and the first chunk), ``stall`` (the longest gap
+between two stream chunks) and ``total`` (a whole non-streaming call: its headers come only
+when the whole answer is ready). Adapters enforce them with ``asyncio.timeout``; httpx's own
+timeouts are only a backstop.
 
 The transport is httpx's default one (httpcore). It was measured against the aiohttp transport
 (``httpx-aiohttp``) on this machine with ``bench/transport.py``; see docs/providers.md for the
@@ -20,12 +20,15 @@ figures and the reason for the choice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CONNECT = 5.0
 DEFAULT_FIRST_BYTE = 60.0
@@ -35,7 +38,8 @@ DEFAULT_TOTAL = 600.0
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Seconds. ``first_byte`` covers connect + send + response headers (+ first chunk)."""
+    """Seconds. Streams: ``first_byte`` covers connect + send + headers + first chunk, then
+    ``stall`` bounds each gap. Non-streaming calls: ``total`` bounds the whole call."""
 
     connect: float = DEFAULT_CONNECT
     first_byte: float = DEFAULT_FIRST_BYTE
@@ -56,8 +60,9 @@ class Timeouts:
     def with_(self, **changes: float) -> Timeouts:
         return replace(self, **changes)
 
-    def httpx_timeout(self) -> httpx.Timeout:
-        read = max(self.first_byte, self.stall)
+    def httpx_timeout(self, *, stream: bool = True) -> httpx.Timeout:
+        """httpx's own timeouts, a backstop behind the adapters' explicit deadlines."""
+        read = max(self.first_byte, self.stall) if stream else self.total
         return httpx.Timeout(connect=self.connect, read=read, write=self.write, pool=self.pool)
 
 
@@ -74,8 +79,27 @@ def _limits() -> httpx.Limits:
     )
 
 
+def make_transport(name: str | None = None) -> httpx.AsyncBaseTransport | None:
+    """The transport named by ``name`` or setting ``PROVIDER_HTTP_TRANSPORT``: ``httpx`` (the
+    default httpcore transport; returns None) or ``aiohttp`` (needs ``httpx-aiohttp``)."""
+    name = name or str(getattr(settings, "PROVIDER_HTTP_TRANSPORT", "httpx"))
+    if name == "httpx":
+        return None
+    if name == "aiohttp":
+        try:
+            from httpx_aiohttp import AiohttpTransport
+        except ImportError:  # not installed: the default transport still works, only slower
+            logger.warning("httpx-aiohttp is not installed; using the default httpx transport")
+            return None
+        return AiohttpTransport(limits=_limits(), trust_env=False)
+    raise ValueError(f"unknown PROVIDER_HTTP_TRANSPORT {name!r} (use httpx or aiohttp)")
+
+
 def new_client(**kwargs: Any) -> httpx.AsyncClient:
     """A client configured like the shared one (for benchmarks and tests that need their own)."""
+    transport = kwargs.pop("transport", None) or make_transport()
+    if transport is not None:
+        kwargs["transport"] = transport
     options: dict[str, Any] = {
         "limits": _limits(),
         "timeout": Timeouts.default().httpx_timeout(),

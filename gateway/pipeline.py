@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from gateway import metrics
 from gateway.errors import GatewayError, InvalidRequest, RateLimited, UpstreamFailed
@@ -301,7 +301,7 @@ async def embed(ctx: CallContext, request: EmbeddingRequest) -> EmbeddingRespons
 
 async def chat_stream(
     ctx: CallContext, request: ChatRequest
-) -> tuple[ChatChunk, AsyncIterator[ChatChunk]]:
+) -> tuple[ChatChunk, AsyncGenerator[ChatChunk, None]]:
     """Open a stream, failing over until one deployment yields its first chunk. Returns that
     chunk and the rest; nothing has reached the client yet, so every failure here may move on.
     The caller must iterate the rest to the end (or close it) and then call :func:`finish`."""
@@ -313,7 +313,10 @@ async def chat_stream(
     for candidate in ctx.plan.candidates:
         request.model = candidate.endpoint.model
         started = time.perf_counter()
-        upstream = get_adapter(candidate.endpoint.kind).stream(candidate.endpoint, request)
+        upstream = cast(
+            AsyncGenerator[ChatChunk, None],
+            get_adapter(candidate.endpoint.kind).stream(candidate.endpoint, request),
+        )
         try:
             first = await anext(upstream)
         except (ProviderError, StopAsyncIteration) as exc:
@@ -338,8 +341,8 @@ async def chat_stream(
 
 
 async def _tracked(
-    ctx: CallContext, first: ChatChunk, upstream: AsyncIterator[ChatChunk], started: float
-) -> AsyncIterator[ChatChunk]:
+    ctx: CallContext, first: ChatChunk, upstream: AsyncGenerator[ChatChunk, None], started: float
+) -> AsyncGenerator[ChatChunk, None]:
     """The rest of the stream, counting what was generated and the time spent upstream."""
     _observe(ctx, first)
     waited_from = time.perf_counter()
@@ -352,9 +355,7 @@ async def _tracked(
         ctx.finished = True
     finally:
         ctx.upstream_seconds += time.perf_counter() - waited_from
-        aclose = getattr(upstream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await upstream.aclose()
 
 
 def _observe(ctx: CallContext, chunk: ChatChunk) -> None:

@@ -24,7 +24,9 @@ The catalog snapshot is in-process, so this does no database work once it is war
 
 from __future__ import annotations
 
+import fnmatch
 import statistics
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -68,8 +70,6 @@ def _key_allows(key: Any, model_id: str) -> bool:
     if not model_allowed(key, model_id):
         return False
     policy = _policy(key)
-    import fnmatch
-
     blocked = policy.get("blocked_models") or ()
     if any(p == model_id or fnmatch.fnmatchcase(model_id, p) for p in blocked):
         return False
@@ -248,6 +248,69 @@ def _check_fixed(
             )
 
 
+@dataclass(frozen=True, slots=True)
+class _Pool:
+    """The models an ``auto`` request of one key may land on, in each strategy's order."""
+
+    by_price: tuple[Any, ...]  # cheapest first (cost, latency)
+    balanced: tuple[Any, ...]  # tier >= the pool's median tier by price, then the rest
+    availability: tuple[Any, ...]  # most deployments first, then by price
+
+
+_POOLS: dict[tuple[Any, ...], _Pool] = {}
+_POOLS_MAX = 4096
+
+
+def _auto_pool(snapshot: Any, key: Any, route: str) -> _Pool:
+    """Right mode, not retired, with a deployment, allowed by the key and its policy; built
+    once per catalog snapshot and key permissions (the catalog holds thousands of models and
+    scanning them costs about a millisecond), then reused."""
+    policy = _policy(key)
+    cache_key = (
+        snapshot.token,
+        route == "embeddings",
+        tuple(getattr(key, "allowed_models", ()) or ()),
+        tuple(policy.get("allowed_models") or ()),
+        tuple(policy.get("blocked_models") or ()),
+    )
+    pool = _POOLS.get(cache_key)
+    if pool is not None:
+        return pool
+    by_price = tuple(
+        sorted(
+            (
+                model
+                for model in snapshot.models.values()
+                if _mode_ok(model, route)
+                and model.status != "retired"
+                and snapshot.deployments_for(model.canonical_id)
+                and _key_allows(key, model.canonical_id)
+            ),
+            key=lambda m: (_unit_price(m), m.canonical_id),
+        )
+    )
+    median = statistics.median_low([m.quality_tier for m in by_price]) if by_price else 0
+    rank = {m.canonical_id: index for index, m in enumerate(by_price)}
+    pool = _Pool(
+        by_price=by_price,
+        balanced=tuple(m for m in by_price if m.quality_tier >= median)
+        + tuple(m for m in by_price if m.quality_tier < median),
+        availability=tuple(
+            sorted(
+                by_price,
+                key=lambda m: (
+                    -len(snapshot.deployments_for(m.canonical_id)),
+                    rank[m.canonical_id],
+                ),
+            )
+        ),
+    )
+    if len(_POOLS) >= _POOLS_MAX:
+        _POOLS.clear()
+    _POOLS[cache_key] = pool
+    return pool
+
+
 def _route_auto(
     snapshot: Any, ctx: CallContext, request: ChatRequest | EmbeddingRequest, region: str | None
 ) -> RoutePlan:
@@ -263,57 +326,35 @@ def _route_auto(
         raise InvalidRequest(
             "Routing aliases are for chat requests; name an embedding model.", param="model"
         )
-    eligible = []
-    for model in snapshot.models.values():
-        if not _mode_ok(model, ctx.route) or model.status == "retired":
+    pool = _auto_pool(snapshot, ctx.key, ctx.route)
+    order = {"balanced": pool.balanced, "availability": pool.availability}.get(
+        strategy, pool.by_price
+    )
+    required = tuple(_CAPABILITY_FIELDS[cap][0] for cap in ctx.needs if cap in _CAPABILITY_FIELDS)
+    allowed = override.allowed_models if override else None
+    max_cost = override.max_cost_usd if override else None
+    chosen = []
+    for model in order:
+        if allowed and model.canonical_id not in allowed:
             continue
-        if not snapshot.deployments_for(model.canonical_id):
-            continue
-        if not _key_allows(ctx.key, model.canonical_id):
-            continue
-        if (
-            override
-            and override.allowed_models
-            and model.canonical_id not in override.allowed_models
-        ):
-            continue
-        if _capability_gaps(model, ctx.needs):
+        if required and not all(getattr(model, name) for name in required):
             continue
         if ctx.stream and not model.supports_streaming:
             continue
-        if (
-            override
-            and override.max_cost_usd is not None
-            and worst_case_cost(model, request) > override.max_cost_usd
-        ):
+        if max_cost is not None and worst_case_cost(model, request) > max_cost:
             continue
-        eligible.append(model)
-    if not eligible:
+        chosen.append(model)
+        if len(chosen) == AUTO_MODELS:
+            break
+    if not chosen:
         raise InvalidRequest(
             f"No model this key may use fits the request for '{ctx.requested_model}' "
             "(capabilities, allowed models, max_cost_usd).",
             param="model",
             code="no_eligible_model",
         )
-    by_price = sorted(eligible, key=lambda m: (_unit_price(m), m.canonical_id))
-    if strategy == "balanced":
-        median = statistics.median_low([m.quality_tier for m in eligible])
-        ordered = [m for m in by_price if m.quality_tier >= median] + [
-            m for m in by_price if m.quality_tier < median
-        ]
-    elif strategy == "availability":
-        ordered = sorted(
-            eligible,
-            key=lambda m: (
-                -len(snapshot.deployments_for(m.canonical_id)),
-                _unit_price(m),
-                m.canonical_id,
-            ),
-        )
-    else:  # cost, latency
-        ordered = by_price
     candidates: list[Candidate] = []
-    for model in ordered[:AUTO_MODELS]:
+    for model in chosen:
         candidates += _candidates(snapshot, model, region)
     return RoutePlan(strategy=strategy, candidates=candidates)
 

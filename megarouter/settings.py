@@ -189,6 +189,15 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
 }
 
+# Outbound calls to LLM providers (gateway/http.py, docs/providers.md). Seconds.
+PROVIDER_HTTP_TRANSPORT = env.choice("PROVIDER_HTTP_TRANSPORT", "aiohttp", ("aiohttp", "httpx"))
+PROVIDER_CONNECT_TIMEOUT = env.float("PROVIDER_CONNECT_TIMEOUT", 5.0)
+PROVIDER_FIRST_BYTE_TIMEOUT = env.float("PROVIDER_FIRST_BYTE_TIMEOUT", 60.0)
+PROVIDER_STALL_TIMEOUT = env.float("PROVIDER_STALL_TIMEOUT", 30.0)
+PROVIDER_TOTAL_TIMEOUT = env.float("PROVIDER_TOTAL_TIMEOUT", 600.0)
+PROVIDER_MAX_CONNECTIONS = env.int("PROVIDER_MAX_CONNECTIONS", 512, min_value=1)
+ANTHROPIC_DEFAULT_MAX_TOKENS = env.int("ANTHROPIC_DEFAULT_MAX_TOKENS", 4096, min_value=1)
+
 # Email: the console in the embedded mode, SMTP when EMAIL_HOST is set.
 EMAIL_HOST = env.optional_str("EMAIL_HOST")
 if EMAIL_HOST:

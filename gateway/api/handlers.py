@@ -77,10 +77,12 @@ def _headers(ctx: CallContext, *, with_cost: bool) -> dict[str, str]:
 
 def _record(req: ApiRequest, ctx: CallContext, status: int) -> None:
     """Per-request metrics and log fields once the outcome is known."""
+    req.recorded = True
     model = ctx.chosen.model_id if ctx.chosen else ""
     provider = ctx.chosen.provider if ctx.chosen else ""
     metrics.REQUESTS.labels(ctx.route, str(status), model, provider, ctx.strategy()).inc()
     elapsed = time.perf_counter() - ctx.started
+    metrics.LATENCY.labels(ctx.route).observe(elapsed)
     metrics.OVERHEAD.labels(ctx.route).observe(max(0.0, elapsed - ctx.upstream_seconds))
     if ctx.ttft_seconds is not None:
         metrics.TTFT.labels(ctx.route, model).observe(ctx.ttft_seconds)
@@ -212,6 +214,7 @@ async def _stream_response(
     """Fail over until a deployment yields its first chunk, then relay chunk by chunk."""
     first, rest = await pipeline.chat_stream(ctx, inbound.chat)
     assert ctx.chosen is not None
+    created = first.created or int(time.time())  # some providers give no timestamp
     model_id = ctx.chosen.model_id
     state = {"status": 200}
 
@@ -219,9 +222,11 @@ async def _stream_response(
         try:
             for event in renderer.start(model_id):
                 yield event
+            first.created = created
             for event in renderer.chunk(first):
                 yield event
             async for chunk in rest:
+                chunk.created = created
                 for event in renderer.chunk(chunk):
                     yield event
             for event in renderer.finish(model_id):
@@ -273,6 +278,8 @@ async def _run_chat(
         raise
     assert ctx.chosen is not None
     _record(req, ctx, 200)
+    if not response.created:  # some providers give no timestamp
+        response.created = int(time.time())
     return ApiResponse.json(
         render(response, ctx.chosen.model_id), headers=_headers(ctx, with_cost=True)
     )
@@ -378,37 +385,54 @@ ROUTES: dict[str, tuple[str, Handler]] = {
     "/v1/models": ("GET", models_list),
 }
 MODELS_PREFIX = "/v1/models/"
+ROUTE_LABELS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
+    "/v1/messages": "messages",
+    "/v1/models": "models",
+    "/v1/models/{model}": "models",
+}
 
 
 async def dispatch(req: ApiRequest) -> ApiResponse:
     """Route a ``/v1/`` request and turn every failure into an error response."""
     try:
-        path = req.path.rstrip("/") if req.path != "/" else req.path
-        if path in ROUTES:
-            method, handler = ROUTES[path]
-            req.route = path
-            if req.method != method:
-                raise MethodNotAllowed(
-                    f"Method {req.method} is not allowed on {path}; use {method}.",
-                    headers={"allow": method},
-                )
-            return await handler(req)
-        if path.startswith(MODELS_PREFIX) and len(path) > len(MODELS_PREFIX):
-            req.route = "/v1/models/{model}"
-            if req.method != "GET":
-                raise MethodNotAllowed(
-                    f"Method {req.method} is not allowed on /v1/models/{{model}}; use GET.",
-                    headers={"allow": "GET"},
-                )
-            return await models_retrieve(req, path[len(MODELS_PREFIX) :])
-        raise NotFound(f"Unknown endpoint: {req.method} {_bounded(req.path)}", code="unknown_url")
+        response = await _route(req)
     except GatewayError as error:
-        return error_response(req, error)
+        response = error_response(req, error)
     except Exception:
         logger.exception(
             "unhandled gateway error", extra={"fields": {"request_id": req.request_id}}
         )
-        return error_response(req, InternalError("The gateway failed to handle this request."))
+        response = error_response(req, InternalError("The gateway failed to handle this request."))
+    if not req.recorded:  # answered before routing: bad key or input, unknown path, models
+        route = ROUTE_LABELS.get(req.route or "", "other")
+        metrics.REQUESTS.labels(route, str(response.status), "", "", "none").inc()
+    return response
+
+
+async def _route(req: ApiRequest) -> ApiResponse:
+    path = req.path.rstrip("/") if req.path != "/" else req.path
+    if path in ROUTES:
+        method, handler = ROUTES[path]
+        req.route = path
+        if req.method != method:
+            raise MethodNotAllowed(
+                f"Method {req.method} is not allowed on {path}; use {method}.",
+                headers={"allow": method},
+            )
+        return await handler(req)
+    if path.startswith(MODELS_PREFIX) and len(path) > len(MODELS_PREFIX):
+        req.route = "/v1/models/{model}"
+        if req.method != "GET":
+            raise MethodNotAllowed(
+                f"Method {req.method} is not allowed on /v1/models/{{model}}; use GET.",
+                headers={"allow": "GET"},
+            )
+        return await models_retrieve(req, path[len(MODELS_PREFIX) :])
+    raise NotFound(f"Unknown endpoint: {req.method} {_bounded(req.path)}", code="unknown_url")
 
 
 def error_response(req: ApiRequest, error: GatewayError) -> ApiResponse:

@@ -24,6 +24,7 @@ class ApiRequest:
     client_ip: str | None = None
     log_fields: dict[str, Any] = field(default_factory=dict)
     route: str | None = None  # the matched route template (for logs and metrics)
+    recorded: bool = False  # the per-request metrics were written by the handler
 
 
 @dataclass(slots=True)

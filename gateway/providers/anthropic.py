@@ -269,8 +269,7 @@ class AnthropicStreamDecoder(StreamDecoder):
         choices = [] if delta is None else [ChunkChoice(index=0, delta=delta, finish_reason=finish)]
         return ChatChunk(id=self.id, model=self.model, created=0, choices=choices)
 
-    def feed(self, data: bytes) -> list[ChatChunk]:
-        out: list[ChatChunk] = []
+    def decode(self, data: bytes, out: list[ChatChunk]) -> None:
         for event, payload in self.sse.feed(data):
             obj = loads(payload, "stream event")
             kind = obj.get("type") or event
@@ -341,7 +340,6 @@ class AnthropicStreamDecoder(StreamDecoder):
             elif kind == "error":
                 raise error_from_body(0, httpx.Headers(), obj)
             # ping, content_block_stop, thinking deltas: nothing to relay
-        return out
 
     def finish(self) -> list[ChatChunk]:
         if not self.done:

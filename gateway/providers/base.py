@@ -137,6 +137,15 @@ def loads(data: bytes | str, what: str) -> Any:
 
 def transport_error(exc: Exception, *, streaming: bool = False) -> ProviderError:
     """Map an httpx exception (or a timeout) to a ProviderError."""
+    cause = exc.__cause__
+    if cause is not None and type(cause).__module__.startswith("aiohttp"):
+        # httpx-aiohttp maps every aiohttp connection error (a server reset included) to
+        # httpx.ConnectTimeout; classify by the original exception instead.
+        if isinstance(cause, TimeoutError):
+            what = "stream stalled" if streaming else "timed out"
+            return ProviderError(ErrorKind.TIMEOUT, f"upstream {what}")
+        what = "stream broken" if streaming else "connection failed"
+        return ProviderError(ErrorKind.CONNECTION, f"{what}: {type(cause).__name__}: {cause}")
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
         what = "stream stalled" if streaming else "timed out"
         return ProviderError(ErrorKind.TIMEOUT, f"upstream {what}")
@@ -201,12 +210,32 @@ class SSEDecoder:
 
 
 class StreamDecoder:
-    """Protocol-specific: turns raw bytes into ChatChunks. ``done`` once the terminator came."""
+    """Protocol-specific: turns raw bytes into ChatChunks. ``done`` once the terminator came.
+
+    Subclasses implement ``decode(data, out)``, appending chunks to ``out``. When an event is
+    bad after good ones in the same read, ``feed`` returns the good chunks and keeps the error
+    in ``pending_error`` for the caller to raise after relaying them."""
 
     done: bool = False
+    pending_error: ProviderError | None = None
+
+    def decode(self, data: bytes, out: list[ChatChunk]) -> None:
+        raise NotImplementedError
 
     def feed(self, data: bytes) -> list[ChatChunk]:
-        raise NotImplementedError
+        out: list[ChatChunk] = []
+        try:
+            self.decode(data, out)
+        except ProviderError as exc:
+            if not out:
+                raise
+            self.pending_error = exc
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            error = ProviderError(ErrorKind.PROTOCOL, f"unexpected stream event: {exc!r}")
+            if not out:
+                raise error from None
+            self.pending_error = error
+        return out
 
     def finish(self) -> list[ChatChunk]:
         """At EOF: the last chunks, or ProviderError(PROTOCOL) if the terminator is missing."""
@@ -264,13 +293,19 @@ class Adapter:
         body: bytes,
         timeouts: Timeouts,
         deadline: float,
+        *,
+        stream: bool = True,
     ) -> httpx.Response:
         """Send the request and return the (streaming) response once its headers arrived and its
         status is a success; otherwise raise the mapped ProviderError."""
         client = get_client()
         headers = self.sign(endpoint, "POST", url, headers, body)
         request = client.build_request(
-            "POST", url, headers=headers, content=body, timeout=timeouts.httpx_timeout()
+            "POST",
+            url,
+            headers=headers,
+            content=body,
+            timeout=timeouts.httpx_timeout(stream=stream),
         )
         try:
             async with asyncio.timeout_at(deadline):
@@ -299,8 +334,9 @@ class Adapter:
         timeouts = timeouts or Timeouts.default()
         loop = asyncio.get_running_loop()
         start = loop.time()
+        # The headers of a non-streaming answer come when the whole answer is ready.
         response = await self._open(
-            endpoint, url, headers, body, timeouts, start + timeouts.first_byte
+            endpoint, url, headers, body, timeouts, start + timeouts.total, stream=False
         )
         try:
             async with asyncio.timeout_at(start + timeouts.total):
@@ -368,6 +404,8 @@ class Adapter:
                     ) from None
                 for chunk in chunks:
                     yield chunk
+                if decoder.pending_error is not None:
+                    raise decoder.pending_error
             for chunk in decoder.finish():
                 yield chunk
         finally:
@@ -396,7 +434,8 @@ def register(cls: type[Adapter]) -> type[Adapter]:
 
 
 def get_adapter(kind: str) -> Adapter:
-    if not _REGISTRY:
+    """The adapter for a provider kind ("openai", "azure", "anthropic", "gemini", "bedrock")."""
+    if kind not in _REGISTRY:
         import gateway.providers.adapters  # noqa: F401  (registers every adapter)
     try:
         return _REGISTRY[kind]

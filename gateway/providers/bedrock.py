@@ -277,12 +277,11 @@ class BedrockStreamDecoder(StreamDecoder):
             choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish)],
         )
 
-    def feed(self, data: bytes) -> list[ChatChunk]:
+    def decode(self, data: bytes, out: list[ChatChunk]) -> None:
         try:
             messages = self.events.feed(data)
         except EventStreamError as exc:
             raise ProviderError(ErrorKind.PROTOCOL, f"bad event stream frame: {exc}") from None
-        out: list[ChatChunk] = []
         for headers, payload in messages:
             message_type = headers.get(":message-type", "event")
             if message_type in ("exception", "error"):
@@ -349,7 +348,8 @@ class BedrockStreamDecoder(StreamDecoder):
                     )
                 )
                 break
-        return out
+        if self.events.error is not None:
+            raise ProviderError(ErrorKind.PROTOCOL, f"bad event stream frame: {self.events.error}")
 
     def finish(self) -> list[ChatChunk]:
         if not self.done:

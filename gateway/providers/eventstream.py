@@ -80,10 +80,25 @@ class EventStreamDecoder:
 
     def __init__(self) -> None:
         self._buf = b""
+        self.error: EventStreamError | None = None
 
     def feed(self, data: bytes) -> list[tuple[dict[str, str], bytes]]:
+        """Whole messages decoded so far. A bad frame after good ones returns the good ones and
+        sets ``error`` (raised by the next call); a bad first frame raises at once."""
+        if self.error is not None:
+            raise self.error
+        out: list[tuple[dict[str, str], bytes]] = []
+        try:
+            self._decode(data, out)
+        except EventStreamError as exc:
+            if not out:
+                raise
+            self.error = exc
+        return out
+
+    def _decode(self, data: bytes, out: list[tuple[dict[str, str], bytes]]) -> None:
         buf = self._buf + data
-        out = []
+        self._buf = b""
         while len(buf) >= _PRELUDE:
             total, headers_len, prelude_crc = struct.unpack_from(">III", buf, 0)
             if zlib.crc32(buf[:8]) != prelude_crc:
@@ -100,7 +115,6 @@ class EventStreamDecoder:
             out.append((headers, payload))
             buf = buf[total:]
         self._buf = buf
-        return out
 
     def pending(self) -> bool:
         return bool(self._buf)

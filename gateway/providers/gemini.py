@@ -318,8 +318,7 @@ class GeminiStreamDecoder(StreamDecoder):
         self.calls = 0
         self.started = False
 
-    def feed(self, data: bytes) -> list[ChatChunk]:
-        out: list[ChatChunk] = []
+    def decode(self, data: bytes, out: list[ChatChunk]) -> None:
         for _event, payload in self.sse.feed(data):
             obj = loads(payload, "stream chunk")
             if "error" in obj:
@@ -359,7 +358,6 @@ class GeminiStreamDecoder(StreamDecoder):
                         ],
                     )
                 )
-        return out
 
     def finish(self) -> list[ChatChunk]:
         if self.finish_reason is None or self.sse.pending():

@@ -272,8 +272,7 @@ class OpenAIStreamDecoder(StreamDecoder):
         self.model = model
         self.done = False
 
-    def feed(self, data: bytes) -> list[ChatChunk]:
-        out = []
+    def decode(self, data: bytes, out: list[ChatChunk]) -> None:
         for _event, payload in self.sse.feed(data):
             if payload == b"[DONE]":
                 self.done = True
@@ -284,7 +283,6 @@ class OpenAIStreamDecoder(StreamDecoder):
             if "error" in obj and not obj.get("choices"):
                 raise error_from_body(0, httpx.Headers(), obj)
             out.append(chunk_from_wire(obj, self.model))
-        return out
 
     def finish(self) -> list[ChatChunk]:
         if not self.done:

@@ -391,8 +391,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         self.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -525,7 +524,7 @@ class _Connection(asyncio.Protocol):
         if ttft:
             await asyncio.sleep(ttft)
         for index, event in enumerate(events):
-            if self.closed:
+            if self.closed or transport.is_closing():
                 return
             if fault == "cut" and index == index_at:
                 transport.abort()

@@ -351,7 +351,7 @@ class MessagesStream:
         self.usage: Usage | None = None
 
     def start(self, model_id: str) -> list[bytes]:
-        message = {
+        message: dict[str, Any] = {
             "id": f"msg_{uuid.uuid4().hex}",
             "type": "message",
             "role": "assistant",

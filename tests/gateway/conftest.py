@@ -1,20 +1,53 @@
-"""Gateway test fixtures: a real uvicorn server on port 0 running the production ASGI app
-(``megarouter.asgi.application``) in a background thread, one per test module, and module-scoped
-database rows committed for it (flushed when the module ends)."""
+"""Gateway test fixtures: one provider simulator per session (a real HTTP server on port 0,
+on its own thread), endpoints pointing at it, and fixture files; for the /v1 API tests, a real
+uvicorn server on port 0 running the production ASGI app (``megarouter.asgi.application``) in a
+background thread, one per test module, and module-scoped database rows committed for it
+(flushed when the module ends)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 from django.core.cache import cache
 from django.core.management import call_command
+
+from gateway.http import aclose_clients
+from gateway.simulator.server import Options, run_in_thread
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def simulator_url() -> Iterator[str]:
+    url, stop = run_in_thread(port=0, options=Options())
+    try:
+        yield url
+    finally:
+        stop()
+
+
+@pytest.fixture
+async def close_clients() -> AsyncIterator[None]:
+    """Close the loop's shared httpx client after an async test (each test has its own loop)."""
+    yield
+    await aclose_clients()
+
+
+def fixture_bytes(*parts: str) -> bytes:
+    return FIXTURES.joinpath(*parts).read_bytes()
+
+
+def fixture_json(*parts: str) -> Any:
+    return json.loads(fixture_bytes(*parts))
 
 
 class ServerThread:
@@ -168,16 +201,5 @@ class SimWorld:
 
 
 @pytest.fixture(scope="module")
-def simulator() -> Iterator[str]:
-    from gateway.simulator.server import run_in_thread
-
-    url, stop = run_in_thread(port=0)
-    try:
-        yield url
-    finally:
-        stop()
-
-
-@pytest.fixture(scope="module")
-def sim_world(committed_db: None, simulator: str) -> SimWorld:
-    return SimWorld(simulator)
+def sim_world(committed_db: None, simulator_url: str) -> SimWorld:
+    return SimWorld(simulator_url)

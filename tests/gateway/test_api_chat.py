@@ -256,3 +256,35 @@ def test_all_candidates_rate_limited_is_429_with_retry_after(client):
         error["message"]
         == "Every candidate deployment is rate limited. Tried: sim-limited (rate_limited 429)."
     )
+
+
+def test_warm_hot_path_does_no_database_work(client, monkeypatch):
+    """Once the key context and the catalog snapshot are cached in-process, a request makes no
+    database query. Their periodic re-checks (key: 0.5 s, catalog: 1 s, by design) are pushed
+    out so the count is exact."""
+    import time as clock
+
+    from django.db.backends import utils
+
+    from orgs.keys import default_resolver
+    from routing import catalog
+
+    assert client.post("/v1/chat/completions", json=chat()).status_code == 200  # warm
+    monkeypatch.setattr(default_resolver, "local_ttl", 3600.0)
+    default_resolver.forget()
+    assert client.post("/v1/chat/completions", json=chat()).status_code == 200  # re-cache
+    monkeypatch.setattr(catalog._holder, "checked_at", clock.monotonic() + 3600)
+    queries = []
+    original = utils.CursorWrapper._execute
+
+    def counting(self, sql, *args, **kwargs):
+        queries.append(sql)
+        return original(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(utils.CursorWrapper, "_execute", counting)
+    for stream in (False, True, False):
+        response = client.post("/v1/chat/completions", json=chat(stream=stream))
+        assert response.status_code == 200
+    response = client.post("/v1/embeddings", json={"model": "openai/embed-sim", "input": "x"})
+    assert response.status_code == 200
+    assert queries == []
