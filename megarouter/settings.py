@@ -196,6 +196,29 @@ CELERY_BEAT_SCHEDULE.update(
         "billing-periods": {"task": "billing.budget_periods_roll", "schedule": 300.0},
     }
 )
+# Routing engine: live health, circuit breakers and failover (docs/failover.md).
+ROUTING_HEALTH_ALPHA = env.float("ROUTING_HEALTH_ALPHA", 0.2, min_value=0.01, max_value=1.0)
+ROUTING_HEALTH_REFRESH_S = env.float("ROUTING_HEALTH_REFRESH_S", 0.25, min_value=0.0)
+ROUTING_BREAKER_FAILURES = env.int("ROUTING_BREAKER_FAILURES", 5, min_value=1)
+ROUTING_BREAKER_ERROR_RATE = env.float(
+    "ROUTING_BREAKER_ERROR_RATE", 0.5, min_value=0.01, max_value=1.0
+)
+ROUTING_BREAKER_MIN_REQUESTS = env.int("ROUTING_BREAKER_MIN_REQUESTS", 20, min_value=1)
+ROUTING_BREAKER_WINDOW_S = env.float("ROUTING_BREAKER_WINDOW_S", 30.0, min_value=1.0)
+ROUTING_BREAKER_COOLDOWN_S = env.float("ROUTING_BREAKER_COOLDOWN_S", 10.0, min_value=0.0)
+ROUTING_BREAKER_TRIAL_TIMEOUT_S = env.float("ROUTING_BREAKER_TRIAL_TIMEOUT_S", 30.0, min_value=1.0)
+ROUTING_FAILOVER_MAX_ATTEMPTS = env.int("ROUTING_FAILOVER_MAX_ATTEMPTS", 4, min_value=1)
+ROUTING_FAILOVER_MAX_SECONDS = env.float("ROUTING_FAILOVER_MAX_SECONDS", 60.0, min_value=0.1)
+ROUTING_FAILOVER_MAX_RETRY_WAIT_S = env.float(
+    "ROUTING_FAILOVER_MAX_RETRY_WAIT_S", 1.0, min_value=0.0
+)
+ROUTING_TTFT_TIMEOUT_S = env.float("ROUTING_TTFT_TIMEOUT_S", 20.0, min_value=0.1)
+ROUTING_STALL_TIMEOUT_S = env.float("ROUTING_STALL_TIMEOUT_S", 30.0, min_value=0.1)
+ROUTING_PROBE_INTERVAL_S = env.float("ROUTING_PROBE_INTERVAL_S", 60.0, min_value=5.0)
+CELERY_BEAT_SCHEDULE["probe-deployments"] = {
+    "task": "gateway.probe_deployments",
+    "schedule": ROUTING_PROBE_INTERVAL_S,
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
