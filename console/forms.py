@@ -5,6 +5,7 @@ errors are put back on the form by ``add_service_errors``."""
 from __future__ import annotations
 
 import zoneinfo
+from decimal import Decimal
 from typing import Any
 
 from django import forms
@@ -215,3 +216,65 @@ class ApiKeyRotateForm(StyledForm):
         label="Keep the old secret working for (hours)",
         help_text="0 ends the old secret now; at most 720 (30 days).",
     )
+
+
+class BudgetCreateForm(StyledForm):
+    target = forms.ChoiceField(
+        label="Applies to", help_text="The organization, a place in the tree, a member or a key."
+    )
+    name = forms.CharField(max_length=200, required=False)
+    period = forms.ChoiceField(choices=[])
+    limit_usd = forms.DecimalField(
+        label="Limit (USD)", min_value=0, max_digits=18, decimal_places=6
+    )
+    mode = forms.ChoiceField(choices=[])
+    thresholds = forms.CharField(
+        initial="50, 80, 100",
+        help_text="Percentages of the limit that raise an alert, comma separated.",
+    )
+    notify_emails = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        label="Alert emails",
+        help_text="One address per line.",
+    )
+
+    def __init__(self, *args: Any, targets: list[Any], **kwargs: Any) -> None:
+        from billing.models import BudgetMode, BudgetPeriod
+
+        super().__init__(*args, **kwargs)
+        self.fields["target"].choices = targets
+        self.fields["period"].choices = BudgetPeriod.choices
+        self.fields["period"].initial = BudgetPeriod.MONTHLY
+        self.fields["mode"].choices = BudgetMode.choices
+
+    def clean_thresholds(self) -> list[int]:
+        raw = self.cleaned_data["thresholds"]
+        try:
+            return [int(part) for part in lines(raw)]
+        except ValueError:
+            raise forms.ValidationError("Whole percentages, e.g. 50, 80, 100.") from None
+
+    def budget_fields(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return {
+            "name": data["name"],
+            "limit_usd": data["limit_usd"],
+            "mode": data["mode"],
+            "thresholds": data["thresholds"],
+            "notify_emails": lines(data["notify_emails"]),
+        }
+
+
+class BudgetUpdateForm(BudgetCreateForm):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, targets=[], **kwargs)
+        del self.fields["target"]
+        del self.fields["period"]
+
+
+class TopupForm(StyledForm):
+    amount = forms.DecimalField(
+        label="Amount (USD)", min_value=Decimal("0.01"), max_digits=18, decimal_places=6
+    )
+    reference = forms.CharField(max_length=200, help_text="The bank transfer's reference.")

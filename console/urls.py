@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
-from console.views import account, audit, catalog, keys, members, org
+from console.views import account, audit, billing, catalog, keys, members, org
 
 app_name = "console"
 
@@ -36,6 +36,16 @@ org_urls = [
     path("models/<int:pk>/", catalog.ModelDetailView.as_view(), name="model"),
     path("deployments/", catalog.DeploymentsView.as_view(), name="deployments"),
     path("audit/", audit.AuditView.as_view(), name="audit"),
+    path("budgets/", billing.BudgetsView.as_view(), name="budgets"),
+    path("budgets/<int:pk>/", billing.BudgetDetailView.as_view(), name="budget"),
+    path(
+        "budgets/<int:pk>/<slug:action>/",
+        billing.BudgetDetailView.as_view(),
+        name="budget-action",
+    ),
+    path("billing/", billing.BillingView.as_view(), name="billing"),
+    path("usage/", billing.UsageView.as_view(), name="usage"),
+    path("notifications/", billing.NotificationsView.as_view(), name="notifications"),
 ]
 
 urlpatterns = [

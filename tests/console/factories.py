@@ -3,9 +3,16 @@ rows through the routing test factories."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
+from asgiref.sync import async_to_sync
+
+from billing import services as billing_services
+from billing.admission import AdmissionContext, UsageEventData
+from billing.admission.db import DatabaseBackend
 from orgs import services
 from orgs.models import Invitation, Membership, Role
 from tests.orgs.factories import SYSTEM, Tree, UserFactory, add_member, make_key, make_tree
@@ -23,6 +30,7 @@ __all__ = [
     "make_key",
     "make_tenant",
     "make_tree",
+    "spend",
 ]
 
 
@@ -39,6 +47,7 @@ class Tenant:
     owner_key: Any
     developer_key: Any
     invitation: Invitation
+    budget: Any
 
 
 def make_tenant(slug: str = "acme") -> Tenant:
@@ -56,6 +65,18 @@ def make_tenant(slug: str = "acme") -> Tenant:
     invitation = services.invitation_create(
         actor=SYSTEM, node=tree.team, email=f"new@{slug}.example", role=Role.DEVELOPER
     ).invitation
+    billing_services.balance_topup(
+        actor=SYSTEM, organization=tree.org, amount="100.00", reference=f"wire-{slug}"
+    )
+    budget = billing_services.budget_create(
+        actor=SYSTEM,
+        organization=tree.org,
+        scope="project",
+        scope_id=tree.project.pk,
+        period="monthly",
+        limit_usd="10.00",
+        thresholds=[50, 80, 100],
+    )
     return Tenant(
         tree=tree,
         other_dept=other_dept,
@@ -66,4 +87,45 @@ def make_tenant(slug: str = "acme") -> Tenant:
         owner_key=owner_key,
         developer_key=developer_key,
         invitation=invitation,
+        budget=budget,
     )
+
+
+def spend(
+    tree: Tree,
+    membership: Membership,
+    key: Any,
+    cost: str,
+    *,
+    model: str = "acme-ai/swift-1",
+    tokens: tuple[int, int] = (100, 50),
+    status: str = "ok",
+) -> str:
+    """One gateway request's money path without the gateway: admit and settle on the database
+    admission backend, then post the usage event (what the Celery task does). Returns its id."""
+    ctx = AdmissionContext(
+        organization_id=tree.org.pk,
+        department_id=tree.dept.pk,
+        team_id=tree.team.pk,
+        project_id=tree.project.pk,
+        member_id=membership.pk,
+        key_id=key.pk,
+        time_zone=tree.org.time_zone,
+    )
+    backend = DatabaseBackend()
+    request_id = uuid.uuid4().hex
+    amount = Decimal(cost)
+    reservation = async_to_sync(backend.reserve)(request_id, ctx, amount, sum(tokens))
+    data = UsageEventData(
+        model=model,
+        requested_model=model,
+        provider=model.split("/")[0],
+        deployment=f"{model.split('/')[-1]}-sim",
+        tokens_in=tokens[0],
+        tokens_out=tokens[1],
+        latency_ms=120,
+        status=status,
+    )
+    async_to_sync(backend.settle)(reservation, amount, data)
+    billing_services.usage_events_post()
+    return request_id

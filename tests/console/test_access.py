@@ -10,6 +10,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from billing.models import Budget, LedgerEntry
 from orgs.models import (
     ApiKey,
     ApiKeySecret,
@@ -55,6 +56,12 @@ def snapshot() -> dict[str, Any]:
             )
         ),
         "secrets": list(ApiKeySecret.objects.order_by("id").values_list("id", "valid_until")),
+        "budgets": list(
+            Budget.objects.order_by("id").values_list(
+                "id", "limit_usd", "thresholds", "mode", "name", "notify_emails"
+            )
+        ),
+        "ledger": list(LedgerEntry.objects.order_by("id").values_list("id", "amount")),
         "audit": AuditEvent.objects.count(),
         "users": get_user_model().objects.count(),
     }
@@ -94,6 +101,22 @@ def mutations(t: Tenant) -> list[tuple[str, dict[str, Any]]]:
         (f"{o}/keys/{key}/update/", {"name": "changed", "rpm_limit": 5}),
         (f"{o}/keys/{key}/rotate/", {"grace_hours": 0}),
         (f"{o}/keys/{key}/revoke/", {}),
+        (
+            f"{o}/budgets/",
+            {
+                "target": f"team:{t.tree.team.pk}",
+                "period": "monthly",
+                "limit_usd": "5",
+                "mode": "block",
+                "thresholds": "50, 100",
+            },
+        ),
+        (
+            f"{o}/budgets/{t.budget.pk}/update/",
+            {"limit_usd": "7", "mode": "alert", "thresholds": "90"},
+        ),
+        (f"{o}/budgets/{t.budget.pk}/delete/", {}),
+        (f"{o}/billing/", {"amount": "25", "reference": "wire-2"}),
         (f"{o}/nodes/{t.tree.project.pk}/archive/", {"revoke_keys": "on"}),
     ]
 
@@ -110,6 +133,11 @@ def pages(t: Tenant) -> list[str]:
         f"{o}/keys/{t.owner_key.pk}/",
         f"{o}/models/",
         f"{o}/deployments/",
+        f"{o}/budgets/",
+        f"{o}/budgets/{t.budget.pk}/",
+        f"{o}/billing/",
+        f"{o}/usage/",
+        f"{o}/notifications/",
     ]
 
 
@@ -157,6 +185,8 @@ def test_another_orgs_rows_through_ones_own_org_url_are_404(world):
         (f"{o}/invitations/{acme.invitation.pk}/revoke/", {}),
         (f"{o}/keys/{acme.owner_key.pk}/revoke/", {}),
         (f"{o}/keys/{acme.owner_key.pk}/rotate/", {"grace_hours": 0}),
+        (f"{o}/budgets/{acme.budget.pk}/update/", {"limit_usd": "1", "thresholds": "50"}),
+        (f"{o}/budgets/{acme.budget.pk}/delete/", {}),
     ]
     for url, data in cases:
         before = snapshot()
@@ -187,7 +217,16 @@ def test_viewer_sees_every_page_without_change_controls(world):
         response = client.get(url)
         assert response.status_code == 200, url
         body = response.content.decode()
-        for control in ("/revoke/", "/archive/", "/rename/", "/remove/", "/rotate/"):
+        for control in (
+            "/revoke/",
+            "/archive/",
+            "/rename/",
+            "/remove/",
+            "/rotate/",
+            "/update/",
+            "/delete/",
+            'method="post" class="stack"',
+        ):
             assert control not in body, (url, control)
     # Pages only for those who manage members or read the audit log.
     assert client.get(f"/o/{acme.tree.org.slug}/invitations/").status_code == 403
