@@ -214,6 +214,7 @@ ROUTING_FAILOVER_MAX_RETRY_WAIT_S = env.float(
 )
 ROUTING_TTFT_TIMEOUT_S = env.float("ROUTING_TTFT_TIMEOUT_S", 20.0, min_value=0.1)
 ROUTING_STALL_TIMEOUT_S = env.float("ROUTING_STALL_TIMEOUT_S", 30.0, min_value=0.1)
+ROUTING_ATTEMPT_TIMEOUT_S = env.float("ROUTING_ATTEMPT_TIMEOUT_S", 120.0, min_value=0.1)
 ROUTING_PROBE_INTERVAL_S = env.float("ROUTING_PROBE_INTERVAL_S", 60.0, min_value=5.0)
 CELERY_BEAT_SCHEDULE["probe-deployments"] = {
     "task": "gateway.probe_deployments",

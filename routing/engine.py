@@ -33,6 +33,7 @@ and health view: no database work and no network I/O when warm.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -224,7 +225,6 @@ class _Filter:
             return self._no("capability")
         if request.stream and not m.supports_streaming:
             return self._no("streaming")
-        output = self.max_output or m.max_output_tokens or DEFAULT_OUTPUT_TOKENS
         if (
             m.context_window is not None
             and self.input_tokens + (self.max_output or 0) > m.context_window
@@ -236,10 +236,30 @@ class _Filter:
             not entry.priced or entry.price_in > self.price_cap or entry.price_out > self.price_cap
         ):
             return self._no("price_cap")
-        if self.cost_cap is not None:
-            worst = self.input_tokens * entry.price_in + output * entry.price_out
-            if worst > self.cost_cap:
-                return self._no("max_cost")
+        return True
+
+    def cost_ok(self, entry: _Entry) -> bool:
+        """Per request (depends on the prompt's size): the worst-case cost cap."""
+        if self.cost_cap is None:
+            return True
+        m = entry.model
+        output = self.max_output or m.max_output_tokens or DEFAULT_OUTPUT_TOKENS
+        worst = self.input_tokens * entry.price_in + output * entry.price_out
+        if worst > self.cost_cap:
+            return self._no("max_cost")
+        return True
+
+    def latency_ok(self, d: DeploymentInfo) -> bool:
+        """Live: the deployment's EWMA latency (time to first token for streams) is known and
+        above the policy's cap."""
+        cap = self.policy.max_latency_ms
+        if cap is None:
+            return True
+        stats = self.store.view(d.id)
+        if stats is not None:
+            seen = stats.ttft_ms if self.request.stream else stats.latency_ms
+            if seen is not None and seen > cap:
+                return self._no("max_latency")
         return True
 
     def deployment_ok(self, d: DeploymentInfo) -> bool:
@@ -252,12 +272,6 @@ class _Filter:
             return self._no("region")
         if policy.zero_data_retention_only and not d.zero_data_retention:
             return self._no("zero_data_retention")
-        if policy.max_latency_ms is not None:
-            stats = self.store.view(d.id)
-            if stats is not None:
-                seen = stats.ttft_ms if self.request.stream else stats.latency_ms
-                if seen is not None and seen > policy.max_latency_ms:
-                    return self._no("max_latency")
         return True
 
 
@@ -399,6 +413,172 @@ def _resolve_model(snapshot: CatalogSnapshot, name: str) -> ModelInfo:
         raise NoRoute("model_not_found", f"unknown model {name!r}") from None
 
 
+# ---------------------------------------------------------------- the eligibility cache
+
+Item = tuple[_Entry, tuple[DeploymentInfo, ...]]
+RANK_TTL = 0.25  # seconds a live-stats ranking (latency, availability) is reused
+PARETO_LAYERS = 3
+PER_LAYER = 3
+CACHE_SIZE = 512
+
+
+@dataclass(frozen=True, slots=True)
+class _Eligible:
+    items: tuple[Item, ...]  # models passing the static hard filters, with their deployments
+    pruned: tuple[Item, ...]  # the subset price-driven strategies score (see _prune)
+    rejected: dict[str, int]
+
+
+class _Cache:
+    """Static filtering depends only on (snapshot, policy, needs, stream, mode, the context
+    bucket), so its result is computed once per combination and reused; live-stats rankings
+    are reused for RANK_TTL. Cleared when the snapshot changes."""
+
+    def __init__(self) -> None:
+        self.snapshot: CatalogSnapshot | None = None
+        self.windows: tuple[int, ...] = ()
+        self.eligible: dict[tuple[Any, ...], _Eligible] = {}
+        self.ranks: dict[tuple[Any, ...], tuple[float, list[Item], str]] = {}
+
+    def reset(self, snapshot: CatalogSnapshot) -> None:
+        self.snapshot = snapshot
+        self.windows = tuple(
+            sorted({e.model.context_window for e in _index(snapshot) if e.model.context_window})
+        )
+        self.eligible = {}
+        self.ranks = {}
+
+
+_cache = _Cache()
+
+
+def engine_cache_reset() -> None:
+    """Forget cached eligibility and rankings (tests; they also reset on a new snapshot)."""
+    _cache.snapshot = None
+
+
+def _dominates(a: Item, b: Item) -> bool:
+    ea, eb = a[0], b[0]
+    return (
+        ea.price_in_f <= eb.price_in_f
+        and ea.price_out_f <= eb.price_out_f
+        and (ea.price_in_f < eb.price_in_f or ea.price_out_f < eb.price_out_f)
+    )
+
+
+def _pareto_layers(items: list[Item], layers: int, per_layer: int) -> list[Item]:
+    """The first ``layers`` non-dominated layers by (input, output) price: the k cheapest
+    models under any positive mix of input and output tokens are in the first k layers.
+    Models with equal prices are interchangeable for scoring; a layer keeps at most
+    ``per_layer`` of them, different providers first."""
+    rest = list(items)
+    out: list[Item] = []
+    for _ in range(layers):
+        if not rest:
+            break
+        front = [p for p in rest if not any(_dominates(q, p) for q in rest)]
+        rest = [p for p in rest if p not in front]
+        front.sort(key=lambda i: (i[0].price_in_f + i[0].price_out_f, i[0].model.canonical_id))
+        providers: set[str] = set()
+        picked: list[Item] = []
+        for item in front:  # one per provider first
+            if item[0].model.provider not in providers:
+                providers.add(item[0].model.provider)
+                picked.append(item)
+        picked += [i for i in front if i not in picked]
+        out += picked[:per_layer]
+    return out
+
+
+def _prune(
+    items: tuple[Item, ...], policy: EffectivePolicy, known: frozenset[str]
+) -> tuple[Item, ...]:
+    """What cost-first and balanced need to score: per quality tier the first Pareto layers by
+    price (for unknown models, success depends only on the tier, so within a tier utility
+    falls with cost); the most expensive models (``choose`` normalizes cost by the maximum);
+    the cheapest model of each provider (for cross-provider fallbacks); models the estimator
+    knows by name; the policy's preferred models."""
+    if len(items) <= 24:
+        return items
+    keep: set[str] = set()
+    by_tier: dict[int, list[Item]] = {}
+    for item in items:
+        by_tier.setdefault(item[0].model.quality_tier, []).append(item)
+    for group in by_tier.values():
+        keep.update(
+            i[0].model.canonical_id for i in _pareto_layers(group, PARETO_LAYERS, PER_LAYER)
+        )
+    for price in (
+        lambda i: i[0].price_in_f,
+        lambda i: i[0].price_out_f,
+        lambda i: i[0].price_in_f + i[0].price_out_f,
+    ):
+        keep.add(max(items, key=price)[0].model.canonical_id)
+    cheapest: dict[str, Item] = {}
+    for item in items:
+        total = item[0].price_in_f + item[0].price_out_f
+        for d in item[1]:
+            best = cheapest.get(d.provider)
+            if best is None or total < best[0].price_in_f + best[0].price_out_f:
+                cheapest[d.provider] = item
+    keep.update(i[0].model.canonical_id for i in cheapest.values())
+    for item in items:
+        cid = item[0].model.canonical_id
+        if cid in known or (policy.preferred_models and matches(policy.preferred_models, cid)):
+            keep.add(cid)
+    return tuple(i for i in items if i[0].model.canonical_id in keep)
+
+
+def _eligible(
+    snapshot: CatalogSnapshot,
+    request: RouteRequest,
+    policy: EffectivePolicy,
+    flt: _Filter,
+    est: Estimate | None,
+) -> tuple[tuple[Any, ...], _Eligible]:
+    if _cache.snapshot is not snapshot:
+        _cache.reset(snapshot)
+    features = request.features
+    need = features.input_tokens + (request.max_output_tokens or 0)
+    bucket = bisect.bisect_left(_cache.windows, need)
+    key = (policy, flt.needs, request.stream, request.mode, bucket)
+    found = _cache.eligible.get(key)
+    if found is not None:
+        return key, found
+    items: list[Item] = []
+    for entry in _index(snapshot):
+        if not flt.model_ok(entry):
+            continue
+        deployments = tuple(d for d in entry.deployments if flt.deployment_ok(d))
+        if deployments:
+            items.append((entry, deployments))
+    known = frozenset(est.model_success) if est is not None else frozenset()
+    all_items = tuple(items)
+    found = _Eligible(all_items, _prune(all_items, policy, known), dict(flt.rejected))
+    if len(_cache.eligible) >= CACHE_SIZE:
+        _cache.eligible.clear()
+        _cache.ranks.clear()
+    _cache.eligible[key] = found
+    return key, found
+
+
+def _dynamic(items: tuple[Item, ...], flt: _Filter) -> tuple[Item, ...]:
+    """The per-request filters: worst-case cost and live latency caps."""
+    if flt.cost_cap is None and flt.policy.max_latency_ms is None:
+        return items
+    out = []
+    for entry, deployments in items:
+        if not flt.cost_ok(entry):
+            continue
+        kept = tuple(d for d in deployments if flt.latency_ok(d))
+        if kept:
+            out.append((entry, kept))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- the engine
+
+
 def route(
     *,
     request: RouteRequest,
@@ -419,21 +599,18 @@ def route(
         if strategy not in STRATEGIES:
             raise NoRoute("model_not_found", f"unknown routing strategy {strategy!r}")
     flt = _Filter(request, policy, est, store)
-    entries = _index(snapshot)
-    by_id = {e.model.canonical_id: e for e in entries} if fixed or policy.fallbacks else None
 
     def usable(entry: _Entry) -> list[DeploymentInfo] | None:
-        if not flt.model_ok(entry):
+        if not flt.model_ok(entry) or not flt.cost_ok(entry):
             return None
-        deployments = [d for d in entry.deployments if flt.deployment_ok(d)]
+        deployments = [d for d in entry.deployments if flt.deployment_ok(d) and flt.latency_ok(d)]
         return deployments or None
 
-    ordered: list[tuple[_Entry, list[DeploymentInfo]]]
-    considered = 0
+    ordered: list[Any]
+    considered = len(snapshot.deployments)
     if fixed:
         model = _resolve_model(snapshot, request.model)
-        assert by_id is not None
-        entry = by_id.get(model.canonical_id)
+        entry = _by_id(snapshot).get(model.canonical_id)
         if not policy.model_allowed(model.canonical_id):
             raise NoRoute(
                 "model_not_allowed",
@@ -446,23 +623,29 @@ def route(
         reason = "requested model"
     else:
         assert est is not None
-        eligible = []
-        for entry in entries:
-            deployments = usable(entry)
-            if deployments:
-                eligible.append((entry, deployments))
-        considered = len(entries)
-        if not eligible:
+        key, eligible = _eligible(snapshot, request, policy, flt, est)
+        flt.rejected = dict(eligible.rejected)
+        live = strategy in ("latency", "availability")
+        pool = _dynamic(eligible.items if live else eligible.pruned, flt)
+        if not pool:
             raise NoRoute(
                 "no_eligible_model",
                 "no model fits the request and the routing policy",
                 {"strategy": strategy, "considered": considered, "rejected": flt.rejected},
             )
-        ordered, reason = _rank_models(strategy, eligible, est, store, request.stream)
+        rank_key = (key, strategy)
+        cached = _cache.ranks.get(rank_key) if live and pool is eligible.items else None
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < RANK_TTL:
+            ordered, reason = list(cached[1]), cached[2]
+        else:
+            ordered, reason = _rank_models(strategy, list(pool), est, store, request.stream)
+            if live and pool is eligible.items:
+                _cache.ranks[rank_key] = (now, list(ordered), reason)
         if policy.preferred_models:
             preferred = policy.preferred_models
             ordered.sort(key=lambda item: not matches(preferred, item[0].model.canonical_id))
-    chosen_models = ordered[:MAX_MODELS] if not fixed else ordered
+    chosen_models = list(ordered[:MAX_MODELS]) if not fixed else list(ordered)
     if not fixed and chosen_models:
         providers = {d.provider for _, ds in chosen_models for d in ds}
         if len(providers) == 1:
@@ -479,13 +662,12 @@ def route(
     # explicit fallbacks (nearest level wins), after the routed models
     seen = {e.model.canonical_id for e, _ in chosen_models}
     for name in policy.fallbacks:
-        assert by_id is not None
         try:
             fallback = snapshot.resolve(name)
         except LookupError:
             flt._no("fallback_unknown")
             continue
-        entry = by_id.get(fallback.canonical_id)
+        entry = _by_id(snapshot).get(fallback.canonical_id)
         if entry is None or fallback.canonical_id in seen:
             continue
         deployments = usable(entry)
@@ -495,11 +677,11 @@ def route(
     candidates: list[RouteCandidate] = []
     if strategy == "availability":
         # interleave providers: the best deployment, then the best on another provider, ...
-        pool = [(entry, d) for entry, ds in chosen_models for d in _order_deployments(store, ds)]
+        pool_d = [(entry, d) for entry, ds in chosen_models for d in _order_deployments(store, ds)]
         last_provider = None
-        while pool and len(candidates) < MAX_CANDIDATES:
-            pick = next((p for p in pool if p[1].provider != last_provider), pool[0])
-            pool.remove(pick)
+        while pool_d and len(candidates) < MAX_CANDIDATES:
+            pick = next((p for p in pool_d if p[1].provider != last_provider), pool_d[0])
+            pool_d.remove(pick)
             candidates.append(_candidate(*pick))
             last_provider = pick[1].provider
     else:
@@ -523,6 +705,18 @@ def route(
     return RouteDecision(
         strategy=strategy, candidates=tuple(candidates), estimate=est, explain=explain
     )
+
+
+_by_id_cache: list[tuple[CatalogSnapshot, dict[str, _Entry]]] = []
+
+
+def _by_id(snapshot: CatalogSnapshot) -> dict[str, _Entry]:
+    cached = _by_id_cache[0] if _by_id_cache else None
+    if cached is not None and cached[0] is snapshot:
+        return cached[1]
+    table = {e.model.canonical_id: e for e in _index(snapshot)}
+    _by_id_cache[:] = [(snapshot, table)]
+    return table
 
 
 def _explain(

@@ -63,8 +63,9 @@ class FailoverConfig:
     max_attempts: int = 4
     max_total_s: float = 60.0
     max_retry_wait_s: float = 1.0
-    ttft_timeout_s: float = 20.0  # a stream's first chunk (non-streaming: response headers)
+    ttft_timeout_s: float = 20.0  # a stream's first chunk
     stall_timeout_s: float = 30.0  # the longest gap between two stream chunks
+    attempt_timeout_s: float = 120.0  # one attempt: a whole non-streaming answer
 
     @classmethod
     def from_settings(cls) -> FailoverConfig:
@@ -74,6 +75,7 @@ class FailoverConfig:
             max_retry_wait_s=settings.ROUTING_FAILOVER_MAX_RETRY_WAIT_S,
             ttft_timeout_s=settings.ROUTING_TTFT_TIMEOUT_S,
             stall_timeout_s=settings.ROUTING_STALL_TIMEOUT_S,
+            attempt_timeout_s=settings.ROUTING_ATTEMPT_TIMEOUT_S,
         )
 
 
@@ -84,6 +86,7 @@ class AttemptBudget:
     number: int  # 1-based
     ttft_timeout_s: float
     stall_timeout_s: float
+    attempt_timeout_s: float  # this attempt's whole budget (a non-streaming call's total)
     remaining_s: float  # until the loop's total deadline
 
 
@@ -257,11 +260,14 @@ async def run_with_failover(
             index += 1
             continue
         calls += 1
+        remaining = deadline - loop.time()
+        attempt_deadline = loop.time() + min(config.attempt_timeout_s, remaining)
         budget = AttemptBudget(
             number=calls,
-            ttft_timeout_s=min(config.ttft_timeout_s, deadline - loop.time()),
+            ttft_timeout_s=min(config.ttft_timeout_s, remaining),
             stall_timeout_s=config.stall_timeout_s,
-            remaining_s=deadline - loop.time(),
+            attempt_timeout_s=min(config.attempt_timeout_s, remaining),
+            remaining_s=remaining,
         )
         deployment_id = candidate.deployment_id
         stats = store.view(deployment_id)
@@ -269,10 +275,10 @@ async def run_with_failover(
         store.started(deployment_id)
         t0 = time.perf_counter()
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(attempt_deadline):
                 value = await attempt(candidate, budget)
         except TimeoutError:
-            exc: BaseException = _Timeout("the failover deadline passed")
+            exc: BaseException = _Timeout("the attempt ran out of time")
         except Exception as error:
             if getattr(error, "kind", None) is None:
                 store.finished(deployment_id)

@@ -111,7 +111,7 @@ def timeouts(budget: AttemptBudget) -> Timeouts:
         connect=min(2.0, budget.ttft_timeout_s),
         first_byte=budget.ttft_timeout_s,
         stall=budget.stall_timeout_s,
-        total=budget.remaining_s,
+        total=budget.attempt_timeout_s,
     )
 
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from routing.complexity import RequestFeatures
-from routing.engine import NoRoute, RouteRequest, route
+from routing.engine import NoRoute, RouteRequest, engine_cache_reset, route
 from routing.health import HealthConfig, LocalHealth
 from routing.policies import EffectivePolicy, PolicySpec, policy_merge
 from tests.routing.engine_catalog import build_catalog
@@ -197,6 +197,9 @@ def test_latency_first_uses_live_stats(catalog, store):
     assert names(decision) == ["a-mid-us", "a-mid-eu", "b-mid-eu", "b-large-us"]
     # a flaky fast deployment loses to a reliable slower one: 80 ms at 100 % errors = 400 ms
     store.record(d["a-mid-us"].pk, ok=False, latency_ms=80.0)
+    again = route(request=req(), policy=policy(strategy="latency"), store=store)
+    assert names(again)[0] == "a-mid-us"  # the ranking is reused for RANK_TTL (0.25 s)
+    engine_cache_reset()
     decision = route(request=req(), policy=policy(strategy="latency"), store=store)
     assert names(decision)[0] == "b-mid-eu"
 

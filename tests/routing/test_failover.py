@@ -25,7 +25,12 @@ from tests.routing.simulated import (
 pytestmark = pytest.mark.usefixtures("close_clients")
 
 FAST = FailoverConfig(
-    max_attempts=4, max_total_s=10.0, max_retry_wait_s=1.0, ttft_timeout_s=0.5, stall_timeout_s=0.4
+    max_attempts=4,
+    max_total_s=10.0,
+    max_retry_wait_s=1.0,
+    ttft_timeout_s=0.5,
+    stall_timeout_s=0.4,
+    attempt_timeout_s=0.5,
 )
 
 
@@ -166,7 +171,7 @@ async def test_no_response_at_all_times_out_and_fails_over(simulator_url, store)
         [primary, backup], complete_attempt(chat()), config=FAST, store=store
     )
     assert outcomes(result) == ["timeout", "ok"]
-    assert 0.5 <= time.perf_counter() - started < 1.5  # the 0.5 s first-byte timeout
+    assert 0.5 <= time.perf_counter() - started < 1.5  # the 0.5 s attempt timeout
 
 
 async def test_slow_first_token_triggers_failover_before_any_byte(simulator_url, store):
@@ -361,7 +366,9 @@ async def test_total_time_is_bounded(simulator_url, store):
         candidate(simulator_url, i, f"m{i}~fault=hang~id={fid}{i}", provider=f"p{i}")
         for i in range(1, 4)
     ]
-    config = FailoverConfig(max_attempts=4, max_total_s=0.6, ttft_timeout_s=5.0)
+    config = FailoverConfig(
+        max_attempts=4, max_total_s=0.6, ttft_timeout_s=5.0, attempt_timeout_s=5
+    )
     started = time.perf_counter()
     with pytest.raises(FailoverExhausted) as caught:
         await run_with_failover(cands, complete_attempt(chat()), config=config, store=store)
