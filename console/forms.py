@@ -278,3 +278,87 @@ class TopupForm(StyledForm):
         label="Amount (USD)", min_value=Decimal("0.01"), max_digits=18, decimal_places=6
     )
     reference = forms.CharField(max_length=200, help_text="The bank transfer's reference.")
+
+
+class RoutingPolicyForm(StyledForm):
+    """A routing policy document (routing.policies validates it)."""
+
+    node = NodeChoiceField(queryset=Node.objects.none(), empty_label=None, label="Applies at")
+    strategy = forms.ChoiceField(
+        required=False, help_text="Empty: inherit from above (balanced at the top)."
+    )
+    allowed_models = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 2}), help_text="Ids or patterns."
+    )
+    blocked_models = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    allowed_providers = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 2}), help_text="Provider slugs."
+    )
+    blocked_providers = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    fallbacks = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Model ids tried in this order when the choice fails.",
+    )
+    allowed_regions = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    max_price_per_million = forms.DecimalField(
+        required=False, min_value=0, label="Max price per million tokens (USD)"
+    )
+    max_latency_ms = forms.IntegerField(required=False, min_value=1, label="Max latency (ms)")
+    quality_floor = forms.TypedChoiceField(
+        required=False,
+        coerce=int,
+        empty_value=None,
+        choices=[("", "No floor"), (1, "Economy"), (2, "Standard"), (3, "Strong"), (4, "Frontier")],
+    )
+    reference_model = forms.CharField(
+        required=False, max_length=255, help_text="Savings are reported against this model."
+    )
+    zero_data_retention_only = forms.BooleanField(
+        required=False, label="Only providers with zero data retention"
+    )
+    LIST_FIELDS = (
+        "allowed_models",
+        "blocked_models",
+        "allowed_providers",
+        "blocked_providers",
+        "fallbacks",
+        "allowed_regions",
+    )
+
+    def __init__(self, *args: Any, nodes: Any, strategies: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["node"].queryset = nodes
+        self.fields["strategy"].choices = [("", "Inherit"), *strategies]
+
+    def document(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        doc: dict[str, Any] = {name: lines(data[name]) for name in self.LIST_FIELDS}
+        doc["strategy"] = data["strategy"]
+        if data["max_price_per_million"] is not None:
+            doc["max_price_per_million"] = str(data["max_price_per_million"])
+        for name in ("max_latency_ms", "quality_floor"):
+            if data[name] is not None:
+                doc[name] = data[name]
+        doc["reference_model"] = data["reference_model"]
+        if data["zero_data_retention_only"]:
+            doc["zero_data_retention_only"] = True
+        return doc
+
+
+class RoutePreviewForm(StyledForm):
+    node = NodeChoiceField(queryset=Node.objects.none(), empty_label=None, label="Request from")
+    model = forms.CharField(
+        initial="auto",
+        max_length=255,
+        help_text="auto, auto:cost / auto:latency / ..., or a model id.",
+    )
+    prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        max_length=20000,
+        help_text="Only used to estimate difficulty for this preview; never stored.",
+    )
+
+    def __init__(self, *args: Any, nodes: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["node"].queryset = nodes

@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
-from console.views import account, audit, billing, catalog, keys, members, org
+from console.views import account, audit, billing, catalog, keys, members, org, routing
 
 app_name = "console"
 
@@ -35,6 +35,8 @@ org_urls = [
     path("models/", catalog.ModelsView.as_view(), name="models"),
     path("models/<int:pk>/", catalog.ModelDetailView.as_view(), name="model"),
     path("deployments/", catalog.DeploymentsView.as_view(), name="deployments"),
+    path("policies/", routing.PoliciesView.as_view(), name="policies"),
+    path("policies/<int:pk>/delete/", routing.PolicyDeleteView.as_view(), name="policy-delete"),
     path("audit/", audit.AuditView.as_view(), name="audit"),
     path("budgets/", billing.BudgetsView.as_view(), name="budgets"),
     path("budgets/<int:pk>/", billing.BudgetDetailView.as_view(), name="budget"),

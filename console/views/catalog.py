@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from console.views.base import ConsoleOrgView, page_of
 from orgs.roles import MANAGE_CREDENTIALS, VIEW_NODE
+from routing.health import stats_for
 from routing.models import Model, ModelMode, ModelPrice, Provider
 from routing.selectors import deployment_list, model_list, model_price_history, price_at
 
@@ -29,8 +30,14 @@ CAPABILITIES = (
 PER_MILLION = Decimal(1_000_000)
 
 
+def plain(value: Decimal) -> Decimal:
+    """``value`` without trailing zeros and never in exponent form (10, not 1E+1)."""
+    normal = value.normalize()
+    return normal.quantize(Decimal(1)) if normal.as_tuple().exponent > 0 else normal  # type: ignore[operator]
+
+
 def per_million(value: Decimal | None) -> Decimal | None:
-    return None if value is None else (value * PER_MILLION).normalize()
+    return None if value is None else plain(value * PER_MILLION)
 
 
 class ModelsView(ConsoleOrgView):
@@ -101,7 +108,10 @@ class ModelDetailView(ConsoleOrgView):
             for p in reversed(model_price_history(model.canonical_id))
         ]
         current = price_at(model.pk, timezone.now())
-        deployments = deployment_list().filter(model=model)
+        deployments = list(deployment_list().filter(model=model))
+        health = stats_for([d.pk for d in deployments])
+        for d in deployments:
+            d.health = health.get(d.pk)
         return self.render(
             "console/model.html",
             {
@@ -133,6 +143,9 @@ class DeploymentsView(ConsoleOrgView):
         if q:
             qs = qs.filter(Q(name__icontains=q) | Q(model__canonical_id__icontains=q))
         page = page_of(request, qs, per_page=50)
+        health = stats_for([d.pk for d in page.object_list])
+        for d in page.object_list:
+            d.health = health.get(d.pk)
         context: dict[str, Any] = {
             "page": page,
             "provider": provider,

@@ -15,6 +15,7 @@ from billing.admission import AdmissionContext, UsageEventData
 from billing.admission.db import DatabaseBackend
 from orgs import services
 from orgs.models import Invitation, Membership, Role
+from routing.policies import routing_policy_set
 from tests.orgs.factories import SYSTEM, Tree, UserFactory, add_member, make_key, make_tree
 from tests.routing.factories import DeploymentFactory, ModelFactory, ProviderFactory
 
@@ -48,6 +49,7 @@ class Tenant:
     developer_key: Any
     invitation: Invitation
     budget: Any
+    policy: Any
 
 
 def make_tenant(slug: str = "acme") -> Tenant:
@@ -77,6 +79,7 @@ def make_tenant(slug: str = "acme") -> Tenant:
         limit_usd="10.00",
         thresholds=[50, 80, 100],
     )
+    policy = routing_policy_set(actor=SYSTEM, node=tree.team, data={"strategy": "cost"})
     return Tenant(
         tree=tree,
         other_dept=other_dept,
@@ -88,6 +91,7 @@ def make_tenant(slug: str = "acme") -> Tenant:
         developer_key=developer_key,
         invitation=invitation,
         budget=budget,
+        policy=policy,
     )
 
 

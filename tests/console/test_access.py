@@ -20,6 +20,7 @@ from orgs.models import (
     Node,
     Organization,
 )
+from routing.policy_models import RoutingPolicy
 from tests.console.factories import Tenant, make_tenant
 
 pytestmark = pytest.mark.django_db
@@ -60,6 +61,9 @@ def snapshot() -> dict[str, Any]:
             Budget.objects.order_by("id").values_list(
                 "id", "limit_usd", "thresholds", "mode", "name", "notify_emails"
             )
+        ),
+        "policies": list(
+            RoutingPolicy.objects.order_by("id").values_list("id", "node_id", "strategy")
         ),
         "ledger": list(LedgerEntry.objects.order_by("id").values_list("id", "amount")),
         "audit": AuditEvent.objects.count(),
@@ -117,6 +121,8 @@ def mutations(t: Tenant) -> list[tuple[str, dict[str, Any]]]:
         ),
         (f"{o}/budgets/{t.budget.pk}/delete/", {}),
         (f"{o}/billing/", {"amount": "25", "reference": "wire-2"}),
+        (f"{o}/policies/", {"node": t.tree.dept.pk, "strategy": "latency"}),
+        (f"{o}/policies/{t.policy.pk}/delete/", {}),
         (f"{o}/nodes/{t.tree.project.pk}/archive/", {"revoke_keys": "on"}),
     ]
 
@@ -138,6 +144,7 @@ def pages(t: Tenant) -> list[str]:
         f"{o}/billing/",
         f"{o}/usage/",
         f"{o}/notifications/",
+        f"{o}/policies/",
     ]
 
 
@@ -187,6 +194,7 @@ def test_another_orgs_rows_through_ones_own_org_url_are_404(world):
         (f"{o}/keys/{acme.owner_key.pk}/rotate/", {"grace_hours": 0}),
         (f"{o}/budgets/{acme.budget.pk}/update/", {"limit_usd": "1", "thresholds": "50"}),
         (f"{o}/budgets/{acme.budget.pk}/delete/", {}),
+        (f"{o}/policies/{acme.policy.pk}/delete/", {}),
     ]
     for url, data in cases:
         before = snapshot()
