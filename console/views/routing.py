@@ -105,7 +105,9 @@ class PoliciesView(ConsoleOrgView):
                     }
                 )
         preview_form = RoutePreviewForm(
-            request.GET if "prompt" in request.GET else None, nodes=self._visible_nodes()
+            request.GET if "preview-prompt" in request.GET else None,
+            nodes=self._visible_nodes(),
+            prefix="preview",
         )
         preview = None
         if preview_form.is_bound and preview_form.is_valid():
@@ -129,7 +131,8 @@ class PoliciesView(ConsoleOrgView):
             else:
                 messages.success(request, f"Routing policy of {node.name} saved.")
                 return redirect("console:policies", org_slug=org_slug)
-        return self._page(form, RoutePreviewForm(nodes=self._visible_nodes()), None, status=400)
+        preview_form = RoutePreviewForm(nodes=self._visible_nodes(), prefix="preview")
+        return self._page(form, preview_form, None, status=400)
 
     def _page(self, form: Any, preview_form: Any, preview: Any, status: int = 200) -> HttpResponse:
         rows = []

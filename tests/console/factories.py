@@ -14,7 +14,7 @@ from billing import services as billing_services
 from billing.admission import AdmissionContext, UsageEventData
 from billing.admission.db import DatabaseBackend
 from orgs import services
-from orgs.models import Invitation, Membership, Role
+from orgs.models import Invitation, Membership, Node, Role
 from routing.policies import routing_policy_set
 from tests.orgs.factories import SYSTEM, Tree, UserFactory, add_member, make_key, make_tree
 from tests.routing.factories import DeploymentFactory, ModelFactory, ProviderFactory
@@ -96,7 +96,7 @@ def make_tenant(slug: str = "acme") -> Tenant:
 
 
 def spend(
-    tree: Tree,
+    project: Node,
     membership: Membership,
     key: Any,
     cost: str,
@@ -107,14 +107,15 @@ def spend(
 ) -> str:
     """One gateway request's money path without the gateway: admit and settle on the database
     admission backend, then post the usage event (what the Celery task does). Returns its id."""
+    _root, department_id, team_id, project_id = project.ancestor_ids
     ctx = AdmissionContext(
-        organization_id=tree.org.pk,
-        department_id=tree.dept.pk,
-        team_id=tree.team.pk,
-        project_id=tree.project.pk,
+        organization_id=project.organization_id,
+        department_id=department_id,
+        team_id=team_id,
+        project_id=project_id,
         member_id=membership.pk,
         key_id=key.pk,
-        time_zone=tree.org.time_zone,
+        time_zone=project.organization.time_zone,
     )
     backend = DatabaseBackend()
     request_id = uuid.uuid4().hex

@@ -49,7 +49,7 @@ def test_spend_bar_levels():
 
 
 def test_budget_list_shows_spend_against_the_limit(acme):
-    spend(acme.tree, acme.developer_membership, acme.developer_key, "6.25")
+    spend(acme.tree.project, acme.developer_membership, acme.developer_key, "6.25")
     response = login(acme.viewer).get("/o/acme/budgets/")
     [row] = response.context["rows"]
     assert (row["target"], row["spent"], row["bar"]["percent"], row["bar"]["level"]) == (
@@ -151,7 +151,7 @@ def test_budget_field_errors_change_nothing(acme):
 
 
 def test_balance_topup_and_ledger(acme):
-    spend(acme.tree, acme.developer_membership, acme.developer_key, "1.5")
+    spend(acme.tree.project, acme.developer_membership, acme.developer_key, "1.5")
     client = login(acme.tree.owner)
     response = client.post(
         "/o/acme/billing/", {"amount": "40", "reference": "wire-77"}, follow=True
@@ -182,9 +182,15 @@ def test_balance_topup_and_ledger(acme):
 
 
 def test_usage_dashboard_totals_chart_and_csv(acme):
-    spend(acme.tree, acme.developer_membership, acme.developer_key, "0.25", tokens=(1000, 200))
-    spend(acme.tree, acme.developer_membership, acme.owner_key, "0.75", model="zeta/z-large")
-    spend(acme.tree, acme.developer_membership, acme.owner_key, "0", status="upstream_error")
+    spend(
+        acme.tree.project, acme.developer_membership, acme.developer_key, "0.25", tokens=(1000, 200)
+    )
+    spend(
+        acme.tree.project, acme.developer_membership, acme.owner_key, "0.75", model="zeta/z-large"
+    )
+    spend(
+        acme.tree.project, acme.developer_membership, acme.owner_key, "0", status="upstream_error"
+    )
     client = login(acme.viewer)
     response = client.get("/o/acme/usage/")
     totals = response.context["totals"]
@@ -217,7 +223,7 @@ def test_usage_dashboard_totals_chart_and_csv(acme):
 
 
 def test_budget_alerts_become_notifications(acme):
-    spend(acme.tree, acme.developer_membership, acme.developer_key, "8.5")
+    spend(acme.tree.project, acme.developer_membership, acme.developer_key, "8.5")
     alerts = budget_alerts_evaluate()
     assert sorted(a.threshold for a in alerts) == [50, 80]
     response = login(acme.viewer).get("/o/acme/notifications/")

@@ -136,12 +136,19 @@ def test_policy_errors_and_refusals_change_nothing(acme):
         .status_code
         == 404
     )
-    assert not RoutingPolicy.objects.exists()
+    assert list(RoutingPolicy.objects.order_by("id").values_list("node_id", "strategy")) == [
+        (acme.tree.team.pk, "cost"),  # the fixture's, untouched
+        (other.tree.team.pk, "cost"),
+    ]
 
 
 def test_preview_route_follows_the_policies(acme, catalog):
     client = login(acme.viewer)
-    query = {"node": acme.tree.project.pk, "model": "auto:cost", "prompt": "What is 2 + 2?"}
+    query = {
+        "preview-node": acme.tree.project.pk,
+        "preview-model": "auto:cost",
+        "preview-prompt": "What is 2 + 2?",
+    }
     preview = client.get("/o/acme/policies/", query).context["preview"]
     assert preview["strategy"] == "cost"
     # the estimator puts this prompt at tier 3: the strong model first, the cheap one after
@@ -155,9 +162,11 @@ def test_preview_route_follows_the_policies(acme, catalog):
     policy_table_reset()
     preview = client.get("/o/acme/policies/", query).context["preview"]
     assert [c["deployment"] for c in preview["candidates"]] == ["small-1"]
-    assert preview["policy"]["levels"] == ["department"]
+    assert preview["policy"]["levels"] == ["department", "team"]  # the fixture's team policy
     # a model nobody serves: the engine's refusal is shown
-    preview = client.get("/o/acme/policies/", {**query, "model": "nope/none"}).context["preview"]
+    preview = client.get("/o/acme/policies/", {**query, "preview-model": "nope/none"}).context[
+        "preview"
+    ]
     assert preview["code"] == "model_not_found"
 
 
