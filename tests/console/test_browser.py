@@ -77,6 +77,8 @@ class Walk:
         self.base = base
         self.n = 0
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for old in ARTIFACTS.glob("*.png"):  # a shorter walk must not leave stale pictures
+            old.unlink()
 
     def go(self, path: str) -> None:
         self.page.goto(self.base + path)
@@ -84,6 +86,7 @@ class Walk:
     def shot(self, name: str, *, full_page: bool = True) -> None:
         self.n += 1
         path = ARTIFACTS / f"{self.n:02d}-{name}.png"
+        self.page.evaluate("window.scrollTo(0, 0)")  # sticky bars stay at the top of the shot
         self.page.screenshot(path=str(path), full_page=full_page)
 
     def navigate(self, target: Any) -> None:
