@@ -362,3 +362,11 @@ class RoutePreviewForm(StyledForm):
     def __init__(self, *args: Any, nodes: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["node"].queryset = nodes
+
+
+class OrganizationArchiveForm(StyledForm):
+    revoke_keys = forms.BooleanField(
+        required=False,
+        label="Also revoke every active API key",
+        help_text="Archiving refuses while keys are active unless this is ticked.",
+    )

@@ -13,6 +13,7 @@ _reset_complete = reverse_lazy("console:password-reset-complete")
 org_urls = [
     path("", org.OverviewView.as_view(), name="overview"),
     path("settings/", org.SettingsView.as_view(), name="settings"),
+    path("settings/<slug:action>/", org.SettingsView.as_view(), name="settings-action"),
     path("tree/", org.TreeView.as_view(), name="tree"),
     path("nodes/<int:pk>/", org.NodeDetailView.as_view(), name="node"),
     path("nodes/<int:pk>/<slug:action>/", org.NodeDetailView.as_view(), name="node-action"),

@@ -14,6 +14,7 @@ from console.forms import (
     NodeCreateForm,
     NodeMoveForm,
     NodeRenameForm,
+    OrganizationArchiveForm,
     OrganizationUpdateForm,
     add_service_errors,
 )
@@ -22,6 +23,7 @@ from orgs import services
 from orgs.errors import InvalidInput
 from orgs.models import PARENT_KIND, ApiKey, AuditEvent, Membership, Node, NodeKind
 from orgs.roles import MANAGE_NODE, VIEW_AUDIT, VIEW_KEYS, VIEW_MEMBERS, VIEW_NODE
+from orgs.selectors import is_owner_over, root_node
 
 CHILD_KIND = {parent: child for child, parent in PARENT_KIND.items()}
 
@@ -85,11 +87,27 @@ class SettingsView(ConsoleOrgView):
         org = self.organization
         return OrganizationUpdateForm(data, initial={"name": org.name, "time_zone": org.time_zone})
 
-    def get(self, request: HttpRequest, org_slug: str) -> HttpResponse:
-        return self.render("console/settings.html", {"form": self._form()})
+    def _page(self, form: Any, archive_form: Any = None, status: int = 200) -> HttpResponse:
+        is_owner = is_owner_over(user_id=self.request.user.pk, node=root_node(self.organization))
+        return self.render(
+            "console/settings.html",
+            {
+                "form": form,
+                "is_owner": is_owner,
+                "archive_form": archive_form or OrganizationArchiveForm(),
+            },
+            status=status,
+        )
 
-    def post(self, request: HttpRequest, org_slug: str) -> HttpResponse:
+    def get(self, request: HttpRequest, org_slug: str) -> HttpResponse:
+        return self._page(self._form())
+
+    def post(self, request: HttpRequest, org_slug: str, action: str = "") -> HttpResponse:
         self.scope.require(None, MANAGE_NODE)  # organization-wide, as the API
+        if action == "archive":
+            return self._archive()
+        if action:
+            raise Http404
         form = self._form(request.POST)
         if form.is_valid():
             try:
@@ -104,7 +122,26 @@ class SettingsView(ConsoleOrgView):
             else:
                 messages.success(request, "Organization settings saved.")
                 return redirect("console:settings", org_slug=self.organization.slug)
-        return self.render("console/settings.html", {"form": form}, status=400)
+        return self._page(form, status=400)
+
+    def _archive(self) -> HttpResponse:
+        """Owners only (``orgs.services.organization_archive`` refuses anyone else: 403)."""
+        form = OrganizationArchiveForm(self.request.POST)
+        if form.is_valid():
+            try:
+                revoked = services.organization_archive(
+                    actor=self.scope.actor,
+                    organization=self.organization,
+                    revoke_keys=form.cleaned_data["revoke_keys"],
+                )
+            except InvalidInput as exc:
+                add_service_errors(form, exc, {"organization": "__all__"})
+            else:
+                note = f" and {revoked} API key(s) revoked" if revoked else ""
+                messages.success(self.request, f"{self.organization.name} archived{note}.")
+                self.request.session.pop("console_org", None)
+                return redirect("console:org-list")
+        return self._page(self._form(), archive_form=form, status=400)
 
 
 class TreeView(ConsoleOrgView):

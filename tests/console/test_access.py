@@ -29,7 +29,9 @@ pytestmark = pytest.mark.django_db
 def snapshot() -> dict[str, Any]:
     """Everything a console change could touch."""
     return {
-        "orgs": list(Organization.objects.values_list("id", "name", "slug", "time_zone")),
+        "orgs": list(
+            Organization.objects.values_list("id", "name", "slug", "time_zone", "archived_at")
+        ),
         "nodes": list(
             Node.objects.order_by("id").values_list(
                 "id", "name", "slug", "parent_id", "path", "archived_at"
@@ -124,6 +126,7 @@ def mutations(t: Tenant) -> list[tuple[str, dict[str, Any]]]:
         (f"{o}/policies/", {"node": t.tree.dept.pk, "strategy": "latency"}),
         (f"{o}/policies/{t.policy.pk}/delete/", {}),
         (f"{o}/nodes/{t.tree.project.pk}/archive/", {"revoke_keys": "on"}),
+        (f"{o}/settings/archive/", {"revoke_keys": "on"}),
     ]
 
 

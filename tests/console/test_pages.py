@@ -125,6 +125,32 @@ def test_settings_update(acme):
     assert set(response.context["form"].errors) == {"name", "time_zone"}
 
 
+def test_archive_organization_owner_only(acme):
+    org = acme.tree.org
+    # an admin (not an owner) at the department has no organization-wide manage_node: 403
+    assert (
+        login(acme.admin).post("/o/acme/settings/archive/", {"revoke_keys": "on"}).status_code
+        == 403
+    )
+    client = login(acme.tree.owner)
+    response = client.post("/o/acme/settings/archive/", {})
+    assert response.status_code == 400
+    assert response.context["archive_form"].errors == {
+        "revoke_keys": [
+            "2 active API key(s) belong to this organization; "
+            "pass revoke_keys=true to revoke them with it."
+        ]
+    }
+    org.refresh_from_db()
+    assert org.archived_at is None
+    response = client.post("/o/acme/settings/archive/", {"revoke_keys": "on"}, follow=True)
+    assert response.redirect_chain == [("/orgs/", 302)]
+    assert flashes(response) == ["Acme archived and 2 API key(s) revoked."]
+    org.refresh_from_db()
+    assert org.archived_at is not None
+    assert client.get("/o/acme/").status_code == 404  # gone from the owner's organizations
+
+
 def test_tree_create_rename_move_archive(acme):
     client = login(acme.tree.owner)
     t = acme.tree
