@@ -250,7 +250,7 @@ def test_new_admin_walkthrough(browser, live_server, tmp_path, monkeypatch, sett
     w.shot("budgets")
     w.nav("Usage")
     stats = page.locator(".stat .value").all_inner_texts()
-    assert stats[:4] == ["2", "1600", "400", "$1.2000"]
+    assert stats[:4] == ["2", "1600", "400", "$1.20"]
     assert page.locator("svg.chart rect.bar").count() == 14
     with page.expect_download() as download:
         page.get_by_role("link", name="Download CSV").click()
