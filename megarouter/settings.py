@@ -170,6 +170,30 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "clear-expired-sessions": {"task": "megarouter.clear_expired_sessions", "schedule": 3600.0},
 }
 
+# Billing (docs/billing.md). Admission runs on Redis when REDIS_URL is set, else the database.
+BILLING_ADMISSION_BACKEND = env.choice(
+    "BILLING_ADMISSION_BACKEND", "redis" if REDIS_URL else "db", ("db", "redis")
+)
+if BILLING_ADMISSION_BACKEND == "redis" and not REDIS_URL:
+    raise ConfigError("BILLING_ADMISSION_BACKEND", "redis needs REDIS_URL")
+# Seconds a reservation may stay open before reconciliation releases it (crashed process).
+BILLING_RESERVATION_TTL = env.int("BILLING_RESERVATION_TTL", 900, min_value=30)
+# Payment provider webhooks (Stripe-style signatures); unset: the receiver refuses everything.
+BILLING_PAYMENT_WEBHOOK_SECRET = env.str("BILLING_PAYMENT_WEBHOOK_SECRET", "")
+BILLING_PAYMENT_WEBHOOK_TOLERANCE = env.int("BILLING_PAYMENT_WEBHOOK_TOLERANCE", 300, min_value=1)
+# Key prefix of the Redis admission counters (tests use their own).
+BILLING_REDIS_PREFIX = env.str("BILLING_REDIS_PREFIX", "mr:b")
+# Signs the budget alert webhooks we send (header X-MegaRouter-Signature).
+BILLING_ALERT_WEBHOOK_SECRET = env.str("BILLING_ALERT_WEBHOOK_SECRET", SECRET_KEY)
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "billing-usage-events": {"task": "billing.usage_events_process", "schedule": 5.0},
+        "billing-reconcile": {"task": "billing.reservations_reconcile", "schedule": 60.0},
+        "billing-alerts": {"task": "billing.budget_alerts_check", "schedule": 60.0},
+        "billing-periods": {"task": "billing.budget_periods_roll", "schedule": 300.0},
+    }
+)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
@@ -185,6 +209,15 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
 }
+
+# Outbound calls to LLM providers (gateway/http.py, docs/providers.md). Seconds.
+PROVIDER_HTTP_TRANSPORT = env.choice("PROVIDER_HTTP_TRANSPORT", "aiohttp", ("aiohttp", "httpx"))
+PROVIDER_CONNECT_TIMEOUT = env.float("PROVIDER_CONNECT_TIMEOUT", 5.0)
+PROVIDER_FIRST_BYTE_TIMEOUT = env.float("PROVIDER_FIRST_BYTE_TIMEOUT", 60.0)
+PROVIDER_STALL_TIMEOUT = env.float("PROVIDER_STALL_TIMEOUT", 30.0)
+PROVIDER_TOTAL_TIMEOUT = env.float("PROVIDER_TOTAL_TIMEOUT", 600.0)
+PROVIDER_MAX_CONNECTIONS = env.int("PROVIDER_MAX_CONNECTIONS", 512, min_value=1)
+ANTHROPIC_DEFAULT_MAX_TOKENS = env.int("ANTHROPIC_DEFAULT_MAX_TOKENS", 4096, min_value=1)
 
 # Email: the console in the embedded mode, SMTP when EMAIL_HOST is set.
 EMAIL_HOST = env.optional_str("EMAIL_HOST")
@@ -215,5 +248,14 @@ LOGGING = {
         # The request line comes from megarouter.request; Django's own copy would repeat it.
         "django.request": {"level": "ERROR"},
         "django.server": {"level": "WARNING"},
+        # httpx logs every outbound request URL at INFO: noise on the hot path.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
     },
 }
+
+# Gateway (/v1/): request body limit and the /metrics scrape token (docs/api.md).
+MEGAROUTER_MAX_BODY_BYTES = env.int(
+    "MEGAROUTER_MAX_BODY_BYTES", 20 * 1024 * 1024, min_value=1024, max_value=1024**3
+)
+MEGAROUTER_METRICS_TOKEN = env.optional_str("MEGAROUTER_METRICS_TOKEN")
