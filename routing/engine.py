@@ -122,6 +122,8 @@ class _Entry:
     priced: bool
 
 
+Item = tuple[_Entry, tuple[DeploymentInfo, ...]]  # a model and its usable deployments
+
 _index_cache: list[tuple[CatalogSnapshot, tuple[_Entry, ...]]] = []
 
 
@@ -325,11 +327,11 @@ def _expected_cost(entry: _Entry, est: Estimate) -> float:
 
 def _rank_models(
     strategy: str,
-    eligible: list[tuple[_Entry, list[DeploymentInfo]]],
+    eligible: list[Item],
     est: Estimate,
     store: HealthStore,
     stream: bool,
-) -> tuple[list[tuple[_Entry, list[DeploymentInfo]]], str]:
+) -> tuple[list[Item], str]:
     """Models best first, and a one-line reason."""
     if strategy == "cost":
         best_tier = max(e.model.quality_tier for e, _ in eligible)
@@ -341,7 +343,7 @@ def _rank_models(
         return pool + rest, f"cheapest expected cost at quality tier >= {tier}"
     if strategy == "latency":
 
-        def speed(item: tuple[_Entry, list[DeploymentInfo]]) -> float:
+        def speed(item: Item) -> float:
             entry, deployments = item
             return min(
                 _latency_ms(store, d, entry.model.quality_tier, stream)
@@ -354,7 +356,7 @@ def _rank_models(
         return ranked, "fastest deployment now (live EWMA latency, error-weighted)"
     if strategy == "availability":
 
-        def reliability(item: tuple[_Entry, list[DeploymentInfo]]) -> tuple[float, ...]:
+        def reliability(item: Item) -> tuple[float, ...]:
             entry, deployments = item
             best = min(
                 (*_health_penalty(store, d), -min((store.view(d.id) or _NO_STATS).samples, 50))
@@ -415,7 +417,6 @@ def _resolve_model(snapshot: CatalogSnapshot, name: str) -> ModelInfo:
 
 # ---------------------------------------------------------------- the eligibility cache
 
-Item = tuple[_Entry, tuple[DeploymentInfo, ...]]
 RANK_TTL = 0.25  # seconds a live-stats ranking (latency, availability) is reused
 PARETO_LAYERS = 3
 PER_LAYER = 3
@@ -770,3 +771,21 @@ def route_timed(**kwargs: Any) -> tuple[RouteDecision, float]:
     start = time.perf_counter()
     decision = route(**kwargs)
     return decision, time.perf_counter() - start
+
+
+async def aroute_for_key(
+    *,
+    request: RouteRequest,
+    key: Any,
+    override: Any = None,
+    store: HealthStore | None = None,
+) -> tuple[RouteDecision, EffectivePolicy]:
+    """For async views: the catalog snapshot and the policy table come from their in-process
+    caches (no thread hop and no database work while fresh), then ``route``. ``key`` is an
+    orgs KeyContext, ``override`` a ``routing.policies.RequestOverride`` or None."""
+    from routing.catalog import acatalog_snapshot
+    from routing.policies import apolicy_for_key
+
+    snapshot = await acatalog_snapshot()
+    policy = await apolicy_for_key(key, override)
+    return route(request=request, policy=policy, snapshot=snapshot, store=store), policy

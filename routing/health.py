@@ -494,7 +494,7 @@ class RedisHealth(HealthStore):
             self._batch(deployment_id).add(ok, ttft_ms, latency_ms, tokens_per_s)
             current = self._view.get(deployment_id)
         # The breaker must see failures (and any outcome of a breaker trial) at once.
-        busy = current is not None and (current.state != CLOSED or current.consecutive_failures)
+        busy = current is not None and (current.state != CLOSED or current.consecutive_failures > 0)
         self._maybe_flush(force=urgent or ok is False or busy)
 
     def started(self, deployment_id: int) -> None:

@@ -414,7 +414,8 @@ def _current_version() -> int:
         if cached is not None:
             return int(cached)
         version = _policy_version()
-        cache.set(POLICY_VERSION_CACHE_KEY, version, timeout=None)
+        # add, not set: never overwrite a newer version a writer stored meanwhile
+        cache.add(POLICY_VERSION_CACHE_KEY, version, timeout=None)
         return version
     return _policy_version()
 
@@ -442,9 +443,13 @@ async def apolicy_table(*, max_age: float = CHECK_INTERVAL) -> PolicyTable:
 
 
 def policy_table_reset() -> None:
+    """Forget the table, the cached version and the organizations' root ids (tests; after
+    restoring a database)."""
     with _holder.lock:
         _holder.table = None
         _holder.checked_at = 0.0
+        _roots.clear()
+    cache.delete(POLICY_VERSION_CACHE_KEY)
 
 
 LEVEL_NAMES = ("organization", "department", "team", "project")
@@ -455,14 +460,19 @@ def _resolve(
     node_ids: Sequence[int | None],
     key_policy: Mapping[str, Any] | None,
     override: RequestOverride | None,
+    key_allowed: Sequence[str] = (),
 ) -> EffectivePolicy:
     levels: list[tuple[str, PolicySpec | None]] = [
         (name, table.by_node.get(node_id) if node_id is not None else None)
         for name, node_id in zip(LEVEL_NAMES, node_ids, strict=False)
     ]
     levels.append(("key", key_policy_spec(key_policy)))
+    if key_allowed:
+        levels.append(("key", PolicySpec(allowed_models=tuple(key_allowed))))
     levels.append(("request", override.spec() if override else None))
-    return policy_merge(levels)
+    merged = policy_merge(levels)
+    # the key's two documents are one level
+    return replace(merged, levels=tuple(dict.fromkeys(merged.levels)))
 
 
 def node_ids_for_key(key: Any) -> tuple[int | None, ...]:
@@ -505,9 +515,14 @@ def policy_resolve(
 
 
 def policy_for_key(key: Any, override: RequestOverride | None = None) -> EffectivePolicy:
-    """``policy_resolve`` for an orgs KeyContext (sync; the root id is cached per process)."""
-    return policy_resolve(
-        node_ids=node_ids_for_key(key), key_policy=key.routing_policy, override=override
+    """``policy_resolve`` for an orgs KeyContext (sync; the root id is cached per process).
+    The key level is its ``routing_policy`` plus its ``allowed_models`` list."""
+    return _resolve(
+        policy_table(),
+        node_ids_for_key(key),
+        key.routing_policy,
+        override,
+        getattr(key, "allowed_models", ()),
     )
 
 
@@ -518,7 +533,11 @@ async def apolicy_for_key(key: Any, override: RequestOverride | None = None) -> 
         root = await sync_to_async(_root_node)(key.organization_id)
     table = await apolicy_table()
     return _resolve(
-        table, (root, key.department_id, key.team_id, key.project_id), key.routing_policy, override
+        table,
+        (root, key.department_id, key.team_id, key.project_id),
+        key.routing_policy,
+        override,
+        getattr(key, "allowed_models", ()),
     )
 
 
@@ -531,6 +550,9 @@ def policy_version_bump() -> int:
     if not updated:
         RoutingPolicyVersion.objects.create(pk=1, version=1)
     version = _policy_version()
+    # Now and again on commit: a process that reloads before the commit reads the committed
+    # (older) version from the database, so it keeps checking until the commit lands.
+    cache.set(POLICY_VERSION_CACHE_KEY, version, timeout=None)
     transaction.on_commit(lambda: cache.set(POLICY_VERSION_CACHE_KEY, version, timeout=None))
     return version
 

@@ -289,3 +289,51 @@ def test_explanation_is_small_metadata(catalog, store):
     assert explain["reference_model"] == "alpha/a-large"
     assert explain["reference_cost_usd"] == "0.00759000"  # 9 * 10e-6 + 250 * 30e-6
     assert EASY not in str(explain)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_async_route_for_a_key_uses_every_policy_level(store):
+    from asgiref.sync import sync_to_async
+
+    from orgs.keys import key_context_for_sync
+    from orgs.models import Role
+    from routing.catalog import catalog_snapshot
+    from routing.engine import aroute_for_key
+    from routing.policies import (
+        RequestOverride,
+        policy_table,
+        policy_table_reset,
+        routing_policy_set,
+    )
+    from tests.orgs.factories import SYSTEM, add_member, make_key, make_tree
+
+    policy_table_reset()
+
+    def setup():
+        build_catalog()
+        tree = make_tree("acme")
+        routing_policy_set(actor=SYSTEM, node=tree.root, data={"zero_data_retention_only": True})
+        member = add_member(tree.project, Role.DEVELOPER)
+        created = make_key(tree.project, member, routing_policy={"strategy": "cost"})
+        key = key_context_for_sync(created.raw_key)
+        catalog_snapshot(max_age=0)
+        policy_table(max_age=0)
+        return key
+
+    def close():
+        from django.db import connection
+
+        connection.close()
+
+    try:
+        key = await sync_to_async(setup)()
+        decision, policy = await aroute_for_key(request=req(), key=key, store=store)
+    finally:
+        await sync_to_async(close)()  # the worker thread's connection
+    assert policy.levels == ("organization", "key")
+    assert decision.strategy == "cost"
+    assert names(decision) == ["b-mid-eu", "b-large-us"]  # beta is the only ZDR provider
+    decision, _ = await aroute_for_key(
+        request=req(), key=key, override=RequestOverride(strategy="latency"), store=store
+    )
+    assert decision.strategy == "latency"
