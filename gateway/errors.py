@@ -127,6 +127,19 @@ class InternalError(GatewayError):
     code = "internal_error"
 
 
+def describe_exception(exc: BaseException) -> dict[str, Any]:
+    """Log fields for an unexpected exception without its message or locals: messages can
+    quote request or response content (zero data retention). Type and code locations only."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        where = "/".join(code.co_filename.split("/")[-2:])
+        frames.append(f"{where}:{tb.tb_lineno}:{code.co_name}")
+        tb = tb.tb_next
+    return {"error_type": type(exc).__qualname__, "traceback": frames[-8:]}
+
+
 def error_json(error: GatewayError) -> bytes:
     return orjson.dumps(error.body())
 

@@ -170,6 +170,30 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "clear-expired-sessions": {"task": "megarouter.clear_expired_sessions", "schedule": 3600.0},
 }
 
+# Billing (docs/billing.md). Admission runs on Redis when REDIS_URL is set, else the database.
+BILLING_ADMISSION_BACKEND = env.choice(
+    "BILLING_ADMISSION_BACKEND", "redis" if REDIS_URL else "db", ("db", "redis")
+)
+if BILLING_ADMISSION_BACKEND == "redis" and not REDIS_URL:
+    raise ConfigError("BILLING_ADMISSION_BACKEND", "redis needs REDIS_URL")
+# Seconds a reservation may stay open before reconciliation releases it (crashed process).
+BILLING_RESERVATION_TTL = env.int("BILLING_RESERVATION_TTL", 900, min_value=30)
+# Payment provider webhooks (Stripe-style signatures); unset: the receiver refuses everything.
+BILLING_PAYMENT_WEBHOOK_SECRET = env.str("BILLING_PAYMENT_WEBHOOK_SECRET", "")
+BILLING_PAYMENT_WEBHOOK_TOLERANCE = env.int("BILLING_PAYMENT_WEBHOOK_TOLERANCE", 300, min_value=1)
+# Key prefix of the Redis admission counters (tests use their own).
+BILLING_REDIS_PREFIX = env.str("BILLING_REDIS_PREFIX", "mr:b")
+# Signs the budget alert webhooks we send (header X-MegaRouter-Signature).
+BILLING_ALERT_WEBHOOK_SECRET = env.str("BILLING_ALERT_WEBHOOK_SECRET", SECRET_KEY)
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "billing-usage-events": {"task": "billing.usage_events_process", "schedule": 5.0},
+        "billing-reconcile": {"task": "billing.reservations_reconcile", "schedule": 60.0},
+        "billing-alerts": {"task": "billing.budget_alerts_check", "schedule": 60.0},
+        "billing-periods": {"task": "billing.budget_periods_roll", "schedule": 300.0},
+    }
+)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",

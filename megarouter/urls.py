@@ -13,6 +13,7 @@ urlpatterns = [
     path("", include("gateway.api.urls")),
     path("admin/", admin.site.urls),
     path("api/", include("orgs.api.urls")),
+    path("api/", include("billing.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("", RedirectView.as_view(url="/admin/", permanent=False)),

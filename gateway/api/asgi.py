@@ -22,7 +22,7 @@ from django.db import close_old_connections
 
 from gateway.api.handlers import dispatch, error_response
 from gateway.api.http import ApiRequest, ApiResponse
-from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.errors import InvalidRequest, PayloadTooLarge, describe_exception
 from megarouter.middleware import request_id_for
 
 logger = logging.getLogger("megarouter.request")
@@ -196,11 +196,10 @@ async def _send_stream(receive: Any, send: Any, request: ApiRequest, response: A
         if response.on_close is not None:
             await asyncio.shield(response.on_close())
     if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
-        logger.error(
-            "stream relay failed",
-            exc_info=pumping.exception(),
-            extra={"fields": {"request_id": request.request_id}},
-        )
+        exc = pumping.exception()
+        assert exc is not None
+        fields = {"request_id": request.request_id, **describe_exception(exc)}
+        logger.error("stream relay failed", extra={"fields": fields})
 
 
 def _log(request: ApiRequest, response: ApiResponse, started: float) -> None:

@@ -23,6 +23,7 @@ from gateway.errors import (
     NotFound,
     UpstreamFailed,
     anthropic_error_json,
+    describe_exception,
     error_json,
 )
 from gateway.pipeline import CallContext
@@ -242,6 +243,13 @@ async def _stream_response(
             state["status"] = 599  # logged as an interrupted stream
             for event in renderer.error(failure):
                 yield event
+        except Exception as exc:  # a bug in rendering: still end with an error event
+            fields = {"request_id": req.request_id, **describe_exception(exc)}
+            logger.error("stream relay failed", extra={"fields": fields})
+            metrics.STREAM_ERRORS.labels(ctx.route, "internal").inc()
+            state["status"] = 598
+            for event in renderer.error(InternalError("The gateway failed while streaming.")):
+                yield event
 
     async def on_close() -> None:
         await rest.aclose()  # cancels the upstream call if it is still running
@@ -402,10 +410,9 @@ async def dispatch(req: ApiRequest) -> ApiResponse:
         response = await _route(req)
     except GatewayError as error:
         response = error_response(req, error)
-    except Exception:
-        logger.exception(
-            "unhandled gateway error", extra={"fields": {"request_id": req.request_id}}
-        )
+    except Exception as exc:
+        fields = {"request_id": req.request_id, **describe_exception(exc)}
+        logger.error("unhandled gateway error", extra={"fields": fields})
         response = error_response(req, InternalError("The gateway failed to handle this request."))
     if not req.recorded:  # answered before routing: bad key or input, unknown path, models
         route = ROUTE_LABELS.get(req.route or "", "other")

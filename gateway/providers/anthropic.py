@@ -160,7 +160,7 @@ def request_to_wire(request: ChatRequest, model: str, *, stream: bool) -> dict[s
         body["stop_sequences"] = request.stop
     if request.user:
         body["metadata"] = {"user_id": request.user}
-    if request.tools and request.tool_choice != "none":
+    if request.tools:  # also with tool_choice "none": history may hold tool_use blocks
         body["tools"] = [
             {
                 "name": tool.name,
@@ -176,9 +176,11 @@ def request_to_wire(request: ChatRequest, model: str, *, stream: bool) -> dict[s
         choice = {"type": "any"}
     elif request.tool_choice == "auto":
         choice = {"type": "auto"}
-    if request.tools and request.parallel_tool_calls is False:
+    elif request.tool_choice == "none":
+        choice = {"type": "none"}
+    if request.tools and request.parallel_tool_calls is False and request.tool_choice != "none":
         choice = (choice or {"type": "auto"}) | {"disable_parallel_tool_use": True}
-    if choice is not None and request.tools and request.tool_choice != "none":
+    if choice is not None and request.tools:
         body["tool_choice"] = choice
     if stream:
         body["stream"] = True

@@ -30,7 +30,7 @@ from gateway.providers.types import (
     ProviderError,
 )
 
-JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}
+MAX_MESSAGE = 300  # characters of a provider's error message kept in ProviderError
 
 # How providers say "the prompt does not fit": OpenAI / Azure / DeepSeek / Groq ("maximum
 # context length", code context_length_exceeded), Anthropic ("prompt is too long", "exceed
@@ -119,9 +119,10 @@ def error_from_status(
         )
         else None
     )
+    # Bounded: a provider message may quote part of the request (zero data retention).
     return ProviderError(
         kind,
-        message or f"HTTP {status}",
+        (message or f"HTTP {status}")[:MAX_MESSAGE],
         status=status or None,
         retry_after=retry_after,
         provider_code=code,

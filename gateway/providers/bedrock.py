@@ -168,7 +168,10 @@ def request_to_wire(request: ChatRequest) -> dict[str, Any]:
         config["stopSequences"] = request.stop
     if config:
         body["inferenceConfig"] = config
-    if request.tools and request.tool_choice != "none":
+    # Converse has no "none" choice: tools are left out, unless the history holds toolUse /
+    # toolResult blocks, which Bedrock accepts only with a toolConfig.
+    history_has_tools = any(m.tool_calls or m.role == "tool" for m in request.messages)
+    if request.tools and (request.tool_choice != "none" or history_has_tools):
         tool_config: dict[str, Any] = {
             "tools": [
                 {

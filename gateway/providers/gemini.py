@@ -168,7 +168,7 @@ def request_to_wire(request: ChatRequest) -> dict[str, Any]:
             config["responseSchema"] = clean_schema(fmt.schema)
     if config:
         body["generationConfig"] = config
-    if request.tools and request.tool_choice != "none":
+    if request.tools:  # with tool_choice "none" too (mode NONE below)
         body["tools"] = [
             {
                 "functionDeclarations": [

@@ -166,7 +166,7 @@ def usage_from_wire(data: dict[str, Any] | None) -> Usage:
 def response_from_wire(data: dict[str, Any], *, fallback_model: str) -> ChatResponse:
     if "error" in data and "choices" not in data:
         raise error_from_body(0, httpx.Headers(), data)
-    choices = []
+    choices: list[Choice] = []
     for raw in data["choices"]:
         msg = raw.get("message") or {}
         calls = None

@@ -289,9 +289,9 @@ def instance_for(schema: Any, rng: random.Random, depth: int = 0) -> Any:
         high = int(schema.get("maximum", low + 100))
         return rng.randint(low, max(low, high))
     if kind == "number":
-        low = float(schema.get("minimum", 0.0))
-        high = float(schema.get("maximum", low + 100.0))
-        return round(rng.uniform(low, max(low, high)), 2)
+        floor = float(schema.get("minimum", 0.0))
+        ceiling = float(schema.get("maximum", floor + 100.0))
+        return round(rng.uniform(floor, max(floor, ceiling)), 2)
     if kind == "boolean":
         return rng.random() < 0.5
     if kind == "null":

@@ -158,6 +158,7 @@ class SimWorld:
             "cutter": f.model_create(openai, "gpt-cutter"),
             "slow": f.model_create(openai, "gpt-slow"),
             "limited": f.model_create(openai, "gpt-limited"),
+            "hang": f.model_create(openai, "gpt-hang"),
             "cheap": f.model_create(
                 openai,
                 "gpt-cheap",
@@ -192,6 +193,7 @@ class SimWorld:
         deploy(m["slow"], "sim-slow", "gpt-sim~token_ms=40~tokens=200")
         deploy(m["cheap"], "sim-cheap", "gpt-cheap")
         deploy(m["limited"], "sim-limited", "gpt-sim~fault=429~retry_after=7")
+        deploy(m["hang"], "sim-hang", "gpt-sim~fault=hang")
         deploy(m["claude"], "sim-claude", "claude-sim", base=f"{sim_url}/anthropic")
         deploy(m["embed"], "sim-embed", "embed-sim")
         reset_caches()

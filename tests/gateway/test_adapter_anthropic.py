@@ -190,3 +190,13 @@ def test_invalid_tool_arguments_are_bad_request() -> None:
     with pytest.raises(ProviderError) as info:
         request_to_wire(request, "m", stream=False)
     assert info.value.kind is ErrorKind.BAD_REQUEST
+
+
+def test_tool_choice_none_keeps_tool_definitions() -> None:
+    """History with tool_use blocks needs the tools defined, even when no call is wanted."""
+    request = ChatRequest(
+        messages=[Message(role="user", content="hi")], tools=[WEATHER_TOOL], tool_choice="none"
+    )
+    body = request_to_wire(request, "m", stream=False)
+    assert [t["name"] for t in body["tools"]] == ["get_weather"]
+    assert body["tool_choice"] == {"type": "none"}

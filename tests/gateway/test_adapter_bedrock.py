@@ -211,3 +211,23 @@ def test_request_translation() -> None:
         "json": WEATHER_TOOL.parameters
     }
     assert body["toolConfig"]["toolChoice"] == {"auto": {}}
+
+
+def test_tool_choice_none() -> None:
+    plain = ChatRequest(
+        messages=[Message(role="user", content="hi")], tools=[WEATHER_TOOL], tool_choice="none"
+    )
+    assert "toolConfig" not in request_to_wire(plain)
+    with_history = ChatRequest(
+        messages=[
+            Message(role="user", content="hi"),
+            Message(role="assistant", content=None,
+                    tool_calls=[ToolCall(id="t1", name="get_weather", arguments="{}")]),
+            Message(role="tool", content="ok", tool_call_id="t1"),
+        ],
+        tools=[WEATHER_TOOL],
+        tool_choice="none",
+    )  # fmt: skip
+    config = request_to_wire(with_history)["toolConfig"]
+    assert [t["toolSpec"]["name"] for t in config["tools"]] == ["get_weather"]
+    assert "toolChoice" not in config

@@ -144,3 +144,12 @@ def test_url_and_auth_header() -> None:
     assert headers["x-goog-api-key"] == "AIza"
     url, _, _ = adapter.build(ep, request, stream=False)
     assert url.endswith("/v1beta/models/gemini-2.0-flash:generateContent")
+
+
+def test_tool_choice_none_is_mode_none() -> None:
+    request = ChatRequest(
+        messages=[Message(role="user", content="hi")], tools=[WEATHER_TOOL], tool_choice="none"
+    )
+    body = request_to_wire(request)
+    assert body["tools"][0]["functionDeclarations"][0]["name"] == "get_weather"
+    assert body["toolConfig"] == {"functionCallingConfig": {"mode": "NONE"}}

@@ -288,3 +288,69 @@ def test_warm_hot_path_does_no_database_work(client, monkeypatch):
     response = client.post("/v1/embeddings", json={"model": "openai/embed-sim", "input": "x"})
     assert response.status_code == 200
     assert queries == []
+
+
+async def test_django_view_path_serves_and_streams(sim_world, close_clients):
+    """The Django async view (runserver, WSGI, test client) runs the same handlers."""
+    from django.test import AsyncClient
+
+    django_client = AsyncClient()
+    response = await django_client.post(
+        "/v1/chat/completions",
+        data=chat(max_tokens=10),
+        content_type="application/json",
+        headers=sim_world.auth(),
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["model"] == "openai/gpt-sim"
+    assert response["x-megarouter-attempts"] == "1"
+    streamed = await django_client.post(
+        "/v1/chat/completions",
+        data=chat(stream=True),
+        content_type="application/json",
+        headers=sim_world.auth(),
+    )
+    assert streamed.status_code == 200
+    body = b"".join([part async for part in streamed.streaming_content])
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert body.count(b"chat.completion.chunk") >= 2
+
+
+def test_stream_renderer_bug_still_ends_with_error_event(client, monkeypatch):
+    from gateway.api import handlers
+
+    calls = {"n": 0}
+    original = handlers.ChatRenderer.chunk
+
+    def flaky(self, chunk):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("renderer bug")
+        return original(self, chunk)
+
+    monkeypatch.setattr(handlers.ChatRenderer, "chunk", flaky)
+    events = sse_data(client.post("/v1/chat/completions", json=chat(stream=True)))
+    assert "[DONE]" not in events
+    assert events[-1] == {
+        "error": {
+            "message": "The gateway failed while streaming.",
+            "type": "server_error",
+            "param": None,
+            "code": "internal_error",
+        }
+    }
+
+
+def test_every_candidate_timed_out_is_504(client):
+    from django.test import override_settings
+
+    with override_settings(PROVIDER_TOTAL_TIMEOUT=0.3, PROVIDER_FIRST_BYTE_TIMEOUT=0.3):
+        started = time.monotonic()
+        response = client.post("/v1/chat/completions", json=chat("openai/gpt-hang"))
+        streamed = client.post("/v1/chat/completions", json=chat("openai/gpt-hang", stream=True))
+    assert time.monotonic() - started < 3
+    for result in (response, streamed):
+        assert result.status_code == 504
+        error = result.json()["error"]
+        assert error["code"] == "all_deployments_failed"
+        assert error["message"] == "Every candidate deployment failed. Tried: sim-hang (timeout)."

@@ -115,3 +115,28 @@ def test_canary_is_never_stored_or_logged(client, caplog, capfd):
     assert "zdr-check" in logged + err  # the request log lines were captured
     assert CANARY not in logged
     assert CANARY not in out + err
+
+
+def test_unexpected_errors_log_no_message(client, monkeypatch, caplog):
+    """A bug's exception message may quote content: the 500 is the generic error object and the
+    log line names the exception type and code locations only."""
+    from gateway.api import handlers
+
+    async def broken(req):
+        raise ValueError(f"cannot parse {CANARY}")
+
+    monkeypatch.setitem(handlers.ROUTES, "/v1/embeddings", ("POST", broken))
+    caplog.set_level(logging.INFO)
+    response = client.post("/v1/embeddings", json={"model": "m", "input": "x"})
+    assert response.status_code == 500
+    assert response.json()["error"] == {
+        "message": "The gateway failed to handle this request.",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
+    [record] = [r for r in caplog.records if r.getMessage() == "unhandled gateway error"]
+    assert record.fields["error_type"] == "ValueError"
+    assert record.fields["traceback"][-1].startswith("gateway/test_api_zdr.py:")
+    assert record.exc_info is None
+    assert CANARY not in repr(record.__dict__)

@@ -297,10 +297,10 @@ def test_persistent_429_with_retry_after_forms(client: httpx.Client) -> None:
 
 
 def test_flapping_recovers_after_the_window(client: httpx.Client) -> None:
-    headers = OPENAI_AUTH | {"x-sim-fault": "503~for_s=0.4~id=flap-1"}
+    headers = OPENAI_AUTH | {"x-sim-fault": "503~for_s=0.8~id=flap-1"}
     first = client.post("/openai/v1/chat/completions", json=CHAT, headers=headers).status_code
     second = client.post("/openai/v1/chat/completions", json=CHAT, headers=headers).status_code
-    time.sleep(0.45)
+    time.sleep(0.85)
     later = client.post("/openai/v1/chat/completions", json=CHAT, headers=headers).status_code
     assert (first, second, later) == (503, 503, 200)
 

@@ -1,0 +1,248 @@
+"""Admission types shared by both backends, and the database writes they share.
+
+The gateway, per request::
+
+    backend = get_backend()
+    ctx = AdmissionContext.from_key_context(key_ctx)
+    amount = estimate_worst_case(prices=[...], input_tokens=n, max_output_tokens=m)
+    reservation = await backend.reserve(request_id, ctx, amount, n + m)   # or a refusal
+    ...call the provider...
+    await backend.settle(reservation, usage_cost(price, usage), UsageEventData(...))
+    # or, when nothing was produced (every deployment failed): await backend.release(reservation)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+
+from billing.models import Budget, BudgetMode, BudgetScope, UsageEvent
+from billing.periods import period_start
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionContext:
+    """The key context ids admission needs (``orgs.keys.KeyContext`` has them all)."""
+
+    organization_id: int
+    department_id: int | None = None
+    team_id: int | None = None
+    project_id: int | None = None
+    member_id: int | None = None
+    key_id: int | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    time_zone: str = "UTC"
+
+    @classmethod
+    def from_key_context(cls, ctx: Any) -> AdmissionContext:
+        return cls(
+            organization_id=ctx.organization_id,
+            department_id=ctx.department_id,
+            team_id=ctx.team_id,
+            project_id=ctx.project_id,
+            member_id=ctx.member_id,
+            key_id=ctx.key_id,
+            rpm_limit=ctx.rpm_limit,
+            tpm_limit=ctx.tpm_limit,
+            time_zone=ctx.time_zone,
+        )
+
+    def scope_ids(self) -> dict[str, int | None]:
+        return {
+            BudgetScope.DEPARTMENT: self.department_id,
+            BudgetScope.TEAM: self.team_id,
+            BudgetScope.PROJECT: self.project_id,
+            BudgetScope.MEMBER: self.member_id,
+            BudgetScope.KEY: self.key_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetInfo:
+    id: int
+    scope: str
+    scope_id: int
+    period: str
+    limit_usd: Decimal
+    mode: str
+
+    @property
+    def blocks(self) -> bool:
+        return self.mode == BudgetMode.BLOCK
+
+
+# Fixed lock / check order: organization first, key last (the order refusals are reported in).
+LAYER_ORDER = {s: i for i, s in enumerate(BudgetScope.values)}
+
+
+def budgets_load(organization_id: int) -> tuple[BudgetInfo, ...]:
+    """Every budget of an organization (one query)."""
+    rows = Budget.objects.filter(organization_id=organization_id).values_list(
+        "id", "scope", "scope_id", "period", "limit_usd", "mode"
+    )
+    return tuple(BudgetInfo(*row) for row in rows)
+
+
+def budgets_applicable(ctx: AdmissionContext, budgets: tuple[BudgetInfo, ...]) -> list[BudgetInfo]:
+    ids = ctx.scope_ids()
+    out = [
+        b
+        for b in budgets
+        if b.scope == BudgetScope.ORGANIZATION or (ids.get(b.scope) == b.scope_id)
+    ]
+    out.sort(key=lambda b: (LAYER_ORDER[b.scope], b.id))
+    return out
+
+
+def budgets_query(ctx: AdmissionContext) -> list[BudgetInfo]:
+    """The applicable budgets straight from the database (one query)."""
+    q = Q(scope=BudgetScope.ORGANIZATION)
+    for scope, scope_id in ctx.scope_ids().items():
+        if scope_id is not None:
+            q |= Q(scope=scope, scope_id=scope_id)
+    rows = (
+        Budget.objects.filter(organization_id=ctx.organization_id)
+        .filter(q)
+        .values_list("id", "scope", "scope_id", "period", "limit_usd", "mode")
+    )
+    out = [BudgetInfo(*row) for row in rows]
+    out.sort(key=lambda b: (LAYER_ORDER[b.scope], b.id))
+    return out
+
+
+@dataclass(slots=True)
+class UsageEventData:
+    """Metadata of a finished request (never its content); becomes a ``UsageRecord``."""
+
+    requested_model: str = ""
+    model: str = ""
+    provider: str = ""
+    deployment: str = ""
+    strategy: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_cached: int = 0
+    price_version_id: int | None = None
+    latency_ms: int | None = None
+    ttft_ms: int | None = None
+    status: str = "ok"
+    attempts: int = 1
+    fallback_used: bool = False
+    routing: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Reservation:
+    """An admitted request's hold. Pass it back to ``settle`` or ``release`` exactly once."""
+
+    request_id: str
+    ctx: AdmissionContext
+    amount: Decimal
+    tokens: int
+    backend: str
+    created_at: dt.datetime
+    deadline: dt.datetime
+    # (budget id, period start ISO, scope, limit) for every budget it counts against
+    budgets: tuple[tuple[int, str, str, Decimal], ...]
+    rate_window: dt.datetime | None = None
+    closed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def budget_periods(self) -> list[list[Any]]:
+        return [[b, start] for b, start, _scope, _limit in self.budgets]
+
+
+class AdmissionBackend(Protocol):
+    name: str
+
+    async def reserve(
+        self, request_id: str, ctx: AdmissionContext, amount: Decimal, tokens: int
+    ) -> Reservation: ...
+
+    async def settle(
+        self, reservation: Reservation, actual_cost: Decimal, usage_event: UsageEventData
+    ) -> None: ...
+
+    async def release(self, reservation: Reservation) -> None: ...
+
+
+def reservation_periods(
+    ctx: AdmissionContext, budgets: list[BudgetInfo], now: dt.datetime
+) -> tuple[tuple[int, str, str, Decimal], ...]:
+    return tuple(
+        (b.id, period_start(b.period, now, ctx.time_zone).isoformat(), b.scope, b.limit_usd)
+        for b in budgets
+    )
+
+
+def deadline_for(now: dt.datetime) -> dt.datetime:
+    return now + dt.timedelta(seconds=settings.BILLING_RESERVATION_TTL)
+
+
+def reservation_insert(res: Reservation) -> None:
+    from billing.models import Reservation as Row
+
+    Row.objects.create(
+        request_id=res.request_id,
+        organization_id=res.ctx.organization_id,
+        backend=res.backend,
+        amount=res.amount,
+        tokens=res.tokens,
+        key_id=res.ctx.key_id,
+        budget_periods=res.budget_periods,
+        rate_window=res.rate_window,
+        created_at=res.created_at,
+        deadline=res.deadline,
+    )
+
+
+def usage_event_insert(
+    res: Reservation, actual_cost: Decimal, data: UsageEventData, *, db_held: bool
+) -> None:
+    """Inside the settle transaction: the durable usage event."""
+    ctx = res.ctx
+    payload = asdict(data)
+    payload.update(
+        department_id=ctx.department_id,
+        team_id=ctx.team_id,
+        project_id=ctx.project_id,
+        member_id=ctx.member_id,
+        key_id=ctx.key_id,
+    )
+    UsageEvent.objects.create(
+        request_id=res.request_id,
+        organization_id=ctx.organization_id,
+        backend=res.backend,
+        db_held=db_held,
+        cost=actual_cost,
+        budget_periods=res.budget_periods,
+        data=payload,
+        created_at=res.created_at,
+    )
+
+
+def settle_rows(
+    res: Reservation, actual_cost: Decimal, data: UsageEventData, *, db_held: bool
+) -> bool:
+    """Delete the reservation row and write the usage event, atomically. True when the row was
+    still there (False: reconciliation released it, or it was never persisted)."""
+    from billing.models import Reservation as Row
+
+    with transaction.atomic():
+        deleted, _ = Row.objects.filter(request_id=res.request_id).delete()
+        usage_event_insert(res, actual_cost, data, db_held=db_held)
+    return bool(deleted)
+
+
+def check_open(res: Reservation) -> None:
+    if res.closed:
+        raise RuntimeError(f"reservation {res.request_id} was already settled or released")
+    res.closed = True

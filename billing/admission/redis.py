@@ -1,0 +1,499 @@
+"""The Redis admission backend (production): one Lua script per reserve, one per settle.
+
+Counters are integer nano-dollars (Redis integers; Lua compares them as doubles, exact below
+2**53 nano = $9 million per counter). Reservations round up, limits and balances round down.
+
+Keys (``P`` = settings.BILLING_REDIS_PREFIX, ``{oN}`` = the organization's hash tag)::
+
+    P:{oN}:epoch               counters are built (absent after a restart: rebuild first)
+    P:{oN}:bal                 available balance = balance - unposted usage - open holds
+    P:{oN}:bud:<id>:<start>    a budget's spend + holds in the period starting at <start>
+    P:{oN}:rl:<key>:<minute>:r / :t   requests / tokens of a key in one minute
+    P:{oN}:res:<request id>    an open reservation (amount, tokens, counters it holds)
+    P:{oN}:open                the organization's open reservations
+    P:deadlines                every open reservation by deadline (reconciliation)
+
+Durability: after the reserve script, the reservation row is written to the database in the
+background (overlapping the provider call); settle awaits it, then deletes the row and writes the
+usage event in one transaction, then runs the settle script. The database therefore always holds
+what a rebuild needs: posted spend (``BudgetUsage.spent``), unposted usage events and open
+reservations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import math
+import threading
+import time
+import uuid
+import weakref
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from pathlib import Path
+from typing import Any
+
+import redis as redis_sync
+import redis.asyncio as redis_async
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from billing.admission.base import (
+    AdmissionContext,
+    BudgetInfo,
+    Reservation,
+    UsageEventData,
+    budgets_applicable,
+    budgets_load,
+    check_open,
+    deadline_for,
+    reservation_insert,
+    settle_rows,
+)
+from billing.errors import AdmissionUnavailable, BalanceExhausted, BudgetExceeded, RateLimited
+from billing.models import BillingAccount, BudgetUsage, UsageEvent, UsageRecord
+from billing.models import Reservation as ReservationRow
+from billing.periods import period_bounds
+from orgs.models import Organization
+
+LUA_DIR = Path(__file__).with_name("lua")
+NANO = Decimal(10) ** 9
+BUDGET_CACHE_TTL = 1.0  # seconds a process trusts its copy of an organization's budgets
+REBUILD_WAIT = 3.0  # seconds a reserve waits for another process's rebuild
+MAX_CONNECTIONS = 50  # per process and event loop; callers wait for a free connection
+
+
+def nano_ceil(amount: Decimal) -> int:
+    return int((amount * NANO).to_integral_value(rounding=ROUND_CEILING))
+
+
+def nano_floor(amount: Decimal) -> int:
+    return int((amount * NANO).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def _script(name: str) -> str:
+    return (LUA_DIR / f"{name}.lua").read_text()
+
+
+class Keys:
+    def __init__(self, prefix: str, organization_id: int) -> None:
+        self.base = f"{prefix}:{{o{organization_id}}}"
+        self.epoch = f"{self.base}:epoch"
+        self.bal = f"{self.base}:bal"
+        self.open = f"{self.base}:open"
+        self.lock = f"{self.base}:rebuild"
+        self.deadlines = f"{prefix}:deadlines"
+        self.res_prefix = f"{self.base}:res:"
+
+    def res(self, request_id: str) -> str:
+        return f"{self.res_prefix}{request_id}"
+
+    def budget(self, budget_id: int, start: dt.datetime) -> str:
+        return f"{self.base}:bud:{budget_id}:{int(start.timestamp())}"
+
+    def rate(self, key_id: int, minute: int) -> tuple[str, str]:
+        return f"{self.base}:rl:{key_id}:{minute}:r", f"{self.base}:rl:{key_id}:{minute}:t"
+
+
+class RedisBackend:
+    name = "redis"
+
+    def __init__(self, url: str | None = None, prefix: str | None = None) -> None:
+        self.url = url or settings.REDIS_URL
+        self.prefix = prefix or settings.BILLING_REDIS_PREFIX
+        self._sync: redis_sync.Redis | None = None
+        self._async: weakref.WeakKeyDictionary[Any, redis_async.Redis] = weakref.WeakKeyDictionary()
+        self._budgets: dict[int, tuple[float, tuple[BudgetInfo, ...], str]] = {}
+        self._lock = threading.Lock()
+        self._sources = {n: _script(n) for n in ("reserve", "settle", "rebuild", "credit")}
+        self.rebuilds = 0  # for tests and metrics
+
+    # -- clients -------------------------------------------------------------------------
+    @property
+    def sync(self) -> redis_sync.Redis:
+        if self._sync is None:
+            self._sync = redis_sync.Redis.from_url(self.url, decode_responses=True)
+        return self._sync
+
+    def _client(self) -> tuple[redis_async.Redis, dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        client = self._async.get(loop)
+        if client is None:
+            pool = redis_async.BlockingConnectionPool.from_url(
+                self.url, max_connections=MAX_CONNECTIONS, timeout=5, decode_responses=True
+            )
+            client = redis_async.Redis(connection_pool=pool)
+            client.billing_scripts = {  # type: ignore[attr-defined]
+                n: client.register_script(src) for n, src in self._sources.items()
+            }
+            self._async[loop] = client
+        return client, client.billing_scripts  # type: ignore[attr-defined]
+
+    def _sync_script(self, name: str) -> Any:
+        return self.sync.register_script(self._sources[name])
+
+    def keys(self, organization_id: int) -> Keys:
+        return Keys(self.prefix, organization_id)
+
+    # -- budgets (cached per process for BUDGET_CACHE_TTL) ---------------------------------
+    def _cached_budgets(self, organization_id: int) -> tuple[tuple[BudgetInfo, ...], str] | None:
+        hit = self._budgets.get(organization_id)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1], hit[2]
+
+    def _load_budgets(self, organization_id: int) -> tuple[tuple[BudgetInfo, ...], str]:
+        budgets = budgets_load(organization_id)
+        tz = (
+            Organization.objects.filter(pk=organization_id)
+            .values_list("time_zone", flat=True)
+            .first()
+        ) or "UTC"
+        with self._lock:
+            self._budgets[organization_id] = (time.monotonic() + BUDGET_CACHE_TTL, budgets, tz)
+        return budgets, tz
+
+    def budgets_changed(self, organization_id: int) -> None:
+        with self._lock:
+            self._budgets.pop(organization_id, None)
+
+    # -- reserve ---------------------------------------------------------------------------
+    async def reserve(
+        self, request_id: str, ctx: AdmissionContext, amount: Decimal, tokens: int
+    ) -> Reservation:
+        if amount < 0 or tokens < 0:
+            raise ValueError("amount and tokens cannot be negative")
+        cached = self._cached_budgets(ctx.organization_id)
+        if cached is None:
+            cached = await sync_to_async(self._load_budgets, thread_sensitive=True)(
+                ctx.organization_id
+            )
+        all_budgets, _tz = cached
+        budgets = budgets_applicable(ctx, all_budgets)
+        now = timezone.now()
+        k = self.keys(ctx.organization_id)
+        limited = ctx.key_id is not None and (
+            ctx.rpm_limit is not None or ctx.tpm_limit is not None
+        )
+        epoch_seconds = now.timestamp()
+        minute = int(epoch_seconds // 60)
+        rate_r, rate_t = k.rate(ctx.key_id or 0, minute)
+        counter_keys, limits, ttls, periods = [], [], [], []
+        for b in budgets:
+            start, end = period_bounds(b.period, now, ctx.time_zone)
+            counter_keys.append(k.budget(b.id, start))
+            limits.append(str(nano_floor(b.limit_usd)) if b.blocks else "-1")
+            ttls.append(str(int((end - now).total_seconds()) + 86400) if end else "0")
+            periods.append((b.id, start.isoformat(), b.scope, b.limit_usd))
+        deadline = deadline_for(now)
+        member = f"{ctx.organization_id}|{request_id}"
+        keys = [k.epoch, k.bal, k.res(request_id), k.deadlines, k.open, rate_r, rate_t]
+        keys += counter_keys
+        args = [
+            str(nano_ceil(amount)),
+            str(tokens),
+            str(ctx.rpm_limit if limited and ctx.rpm_limit is not None else -1),
+            str(ctx.tpm_limit if limited and ctx.tpm_limit is not None else -1),
+            str(int(deadline.timestamp())),
+            member,
+            "120",
+            *limits,
+            *ttls,
+        ]
+        client, scripts = self._client()
+        result = await scripts["reserve"](keys=keys, args=args, client=client)
+        if result[0] == "rebuild":
+            await self._await_rebuild(ctx.organization_id)
+            result = await scripts["reserve"](keys=keys, args=args, client=client)
+            if result[0] == "rebuild":
+                raise AdmissionUnavailable()
+        status = result[0]
+        if status == "rate":
+            retry = max(1, math.ceil(60 - epoch_seconds % 60))  # the minute window's end
+            raise RateLimited(limit=result[1], retry_after=retry)
+        if status == "budget":
+            b = budgets[int(result[1]) - 1]
+            raise BudgetExceeded(layer=b.scope, scope_id=b.scope_id, budget_id=b.id)
+        if status == "balance":
+            raise BalanceExhausted(organization_id=ctx.organization_id)
+        if status == "duplicate":
+            raise ValueError(f"request id {request_id} already holds a reservation")
+        res = Reservation(
+            request_id=request_id,
+            ctx=ctx,
+            amount=amount,
+            tokens=tokens,
+            backend=self.name,
+            created_at=now,
+            deadline=deadline,
+            budgets=tuple(periods),
+            rate_window=now.replace(second=0, microsecond=0) if limited else None,
+        )
+        res.extra["counter_keys"] = counter_keys
+        res.extra["rate_key"] = rate_t if limited else ""
+        # Durable copy, written while the provider answers; settle / release await it.
+        res.extra["persist"] = asyncio.ensure_future(
+            sync_to_async(reservation_insert, thread_sensitive=True)(res)
+        )
+        return res
+
+    async def _await_rebuild(self, organization_id: int) -> None:
+        deadline = time.monotonic() + REBUILD_WAIT
+        client, _ = self._client()
+        epoch = self.keys(organization_id).epoch
+        while time.monotonic() < deadline:
+            if await client.exists(epoch):  # built meanwhile (by us or another process)
+                return
+            built = await sync_to_async(self.rebuild_sync, thread_sensitive=True)(organization_id)
+            if built:
+                return
+            await asyncio.sleep(0.05)  # another process holds the rebuild lock
+
+    # -- settle / release ------------------------------------------------------------------
+    async def _persisted(self, res: Reservation) -> None:
+        task = res.extra.get("persist")
+        if task is None:
+            return
+        if task.done() and task.cancelled():  # its event loop ended before it ran
+            res.extra["persist_failed"] = True
+            return
+        try:
+            await task
+        except Exception:  # the Redis hold is still reconciled by its deadline
+            res.extra["persist_failed"] = True
+
+    def _settle_keys(self, res: Reservation) -> list[str]:
+        k = self.keys(res.ctx.organization_id)
+        return [
+            k.epoch,
+            k.bal,
+            k.res(res.request_id),
+            k.deadlines,
+            k.open,
+            res.extra.get("rate_key", ""),
+            *res.extra.get("counter_keys", []),
+        ]
+
+    async def settle(
+        self, reservation: Reservation, actual_cost: Decimal, usage_event: UsageEventData
+    ) -> None:
+        check_open(reservation)
+        await self._persisted(reservation)
+        await sync_to_async(settle_rows, thread_sensitive=True)(
+            reservation, actual_cost, usage_event, db_held=False
+        )
+        await self.settle_counters(
+            reservation, actual_cost, usage_event.tokens_in + usage_event.tokens_out
+        )
+
+    async def settle_counters(self, res: Reservation, actual_cost: Decimal, tokens: int) -> bool:
+        """The Redis half of settle (after the usage event is in the database). While the
+        organization's counters are being rebuilt it waits for them, so the rebuild and this
+        settle never both count (or both miss) the request. False when the counters could not
+        be reached in time: the next rebuild counts the event from the database."""
+        client, scripts = self._client()
+        args = [
+            str(nano_ceil(actual_cost)),
+            f"{res.ctx.organization_id}|{res.request_id}",
+            str(tokens),
+            "settle",
+        ]
+        deadline = time.monotonic() + REBUILD_WAIT
+        while True:
+            done = await scripts["settle"](keys=self._settle_keys(res), args=args, client=client)
+            if int(done) != -1:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await self._await_rebuild(res.ctx.organization_id)
+
+    async def release(self, reservation: Reservation) -> None:
+        check_open(reservation)
+        await self._persisted(reservation)
+        await sync_to_async(_row_delete, thread_sensitive=True)(reservation.request_id)
+        client, scripts = self._client()
+        await scripts["settle"](
+            keys=self._settle_keys(reservation),
+            args=[
+                "0",
+                f"{reservation.ctx.organization_id}|{reservation.request_id}",
+                "0",
+                "release",
+            ],
+            client=client,
+        )
+
+    # -- balance changes ---------------------------------------------------------------------
+    def balance_changed(self, organization_id: int, delta: Decimal) -> None:
+        k = self.keys(organization_id)
+        nano = nano_floor(delta) if delta > 0 else -nano_ceil(-delta)
+        self._sync_script("credit")(keys=[k.epoch, k.bal], args=[str(nano)])
+
+    # -- rebuild -------------------------------------------------------------------------------
+    def invalidate(self, organization_id: int) -> None:
+        """Drop the organization's epoch: the next reserve rebuilds its counters."""
+        self.sync.delete(self.keys(organization_id).epoch)
+        self.budgets_changed(organization_id)
+
+    def rebuild_sync(self, organization_id: int, *, force: bool = False) -> bool:
+        """Recompute the organization's counters from the database. False when another process
+        holds the rebuild lock."""
+        k = self.keys(organization_id)
+        token = uuid.uuid4().hex
+        if not self.sync.set(k.lock, token, nx=True, px=30_000):
+            return False
+        try:
+            if not force and self.sync.exists(k.epoch):
+                return True  # another caller rebuilt while we waited for the lock
+
+            payload = self.snapshot(organization_id)
+            payload["epoch"] = uuid.uuid4().hex
+            self._sync_script("rebuild")(
+                keys=[k.epoch, k.bal, k.open, k.deadlines], args=[json.dumps(payload)]
+            )
+            self.rebuilds += 1
+            self.budgets_changed(organization_id)
+            return True
+        finally:
+            if self.sync.get(k.lock) == token:
+                self.sync.delete(k.lock)
+
+    def snapshot(self, organization_id: int) -> dict[str, Any]:
+        """What the counters must hold, computed from one consistent database read."""
+        k = self.keys(organization_id)
+        now = timezone.now()
+        outermost = not connection.in_atomic_block
+        with transaction.atomic():
+            if outermost and connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            tz = (
+                Organization.objects.filter(pk=organization_id)
+                .values_list("time_zone", flat=True)
+                .first()
+            ) or "UTC"
+            budgets = budgets_load(organization_id)
+            bounds = {b.id: period_bounds(b.period, now, tz) for b in budgets}
+            spent = {
+                (b, s.isoformat()): v
+                for b, s, v in BudgetUsage.objects.filter(
+                    budget_id__in=list(bounds),
+                ).values_list("budget_id", "period_start", "spent")
+                if bounds[b][0] == s
+            }
+            events = list(
+                UsageEvent.objects.filter(organization_id=organization_id).values_list(
+                    "request_id", "cost", "budget_periods"
+                )
+            )
+            rows = list(ReservationRow.objects.filter(organization_id=organization_id))
+            balance = (
+                BillingAccount.objects.filter(organization_id=organization_id)
+                .values_list("balance", flat=True)
+                .first()
+            ) or Decimal(0)
+        used: dict[tuple[int, str], Decimal] = {
+            (b.id, bounds[b.id][0].isoformat()): Decimal(0) for b in budgets
+        }
+        for key, value in spent.items():
+            used[key] += value
+        pending = Decimal(0)
+        reservations: list[dict[str, Any]] = []
+        for request_id, cost, periods in events:
+            pending += cost
+            for b, s in periods:
+                if (b, s) in used:
+                    used[(b, s)] += cost
+            # counted here: its settle, if still to come, must not count it again
+            reservations.append({"hash": k.res(request_id), "settled": "1"})
+        for row in rows:
+            pending += row.amount
+            counter_keys = []
+            for b, s in row.budget_periods:
+                if (b, s) in used:
+                    used[(b, s)] += row.amount
+                counter_keys.append(k.budget(b, dt.datetime.fromisoformat(s)))
+            rate = ""
+            if row.rate_window is not None and row.key_id is not None:
+                rate = k.rate(row.key_id, int(row.rate_window.timestamp() // 60))[1]
+            reservations.append(
+                {
+                    "hash": k.res(row.request_id),
+                    "member": f"{organization_id}|{row.request_id}",
+                    "amt": str(nano_ceil(row.amount)),
+                    "tok": str(row.tokens),
+                    "keys": " ".join(counter_keys),
+                    "rate": rate,
+                    "deadline": str(int(row.deadline.timestamp())),
+                }
+            )
+        counters = {}
+        for b in budgets:
+            start, end = bounds[b.id]
+            ttl = int((end - now).total_seconds()) + 86400 if end else 0
+            counters[k.budget(b.id, start)] = [str(nano_ceil(used[(b.id, start.isoformat())])), ttl]
+        return {
+            "balance": str(nano_floor(balance) - nano_ceil(pending)),
+            "counters": counters or {},
+            "reservations": reservations,
+            "hash_prefix": k.res_prefix,
+        }
+
+    def counters_read(self, organization_id: int) -> dict[str, Any]:
+        """The organization's live counters (tests and the console)."""
+        k = self.keys(organization_id)
+        found = {}
+        for key in self.sync.scan_iter(match=f"{k.base}:bud:*", count=500):
+            found[key] = self.sync.get(key)
+        return {"epoch": self.sync.get(k.epoch), "balance": self.sync.get(k.bal), "budgets": found}
+
+    # -- reconciliation -------------------------------------------------------------------------
+    def reconcile_sync(self, *, now: dt.datetime | None = None) -> dict[str, int]:
+        """Close reservations past their deadline (a process died mid-request): settle them
+        in Redis when their usage event reached the database, release them otherwise."""
+        now = now or timezone.now()
+        cutoff = now.timestamp()
+        settled = released = 0
+        members = self.sync.zrangebyscore(
+            f"{self.prefix}:deadlines", "-inf", cutoff, start=0, num=1000
+        )
+        for member in members:
+            org_text, request_id = member.split("|", 1)
+            organization_id = int(org_text)
+            k = self.keys(organization_id)
+            held = self.sync.hgetall(k.res(request_id))
+            cost = (
+                UsageEvent.objects.filter(request_id=request_id)
+                .values_list("cost", flat=True)
+                .first()
+            )
+            if cost is None:
+                cost = (
+                    UsageRecord.objects.filter(request_id=request_id)
+                    .values_list("cost", flat=True)
+                    .first()
+                )
+            ReservationRow.objects.filter(request_id=request_id).delete()
+            keys = [k.epoch, k.bal, k.res(request_id), k.deadlines, k.open, held.get("rate", "")]
+            keys += [key for key in held.get("keys", "").split(" ") if key]
+            if not held:
+                self.sync.zrem(k.deadlines, member)
+                continue
+            args = (
+                ["0", member, "0", "release"]
+                if cost is None
+                else [str(nano_ceil(cost)), member, held.get("tok", "0"), "reconcile"]
+            )
+            if self._sync_script("settle")(keys=keys, args=args):
+                if cost is None:
+                    released += 1
+                else:
+                    settled += 1
+        return {"settled": settled, "released": released}
+
+
+def _row_delete(request_id: str) -> None:
+    ReservationRow.objects.filter(request_id=request_id).delete()

@@ -1,0 +1,132 @@
+"""Input serializers check shapes (services check rules and amounts); output ones render.
+Amounts travel as decimal strings; floats are refused by the services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from billing.models import Budget, LedgerEntry, Notification, UsageRecord
+
+# --- input ----------------------------------------------------------------------------------
+
+
+class TopupIn(serializers.Serializer):
+    amount = serializers.JSONField(help_text='USD as a decimal string, e.g. "2500.00".')
+    reference = serializers.CharField(max_length=200, help_text="The transfer's bank reference.")
+
+
+class ReasonIn(serializers.Serializer):
+    amount = serializers.JSONField(help_text="USD as a decimal string.")
+    reason = serializers.CharField(max_length=500)
+
+
+class BudgetCreateIn(serializers.Serializer):
+    scope = serializers.CharField()
+    scope_id = serializers.IntegerField(required=False, allow_null=True)
+    period = serializers.CharField()
+    limit_usd = serializers.JSONField()
+    mode = serializers.CharField(required=False, default="block")
+    thresholds = serializers.JSONField(required=False)
+    name = serializers.CharField(required=False, allow_blank=True, default="")
+    notify_emails = serializers.JSONField(required=False)
+    webhook_url = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class BudgetUpdateIn(serializers.Serializer):
+    name = serializers.CharField(required=False, allow_blank=True)
+    limit_usd = serializers.JSONField(required=False)
+    mode = serializers.CharField(required=False)
+    thresholds = serializers.JSONField(required=False)
+    notify_emails = serializers.JSONField(required=False)
+    webhook_url = serializers.CharField(required=False, allow_blank=True)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError(
+                {name: ["This field cannot be changed."] for name in unknown}
+            )
+        return attrs
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+class BalanceOut(serializers.Serializer):
+    organization = serializers.CharField()
+    currency = serializers.CharField()
+    balance = serializers.DecimalField(max_digits=24, decimal_places=12)
+    pending = serializers.DecimalField(
+        max_digits=24, decimal_places=12, help_text="Open holds and usage not yet posted."
+    )
+    available = serializers.DecimalField(max_digits=24, decimal_places=12)
+
+
+class LedgerEntryOut(serializers.ModelSerializer):
+    created_by = serializers.SerializerMethodField()
+
+    class Meta:
+        model = LedgerEntry
+        fields = [
+            "id",
+            "kind",
+            "amount",
+            "balance_after",
+            "reference",
+            "reason",
+            "created_by",
+            "created_at",
+        ]
+
+    def get_created_by(self, obj: LedgerEntry) -> str | None:
+        return obj.created_by.get_username() if obj.created_by else None
+
+
+class BudgetOut(serializers.ModelSerializer):
+    spent = serializers.SerializerMethodField()
+    period_start = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Budget
+        fields = [
+            "id",
+            "name",
+            "scope",
+            "scope_id",
+            "node",
+            "period",
+            "limit_usd",
+            "mode",
+            "thresholds",
+            "notify_emails",
+            "webhook_url",
+            "period_start",
+            "spent",
+            "created_at",
+            "updated_at",
+        ]
+
+    def _current(self, obj: Budget) -> Any:
+        return self.context.get("current", {}).get(obj.pk, (None, None))
+
+    def get_spent(self, obj: Budget) -> str | None:
+        spent = self._current(obj)[1]
+        return None if spent is None else str(spent)
+
+    def get_period_start(self, obj: Budget) -> str | None:
+        start = self._current(obj)[0]
+        return None if start is None else start.isoformat()
+
+
+class NotificationOut(serializers.ModelSerializer):
+    class Meta:
+        model = Notification
+        fields = ["id", "kind", "budget", "title", "body", "data", "created_at", "read_at"]
+
+
+class UsageRecordOut(serializers.ModelSerializer):
+    class Meta:
+        model = UsageRecord
+        exclude = ["organization", "ledger_entry", "recorded_at"]

@@ -1,0 +1,26 @@
+"""Billing routes, mounted at /api/ by megarouter/urls.py."""
+
+from django.urls import include, path
+from rest_framework.routers import SimpleRouter
+
+from billing.api import views
+
+scoped = SimpleRouter()
+scoped.register("billing/ledger", views.LedgerViewSet, basename="ledger-entry")
+scoped.register("billing/notifications", views.NotificationViewSet, basename="notification")
+scoped.register("budgets", views.BudgetViewSet, basename="budget")
+scoped.register("usage", views.UsageViewSet, basename="usage-record")
+
+balance = views.BalanceViewSet.as_view({"get": "balance"})
+topup = views.BalanceViewSet.as_view({"post": "topup"})
+refund = views.BalanceViewSet.as_view({"post": "refund"})
+adjust = views.BalanceViewSet.as_view({"post": "adjust"})
+
+urlpatterns = [
+    path("billing/webhooks/payments/", views.PaymentWebhookView.as_view(), name="payment-webhook"),
+    path("orgs/<slug:org_slug>/billing/balance/", balance, name="billing-balance"),
+    path("orgs/<slug:org_slug>/billing/topups/", topup, name="billing-topup"),
+    path("orgs/<slug:org_slug>/billing/refunds/", refund, name="billing-refund"),
+    path("orgs/<slug:org_slug>/billing/adjustments/", adjust, name="billing-adjust"),
+    path("orgs/<slug:org_slug>/", include(scoped.urls)),
+]

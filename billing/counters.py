@@ -1,0 +1,22 @@
+"""Hooks services call after commit so the admission counters follow balance and budget
+changes (the Redis backend keeps its own copy; the database backend reads the rows)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+
+def balance_changed(organization_id: int, delta: Decimal) -> None:
+    from billing.admission import get_backend
+
+    backend = get_backend()
+    if hasattr(backend, "balance_changed"):
+        backend.balance_changed(organization_id, delta)
+
+
+def budgets_changed(organization_id: int) -> None:
+    from billing.admission import get_backend
+
+    backend = get_backend()
+    if hasattr(backend, "budgets_changed"):
+        backend.budgets_changed(organization_id)
