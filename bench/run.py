@@ -375,6 +375,13 @@ def main() -> int:
             )
         names = [t.name for t in targets]
         print(f"[bench] targets up: {names}; warming up", flush=True)
+        # Several connections, so every worker has served (and imported what it imports
+        # lazily) before anything is measured; one connection would warm one worker only.
+        for target in targets:
+            script = h.wrk_script(
+                tmp / f"warm-{target.name}.lua", target.models["fast"], target.key
+            )
+            h.wrk(target.url + target.path(), script, 16, 2)
         h.run_async(interleaved(targets, "fast", 20, 20, stream=False))
         results["rss_idle_mib"] = idle_rss(targets)
 

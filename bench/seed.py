@@ -26,6 +26,7 @@ balance is topped up; the JSON says which pieces are wired into the gateway's pi
 from __future__ import annotations
 
 import json
+import os
 import sys
 from decimal import Decimal
 from typing import Any
@@ -191,6 +192,7 @@ def usage(organization_id: int) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "megarouter.settings")
     django.setup()
     if argv[:1] == ["--usage"]:
         print(json.dumps(usage(int(argv[1]))))

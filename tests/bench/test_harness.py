@@ -145,7 +145,7 @@ def test_sustained_picks_the_best_step_within_limits() -> None:
 def test_stalls_counts_gaps_beyond_pace_plus_threshold() -> None:
     arrivals = [0.0, 0.020, 0.040, 0.200, 0.220, 0.400]  # gaps: 20, 20, 160, 20, 180 ms
     assert h.stalls(arrivals, pace_ms=20, threshold_ms=100) == pytest.approx([160.0, 180.0])
-    assert h.stalls(arrivals, pace_ms=20, threshold_ms=170) == pytest.approx([180.0])
+    assert h.stalls(arrivals, pace_ms=20, threshold_ms=150) == pytest.approx([180.0])
     assert h.stalls([0.0], pace_ms=20) == []
 
 
