@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -53,6 +54,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--model", default="bench-fast")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=0,
+        help="instead of wrk: this many concurrent paced streams (64 x 20 ms), repeated",
+    )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--database-url", default=h.DEFAULT_DATABASE_URL)
     parser.add_argument("--redis-url", default=h.DEFAULT_REDIS_URL)
@@ -103,9 +110,22 @@ def main() -> int:
                 )
             )
         result: dict = {}
-        load = threading.Thread(
-            target=lambda: result.update(h.wrk(url, script, args.connections, args.seconds + 1))
-        )
+
+        def streams() -> None:
+            from bench.run import Target, streams_at
+
+            target = Target(
+                "megarouter", port, seeded["key"], {"stream": "benchsim/bench-stream"}, list
+            )
+            deadline = time.monotonic() + args.seconds
+            while time.monotonic() < deadline:
+                row = h.run_async(streams_at(target, args.streams))
+                print(f"[profile] {row}", flush=True)
+
+        def requests() -> None:
+            result.update(h.wrk(url, script, args.connections, args.seconds + 1))
+
+        load = threading.Thread(target=streams if args.streams else requests)
         load.start()
         for spy in spies:
             spy.wait(args.seconds + 60)
@@ -119,11 +139,12 @@ def main() -> int:
             own.update(o)
             total.update(t)
             samples += n
-    print(
-        f"[profile] wrk c={args.connections}: {result.get('rps', 0):.0f} req/s, "
-        f"p50 {result.get('p50', 0):.2f} ms, p99 {result.get('p99', 0):.2f} ms; "
-        f"{samples} samples on the CPU over {len(raws)} workers"
-    )
+    if not args.streams:
+        print(
+            f"[profile] wrk c={args.connections}: {result.get('rps', 0):.0f} req/s, "
+            f"p50 {result.get('p50', 0):.2f} ms, p99 {result.get('p99', 0):.2f} ms"
+        )
+    print(f"[profile] {samples} samples on the CPU over {len(raws)} workers")
     if not samples:
         print("[profile] no samples (py-spy needs ptrace: run as root or with CAP_SYS_PTRACE)")
         return 1

@@ -68,7 +68,7 @@ class Mode:
         self.ttft_n = 150 if quick else 1500
         self.warmup = 50 if quick else 200
         self.step_seconds = 3 if quick else 10
-        self.ladder = [16, 64, 256] if quick else [8, 16, 32, 64, 128, 256, 512]
+        self.ladder = [4, 16, 64, 256] if quick else [1, 4, 8, 16, 32, 64, 128, 256, 512]
         self.streams = [100, 500] if quick else [100, 250, 500, 750, 1000]
 
 
