@@ -156,9 +156,13 @@ def render_table(results: dict[str, Any]) -> str:
     routing = results.get("routing_decision") or {}
     lines.append(
         "| routing decision | | "
-        + (routing.get("skipped") or routing.get("error") or "see JSON (routing_decision)")
+        + (routing.get("skipped") or routing.get("error") or "below (bench/routing_decision.py)")
         + " | | < 1 ms | |"
     )
+    if routing.get("output"):
+        lines += ["", "Routing decision, in process (microseconds):", "", "```"]
+        lines += routing["output"].splitlines()
+        lines.append("```")
     lines.append("")
     lines.append("Streams per step (stalls = gaps > 120 ms between content events):")
     lines.append("")

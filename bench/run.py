@@ -292,7 +292,16 @@ def main() -> int:
     parser.add_argument(
         "--redis-url", default=os.environ.get("BENCH_REDIS_URL", h.DEFAULT_REDIS_URL)
     )
+    parser.add_argument(
+        "--render", metavar="JSON", help="only print (and write into the docs) a stored result"
+    )
     args = parser.parse_args()
+    if args.render:
+        table = render_table(orjson.loads(Path(args.render).read_bytes()))
+        print(table)
+        if not args.no_docs:
+            update_docs(h.ROOT / "docs" / "performance.md", table)
+        return 0
     mode = Mode(args.quick)
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
     results: dict[str, Any] = {

@@ -48,9 +48,11 @@ class TcpProxy:
         if not self._thread.is_alive():
             return
         with contextlib.suppress(Exception):
-            self._call(self._close_all(close_server=True))
+            self._call(self._shutdown())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
@@ -79,6 +81,14 @@ class TcpProxy:
         if self._server is None:
             await self._listen()
         self._flowing.set()
+
+    async def _shutdown(self) -> None:
+        await self._close_all(close_server=True)
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _close_all(self, *, close_server: bool) -> None:
         if close_server and self._server is not None:
