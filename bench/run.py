@@ -70,6 +70,7 @@ class Mode:
         self.step_seconds = 3 if quick else 10
         self.ladder = [4, 16, 64, 256] if quick else [1, 4, 8, 16, 32, 64, 128, 256, 512]
         self.streams = [100, 500] if quick else [100, 250, 500, 750, 1000]
+        self.stream_timeout_s = 20.0 if quick else 60.0
 
 
 # ---------------------------------------------------------------- targets
@@ -182,8 +183,10 @@ async def interleaved(
     }
 
 
-async def streams_at(target: Target, count: int) -> dict[str, Any]:
-    """``count`` concurrent paced streams; gaps between content events beyond pace + 100 ms."""
+async def streams_at(target: Target, count: int, timeout_s: float = 60.0) -> dict[str, Any]:
+    """``count`` concurrent paced streams; gaps between content events beyond pace + 100 ms.
+    Streams still running after ``timeout_s`` are cancelled and counted as errors (a 64 x
+    20 ms stream takes 1.3 s; a server that needs a minute has failed the step anyway)."""
 
     async def one(index: int) -> tuple[str, list[float]]:
         # Starts spread evenly over one second: streams in phase would put every stream's
@@ -205,7 +208,12 @@ async def streams_at(target: Target, count: int) -> dict[str, Any]:
         return "ok", reply.content_times
 
     started = time.perf_counter()
-    results = await asyncio.gather(*(one(i) for i in range(count)))
+    tasks = [asyncio.ensure_future(one(i)) for i in range(count)]
+    done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    results = [t.result() for t in tasks if t in done] + [("timeout", [])] * len(pending)
     wall = time.perf_counter() - started
     gaps: list[float] = []
     stalled_streams = 0
@@ -428,7 +436,7 @@ def main() -> int:
         stream_rows: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
         for count in mode.streams:
             for target in targets:
-                row = h.run_async(streams_at(target, count))
+                row = h.run_async(streams_at(target, count, mode.stream_timeout_s))
                 stream_rows[target.name].append(row)
                 print(f"  {target.name:10} {row}", flush=True)
         results["streams"] = stream_rows
