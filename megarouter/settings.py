@@ -128,6 +128,11 @@ STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Failed gateway key attempts allowed per client address per minute (0 turns the limit off).
+MEGAROUTER_AUTH_FAILURES_PER_MINUTE = env.int(
+    "MEGAROUTER_AUTH_FAILURES_PER_MINUTE", 30, min_value=0
+)
+
 # Caches: Redis when configured (shared by every process), otherwise in-process memory.
 if REDIS_URL:
     CACHES = {
@@ -135,6 +140,11 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "mr",
+            # Bounded waits: a dead or hung Redis fails fast so callers can fall back.
+            "OPTIONS": {
+                "socket_connect_timeout": env.float("REDIS_CONNECT_TIMEOUT", 0.5, min_value=0.01),
+                "socket_timeout": env.float("REDIS_SOCKET_TIMEOUT", 1.0, min_value=0.01),
+            },
         }
     }
 else:
