@@ -23,6 +23,7 @@ so it never waits for a cache.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import functools
 import ipaddress
@@ -187,7 +188,9 @@ class KeyResolver:
         self.cache_alias = cache_alias
         self._local: dict[str, tuple[float, _Entry | None]] = {}
         self._lock = threading.Lock()
-        self.db_loads = 0  # for tests and metrics
+        self._inflight: dict[tuple[int, str], asyncio.Future[_Entry | None]] = {}
+        self.db_loads = 0  # lookups that reached the database (for tests and metrics)
+        self.shared_hits = 0  # lookups answered by the shared cache
 
     # -- tiers ---------------------------------------------------------------------------
     def _local_get(self, prefix: str) -> tuple[bool, _Entry | None]:
@@ -224,6 +227,7 @@ class KeyResolver:
             got = cache.get_many([_entry_key(prefix), _tomb_key(prefix)])
             entry = self._trusted(got, prefix)
             if entry is not None:
+                self.shared_hits += 1
                 self._local_put(prefix, entry)
                 return entry
         entry = _load(prefix)
@@ -237,12 +241,34 @@ class KeyResolver:
         found, entry = self._local_get(prefix)
         if found:
             return entry
+        # Single flight: concurrent requests for one cold key share one lookup.
+        loop = asyncio.get_running_loop()
+        flight_key = (id(loop), prefix)
+        pending = self._inflight.get(flight_key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[_Entry | None] = loop.create_future()
+        self._inflight[flight_key] = future
+        try:
+            entry = await self._fetch(prefix)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning if nobody waits
+            raise
+        else:
+            future.set_result(entry)
+            return entry
+        finally:
+            self._inflight.pop(flight_key, None)
+
+    async def _fetch(self, prefix: str) -> _Entry | None:
         cache = self._cache
         shared = _shared_cache_usable(cache)
         if shared:
             got = await cache.aget_many([_entry_key(prefix), _tomb_key(prefix)])
             entry = self._trusted(got, prefix)
             if entry is not None:
+                self.shared_hits += 1
                 self._local_put(prefix, entry)
                 return entry
         entry = await sync_to_async(_load, thread_sensitive=True)(prefix)
@@ -278,6 +304,18 @@ class KeyResolver:
             now = time.time()
             cache.set_many({_tomb_key(p): now for p in prefixes}, SHARED_TTL + 5)
             cache.delete_many([_entry_key(p) for p in prefixes])
+
+
+def raw_key_from_headers(headers: Mapping[str, str]) -> str | None:
+    """The gateway key a client sent: ``Authorization: Bearer <key>`` (OpenAI clients) or
+    ``x-api-key: <key>`` (Anthropic clients). ``headers`` is case-insensitive, like
+    ``request.headers``."""
+    authorization = headers.get("Authorization") or headers.get("authorization") or ""
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    api_key = headers.get("x-api-key") or headers.get("X-Api-Key") or ""
+    return api_key.strip() or None
 
 
 def _prefix_or_raise(raw_key: str | None) -> str:

@@ -32,7 +32,7 @@ class NewSecret:
 
 
 def digest_of(raw: str) -> str:
-    secret = settings.KEY_HMAC_SECRET.encode()
+    secret = getattr(settings, "KEY_HMAC_SECRET", settings.SECRET_KEY).encode()
     return hmac.new(secret, raw.encode(), hashlib.sha256).hexdigest()
 
 

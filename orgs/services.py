@@ -163,6 +163,46 @@ def organization_update(
 
 
 @transaction.atomic
+def organization_archive(
+    *, actor: Actor, organization: Organization, revoke_keys: bool = False
+) -> int:
+    """Close the tenant: it disappears from its members' lists and its keys stop working.
+    Owners only (at the root). Live keys must be revoked explicitly (``revoke_keys=True``).
+    Returns the number of keys revoked."""
+    organization = Organization.objects.select_for_update().get(pk=organization.pk)
+    if organization.archived_at is not None:
+        raise InvalidInput({"organization": ["The organization is already archived."]})
+    root = Node.objects.get(organization=organization, parent__isnull=True)
+    if actor.user is not None and not is_owner_over(user_id=actor.user.pk, node=root):
+        raise NotAllowed("Only an owner can archive the organization.")
+    live_keys = ApiKey.objects.filter(organization=organization, revoked_at__isnull=True)
+    live_count = live_keys.count()
+    if live_count and not revoke_keys:
+        raise InvalidInput(
+            {
+                "revoke_keys": [
+                    f"{live_count} active API key(s) belong to this organization; "
+                    "pass revoke_keys=true to revoke them with it."
+                ]
+            }
+        )
+    now = timezone.now()
+    prefixes = _prefixes_of_keys(ApiKey.objects.filter(organization=organization))
+    revoked = live_keys.update(revoked_at=now, revoked_reason="organization_archived")
+    organization.archived_at = now
+    organization.save(update_fields=["archived_at"])
+    _on_commit_invalidate(prefixes)
+    audit_event_record(
+        organization=organization,
+        actor=actor,
+        action="organization.archive",
+        target=organization,
+        changes={"revoked_keys": revoked},
+    )
+    return revoked
+
+
+@transaction.atomic
 def node_create(*, actor: Actor, parent: Node, name: str, slug: str) -> Node:
     """A child of ``parent``: its kind is the level below the parent's."""
     errors: dict[str, list[str]] = {}

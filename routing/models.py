@@ -124,6 +124,17 @@ class Model(models.Model):
     def __str__(self) -> str:
         return self.canonical_id
 
+    @property
+    def current_price(self) -> ModelPrice | None:
+        """The price version in force now (one query; the hot path uses the snapshot)."""
+        from django.utils import timezone
+
+        return (
+            self.prices.filter(effective_from__lte=timezone.now())
+            .order_by("-effective_from")
+            .first()
+        )
+
 
 class ModelPrice(models.Model):
     """One price version, in US dollars per token. Never edited after it is written: a price

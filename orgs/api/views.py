@@ -90,6 +90,17 @@ class OrganizationViewSet(
         org = _with_root(Organization.objects.filter(pk=org.pk)).get()
         return Response(s.OrganizationOut(org).data)
 
+    @extend_schema(request=s.NodeArchiveIn, responses={204: None})
+    @action(detail=True, methods=["post"])
+    def archive(self, request: Any, org_slug: str) -> Response:
+        """Owners only. Live keys must be revoked with it (``revoke_keys: true``)."""
+        org = self.get_object()
+        data = _valid(s.NodeArchiveIn, request.data)
+        services.organization_archive(
+            actor=Actor.from_request(request), organization=org, revoke_keys=data["revoke_keys"]
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
 
 def _valid(serializer_class: type[Any], data: Any, **kwargs: Any) -> dict[str, Any]:
     serializer = serializer_class(data=data, **kwargs)

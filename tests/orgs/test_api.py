@@ -476,3 +476,43 @@ def test_key_list_is_scoped_for_billing_manager(t, login):
     r = client.post("/api/orgs/alpha/keys/", {"project": t.project.pk, "name": "x"})
     assert r.status_code == 403
     assert ApiKey.objects.count() == 1
+
+
+def test_tenancy_and_permission_resolution_costs_two_queries(t, api, django_assert_num_queries):
+    """Token/session lookup aside: organization + permission, then the data itself."""
+    key = make_key(t.project, t.owner_membership).api_key
+    dev = add_member(t.team, Role.DEVELOPER)
+    for user in (t.owner, dev.user):
+        api.force_authenticate(user)
+        with django_assert_num_queries(3):  # organization, permission, the row
+            assert api.get(f"/api/orgs/alpha/keys/{key.pk}/").status_code == 200
+        with django_assert_num_queries(4):  # organization, permission, count, page
+            assert api.get("/api/orgs/alpha/keys/").json()["count"] == 1
+
+
+def test_archive_organization(t, owner, login, django_capture_on_commit_callbacks):
+    raw = make_key(t.project, t.owner_membership).raw_key
+    admin = add_member(t.root, Role.ADMIN)
+    before = snapshot()
+    r = login(admin.user).post("/api/orgs/alpha/archive/", {"revoke_keys": True})
+    assert r.status_code == 403
+    assert r.json() == {
+        "detail": "Only an owner can archive the organization.",
+        "code": "permission_denied",
+    }
+    owner = login(t.owner)
+    r = owner.post("/api/orgs/alpha/archive/", {})
+    assert r.status_code == 400 and list(r.json()) == ["revoke_keys"]
+    assert snapshot() == before
+    key_context_for_sync(raw)
+    with django_capture_on_commit_callbacks(execute=True):
+        r = owner.post("/api/orgs/alpha/archive/", {"revoke_keys": True})
+    assert r.status_code == 204
+    with pytest.raises(KeyRejected) as exc:
+        key_context_for_sync(raw)
+    assert exc.value.reason == "revoked"
+    assert owner.get("/api/orgs/").json()["count"] == 0
+    assert owner.get("/api/orgs/alpha/keys/").status_code == 404
+    assert AuditEvent.objects.filter(action="organization.archive").get().changes == {
+        "revoked_keys": 1
+    }

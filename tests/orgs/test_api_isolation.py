@@ -50,6 +50,7 @@ def _cross_org_calls(w):
     return [
         ("get", f"{base}/", None),
         ("patch", f"{base}/", {"name": "pwned"}),
+        ("post", f"{base}/archive/", {"revoke_keys": True}),
         ("get", f"{base}/nodes/", None),
         ("post", f"{base}/nodes/", {"parent": b.root.pk, "name": "x", "slug": "x"}),
         ("get", f"{base}/nodes/{node}/", None),
@@ -90,7 +91,7 @@ def test_org_a_owner_gets_404_for_everything_of_org_b(world, login):
         assert response.status_code == 404, (method, url, response.status_code)
         assert response.json() == {"detail": "Not found.", "code": "not_found"}
     assert snapshot() == before
-    assert len(calls) == 26
+    assert len(calls) == 27
 
 
 def test_org_b_ids_through_org_a_urls_are_not_found(world, login):

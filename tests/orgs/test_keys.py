@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
 import time
@@ -106,6 +107,12 @@ async def _async_lookups(committed_key):
     with pytest.raises(KeyRejected) as exc:
         await key_context_for(None)
     assert exc.value.reason == "missing"
+    # 50 concurrent requests with a cold key: one lookup
+    cold = KeyResolver()
+    contexts = await asyncio.gather(*(cold.resolve(committed_key.raw_key) for _ in range(50)))
+    assert cold.db_loads + cold.shared_hits == 1 and {c.key_id for c in contexts} == {
+        committed_key.api_key.pk
+    }
     with pytest.raises(KeyRejected) as exc:
         last = committed_key.raw_key[-1]
         await key_context_for(committed_key.raw_key[:-1] + ("x" if last != "x" else "y"))
@@ -318,3 +325,31 @@ def _ctx(**overrides):
     )
     base.update(overrides)
     return KeyContext(**base)
+
+
+def test_deactivated_user_keys_are_refused(tree, django_capture_on_commit_callbacks):
+    dev = add_member(tree.team, Role.DEVELOPER)
+    raw = make_key(tree.project, dev).raw_key
+    key_context_for_sync(raw)
+    user = dev.user
+    user.is_active = False
+    with django_capture_on_commit_callbacks(execute=True):
+        user.save()  # e.g. from the Django admin, not through an orgs service
+    assert _reason(raw) == "inactive"
+
+
+def test_raw_key_from_headers():
+    from django.http import HttpRequest
+
+    from orgs.keys import raw_key_from_headers
+
+    def headers(**meta):
+        request = HttpRequest()
+        request.META.update(meta)
+        return request.headers
+
+    assert raw_key_from_headers(headers(HTTP_AUTHORIZATION="Bearer mrk_x")) == "mrk_x"
+    assert raw_key_from_headers(headers(HTTP_AUTHORIZATION="bearer  mrk_y ")) == "mrk_y"
+    assert raw_key_from_headers(headers(HTTP_X_API_KEY="mrk_z")) == "mrk_z"
+    assert raw_key_from_headers(headers(HTTP_AUTHORIZATION="Basic abc")) is None
+    assert raw_key_from_headers(headers()) is None

@@ -132,3 +132,36 @@ def test_admin_refuses_a_new_credential_without_a_secret(admin_client):
     assert response.status_code == 200
     assert "Enter the secret." in response.content.decode()
     assert Credential.objects.count() == 0
+
+
+def test_production_refuses_to_start_without_encryption_keys():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "MEGAROUTER_ENCRYPTION_KEYS"}
+    env.update(
+        {
+            "MEGAROUTER_ENV": "production",
+            "SECRET_KEY": "x" * 40,
+            "DEBUG": "false",
+            "ALLOWED_HOSTS": "gateway.example",
+            "DATABASE_URL": "postgres://u@127.0.0.1:5432/x",
+            "REDIS_URL": "redis://127.0.0.1:6379/0",
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "megarouter: configuration error: MEGAROUTER_ENCRYPTION_KEYS: production needs at least "
+        "one Fernet key"
+    )

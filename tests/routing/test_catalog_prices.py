@@ -66,3 +66,13 @@ def test_price_change_bumps_the_catalog_version():
     model_price_set(model=model, price=_price("2", "4"), effective_from=T0 + timedelta(days=1))
     assert CatalogVersion.objects.get().version == 1
     assert model.prices.count() == 2
+
+
+def test_model_current_price_is_the_latest_effective_version():
+    model = ModelFactory(price=(Decimal("0.000001"), Decimal("0.000002")))
+    model_price_set(model=model, price=_price("5", "6"), effective_from=T0 + timedelta(days=1))
+    future = model_price_set(
+        model=model, price=_price("7", "8"), effective_from=T0 + timedelta(days=36500)
+    )
+    assert future is not None
+    assert model.current_price.input_per_token == Decimal("0.000005")
