@@ -42,6 +42,14 @@ class BudgetUpdateIn(serializers.Serializer):
     notify_emails = serializers.JSONField(required=False)
     webhook_url = serializers.CharField(required=False, allow_blank=True)
 
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError(
+                {name: ["This field cannot be changed."] for name in unknown}
+            )
+        return attrs
+
 
 # --- output ---------------------------------------------------------------------------------
 
