@@ -25,7 +25,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, Count, IntegerField, Q, Sum, Value, When
+from django.db.models import BigIntegerField, Case, Count, IntegerField, Q, Sum, Value, When
 from django.db.models.functions import Coalesce, TruncDay, TruncHour
 from django.utils import timezone
 
@@ -35,7 +35,11 @@ from billing.analytics.models import (
     RollupBase,
     RollupWatermark,
 )
-from billing.analytics.reference import ReferencePricer, reference_cost_expression
+from billing.analytics.reference import (
+    AMOUNT_FIELD,
+    ReferencePricer,
+    reference_cost_expression,
+)
 from billing.models import UsageRecord
 
 UTC = dt.UTC
@@ -223,36 +227,34 @@ def rollup_rebuild(
             model.objects.filter(
                 organization_id=organization_id, bucket__gte=start, bucket__lt=end
             ).delete()
-            trunc = TruncDay if model.GRAIN == "day" else TruncHour
-            dims = {
-                d: Coalesce(d, Value(0)) if d.endswith("_id") else Coalesce(d, Value(""))
-                for d in model.DIMS
-            }
-            grouped = (
-                records.annotate(
-                    b=trunc("created_at", tzinfo=UTC), **{f"d_{k}": v for k, v in dims.items()}
-                )
-                .values("b", *(f"d_{k}" for k in dims))
-                .annotate(**aggregate_expressions(reference))
-                .order_by()
-            )
-            batch: list[RollupBase] = []
-            for row in grouped.iterator(chunk_size=5000):
-                batch.append(
-                    model(
-                        organization_id=organization_id,
-                        bucket=row["b"],
-                        **{k: row[f"d_{k}"] for k in dims},
-                        **{m: row[f"s_{m}"] if row[f"s_{m}"] is not None else 0 for m in MEASURES},
-                    )
-                )
-                if len(batch) >= 5000:
-                    model.objects.bulk_create(batch)
-                    written += len(batch)
-                    batch = []
-            model.objects.bulk_create(batch)
-            written += len(batch)
+            written += _insert_select(model, records, reference)
     return written
+
+
+def _insert_select(model: type[RollupBase], records: Any, reference: Any) -> int:
+    """INSERT INTO rollup (...) SELECT ... GROUP BY ...: the database does the whole pass."""
+    trunc = TruncDay if model.GRAIN == "day" else TruncHour
+    dims = {
+        f"d_{d}": Coalesce(d, Value(0)) if d.endswith("_id") else Coalesce(d, Value(""))
+        for d in model.DIMS
+    }
+    grouped = (
+        records.annotate(b=trunc("created_at", tzinfo=UTC), **dims)
+        .values("organization_id", "b", *dims)
+        .annotate(**aggregate_expressions(reference))
+        .order_by()
+    )
+    names = {"b": "bucket", **{f"d_{d}": d for d in model.DIMS}}
+    names.update({f"s_{m}": m for m in MEASURES})
+    selected = [*grouped.query.values_select, *grouped.query.annotation_select]
+    columns = [names.get(c, c) for c in selected]
+    assert sorted(columns) == sorted(["organization_id", "bucket", *model.DIMS, *MEASURES])
+    sql, params = grouped.query.sql_with_params()
+    q = connection.ops.quote_name
+    insert = f"INSERT INTO {q(model._meta.db_table)} ({', '.join(q(c) for c in columns)}) "
+    with connection.cursor() as cursor:
+        cursor.execute(insert + sql, params)
+        return cursor.rowcount
 
 
 def aggregate_expressions(reference: Any) -> dict[str, Any]:
@@ -279,4 +281,10 @@ def aggregate_expressions(reference: Any) -> dict[str, Any]:
         "ttft_ms_sum": Sum("ttft_ms"),
         "ttft_count": Count("ttft_ms"),
     }
-    return {f"s_{k}": v for k, v in exprs.items()}
+    out: dict[str, Any] = {}
+    for name, expr in exprs.items():
+        if name in ("cost", "reference_cost"):
+            out[f"s_{name}"] = Coalesce(expr, Value(Decimal(0)), output_field=AMOUNT_FIELD)
+        else:
+            out[f"s_{name}"] = Coalesce(expr, Value(0), output_field=BigIntegerField())
+    return out
