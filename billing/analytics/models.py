@@ -5,11 +5,14 @@ Imported by ``billing/models.py`` so Django registers them with the ``billing`` 
 Rollups hold sums only (never content). Dimensions are stored NOT NULL (0 / "" for "none") so
 the unique constraint that the incremental upsert relies on treats "none" as one value.
 
-- ``UsageRollupHour``: hour buckets by node and model dimensions (no member or key): recent
-  dashboards and hour series, and day series in organizations whose days are not UTC days.
-- ``UsageRollupDay``: UTC day buckets by every dimension (member and key too): filters and
-  groupings by member or key, top keys.
-- ``UsageRollupDayNode``: UTC day buckets by node and model dimensions: the 30-day dashboards.
+Cardinality decides the tables (10 million requests a month over 20,000 keys barely compress
+at key level, so dashboards read coarser tables):
+
+- ``UsageRollupDayTeam``: UTC days by department, team, model, provider (the dashboards);
+- ``UsageRollupDayNode``: the same plus project;
+- ``UsageRollupDay``: UTC days by every dimension (member, key, strategy, status);
+- ``UsageRollupHour``: hours by department, team, model, provider (recent hour series, and day
+  series of organizations whose days are not UTC days).
 """
 
 from __future__ import annotations
@@ -28,15 +31,25 @@ __all__ = [
     "RollupWatermark",
     "UsageRollupDay",
     "UsageRollupDayNode",
+    "UsageRollupDayTeam",
     "UsageRollupHour",
 ]
 
 AMOUNT: dict[str, Any] = {"max_digits": 24, "decimal_places": 12}
 
-NODE_DIMS = ("department_id", "team_id", "project_id")
-MODEL_DIMS = ("model", "provider", "strategy", "status")
-PERSON_DIMS = ("member_id", "key_id")
-ALL_DIMS = (*NODE_DIMS, *PERSON_DIMS, *MODEL_DIMS)
+TEAM_DIMS = ("department_id", "team_id", "model", "provider")
+NODE_DIMS = ("department_id", "team_id", "project_id", "model", "provider")
+ALL_DIMS = (
+    "department_id",
+    "team_id",
+    "project_id",
+    "member_id",
+    "key_id",
+    "model",
+    "provider",
+    "strategy",
+    "status",
+)
 MEASURES = (
     "requests",
     "errors",
@@ -55,20 +68,19 @@ MEASURES = (
 
 
 class RollupBase(models.Model):
+    """Team-level dimensions and every measure; subclasses add dimensions."""
+
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="+", db_index=False
     )
     bucket = models.DateTimeField()
     department_id = models.BigIntegerField(default=0)
     team_id = models.BigIntegerField(default=0)
-    project_id = models.BigIntegerField(default=0)
     model = models.CharField(max_length=255, default="")
     provider = models.CharField(max_length=64, default="")
-    strategy = models.CharField(max_length=32, default="")
-    status = models.CharField(max_length=32, default="")
 
     requests = models.BigIntegerField(default=0)
-    errors = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)  # status other than "ok"
     fallbacks = models.BigIntegerField(default=0)
     attempts = models.BigIntegerField(default=0)
     tokens_in = models.BigIntegerField(default=0)
@@ -82,7 +94,7 @@ class RollupBase(models.Model):
     ttft_ms_sum = models.BigIntegerField(default=0)
     ttft_count = models.BigIntegerField(default=0)
 
-    DIMS: tuple[str, ...] = (*NODE_DIMS, *MODEL_DIMS)
+    DIMS: tuple[str, ...] = TEAM_DIMS
     GRAIN = "hour"
 
     class Meta:
@@ -93,32 +105,56 @@ class RollupBase(models.Model):
 
 
 class UsageRollupHour(RollupBase):
+    """Hours by department, team, model, provider."""
+
     GRAIN = "hour"
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["organization", "bucket", *NODE_DIMS, *MODEL_DIMS],
-                name="billing_rollup_hour_key",
+                fields=["organization", "bucket", *TEAM_DIMS], name="billing_rollup_hour_team_key"
             )
         ]
 
 
-class UsageRollupDayNode(RollupBase):
+class UsageRollupDayTeam(RollupBase):
+    """UTC days by department, team, model, provider: the dashboards."""
+
     GRAIN = "day"
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["organization", "bucket", *NODE_DIMS, *MODEL_DIMS],
-                name="billing_rollup_daynode_key",
+                fields=["organization", "bucket", *TEAM_DIMS], name="billing_rollup_dayteam_key"
+            )
+        ]
+
+
+class UsageRollupDayNode(RollupBase):
+    """UTC days by department, team, project, model, provider."""
+
+    project_id = models.BigIntegerField(default=0)
+
+    DIMS = NODE_DIMS
+    GRAIN = "day"
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "bucket", *NODE_DIMS],
+                name="billing_rollup_daynode_project_key",
             )
         ]
 
 
 class UsageRollupDay(RollupBase):
+    """UTC days by every dimension (member, key, strategy, status too)."""
+
+    project_id = models.BigIntegerField(default=0)
     member_id = models.BigIntegerField(default=0)
     key_id = models.BigIntegerField(default=0)
+    strategy = models.CharField(max_length=32, default="")
+    status = models.CharField(max_length=32, default="")
 
     DIMS = ALL_DIMS
     GRAIN = "day"
@@ -131,7 +167,13 @@ class UsageRollupDay(RollupBase):
         ]
 
 
-ROLLUP_MODELS: tuple[type[RollupBase], ...] = (UsageRollupDayNode, UsageRollupDay, UsageRollupHour)
+# Smallest first: the selectors take the first one that answers a query.
+ROLLUP_MODELS: tuple[type[RollupBase], ...] = (
+    UsageRollupDayTeam,
+    UsageRollupDayNode,
+    UsageRollupDay,
+    UsageRollupHour,
+)
 
 
 class RollupWatermark(models.Model):

@@ -5,10 +5,11 @@ subtree (the API gets it from ``OrgScopedViewSet.get_queryset``; reports from
 ``scoped_source``) plus an ``AnalyticsQuery``. ``analytics_source`` picks the cheapest table
 that answers the query exactly:
 
-1. ``UsageRollupDayNode`` (UTC days; node and model dimensions),
-2. ``UsageRollupDay`` (UTC days; every dimension),
-3. ``UsageRollupHour`` (hours; node and model dimensions),
-4. ``UsageRecord`` (any range, any dimension).
+1. ``UsageRollupDayTeam`` (UTC days; department, team, model, provider),
+2. ``UsageRollupDayNode`` (UTC days; and project),
+3. ``UsageRollupDay`` (UTC days; every dimension),
+4. ``UsageRollupHour`` (hours; department, team, model, provider),
+5. ``UsageRecord`` (any range, any dimension).
 
 Day tables need the period on UTC midnights and, for day buckets, an organization whose days are
 UTC days; the hour table needs whole hours. Sums over rollups equal sums over the records.
@@ -26,12 +27,7 @@ from typing import Any
 from django.db.models import F, Model, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour
 
-from billing.analytics.models import (
-    MEASURES,
-    UsageRollupDay,
-    UsageRollupDayNode,
-    UsageRollupHour,
-)
+from billing.analytics.models import MEASURES, ROLLUP_MODELS
 from billing.analytics.reference import reference_cost_expression
 from billing.analytics.rollups import aggregate_expressions
 from billing.models import UsageRecord
@@ -90,8 +86,10 @@ def _aligned(when: dt.datetime, grain: str) -> bool:
     return aligned and (grain == "hour" or w.hour == 0)
 
 
-def analytics_source(query: AnalyticsQuery) -> type[Model]:
-    dims = query.dimensions
+def analytics_source(query: AnalyticsQuery, *, scope_column: str | None = None) -> type[Model]:
+    """The smallest table that answers ``query`` exactly. ``scope_column`` is the column the
+    caller's visibility is filtered on (``team_id`` / ``project_id``), when not org-wide."""
+    dims = query.dimensions | ({scope_column} if scope_column else set())
     day_ok = (
         query.bucket != "hour"
         and _aligned(query.start, "day")
@@ -101,13 +99,18 @@ def analytics_source(query: AnalyticsQuery) -> type[Model]:
     hour_ok = _aligned(query.start, "hour") and _aligned(query.end, "hour")
     if query.bucket == "day" and not _whole_hour_zone(query):
         hour_ok = False  # local days of a +05:30 zone do not start on UTC hours
-    if day_ok and dims <= set(UsageRollupDayNode.DIMS):
-        return UsageRollupDayNode
-    if day_ok:
-        return UsageRollupDay
-    if hour_ok and dims <= set(UsageRollupHour.DIMS):
-        return UsageRollupHour
+    for model in ROLLUP_MODELS:
+        fits = day_ok if model.GRAIN == "day" else hour_ok
+        if fits and dims <= set(model.DIMS):
+            return model
     return UsageRecord
+
+
+def node_scope_column(node: Node) -> str | None:
+    """The rollup column that selects ``node``'s subtree (None: the whole organization)."""
+    return {"department": "department_id", "team": "team_id", "project": "project_id"}.get(
+        node.kind
+    )
 
 
 def _time_field(source: type[Model]) -> str:
@@ -232,9 +235,9 @@ def scoped_queryset(source: type[Model], *, organization_id: int, node: Node) ->
     """``source`` rows of the organization inside ``node``'s subtree (reports and statements,
     where the scope was checked when the report was requested)."""
     qs = source._default_manager.filter(organization_id=organization_id)
-    column = {"department": "department_id", "team": "team_id", "project": "project_id"}
-    if node.kind in column:
-        qs = qs.filter(**{column[node.kind]: node.pk})
+    column = node_scope_column(node)
+    if column is not None:
+        qs = qs.filter(**{column: node.pk})
     return qs
 
 

@@ -42,6 +42,7 @@ from billing.analytics.selectors import (
     analytics_timeseries,
     analytics_totals,
     dimension_labels,
+    node_scope_column,
     scoped_queryset,
 )
 from billing.models import Budget
@@ -79,7 +80,7 @@ def _query(report: Report, **kw: Any) -> AnalyticsQuery:
 
 
 def run(report: Report, query: AnalyticsQuery, fn: Any, **kw: Any) -> Any:
-    source = analytics_source(query)
+    source = analytics_source(query, scope_column=node_scope_column(report.node))
     qs = scoped_queryset(source, organization_id=report.organization_id, node=report.node)
     return fn(qs, query, **kw)
 

@@ -17,6 +17,7 @@ from billing.analytics.models import (
     RollupWatermark,
     UsageRollupDay,
     UsageRollupDayNode,
+    UsageRollupDayTeam,
     UsageRollupHour,
 )
 from billing.analytics.reference import ReferencePricer
@@ -135,7 +136,10 @@ def test_reference_cost_per_record_uses_cached_price():
     ) == D("0.42")
 
 
-@pytest.mark.parametrize("table", [UsageRollupHour, UsageRollupDay, UsageRollupDayNode])
+TABLES = (UsageRollupHour, UsageRollupDay, UsageRollupDayNode, UsageRollupDayTeam)
+
+
+@pytest.mark.parametrize("table", TABLES)
 def test_every_rollup_table_sums_to_the_records(data, table):
     assert sums(table, data["a"].org) == EXPECTED_SUMS
     assert sums(table, data["b"].org)["cost"] == D("5")
@@ -151,6 +155,16 @@ def test_rollup_grain_rows(data):
         (DAY1 + dt.timedelta(days=1), "openai/gpt-4o-mini", 1),
         (DAY1 + dt.timedelta(days=1), "openai/gpt-4o", 1),
     ]
+    record(data["a"], at=DAY1.replace(hour=10, minute=50), cost="0.000010")
+    assert rollup_advance(lag_seconds=0) == 1
+    hour = UsageRollupHour.objects.get(
+        organization=org, bucket=DAY1.replace(hour=10), model="openai/gpt-4o-mini"
+    )
+    assert (hour.requests, hour.cost, hour.team_id) == (2, D("0.00046"), data["a"].tree.team.pk)
+    team_day = UsageRollupDayTeam.objects.get(
+        organization=org, bucket=DAY1, model="openai/gpt-4o-mini"
+    )
+    assert (team_day.requests, team_day.tokens_in) == (2, 2000)
     third = UsageRollupDay.objects.get(organization=org, team_id=data["a"].team2.pk)
     assert (third.key_id, third.member_id, third.status, third.errors) == (
         data["a"].key2_id,
@@ -162,7 +176,7 @@ def test_rollup_grain_rows(data):
 
 def test_advance_again_adds_nothing_and_new_records_once(data):
     a = data["a"]
-    before = {t: sums(t, a.org) for t in (UsageRollupHour, UsageRollupDay, UsageRollupDayNode)}
+    before = {t: sums(t, a.org) for t in TABLES}
     assert rollup_advance(lag_seconds=0) == 0
     assert rollup_advance(lag_seconds=0) == 0
     assert {t: sums(t, a.org) for t in before} == before
@@ -201,12 +215,10 @@ def _normalized(table, org):
 
 def test_rebuild_gives_the_incremental_rows_and_skips_records_above_the_watermark(data):
     a = data["a"]
-    incremental = {
-        t: _normalized(t, a.org) for t in (UsageRollupHour, UsageRollupDay, UsageRollupDayNode)
-    }
+    incremental = {t: _normalized(t, a.org) for t in TABLES}
     pending = record(a, at=DAY1.replace(hour=12), cost="9")  # above the watermark
     written = rollup_rebuild(organization_id=a.org.pk, start=DAY1, end=DAY1 + dt.timedelta(days=2))
-    assert written == 4 + 4 + 4  # hour, day by key, day by node: 4 rows each
+    assert written == 4 + 4 + 4 + 4  # every table: 4 rows each
     assert {t: _normalized(t, a.org) for t in incremental} == incremental
     assert rollup_advance(lag_seconds=0) == 1
     assert sums(UsageRollupDay, a.org)["cost"] == D("9.007305")
@@ -222,7 +234,7 @@ def test_summary_exact_totals_from_the_day_table(data):
     assert response.status_code == 200
     body = response.json()
     assert body["totals"] == TOTALS
-    assert body["source"] == "usagerollupdaynode"
+    assert body["source"] == "usagerollupdayteam"
     assert body["reference_model"] == "openai/gpt-4o"
     assert body["from"] == "2026-11-02T00:00:00+00:00"
     assert body["to"] == "2026-11-04T00:00:00+00:00"
@@ -231,8 +243,10 @@ def test_summary_exact_totals_from_the_day_table(data):
 @pytest.mark.parametrize(
     ("query", "source"),
     [
-        (PERIOD, "usagerollupdaynode"),
+        (PERIOD, "usagerollupdayteam"),
+        (f"{PERIOD}&project=PROJECTS", "usagerollupdaynode"),
         (f"{PERIOD}&key=KEYS", "usagerollupday"),
+        (f"{PERIOD}&status=ok,upstream_error", "usagerollupday"),
         ("from=2026-11-02T00:00:00Z&to=2026-11-04T00:00:00Z&bucket=hour", "usagerolluphour"),
         ("from=2026-11-02T00:00:00Z&to=2026-11-03T23:59:59.999999Z", "usagerecord"),
         (
@@ -245,6 +259,7 @@ def test_every_source_gives_the_same_totals(data, query, source):
     a = data["a"]
     query = query.replace("KEYS", f"{a.world.key_id},{a.key2_id}")
     query = query.replace("MEMBERS", f"{a.world.member_id},{a.member2_id}")
+    query = query.replace("PROJECTS", f"{a.tree.project.pk},{a.project2.pk}")
     client = login(a.tree.owner)
     endpoint = "timeseries" if "bucket=" in query else "summary"
     body = client.get(f"/api/orgs/alpha/analytics/{endpoint}/?{query}").json()
@@ -311,10 +326,19 @@ def test_team_lead_sees_only_their_subtree(data):
     client = login(lead.user)
     body = client.get(f"/api/orgs/alpha/analytics/summary/?{PERIOD}").json()
     assert (body["totals"]["requests"], body["totals"]["cost"]) == (1, "0.000105000000")
+    assert body["source"] == "usagerollupdayteam"  # filtered on team_id
     rows = client.get(f"/api/orgs/alpha/analytics/breakdown/?{PERIOD}&group_by=team").json()["rows"]
     assert [(r["team"], r["cost"]) for r in rows] == [(a.team2.pk, "0.000105000000")]
     other = client.get(f"/api/orgs/alpha/analytics/summary/?{PERIOD}&team={a.tree.team.pk}")
     assert other.json()["totals"]["requests"] == 0
+
+
+def test_project_viewer_sees_their_project_from_the_project_table(data):
+    a = data["a"]
+    viewer = add_member(a.tree.project, Role.VIEWER)
+    body = login(viewer.user).get(f"/api/orgs/alpha/analytics/summary/?{PERIOD}").json()
+    assert body["source"] == "usagerollupdaynode"
+    assert (body["totals"]["requests"], body["totals"]["cost"]) == (3, "0.007200000000")
 
 
 def test_billing_manager_sees_the_organization_and_developer_is_refused(data):
@@ -372,5 +396,5 @@ def test_query_count_is_pinned(data):
     with CaptureQueriesContext(connection) as ctx:
         response = client.get(f"/api/orgs/alpha/analytics/breakdown/?{PERIOD}&group_by=team,key")
     assert response.status_code == 200
-    # session + user, organization, permission, aggregate, team names, key names
-    assert len(ctx.captured_queries) == 7, [q["sql"][:80] for q in ctx.captured_queries]
+    # session, user, organization, permission, org-wide check, aggregate, team and key names
+    assert len(ctx.captured_queries) == 8, [q["sql"][:80] for q in ctx.captured_queries]

@@ -26,9 +26,9 @@ from billing.errors import InvalidInput
 from billing.reports import services as reports
 from orgs.api.base import OrgScopedViewSet
 from orgs.errors import NotAllowed
-from orgs.models import Node
+from orgs.models import Node, NodeKind, NodeUserPermission
 from orgs.roles import VIEW_BILLING
-from orgs.selectors import root_node
+from orgs.selectors import has_perm_at_root, root_node
 
 PERIOD_PARAMS = [
     OpenApiParameter("from", str, description="Start date (org time zone) or ISO date-time"),
@@ -56,9 +56,31 @@ class AnalyticsViewSet(OrgScopedViewSet):
     def get_base_queryset(self) -> QuerySet[Any]:
         return self.source._default_manager.all()
 
-    def _prepare(self, request: Request) -> tuple[selectors.AnalyticsQuery, QuerySet[Any]]:
-        query = analytics_query_parse(request.query_params, time_zone=self.organization.time_zone)
-        self.source = selectors.analytics_source(query)
+    def _scope_column(self) -> str | None:
+        """None for organization-wide viewers; else the rollup column their visible subtrees
+        are filtered on: ``team_id`` when every grant is at a department or team (the
+        team-level tables answer), ``project_id`` when some grant is on a project alone."""
+        user_id, org_id = self.request.user.pk, self.organization.pk
+        if has_perm_at_root(user_id=user_id, organization_id=org_id, perm=VIEW_BILLING):
+            return None
+        on_project = NodeUserPermission.objects.filter(
+            user_id=user_id,
+            permission__codename=VIEW_BILLING,
+            content_object__organization_id=org_id,
+            content_object__kind=NodeKind.PROJECT,
+        ).exists()
+        return "project_id" if on_project else "team_id"
+
+    def _prepare(
+        self, request: Request, params: Any = None
+    ) -> tuple[selectors.AnalyticsQuery, QuerySet[Any]]:
+        query = analytics_query_parse(
+            request.query_params if params is None else params,
+            time_zone=self.organization.time_zone,
+        )
+        scope = self._scope_column()
+        self.node_field = scope  # the choke point filters this column on the visible nodes
+        self.source = selectors.analytics_source(query, scope_column=scope)
         return query, self.get_queryset()
 
     def _envelope(self, query: selectors.AnalyticsQuery) -> dict[str, Any]:
@@ -113,9 +135,8 @@ class AnalyticsViewSet(OrgScopedViewSet):
     def timeseries(self, request: Request, org_slug: str) -> Response:
         params = request.query_params.copy()
         params.setdefault("bucket", "day")
-        query = analytics_query_parse(params, time_zone=self.organization.time_zone)
-        self.source = selectors.analytics_source(query)
-        rows = selectors.analytics_timeseries(self.get_queryset(), query)
+        query, qs = self._prepare(request, params)
+        rows = selectors.analytics_timeseries(qs, query)
         return Response(
             {
                 **self._envelope(query),

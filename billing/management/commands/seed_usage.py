@@ -34,12 +34,12 @@ PICO = Decimal("1e12")
 PREFERRED = (
     "openai/gpt-4o-mini",
     "openai/gpt-4o",
-    "anthropic/claude-3-5-haiku-20241022",
-    "anthropic/claude-3-5-sonnet-20241022",
-    "gemini/gemini-1.5-flash",
-    "gemini/gemini-1.5-pro",
+    "openai/gpt-4.1-mini",
+    "anthropic/claude-sonnet-4-5",
+    "gemini/gemini-2.5-flash",
+    "gemini/gemini-2.5-pro",
     "mistral/mistral-small-latest",
-    "groq/llama-3.1-8b-instant",
+    "deepseek/deepseek-chat",
 )
 STRATEGIES = np.array(["balanced", "cost", "latency", "availability"])
 STATUSES = np.array(["ok", "upstream_error", "rate_limited", "timeout"])
