@@ -87,7 +87,7 @@ class Command(BaseCommand):
         parser.add_argument("--org", default="scale")
         parser.add_argument("--days", type=int, default=30)
         parser.add_argument("--seed", type=int, default=7)
-        parser.add_argument("--batch", type=int, default=200_000)
+        parser.add_argument("--batch", type=int, default=100_000)
         parser.add_argument("--models", type=int, default=8)
         parser.add_argument("--no-rollup", action="store_true")
 
