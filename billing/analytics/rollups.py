@@ -224,7 +224,7 @@ def rollup_rebuild(
         )
         reference = reference_cost_expression()
         for model in ROLLUP_MODELS:
-            model.objects.filter(
+            model._default_manager.filter(
                 organization_id=organization_id, bucket__gte=start, bucket__lt=end
             ).delete()
             written += _insert_select(model, records, reference)

@@ -376,6 +376,7 @@ def test_other_organization_is_404_and_never_counted(data, endpoint):
         ("from=2026-11-02", "from"),
         ("from=yesterday&to=today", "from"),
         ("key=abc", "key"),
+        ("days=40&bucket=hour", "bucket"),
         ("from=2026-11-03&to=2026-11-02", "to"),
     ],
 )
@@ -383,6 +384,19 @@ def test_bad_parameters_answer_400_naming_the_field(data, query, field):
     response = login(data["a"].tree.owner).get(f"/api/orgs/alpha/analytics/timeseries/?{query}")
     assert response.status_code == 400
     assert field in response.json()
+
+
+def test_timeseries_defaults_to_day_buckets(data):
+    body = login(data["a"].tree.owner).get(
+        f"/api/orgs/alpha/analytics/timeseries/?{PERIOD}&group_by=team"
+    ).json()
+    assert body["bucket"] == "day"
+    t1, t2 = data["a"].tree.team.pk, data["a"].team2.pk
+    assert [(p["bucket"], p["team"], p["requests"]) for p in body["points"]] == [
+        ("2026-11-02T00:00:00+00:00", t1, 2),
+        ("2026-11-03T00:00:00+00:00", t1, 1),
+        ("2026-11-03T00:00:00+00:00", t2, 1),
+    ]
 
 
 def test_breakdown_needs_a_dimension(data):

@@ -50,7 +50,7 @@ class AnalyticsViewSet(OrgScopedViewSet):
         "breakdown": VIEW_BILLING,
         "timeseries": VIEW_BILLING,
     }
-    node_field = "project_id"
+    node_field: str | None = "project_id"
     source: type[Model] = Report  # replaced per request by the chosen rollup table
 
     def get_base_queryset(self) -> QuerySet[Any]:
@@ -61,6 +61,7 @@ class AnalyticsViewSet(OrgScopedViewSet):
         are filtered on: ``team_id`` when every grant is at a department or team (the
         team-level tables answer), ``project_id`` when some grant is on a project alone."""
         user_id, org_id = self.request.user.pk, self.organization.pk
+        assert user_id is not None  # IsAuthenticated ran
         if has_perm_at_root(user_id=user_id, organization_id=org_id, perm=VIEW_BILLING):
             return None
         on_project = NodeUserPermission.objects.filter(
@@ -178,12 +179,14 @@ class ReportViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
         )
         query = analytics_query_parse(params, time_zone=self.organization.time_zone)
         node_id = data.validated_data.get("node")
-        if node_id is None:
-            node = root_node(self.organization)
-        else:
-            node = Node.objects.filter(organization=self.organization, pk=node_id).first()
-            if node is None:
-                raise InvalidInput({"node": "No such node in this organization."})
+        found = (
+            root_node(self.organization)
+            if node_id is None
+            else Node.objects.filter(organization=self.organization, pk=node_id).first()
+        )
+        if found is None:
+            raise InvalidInput({"node": "No such node in this organization."})
+        node = found
         self.require(node, VIEW_BILLING)
         report = reports.report_create(
             actor=self.actor,
@@ -206,7 +209,7 @@ class ReportViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
     def download(self, request: Request, org_slug: str, pk: str) -> FileResponse:
         report = self.get_object()
         token = request.query_params.get("token", "")
-        if not reports.report_token_valid(report=report, user_id=request.user.pk, token=token):
+        if not reports.report_token_valid(report=report, user_id=int(request.user.pk), token=token):
             raise NotAllowed("This download link is invalid or has expired.")
         if report.status != ReportStatus.DONE:
             raise Http404

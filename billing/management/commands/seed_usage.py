@@ -163,7 +163,7 @@ class Command(BaseCommand):
                 "the catalog has no priced chat models: run manage.py catalog_import"
             )
         ids = ids[:limit]
-        out = []
+        out: list[dict[str, Any]] = []
         for canonical in ids:
             p = priced[canonical]
             out.append(
