@@ -209,7 +209,8 @@ class ReportViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
     def download(self, request: Request, org_slug: str, pk: str) -> FileResponse:
         report = self.get_object()
         token = request.query_params.get("token", "")
-        if not reports.report_token_valid(report=report, user_id=int(request.user.pk), token=token):
+        user_id = request.user.pk or 0
+        if not reports.report_token_valid(report=report, user_id=user_id, token=token):
             raise NotAllowed("This download link is invalid or has expired.")
         if report.status != ReportStatus.DONE:
             raise Http404
