@@ -17,11 +17,10 @@ ZERO = Decimal(0)
 
 
 class PriceLike(Protocol):
+    """A catalog price version; the optional per-token prices may be absent (None)."""
+
     input_per_token: Decimal
     output_per_token: Decimal
-    cached_input_per_token: Decimal | None
-    cache_write_per_token: Decimal | None
-    reasoning_per_token: Decimal | None
 
 
 def quantize(amount: Decimal) -> Decimal:
@@ -45,13 +44,14 @@ def usage_cost(price_version: PriceLike, usage: Any) -> Decimal:
     if min(prompt, completion) < 0:
         raise ValueError("token counts cannot be negative")
     p = price_version
-    cached_price = p.cached_input_per_token if p.cached_input_per_token is not None else None
-    write_price = p.cache_write_per_token if p.cache_write_per_token is not None else None
+    cached_price = getattr(p, "cached_input_per_token", None)
+    write_price = getattr(p, "cache_write_per_token", None)
+    reasoning_price = getattr(p, "reasoning_per_token", None)
     cost = (prompt - cached - cache_write) * p.input_per_token
     cost += cached * (cached_price if cached_price is not None else p.input_per_token)
     cost += cache_write * (write_price if write_price is not None else p.input_per_token)
-    if p.reasoning_per_token is not None and reasoning:
-        cost += (completion - reasoning) * p.output_per_token + reasoning * p.reasoning_per_token
+    if reasoning_price is not None and reasoning:
+        cost += (completion - reasoning) * p.output_per_token + reasoning * reasoning_price
     else:
         cost += completion * p.output_per_token
     return quantize(Decimal(cost))
@@ -72,11 +72,13 @@ def estimate_worst_case(
     worst = ZERO
     for p in prices:
         out_price = p.output_per_token
-        if p.reasoning_per_token is not None and p.reasoning_per_token > out_price:
-            out_price = p.reasoning_per_token
+        reasoning_price = getattr(p, "reasoning_per_token", None)
+        if reasoning_price is not None and reasoning_price > out_price:
+            out_price = reasoning_price
         in_price = p.input_per_token
-        if p.cache_write_per_token is not None and p.cache_write_per_token > in_price:
-            in_price = p.cache_write_per_token
+        write_price = getattr(p, "cache_write_per_token", None)
+        if write_price is not None and write_price > in_price:
+            in_price = write_price
         cost = input_tokens * in_price + max_output_tokens * out_price
         worst = max(worst, cost)
     return quantize(worst)

@@ -46,6 +46,8 @@ def _prepare() -> int:
         call_command("seed_demo", json=True, stdout=out)
         demo = json.loads(out.getvalue())
         summary.update(demo)
+        if "billing_seed_demo" in available:  # prepaid credit + a budget for the demo tenant
+            call_command("billing_seed_demo", stdout=io.StringIO())
     else:
         summary.update(_ensure_admin(Path(settings.DATA_DIR)))
 

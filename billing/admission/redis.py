@@ -285,17 +285,30 @@ class RedisBackend:
         await sync_to_async(settle_rows, thread_sensitive=True)(
             reservation, actual_cost, usage_event, db_held=False
         )
-        client, scripts = self._client()
-        await scripts["settle"](
-            keys=self._settle_keys(reservation),
-            args=[
-                str(nano_ceil(actual_cost)),
-                f"{reservation.ctx.organization_id}|{reservation.request_id}",
-                str(usage_event.tokens_in + usage_event.tokens_out),
-                "settle",
-            ],
-            client=client,
+        await self.settle_counters(
+            reservation, actual_cost, usage_event.tokens_in + usage_event.tokens_out
         )
+
+    async def settle_counters(self, res: Reservation, actual_cost: Decimal, tokens: int) -> bool:
+        """The Redis half of settle (after the usage event is in the database). While the
+        organization's counters are being rebuilt it waits for them, so the rebuild and this
+        settle never both count (or both miss) the request. False when the counters could not
+        be reached in time: the next rebuild counts the event from the database."""
+        client, scripts = self._client()
+        args = [
+            str(nano_ceil(actual_cost)),
+            f"{res.ctx.organization_id}|{res.request_id}",
+            str(tokens),
+            "settle",
+        ]
+        deadline = time.monotonic() + REBUILD_WAIT
+        while True:
+            done = await scripts["settle"](keys=self._settle_keys(res), args=args, client=client)
+            if int(done) != -1:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await self._await_rebuild(res.ctx.organization_id)
 
     async def release(self, reservation: Reservation) -> None:
         check_open(reservation)
@@ -373,7 +386,7 @@ class RedisBackend:
             }
             events = list(
                 UsageEvent.objects.filter(organization_id=organization_id).values_list(
-                    "cost", "budget_periods"
+                    "request_id", "cost", "budget_periods"
                 )
             )
             rows = list(ReservationRow.objects.filter(organization_id=organization_id))
@@ -388,12 +401,14 @@ class RedisBackend:
         for key, value in spent.items():
             used[key] += value
         pending = Decimal(0)
-        for cost, periods in events:
+        reservations: list[dict[str, Any]] = []
+        for request_id, cost, periods in events:
             pending += cost
             for b, s in periods:
                 if (b, s) in used:
                     used[(b, s)] += cost
-        reservations = []
+            # counted here: its settle, if still to come, must not count it again
+            reservations.append({"hash": k.res(request_id), "settled": "1"})
         for row in rows:
             pending += row.amount
             counter_keys = []

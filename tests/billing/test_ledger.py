@@ -131,3 +131,27 @@ def test_account_check_finds_a_balance_moved_outside_the_ledger():
     assert services.account_check() == []
     BillingAccount.objects.filter(organization=w.org).update(balance=D("11"))
     assert services.account_check() == [(w.org.pk, D("11"), D("10"))]
+
+
+def test_billing_check_command():
+    from django.core.management import CommandError, call_command
+
+    w = make_world("acme", balance="10")
+    call_command("billing_check")
+    BillingAccount.objects.filter(organization=w.org).update(balance=D("12"))
+    with pytest.raises(CommandError, match="balance 12"):
+        call_command("billing_check")
+
+
+def test_billing_seed_demo_is_idempotent():
+    from django.core.management import call_command
+
+    from billing.models import Budget
+
+    w = make_world("demo", balance=None)
+    call_command("billing_seed_demo")
+    call_command("billing_seed_demo")
+    assert BillingAccount.objects.get(organization=w.org).balance == D("100")
+    assert list(Budget.objects.filter(organization=w.org).values_list("scope", "limit_usd")) == [
+        ("organization", D("50"))
+    ]

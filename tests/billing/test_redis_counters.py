@@ -167,3 +167,39 @@ def test_two_processes_sharing_redis_never_exceed_the_limit(rbackend):
         )
     )
     assert charged == D("0.01")
+
+
+@pytest.mark.django_db
+def test_a_settle_racing_a_restart_is_counted_exactly_once(rbackend):
+    from billing.admission.base import settle_rows
+
+    w = make_world("acme", balance="10")
+    b = budget(w, "key", "5")
+
+    def restart():
+        rbackend.sync.delete(*rbackend.sync.scan_iter(match=f"{rbackend.prefix}:*"))
+
+    # 1. the usage event reached the database, then Redis restarted before the Redis half
+    a = reserve_held(rbackend, rid(), w.ctx(), D("0.5"), 10)
+    settle_rows(a, D("0.2"), UsageEventData(), db_held=False)
+    restart()
+    assert rbackend.rebuild_sync(w.org.pk)
+    assert observed(rbackend, w.org, [b])[b.pk] == D("0.2")  # counted from the event
+    assert run(rbackend.settle_counters, a, D("0.2"), 0)
+    assert observed(rbackend, w.org, [b])[b.pk] == D("0.2")  # not twice
+
+    # 2. Redis restarted while the request was in flight: the rebuild holds its reservation
+    c = reserve_held(rbackend, rid(), w.ctx(), D("0.4"), 10)
+    restart()
+    assert rbackend.rebuild_sync(w.org.pk)
+    assert observed(rbackend, w.org, [b])[b.pk] == D("0.6")
+    settle_rows(c, D("0.1"), UsageEventData(), db_held=False)
+    assert run(rbackend.settle_counters, c, D("0.1"), 0)
+    assert observed(rbackend, w.org, [b])[b.pk] == D("0.3")
+
+    # 3. the Redis half arrives while the counters are gone: it waits for (runs) the rebuild
+    d = reserve_held(rbackend, rid(), w.ctx(), D("0.3"), 10)
+    settle_rows(d, D("0.3"), UsageEventData(), db_held=False)
+    restart()
+    assert run(rbackend.settle_counters, d, D("0.3"), 0)
+    assert observed(rbackend, w.org, [b]) == {"available": D("9.4"), b.pk: D("0.6")}

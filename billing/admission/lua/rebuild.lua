@@ -1,6 +1,7 @@
 -- Replace an organization's counters with values computed from the database, then mark them
 -- ready (the epoch). ARGV[1]: JSON {epoch, balance, counters: {key: [value, ttl]},
--- reservations: [{hash, member, amt, tok, keys, rate, deadline}], hash_prefix}.
+-- reservations: [{hash, member, amt, tok, keys, rate, deadline} | {hash, settled}],
+-- hash_prefix}.
 -- KEYS[1] epoch  KEYS[2] available balance  KEYS[3] open set  KEYS[4] deadlines zset
 local p = cjson.decode(ARGV[1])
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[3])) do
@@ -15,10 +16,17 @@ for k, v in pairs(p.counters) do
 end
 redis.call('SET', KEYS[2], p.balance)
 for _, r in ipairs(p.reservations) do
-  redis.call('HSET', r.hash, 'amt', r.amt, 'tok', r.tok, 'epoch', p.epoch, 'keys', r.keys,
-    'rate', r.rate)
-  redis.call('ZADD', KEYS[4], r.deadline, r.member)
-  redis.call('SADD', KEYS[3], r.member)
+  if r.settled then
+    -- usage already counted from its event: a settle still to come only drops this marker
+    redis.call('DEL', r.hash)
+    redis.call('HSET', r.hash, 'settled', '1')
+    redis.call('EXPIRE', r.hash, 86400)
+  else
+    redis.call('HSET', r.hash, 'amt', r.amt, 'tok', r.tok, 'epoch', p.epoch, 'keys', r.keys,
+      'rate', r.rate)
+    redis.call('ZADD', KEYS[4], r.deadline, r.member)
+    redis.call('SADD', KEYS[3], r.member)
+  end
 end
 redis.call('SET', KEYS[1], p.epoch)
 return 1

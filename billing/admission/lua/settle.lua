@@ -4,9 +4,18 @@
 -- KEYS[5] open set  KEYS[6] rate tokens key ('' when none)  KEYS[7..] budget counters
 -- ARGV[1] actual cost (nano; '0' to release)  ARGV[2] member  ARGV[3] actual tokens
 -- ARGV[4] mode: 'settle' | 'release' | 'reconcile'
--- With the hash gone (released by reconciliation, or lost with a restart): 'settle' still
--- charges the actual cost when the counters exist (the request did happen); the others do
--- nothing.
+-- Returns -1 for 'settle' while the epoch is missing (the caller waits for the rebuild).
+-- A hash marked 'settled' was counted by the rebuild from the usage event: nothing moves.
+-- With the hash gone (released by reconciliation, or never written to the database): 'settle'
+-- still charges the actual cost (the request did happen); the others do nothing.
+if ARGV[4] == 'settle' and redis.call('EXISTS', KEYS[1]) == 0 then
+  return -1  -- counters lost or being rebuilt: wait for them, then settle
+end
+if redis.call('HGET', KEYS[3], 'settled') == '1' then
+  -- a rebuild already counted this request's usage event from the database
+  redis.call('DEL', KEYS[3])
+  return 1
+end
 local amt = redis.call('HGET', KEYS[3], 'amt')
 local reserved, rtok = 0, 0
 if amt then
@@ -17,7 +26,6 @@ if amt then
   redis.call('SREM', KEYS[5], ARGV[2])
 else
   if ARGV[4] ~= 'settle' then return 0 end
-  if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 end
 local delta = tonumber(ARGV[1]) - reserved
 if delta ~= 0 then

@@ -1,7 +1,7 @@
 """Fire N concurrent admissions for one API key through the configured backend and print a
 JSON summary: how many were admitted or refused (by code) and reserve latency percentiles.
 
-    manage.py billing_burst --key-id 12 --requests 500 --cost 0.00003 [--no-settle]
+    manage.py billing_burst --key-id 12 --requests 500 --cost 0.00003 [--no-settle] [--sequential]
 
 Each admitted request is settled at ``--cost`` (so it is charged), unless ``--no-settle``.
 Used by bench/budget_exactness.py and the two-process test; also a quick load check.
@@ -45,12 +45,20 @@ def context_for_key(key_id: int) -> AdmissionContext:
 
 
 async def burst(
-    ctx: AdmissionContext, *, requests: int, cost: Decimal, settle: bool, start_at: float
+    ctx: AdmissionContext,
+    *,
+    requests: int,
+    cost: Decimal,
+    settle: bool,
+    start_at: float,
+    sequential: bool = False,
+    hold_seconds: float = 0.0,
 ) -> dict[str, Any]:
     backend = get_backend()
     latencies: list[float] = []
     refused: Counter[str] = Counter()
     admitted = 0
+    held: list[str] = []
 
     async def one() -> None:
         nonlocal admitted
@@ -63,6 +71,13 @@ async def burst(
         finally:
             latencies.append((time.perf_counter() - t0) * 1000)
         admitted += 1
+        if hold_seconds:  # stands in for a slow provider call (tests kill us here)
+            if "persist" in res.extra:
+                await res.extra["persist"]
+            held.append(res.request_id)
+            if len(held) == requests:
+                print(json.dumps({"held": held}), flush=True)
+            await asyncio.sleep(hold_seconds)
         if settle:
             await backend.settle(res, cost, UsageEventData(tokens_in=10, tokens_out=10))
         else:
@@ -72,7 +87,11 @@ async def burst(
     if delay > 0:
         await asyncio.sleep(delay)  # both processes start together
     started = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(requests)))
+    if sequential:  # one at a time: the per-call latency without queueing
+        for _ in range(requests):
+            await one()
+    else:
+        await asyncio.gather(*(one() for _ in range(requests)))
     elapsed = time.perf_counter() - started
     latencies.sort()
     return {
@@ -97,6 +116,10 @@ class Command(BaseCommand):
         parser.add_argument("--cost", default="0.0001")
         parser.add_argument("--no-settle", action="store_true")
         parser.add_argument("--start-at", type=float, default=0.0, help="unix time to start")
+        parser.add_argument("--sequential", action="store_true", help="one request at a time")
+        parser.add_argument(
+            "--hold-seconds", type=float, default=0.0, help="wait between reserve and settle"
+        )
 
     def handle(self, *args: Any, **opts: Any) -> None:
         ctx = context_for_key(opts["key_id"])
@@ -106,5 +129,7 @@ class Command(BaseCommand):
             cost=Decimal(opts["cost"]),
             settle=not opts["no_settle"],
             start_at=opts["start_at"],
+            sequential=opts["sequential"],
+            hold_seconds=opts["hold_seconds"],
         )
         self.stdout.write(json.dumps(result))
