@@ -387,9 +387,11 @@ def test_bad_parameters_answer_400_naming_the_field(data, query, field):
 
 
 def test_timeseries_defaults_to_day_buckets(data):
-    body = login(data["a"].tree.owner).get(
-        f"/api/orgs/alpha/analytics/timeseries/?{PERIOD}&group_by=team"
-    ).json()
+    body = (
+        login(data["a"].tree.owner)
+        .get(f"/api/orgs/alpha/analytics/timeseries/?{PERIOD}&group_by=team")
+        .json()
+    )
     assert body["bucket"] == "day"
     t1, t2 = data["a"].tree.team.pk, data["a"].team2.pk
     assert [(p["bucket"], p["team"], p["requests"]) for p in body["points"]] == [
