@@ -172,6 +172,31 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "clear-expired-sessions": {"task": "megarouter.clear_expired_sessions", "schedule": 3600.0},
 }
 
+# Routing engine: live health, circuit breakers and failover (docs/failover.md).
+ROUTING_HEALTH_ALPHA = env.float("ROUTING_HEALTH_ALPHA", 0.2, min_value=0.01, max_value=1.0)
+ROUTING_HEALTH_REFRESH_S = env.float("ROUTING_HEALTH_REFRESH_S", 0.25, min_value=0.0)
+ROUTING_BREAKER_FAILURES = env.int("ROUTING_BREAKER_FAILURES", 5, min_value=1)
+ROUTING_BREAKER_ERROR_RATE = env.float(
+    "ROUTING_BREAKER_ERROR_RATE", 0.5, min_value=0.01, max_value=1.0
+)
+ROUTING_BREAKER_MIN_REQUESTS = env.int("ROUTING_BREAKER_MIN_REQUESTS", 20, min_value=1)
+ROUTING_BREAKER_WINDOW_S = env.float("ROUTING_BREAKER_WINDOW_S", 30.0, min_value=1.0)
+ROUTING_BREAKER_COOLDOWN_S = env.float("ROUTING_BREAKER_COOLDOWN_S", 10.0, min_value=0.0)
+ROUTING_BREAKER_TRIAL_TIMEOUT_S = env.float("ROUTING_BREAKER_TRIAL_TIMEOUT_S", 30.0, min_value=1.0)
+ROUTING_FAILOVER_MAX_ATTEMPTS = env.int("ROUTING_FAILOVER_MAX_ATTEMPTS", 4, min_value=1)
+ROUTING_FAILOVER_MAX_SECONDS = env.float("ROUTING_FAILOVER_MAX_SECONDS", 60.0, min_value=0.1)
+ROUTING_FAILOVER_MAX_RETRY_WAIT_S = env.float(
+    "ROUTING_FAILOVER_MAX_RETRY_WAIT_S", 1.0, min_value=0.0
+)
+ROUTING_TTFT_TIMEOUT_S = env.float("ROUTING_TTFT_TIMEOUT_S", 20.0, min_value=0.1)
+ROUTING_STALL_TIMEOUT_S = env.float("ROUTING_STALL_TIMEOUT_S", 30.0, min_value=0.1)
+ROUTING_ATTEMPT_TIMEOUT_S = env.float("ROUTING_ATTEMPT_TIMEOUT_S", 120.0, min_value=0.1)
+ROUTING_PROBE_INTERVAL_S = env.float("ROUTING_PROBE_INTERVAL_S", 60.0, min_value=5.0)
+CELERY_BEAT_SCHEDULE["probe-deployments"] = {
+    "task": "gateway.probe_deployments",
+    "schedule": ROUTING_PROBE_INTERVAL_S,
+}
+
 # Billing (docs/billing.md). Admission runs on Redis when REDIS_URL is set, else the database.
 BILLING_ADMISSION_BACKEND = env.choice(
     "BILLING_ADMISSION_BACKEND", "redis" if REDIS_URL else "db", ("db", "redis")
@@ -232,6 +257,15 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
 }
 
+# Outbound calls to LLM providers (gateway/http.py, docs/providers.md). Seconds.
+PROVIDER_HTTP_TRANSPORT = env.choice("PROVIDER_HTTP_TRANSPORT", "aiohttp", ("aiohttp", "httpx"))
+PROVIDER_CONNECT_TIMEOUT = env.float("PROVIDER_CONNECT_TIMEOUT", 5.0)
+PROVIDER_FIRST_BYTE_TIMEOUT = env.float("PROVIDER_FIRST_BYTE_TIMEOUT", 60.0)
+PROVIDER_STALL_TIMEOUT = env.float("PROVIDER_STALL_TIMEOUT", 30.0)
+PROVIDER_TOTAL_TIMEOUT = env.float("PROVIDER_TOTAL_TIMEOUT", 600.0)
+PROVIDER_MAX_CONNECTIONS = env.int("PROVIDER_MAX_CONNECTIONS", 512, min_value=1)
+ANTHROPIC_DEFAULT_MAX_TOKENS = env.int("ANTHROPIC_DEFAULT_MAX_TOKENS", 4096, min_value=1)
+
 # Email: the console in the embedded mode, SMTP when EMAIL_HOST is set.
 EMAIL_HOST = env.optional_str("EMAIL_HOST")
 if EMAIL_HOST:
@@ -261,5 +295,14 @@ LOGGING = {
         # The request line comes from megarouter.request; Django's own copy would repeat it.
         "django.request": {"level": "ERROR"},
         "django.server": {"level": "WARNING"},
+        # httpx logs every outbound request URL at INFO: noise on the hot path.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
     },
 }
+
+# Gateway (/v1/): request body limit and the /metrics scrape token (docs/api.md).
+MEGAROUTER_MAX_BODY_BYTES = env.int(
+    "MEGAROUTER_MAX_BODY_BYTES", 20 * 1024 * 1024, min_value=1024, max_value=1024**3
+)
+MEGAROUTER_METRICS_TOKEN = env.optional_str("MEGAROUTER_METRICS_TOKEN")

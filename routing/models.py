@@ -244,3 +244,7 @@ class CatalogVersion(models.Model):
 
     def __str__(self) -> str:
         return f"catalog v{self.version}"
+
+
+# Routing policies (routing engine): defined beside the catalog, registered with this app.
+from routing.policy_models import RoutingPolicy, RoutingPolicyVersion  # noqa: E402, F401

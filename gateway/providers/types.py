@@ -44,6 +44,7 @@ class Message:
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None  # role == "tool": the call this answers
+    refusal: str | None = None  # assistant output: the model's refusal text (OpenAI "refusal")
 
     def text(self) -> str:
         """The message's text, parts joined; images contribute nothing."""

@@ -18,3 +18,7 @@ def _fresh_catalog_snapshot() -> Iterator[None]:
     yield
     catalog_snapshot_reset()
     cache.delete(CATALOG_VERSION_CACHE_KEY)
+
+
+# The routing engine's fixtures (provider simulator, health stores): tests/routing/simulated.py
+from tests.routing.simulated import close_clients, simulator_url, stores  # noqa: E402, F401

@@ -195,9 +195,9 @@ def test_changed_value_and_rotated_secret_are_reported(tmp_path):
         (
             lambda t: t + '\n[[policies]]\nname = "x"\n',
             [
-                "policies: unknown section (routing policies arrive with the routing engine); "
-                "known: credentials, deployment_sets, deployments, models, providers",
+                # [[policies]] is the routing engine's section (tests/routing/test_policies.py)
                 "credentials[0].api_key_env: environment variable DEEPSEEK_API_KEY is not set",
+                "policies[0].organization: is required (an organization slug)",
             ],
         ),
         (

@@ -1,0 +1,453 @@
+"""The ``/v1/`` endpoint handlers: parse -> authenticate -> pipeline -> render.
+
+Each handler takes an :class:`ApiRequest` and returns an :class:`ApiResponse`; the transports
+(ASGI front door, Django view) only move bytes. Errors are raised as ``GatewayError`` and
+rendered by :func:`dispatch` as the OpenAI error object (the Anthropic envelope on
+``/v1/messages``). Nothing here logs or keeps request or response content.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+from gateway import metrics, pipeline
+from gateway.api.http import SSE, SSE_DONE, SSE_HEADERS, ApiRequest, ApiResponse, sse_data
+from gateway.auth import authenticate
+from gateway.errors import (
+    GatewayError,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    UpstreamFailed,
+    anthropic_error_json,
+    describe_exception,
+    error_json,
+)
+from gateway.pipeline import CallContext
+from gateway.providers.types import ChatChunk, ProviderError, Usage
+from gateway.wire import anthropic, completions, embeddings, openai_chat, responses
+from gateway.wire.common import Inbound, parse_json_object
+
+logger = logging.getLogger("megarouter.gateway")
+
+Handler = Callable[[ApiRequest], Awaitable[ApiResponse]]
+
+
+# ---------------------------------------------------------------- shared steps
+
+
+def _context(req: ApiRequest, route: str, key: Any, inbound: Inbound) -> CallContext:
+    return CallContext(
+        request_id=req.request_id,
+        route=route,
+        key=key,
+        requested_model=inbound.model,
+        override=inbound.override,
+        needs=frozenset(inbound.needs),
+        needs_param=dict(inbound.needs_param),
+        max_tokens=inbound.chat.max_tokens,
+        stream=inbound.chat.stream,
+    )
+
+
+def _log_ids(req: ApiRequest, key: Any) -> None:
+    req.log_fields.update(
+        {
+            "organization_id": key.organization_id,
+            "project_id": getattr(key, "project_id", None),
+            "key_id": getattr(key, "key_id", None),
+        }
+    )
+
+
+def _headers(ctx: CallContext, *, with_cost: bool) -> dict[str, str]:
+    headers = {
+        "x-megarouter-strategy": ctx.strategy(),
+        "x-megarouter-attempts": str(len(ctx.attempts)),
+    }
+    if ctx.chosen is not None:
+        headers["x-megarouter-model"] = ctx.chosen.model_id
+        headers["x-megarouter-provider"] = ctx.chosen.provider
+    if with_cost:
+        headers["x-megarouter-cost-usd"] = format(ctx.cost.normalize(), "f")
+    return headers
+
+
+def _record(req: ApiRequest, ctx: CallContext, status: int) -> None:
+    """Per-request metrics and log fields once the outcome is known."""
+    req.recorded = True
+    model = ctx.chosen.model_id if ctx.chosen else ""
+    provider = ctx.chosen.provider if ctx.chosen else ""
+    metrics.REQUESTS.labels(ctx.route, str(status), model, provider, ctx.strategy()).inc()
+    elapsed = time.perf_counter() - ctx.started
+    metrics.LATENCY.labels(ctx.route).observe(elapsed)
+    metrics.OVERHEAD.labels(ctx.route).observe(max(0.0, elapsed - ctx.upstream_seconds))
+    if ctx.ttft_seconds is not None:
+        metrics.TTFT.labels(ctx.route, model).observe(ctx.ttft_seconds)
+    org = str(ctx.organization_id)
+    if ctx.chosen is not None:
+        usage = ctx.usage or Usage(completion_tokens=ctx.generated_tokens())
+        metrics.TOKENS.labels(org, model, "prompt").inc(usage.prompt_tokens)
+        metrics.TOKENS.labels(org, model, "completion").inc(usage.completion_tokens)
+        metrics.COST.labels(org, model).inc(float(ctx.cost))
+    req.log_fields.update(
+        {
+            "model": model or None,
+            "provider": provider or None,
+            "strategy": ctx.strategy(),
+            "attempts": len(ctx.attempts),
+            "upstream_ms": round(ctx.upstream_seconds * 1000, 3),
+            "prompt_tokens": ctx.usage.prompt_tokens if ctx.usage else None,
+            "completion_tokens": ctx.generated_tokens() if ctx.chosen else None,
+            "cost_usd": format(ctx.cost.normalize(), "f") if ctx.chosen else None,
+        }
+    )
+
+
+def _failed(req: ApiRequest, ctx: CallContext, error: GatewayError) -> None:
+    _record(req, ctx, error.status)
+    if ctx.plan is not None:
+        error.headers.update(_headers(ctx, with_cost=False))
+
+
+async def _authenticate(req: ApiRequest) -> Any:
+    key = await authenticate(req.headers, req.client_ip)
+    _log_ids(req, key)
+    return key
+
+
+# ---------------------------------------------------------------- stream renderers
+
+
+class Renderer(Protocol):
+    def start(self, model_id: str) -> list[bytes]: ...
+    def chunk(self, chunk: ChatChunk) -> list[bytes]: ...
+    def finish(self, model_id: str) -> list[bytes]: ...
+    def error(self, error: GatewayError) -> list[bytes]: ...
+
+
+class ChatRenderer:
+    def __init__(self, include_usage: bool, *, legacy: bool = False) -> None:
+        self.include_usage = include_usage
+        self.legacy = legacy
+        self.model_id = ""
+
+    def start(self, model_id: str) -> list[bytes]:
+        self.model_id = model_id
+        return []
+
+    def _one(self, chunk: ChatChunk) -> list[bytes]:
+        if self.legacy:
+            body = completions.render_completion_chunk(
+                chunk, self.model_id, include_usage=self.include_usage
+            )
+            return [sse_data(body)] if body is not None else []
+        return [
+            sse_data(
+                openai_chat.render_chunk(chunk, self.model_id, include_usage=self.include_usage)
+            )
+        ]
+
+    def chunk(self, chunk: ChatChunk) -> list[bytes]:
+        usage = chunk.usage
+        if chunk.choices:
+            chunk.usage = None
+            out = self._one(chunk)
+            chunk.usage = usage
+        else:
+            out = []
+        if usage is not None and self.include_usage:
+            out += self._one(
+                ChatChunk(
+                    id=chunk.id, model=chunk.model, created=chunk.created, choices=[], usage=usage
+                )
+            )
+        return out
+
+    def finish(self, model_id: str) -> list[bytes]:
+        return [SSE_DONE]
+
+    def error(self, error: GatewayError) -> list[bytes]:
+        return [b"data: " + error_json(error) + b"\n\n"]
+
+
+class ResponsesRenderer:
+    def __init__(self, shell: responses.ResponseShell) -> None:
+        self.stream = responses.ResponsesStream(shell)
+
+    def start(self, model_id: str) -> list[bytes]:
+        self.model_id = model_id
+        return self.stream.start(model_id)
+
+    def chunk(self, chunk: ChatChunk) -> list[bytes]:
+        return self.stream.chunk(chunk)
+
+    def finish(self, model_id: str) -> list[bytes]:
+        return self.stream.finish(model_id)
+
+    def error(self, error: GatewayError) -> list[bytes]:
+        return self.stream.error(error, self.model_id)
+
+
+class MessagesRenderer:
+    def __init__(self) -> None:
+        self.stream = anthropic.MessagesStream()
+
+    def start(self, model_id: str) -> list[bytes]:
+        return self.stream.start(model_id)
+
+    def chunk(self, chunk: ChatChunk) -> list[bytes]:
+        return self.stream.chunk(chunk)
+
+    def finish(self, model_id: str) -> list[bytes]:
+        return self.stream.finish(model_id)
+
+    def error(self, error: GatewayError) -> list[bytes]:
+        return self.stream.error(error)
+
+
+async def _stream_response(
+    req: ApiRequest, ctx: CallContext, inbound: Inbound, renderer: Renderer
+) -> ApiResponse:
+    """Fail over until a deployment yields its first chunk, then relay chunk by chunk."""
+    first, rest = await pipeline.chat_stream(ctx, inbound.chat)
+    assert ctx.chosen is not None
+    created = first.created or int(time.time())  # some providers give no timestamp
+    model_id = ctx.chosen.model_id
+    state = {"status": 200}
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            for event in renderer.start(model_id):
+                yield event
+            first.created = created
+            for event in renderer.chunk(first):
+                yield event
+            async for chunk in rest:
+                chunk.created = created
+                for event in renderer.chunk(chunk):
+                    yield event
+            for event in renderer.finish(model_id):
+                yield event
+        except ProviderError as error:
+            # After the first byte there is no failover: end with an error event.
+            metrics.STREAM_ERRORS.labels(ctx.route, error.kind.value).inc()
+            failure = UpstreamFailed(
+                f"The upstream stream from {ctx.chosen.deployment if ctx.chosen else '?'} "
+                f"failed after it started ({error.kind.value}).",
+                code="stream_interrupted",
+            )
+            state["status"] = 599  # logged as an interrupted stream
+            for event in renderer.error(failure):
+                yield event
+        except Exception as exc:  # a bug in rendering: still end with an error event
+            fields = {"request_id": req.request_id, **describe_exception(exc)}
+            logger.error("stream relay failed", extra={"fields": fields})
+            metrics.STREAM_ERRORS.labels(ctx.route, "internal").inc()
+            state["status"] = 598
+            for event in renderer.error(InternalError("The gateway failed while streaming.")):
+                yield event
+
+    async def on_close() -> None:
+        await rest.aclose()  # cancels the upstream call if it is still running
+        if not ctx.finished and state["status"] == 200:
+            state["status"] = 499  # client went away
+            metrics.STREAM_ERRORS.labels(ctx.route, "client_disconnect").inc()
+        await pipeline.finish(ctx)
+        _record(req, ctx, state["status"])
+        req.log_fields["stream_status"] = state["status"]
+
+    headers = {**SSE_HEADERS, **_headers(ctx, with_cost=False)}
+    return ApiResponse(
+        status=200, content_type=SSE, headers=headers, stream=relay(), on_close=on_close
+    )
+
+
+async def _run_chat(
+    req: ApiRequest,
+    route: str,
+    parse: Callable[[dict[str, Any]], Inbound],
+    render: Callable[[Any, str], dict[str, Any]],
+    renderer: Callable[[Inbound, dict[str, Any]], Renderer],
+) -> ApiResponse:
+    key = await _authenticate(req)
+    data = parse_json_object(req.body)
+    inbound = parse(data)
+    ctx = _context(req, route, key, inbound)
+    try:
+        if inbound.chat.stream:
+            return await _stream_response(req, ctx, inbound, renderer(inbound, data))
+        response = await pipeline.chat_complete(ctx, inbound.chat)
+    except GatewayError as error:
+        _failed(req, ctx, error)
+        raise
+    assert ctx.chosen is not None
+    _record(req, ctx, 200)
+    if not response.created:  # some providers give no timestamp
+        response.created = int(time.time())
+    return ApiResponse.json(
+        render(response, ctx.chosen.model_id), headers=_headers(ctx, with_cost=True)
+    )
+
+
+# ---------------------------------------------------------------- the endpoints
+
+
+async def chat_completions(req: ApiRequest) -> ApiResponse:
+    return await _run_chat(
+        req,
+        "chat",
+        openai_chat.parse_chat,
+        openai_chat.render_chat,
+        lambda inbound, data: ChatRenderer(inbound.chat.include_usage),
+    )
+
+
+async def legacy_completions(req: ApiRequest) -> ApiResponse:
+    return await _run_chat(
+        req,
+        "completions",
+        completions.parse_completion,
+        completions.render_completion,
+        lambda inbound, data: ChatRenderer(inbound.chat.include_usage, legacy=True),
+    )
+
+
+async def responses_create(req: ApiRequest) -> ApiResponse:
+    key = await _authenticate(req)
+    data = parse_json_object(req.body)
+    inbound = responses.parse_responses(data)
+    shell = responses.ResponseShell(data, inbound)
+    ctx = _context(req, "responses", key, inbound)
+    try:
+        if inbound.chat.stream:
+            return await _stream_response(req, ctx, inbound, ResponsesRenderer(shell))
+        response = await pipeline.chat_complete(ctx, inbound.chat)
+    except GatewayError as error:
+        _failed(req, ctx, error)
+        raise
+    assert ctx.chosen is not None
+    _record(req, ctx, 200)
+    body = responses.render_response(shell, response, ctx.chosen.model_id)
+    return ApiResponse.json(body, headers=_headers(ctx, with_cost=True))
+
+
+async def messages_create(req: ApiRequest) -> ApiResponse:
+    return await _run_chat(
+        req,
+        "messages",
+        anthropic.parse_messages,
+        anthropic.render_message,
+        lambda inbound, data: MessagesRenderer(),
+    )
+
+
+async def embeddings_create(req: ApiRequest) -> ApiResponse:
+    key = await _authenticate(req)
+    data = parse_json_object(req.body)
+    model, request, override, encoding = embeddings.parse_embeddings(data)
+    ctx = CallContext(
+        request_id=req.request_id,
+        route="embeddings",
+        key=key,
+        requested_model=model,
+        override=override,
+        needs=frozenset({"embeddings"}),
+    )
+    try:
+        response = await pipeline.embed(ctx, request)
+    except GatewayError as error:
+        _failed(req, ctx, error)
+        raise
+    assert ctx.chosen is not None
+    _record(req, ctx, 200)
+    body = embeddings.render_embeddings(response, ctx.chosen.model_id, encoding)
+    return ApiResponse.json(body, headers=_headers(ctx, with_cost=True))
+
+
+async def models_list(req: ApiRequest) -> ApiResponse:
+    from gateway.routing_interim import models_for_key
+
+    key = await _authenticate(req)
+    return ApiResponse.json({"object": "list", "data": await models_for_key(key)})
+
+
+async def models_retrieve(req: ApiRequest, model_id: str) -> ApiResponse:
+    from gateway.routing_interim import model_for_key
+
+    key = await _authenticate(req)
+    return ApiResponse.json(await model_for_key(key, model_id))
+
+
+# ---------------------------------------------------------------- dispatch
+
+ROUTES: dict[str, tuple[str, Handler]] = {
+    "/v1/chat/completions": ("POST", chat_completions),
+    "/v1/completions": ("POST", legacy_completions),
+    "/v1/embeddings": ("POST", embeddings_create),
+    "/v1/responses": ("POST", responses_create),
+    "/v1/messages": ("POST", messages_create),
+    "/v1/models": ("GET", models_list),
+}
+MODELS_PREFIX = "/v1/models/"
+ROUTE_LABELS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
+    "/v1/messages": "messages",
+    "/v1/models": "models",
+    "/v1/models/{model}": "models",
+}
+
+
+async def dispatch(req: ApiRequest) -> ApiResponse:
+    """Route a ``/v1/`` request and turn every failure into an error response."""
+    try:
+        response = await _route(req)
+    except GatewayError as error:
+        response = error_response(req, error)
+    except Exception as exc:
+        fields = {"request_id": req.request_id, **describe_exception(exc)}
+        logger.error("unhandled gateway error", extra={"fields": fields})
+        response = error_response(req, InternalError("The gateway failed to handle this request."))
+    if not req.recorded:  # answered before routing: bad key or input, unknown path, models
+        route = ROUTE_LABELS.get(req.route or "", "other")
+        metrics.REQUESTS.labels(route, str(response.status), "", "", "none").inc()
+    return response
+
+
+async def _route(req: ApiRequest) -> ApiResponse:
+    path = req.path.rstrip("/") if req.path != "/" else req.path
+    if path in ROUTES:
+        method, handler = ROUTES[path]
+        req.route = path
+        if req.method != method:
+            raise MethodNotAllowed(
+                f"Method {req.method} is not allowed on {path}; use {method}.",
+                headers={"allow": method},
+            )
+        return await handler(req)
+    if path.startswith(MODELS_PREFIX) and len(path) > len(MODELS_PREFIX):
+        req.route = "/v1/models/{model}"
+        if req.method != "GET":
+            raise MethodNotAllowed(
+                f"Method {req.method} is not allowed on /v1/models/{{model}}; use GET.",
+                headers={"allow": "GET"},
+            )
+        return await models_retrieve(req, path[len(MODELS_PREFIX) :])
+    raise NotFound(f"Unknown endpoint: {req.method} {_bounded(req.path)}", code="unknown_url")
+
+
+def error_response(req: ApiRequest, error: GatewayError) -> ApiResponse:
+    anthropic_shape = req.path.rstrip("/") == "/v1/messages"
+    body = anthropic_error_json(error) if anthropic_shape else error_json(error)
+    req.log_fields.setdefault("error_code", error.code)
+    return ApiResponse(status=error.status, body=body, headers=dict(error.headers))
+
+
+def _bounded(path: str) -> str:
+    return path[:120]

@@ -1,0 +1,53 @@
+"""Transport-neutral request and response types for the ``/v1/`` handlers, so the same
+handlers run behind the raw ASGI front door (:mod:`gateway.api.asgi`, production) and behind a
+Django async view (:mod:`gateway.api.views`: ``runserver``, WSGI, Django's test client)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+JSON = "application/json"
+SSE = "text/event-stream"
+
+
+@dataclass(slots=True)
+class ApiRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    request_id: str
+    client_ip: str | None = None
+    log_fields: dict[str, Any] = field(default_factory=dict)
+    route: str | None = None  # the matched route template (for logs and metrics)
+    recorded: bool = False  # the per-request metrics were written by the handler
+
+
+@dataclass(slots=True)
+class ApiResponse:
+    status: int
+    body: bytes = b""
+    content_type: str = JSON
+    headers: dict[str, str] = field(default_factory=dict)
+    # Streaming: an async iterator of encoded SSE events; ``on_close`` runs when the stream
+    # ends for any reason (completion, error, client disconnect).
+    stream: AsyncIterator[bytes] | None = None
+    on_close: Callable[[], Any] | None = None
+
+    @classmethod
+    def json(
+        cls, data: Any, status: int = 200, headers: dict[str, str] | None = None
+    ) -> ApiResponse:
+        return cls(status=status, body=orjson.dumps(data), headers=headers or {})
+
+
+def sse_data(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}

@@ -1,0 +1,378 @@
+"""Anthropic Messages (``POST {base}/v1/messages``), headers ``x-api-key`` and
+``anthropic-version: 2023-06-01``.
+
+Translation: system / developer messages become the top-level ``system``; tool calls become
+``tool_use`` blocks and tool results ``tool_result`` blocks in a user turn (consecutive turns
+of one role are merged, as the API requires alternation); images become ``image`` blocks
+(base64 for ``data:`` URIs, ``url`` sources otherwise). ``max_tokens`` is required by Anthropic:
+when the request has none, :data:`DEFAULT_MAX_TOKENS` (setting ``ANTHROPIC_DEFAULT_MAX_TOKENS``)
+is sent. Usage: ``prompt_tokens`` = input + cache read + cache creation tokens (Anthropic's
+``input_tokens`` excludes both), ``cached_tokens`` = cache read, ``cache_write_tokens`` = cache
+creation. ``stop_reason`` ``refusal`` maps to finish reason ``content_filter``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+from django.conf import settings
+
+from gateway.providers.base import (
+    Adapter,
+    SSEDecoder,
+    StreamDecoder,
+    error_from_status,
+    join_url,
+    loads,
+    register,
+)
+from gateway.providers.types import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    Choice,
+    ChunkChoice,
+    Delta,
+    Endpoint,
+    ErrorKind,
+    FinishReason,
+    Message,
+    ProviderError,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+
+_STOP: dict[str | None, FinishReason | None] = {
+    None: None,
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+# Anthropic error types -> kinds, when the status alone is not enough.
+_ERROR_TYPES = {
+    "overloaded_error": ErrorKind.OVERLOADED,
+    "rate_limit_error": ErrorKind.RATE_LIMITED,
+    "authentication_error": ErrorKind.AUTHENTICATION,
+    "permission_error": ErrorKind.AUTHENTICATION,
+    "api_error": ErrorKind.SERVER_ERROR,
+    "timeout_error": ErrorKind.TIMEOUT,
+}
+
+
+def _image_block(url: str | None) -> dict[str, Any]:
+    url = url or ""
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        media_type = header[5:].split(";", 1)[0] or "image/png"
+        return {
+            "type": "image",
+            "source": {"type": "base64", "media_type": media_type, "data": data},
+        }
+    return {"type": "image", "source": {"type": "url", "url": url}}
+
+
+def _blocks(message: Message) -> list[dict[str, Any]]:
+    content = message.content
+    blocks: list[dict[str, Any]] = []
+    if isinstance(content, str):
+        if content:
+            blocks.append({"type": "text", "text": content})
+    elif content:
+        for part in content:
+            if part.type == "text":
+                blocks.append({"type": "text", "text": part.text or ""})
+            else:
+                blocks.append(_image_block(part.image_url))
+    return blocks
+
+
+def _tool_input(arguments: str) -> Any:
+    if not arguments:
+        return {}
+    try:
+        return orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        raise ProviderError(
+            ErrorKind.BAD_REQUEST, "tool call arguments are not valid JSON"
+        ) from None
+
+
+def request_to_wire(request: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+
+    for message in request.messages:
+        if message.role in ("system", "developer"):
+            system.append(message.text())
+        elif message.role == "tool":
+            add(
+                "user",
+                [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": message.tool_call_id or "",
+                        "content": message.text(),
+                    }
+                ],
+            )
+        elif message.role == "assistant":
+            blocks = _blocks(message)
+            for call in message.tool_calls or ():
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": call.id,
+                        "name": call.name,
+                        "input": _tool_input(call.arguments),
+                    }
+                )
+            add("assistant", blocks)
+        else:
+            add("user", _blocks(message))
+
+    max_tokens = request.max_tokens
+    if max_tokens is None:
+        max_tokens = int(getattr(settings, "ANTHROPIC_DEFAULT_MAX_TOKENS", DEFAULT_MAX_TOKENS))
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": turns}
+    if system:
+        body["system"] = "\n\n".join(system)
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.stop:
+        body["stop_sequences"] = request.stop
+    if request.user:
+        body["metadata"] = {"user_id": request.user}
+    if request.tools:  # also with tool_choice "none": history may hold tool_use blocks
+        body["tools"] = [
+            {
+                "name": tool.name,
+                **({"description": tool.description} if tool.description else {}),
+                "input_schema": tool.parameters or {"type": "object", "properties": {}},
+            }
+            for tool in request.tools
+        ]
+    choice: dict[str, Any] | None = None
+    if isinstance(request.tool_choice, dict):
+        choice = {"type": "tool", "name": request.tool_choice["name"]}
+    elif request.tool_choice == "required":
+        choice = {"type": "any"}
+    elif request.tool_choice == "auto":
+        choice = {"type": "auto"}
+    elif request.tool_choice == "none":
+        choice = {"type": "none"}
+    if request.tools and request.parallel_tool_calls is False and request.tool_choice != "none":
+        choice = (choice or {"type": "auto"}) | {"disable_parallel_tool_use": True}
+    if choice is not None and request.tools:
+        body["tool_choice"] = choice
+    if stream:
+        body["stream"] = True
+    if request.extra:
+        body.update(request.extra)
+    return body
+
+
+def usage_from_wire(data: dict[str, Any] | None) -> Usage:
+    data = data or {}
+    cache_read = int(data.get("cache_read_input_tokens") or 0)
+    cache_write = int(data.get("cache_creation_input_tokens") or 0)
+    return Usage(
+        prompt_tokens=int(data.get("input_tokens") or 0) + cache_read + cache_write,
+        completion_tokens=int(data.get("output_tokens") or 0),
+        cached_tokens=cache_read,
+        cache_write_tokens=cache_write,
+    )
+
+
+def response_from_wire(data: dict[str, Any], fallback_model: str) -> ChatResponse:
+    if data.get("type") == "error":
+        raise error_from_body(0, httpx.Headers(), data)
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    for block in data["content"]:
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(block["text"])
+        elif kind == "tool_use":
+            calls.append(
+                ToolCall(
+                    id=block["id"],
+                    name=block["name"],
+                    arguments=orjson.dumps(block.get("input") or {}).decode(),
+                )
+            )
+    finish = _STOP.get(data.get("stop_reason"), "stop")
+    text = "".join(texts) if texts else None
+    return ChatResponse(
+        id=data.get("id") or "",
+        model=data.get("model") or fallback_model,
+        created=0,
+        choices=[
+            Choice(
+                index=0,
+                message=Message(
+                    role="assistant",
+                    content=text,
+                    tool_calls=calls or None,
+                    refusal=text if finish == "content_filter" else None,
+                ),
+                finish_reason=finish,
+            )
+        ],
+        usage=usage_from_wire(data.get("usage")),
+    )
+
+
+def error_from_body(status: int, headers: httpx.Headers, data: Any) -> ProviderError:
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        error = {}
+    err_type = str(error.get("type") or "")
+    message = str(error.get("message") or "")
+    kind = _ERROR_TYPES.get(err_type)
+    if kind is None and status == 0:  # an error event mid-stream
+        kind = ErrorKind.SERVER_ERROR
+    return error_from_status(status, headers, message or err_type, err_type or None, kind=kind)
+
+
+class AnthropicStreamDecoder(StreamDecoder):
+    """message_start -> role chunk; text_delta -> content; tool_use start / input_json_delta ->
+    tool call deltas; message_delta -> finish reason; message_stop -> the usage chunk."""
+
+    def __init__(self, model: str) -> None:
+        self.sse = SSEDecoder()
+        self.model = model
+        self.done = False
+        self.id = ""
+        self.usage = Usage()
+        self.input: dict[str, Any] = {}
+        self.output_tokens = 0
+        self.tool_index: dict[int, int] = {}  # content block index -> tool call index
+        self.finish_reason: FinishReason | None = None
+
+    def _chunk(self, delta: Delta | None, finish: FinishReason | None = None) -> ChatChunk:
+        choices = [] if delta is None else [ChunkChoice(index=0, delta=delta, finish_reason=finish)]
+        return ChatChunk(id=self.id, model=self.model, created=0, choices=choices)
+
+    def decode(self, data: bytes, out: list[ChatChunk]) -> None:
+        for event, payload in self.sse.feed(data):
+            obj = loads(payload, "stream event")
+            kind = obj.get("type") or event
+            if kind == "message_start":
+                message = obj["message"]
+                self.id = message.get("id") or ""
+                self.model = message.get("model") or self.model
+                self.input = message.get("usage") or {}
+                self.output_tokens = int(self.input.get("output_tokens") or 0)
+                out.append(self._chunk(Delta(role="assistant", content="")))
+            elif kind == "content_block_start":
+                block = obj["content_block"]
+                if block.get("type") == "tool_use":
+                    index = len(self.tool_index)
+                    self.tool_index[int(obj["index"])] = index
+                    out.append(
+                        self._chunk(
+                            Delta(
+                                tool_calls=[
+                                    ToolCallDelta(
+                                        index=index,
+                                        id=block["id"],
+                                        name=block["name"],
+                                        arguments="",
+                                    )
+                                ]
+                            )
+                        )
+                    )
+                elif block.get("type") == "text" and block.get("text"):
+                    out.append(self._chunk(Delta(content=block["text"])))
+            elif kind == "content_block_delta":
+                delta = obj["delta"]
+                dtype = delta.get("type")
+                if dtype == "text_delta":
+                    out.append(self._chunk(Delta(content=delta["text"])))
+                elif dtype == "input_json_delta":
+                    index = self.tool_index[int(obj["index"])]
+                    out.append(
+                        self._chunk(
+                            Delta(
+                                tool_calls=[
+                                    ToolCallDelta(index=index, arguments=delta["partial_json"])
+                                ]
+                            )
+                        )
+                    )
+            elif kind == "message_delta":
+                usage = obj.get("usage") or {}
+                if "output_tokens" in usage:
+                    self.output_tokens = int(usage["output_tokens"])
+                for key in (
+                    "input_tokens",
+                    "cache_read_input_tokens",
+                    "cache_creation_input_tokens",
+                ):
+                    if usage.get(key) is not None:
+                        self.input[key] = usage[key]
+                stop = (obj.get("delta") or {}).get("stop_reason")
+                self.finish_reason = _STOP.get(stop, "stop")
+                out.append(self._chunk(Delta(), self.finish_reason))
+            elif kind == "message_stop":
+                self.done = True
+                final = self._chunk(None)
+                final.usage = usage_from_wire(self.input | {"output_tokens": self.output_tokens})
+                out.append(final)
+                break
+            elif kind == "error":
+                raise error_from_body(0, httpx.Headers(), obj)
+            # ping, content_block_stop, thinking deltas: nothing to relay
+
+    def finish(self) -> list[ChatChunk]:
+        if not self.done:
+            raise ProviderError(ErrorKind.PROTOCOL, "stream ended without message_stop")
+        return []
+
+
+@register
+class AnthropicAdapter(Adapter):
+    kind = "anthropic"
+
+    def build(
+        self, endpoint: Endpoint, request: ChatRequest, *, stream: bool
+    ) -> tuple[str, dict[str, str], bytes]:
+        headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
+        if endpoint.api_key:
+            headers["x-api-key"] = endpoint.api_key
+        if stream:
+            headers["accept"] = "text/event-stream"
+        body = request_to_wire(request, endpoint.model, stream=stream)
+        return join_url(endpoint.base_url, "/v1/messages"), headers, orjson.dumps(body)
+
+    def parse(self, endpoint: Endpoint, request: ChatRequest, data: Any) -> ChatResponse:
+        return response_from_wire(data, endpoint.model)
+
+    def decoder(self, endpoint: Endpoint, request: ChatRequest) -> StreamDecoder:
+        return AnthropicStreamDecoder(endpoint.model)
+
+    def parse_error(self, status: int, headers: httpx.Headers, body: bytes) -> ProviderError:
+        try:
+            data = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            data = {"error": {"message": body[:200].decode("utf-8", "replace")}}
+        return error_from_body(status, headers, data)

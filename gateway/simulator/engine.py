@@ -1,0 +1,416 @@
+"""What the simulator answers, independent of any wire format: knobs (latency and faults), the
+token rule, deterministic generation (text, tool calls, JSON), embeddings, and fault state.
+
+Token rule (documented in docs/simulator.md): a token is a run of word characters or one
+punctuation character (regex ``\\w+|[^\\w\\s]``). ``prompt_tokens`` = the sum over messages of
+(tokens of its text + 3), plus the tokens of the tools' JSON when tools are offered.
+``completion_tokens`` = the tokens of the text (or tool-call arguments, or JSON) returned, plus
+the ``reasoning`` knob. Streams send one token per content chunk, so the concatenated chunks
+equal the non-streamed text and their count equals ``completion_tokens``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+PIECE_RE = re.compile(r"\s*(?:\w+|[^\w\s])")
+TOOL_TRIGGER_RE = re.compile(r"\btools?\b", re.IGNORECASE)
+FILTER_TRIGGER = "[sim:filter]"
+
+VOCABULARY = [
+    "the",
+    "quick",
+    "model",
+    "routes",
+    "every",
+    "request",
+    "to",
+    "a",
+    "provider",
+    "that",
+    "answers",
+    "with",
+    "clear",
+    "and",
+    "useful",
+    "text",
+    "about",
+    "budgets",
+    "latency",
+    "tokens",
+    "streams",
+    "errors",
+    "retries",
+    "regions",
+    "prices",
+    "caches",
+    "tools",
+    "schemas",
+    "graphs",
+    "numbers",
+    "reasons",
+    "plans",
+    "steps",
+    "results",
+    "checks",
+    "tests",
+    "data",
+    "keys",
+    "teams",
+    "projects",
+    "orders",
+    "limits",
+    "health",
+    "breakers",
+    "failover",
+    "gateway",
+    "router",
+    "adapter",
+    "simulator",
+    "chunk",
+    "event",
+    "value",
+    "signal",
+    "window",
+    "context",
+    "answer",
+    "question",
+    "summary",
+    "detail",
+    "option",
+    "choice",
+]
+
+DEFAULT_CONTEXT_WINDOW = 128_000
+MESSAGE_OVERHEAD = 3
+
+ERROR_FAULTS = {"429", "500", "502", "503", "529", "401", "403", "400", "context", "filter"}
+TRANSPORT_FAULTS = {"reset", "hang"}
+STREAM_FAULTS = {"cut", "stall", "malformed", "no_done"}
+FAULTS = ERROR_FAULTS | TRANSPORT_FAULTS | STREAM_FAULTS
+
+
+def count_tokens(text: str) -> int:
+    return len(TOKEN_RE.findall(text))
+
+
+def pieces(text: str) -> list[str]:
+    """Split text into streamable pieces of one token each (leading whitespace kept)."""
+    return PIECE_RE.findall(text)
+
+
+class KnobError(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class Knobs:
+    """Per-request behaviour, from the model-name suffix and the ``x-sim-fault`` header."""
+
+    fault: str | None = None
+    times: int | None = None  # only the first N requests of this fault id fail
+    for_s: float | None = None  # fail for S seconds after the first request, then recover
+    pct: float | None = None  # fail this percentage of requests (seeded)
+    seed: int = 0
+    id: str | None = None
+    retry_after: float | None = None
+    retry_after_ms: int | None = None
+    retry_after_date: float | None = None
+    after: int = 2  # cut / stall / malformed after this many content tokens
+    stall_ms: int = 2000
+    ttft_ms: int | None = None
+    token_ms: int | None = None
+    tokens: int | None = None
+    ctx: int | None = None
+    dims: int | None = None
+    cached: int = 0
+    reasoning: int = 0
+    raw: str = ""
+
+    _INT = ("times", "seed", "retry_after_ms", "after", "stall_ms", "ttft_ms", "token_ms",
+            "tokens", "ctx", "dims", "cached", "reasoning")  # fmt: skip
+    _FLOAT = ("for_s", "pct", "retry_after", "retry_after_date")
+
+    def apply(self, spec: str) -> None:
+        for item in re.split(r"[~;,\s]+", spec.strip()):
+            if not item:
+                continue
+            name, _, value = item.partition("=")
+            name = name.strip().lower()
+            value = value.strip()
+            if name == "fault" or (not value and name in FAULTS):
+                fault = value or name
+                if fault not in FAULTS:
+                    raise KnobError(f"unknown fault {fault!r}")
+                self.fault = fault
+            elif name == "id":
+                self.id = value
+            elif name in self._INT:
+                try:
+                    setattr(self, name, int(value))
+                except ValueError:
+                    raise KnobError(f"{name} needs an integer, got {value!r}") from None
+            elif name in self._FLOAT:
+                try:
+                    setattr(self, name, float(value))
+                except ValueError:
+                    raise KnobError(f"{name} needs a number, got {value!r}") from None
+            else:
+                raise KnobError(f"unknown knob {name!r}")
+        self.raw = f"{self.raw}~{spec}" if self.raw else spec
+
+
+def split_model(model: str) -> tuple[str, str]:
+    """``gpt-4o~fault=429~times=1`` -> (``gpt-4o``, ``fault=429~times=1``)."""
+    base, _, spec = model.partition("~")
+    return base, spec
+
+
+def parse_knobs(model_spec: str, header: str | None) -> Knobs:
+    knobs = Knobs()
+    if model_spec:
+        knobs.apply(model_spec)
+    if header:
+        knobs.apply(header)
+    return knobs
+
+
+# ---------------------------------------------------------------- the normalized request
+
+
+@dataclass(slots=True)
+class SimTool:
+    name: str
+    parameters: dict[str, Any] | None
+
+
+@dataclass(slots=True)
+class SimRequest:
+    provider: str
+    model: str
+    knobs: Knobs
+    texts: list[str]
+    last_user: str = ""
+    last_is_tool_result: bool = False
+    max_tokens: int | None = None
+    tools: list[SimTool] = field(default_factory=list)
+    tools_json: str = ""
+    tool_choice: str | dict[str, str] | None = None
+    json_mode: str | None = None  # "object" | "schema"
+    schema: dict[str, Any] | None = None
+    stream: bool = False
+    include_usage: bool = False
+    n: int = 1
+
+
+@dataclass(slots=True)
+class SimToolCall:
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class Generation:
+    id_hash: str
+    text: str | None
+    tool_calls: list[SimToolCall]
+    finish: str  # stop | length | tool_calls | content_filter
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def pieces(self) -> list[str]:
+        return pieces(self.text or "")
+
+
+def prompt_tokens(request: SimRequest) -> int:
+    total = sum(count_tokens(text) + MESSAGE_OVERHEAD for text in request.texts)
+    if request.tools_json:
+        total += count_tokens(request.tools_json)
+    return total
+
+
+def _digest(request: SimRequest, salt: str = "") -> bytes:
+    h = hashlib.sha256()
+    h.update(request.model.encode())
+    h.update(b"\x00")
+    for text in request.texts:
+        h.update(text.encode("utf-8", "replace"))
+        h.update(b"\x00")
+    h.update(salt.encode())
+    return h.digest()
+
+
+def _words(seed: bytes, count: int) -> list[str]:
+    rng = random.Random(seed)
+    return [rng.choice(VOCABULARY) for _ in range(count)]
+
+
+def instance_for(schema: Any, rng: random.Random, depth: int = 0) -> Any:
+    """A deterministic value valid against a simple JSON Schema."""
+    if not isinstance(schema, dict) or depth > 8:
+        return "value"
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return instance_for(schema[key][0], rng, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "string"
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {name: instance_for(sub, rng, depth + 1) for name, sub in props.items()}
+    if kind == "array":
+        count = max(1, int(schema.get("minItems", 1)))
+        if "maxItems" in schema:
+            count = min(count, int(schema["maxItems"]))
+        return [instance_for(schema.get("items") or {}, rng, depth + 1) for _ in range(count)]
+    if kind == "integer":
+        low = int(schema.get("minimum", 0))
+        high = int(schema.get("maximum", low + 100))
+        return rng.randint(low, max(low, high))
+    if kind == "number":
+        floor = float(schema.get("minimum", 0.0))
+        ceiling = float(schema.get("maximum", floor + 100.0))
+        return round(rng.uniform(floor, max(floor, ceiling)), 2)
+    if kind == "boolean":
+        return rng.random() < 0.5
+    if kind == "null":
+        return None
+    text = rng.choice(VOCABULARY)
+    if "minLength" in schema:
+        text = text.ljust(int(schema["minLength"]), "x")
+    if "maxLength" in schema:
+        text = text[: int(schema["maxLength"])]
+    return text
+
+
+def _wants_tool(request: SimRequest) -> SimTool | None:
+    if not request.tools or request.tool_choice == "none" or request.last_is_tool_result:
+        return None
+    choice = request.tool_choice
+    if isinstance(choice, dict):
+        return next((t for t in request.tools if t.name == choice.get("name")), request.tools[0])
+    if choice == "required" or TOOL_TRIGGER_RE.search(request.last_user):
+        return request.tools[0]
+    return None
+
+
+def generate(request: SimRequest, choice_index: int = 0) -> Generation:
+    knobs = request.knobs
+    seed = _digest(request, str(choice_index) if choice_index else "")
+    id_hash = seed.hex()[:24]
+    prompt = prompt_tokens(request)
+    cached = min(knobs.cached, prompt)
+    limit = request.max_tokens
+    if knobs.fault == "filter" or FILTER_TRIGGER in request.last_user:
+        return Generation(id_hash, None, [], "content_filter", prompt, 0, cached)
+
+    tool = _wants_tool(request)
+    if tool is not None:
+        rng = random.Random(seed)
+        arguments = orjson.dumps(instance_for(tool.parameters or {}, rng)).decode()
+        call = SimToolCall(id="call_" + id_hash, name=tool.name, arguments=arguments)
+        completion = count_tokens(arguments) + knobs.reasoning
+        return Generation(
+            id_hash, None, [call], "tool_calls", prompt, completion, cached, knobs.reasoning
+        )
+
+    if request.json_mode == "schema" and request.schema is not None:
+        text = orjson.dumps(instance_for(request.schema, random.Random(seed))).decode()
+    elif request.json_mode is not None:
+        text = orjson.dumps({"answer": " ".join(_words(seed, 6))}).decode()
+    else:
+        count = knobs.tokens - 1 if knobs.tokens is not None else 8 + seed[0] % 17
+        text = " ".join(_words(seed, max(count, 0))) + "."
+        if knobs.tokens == 0:
+            text = ""
+    parts = pieces(text)
+    finish = "stop"
+    if limit is not None and len(parts) > limit:
+        parts = parts[:limit]
+        text = "".join(parts)
+        finish = "length"
+    return Generation(
+        id_hash,
+        text,
+        [],
+        finish,
+        prompt,
+        len(parts) + knobs.reasoning,
+        cached,
+        knobs.reasoning,
+    )
+
+
+def embedding_vector(text: str, dims: int) -> list[float]:
+    """A deterministic unit vector for ``text`` (same text, same vector)."""
+    rng = random.Random(hashlib.sha256(text.encode("utf-8", "replace")).digest())
+    values = [rng.gauss(0.0, 1.0) for _ in range(dims)]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [round(v / norm, 6) for v in values]
+
+
+def pack_base64(vector: list[float]) -> str:
+    import base64
+
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+# ---------------------------------------------------------------- fault state
+
+
+class FaultState:
+    """Counters behind ``times``, ``for_s`` and ``pct``, keyed by fault id. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._first_seen: dict[str, float] = {}
+        self._rngs: dict[str, random.Random] = {}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts.clear()
+            self._first_seen.clear()
+            self._rngs.clear()
+
+    def active(self, knobs: Knobs, key: str) -> bool:
+        """Whether this request gets the fault."""
+        if knobs.fault is None:
+            return False
+        key = knobs.id or key
+        now = time.monotonic()
+        with self._lock:
+            count = self._counts.get(key, 0) + 1
+            self._counts[key] = count
+            first = self._first_seen.setdefault(key, now)
+            if knobs.times is not None and count > knobs.times:
+                return False
+            if knobs.for_s is not None and now - first >= knobs.for_s:
+                return False
+            if knobs.pct is not None:
+                rng = self._rngs.get(key)
+                if rng is None:
+                    rng = self._rngs[key] = random.Random(knobs.seed)
+                return rng.random() * 100.0 < knobs.pct
+        return True

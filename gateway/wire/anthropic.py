@@ -1,0 +1,466 @@
+"""Anthropic Messages inbound (``POST /v1/messages``), so Anthropic-SDK clients and coding
+agents can use the gateway: parse into the normalized chat request, render ``message``
+objects and the Messages streaming events."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+
+from gateway.errors import GatewayError, InvalidRequest, UnsupportedParameter
+from gateway.providers.types import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    ContentPart,
+    Message,
+    Tool,
+    ToolCall,
+    Usage,
+)
+from gateway.wire.common import (
+    CAP_REASONING,
+    CAP_TOOLS,
+    CAP_VISION,
+    Inbound,
+    as_dict,
+    get_bool,
+    get_dict,
+    get_int,
+    get_list,
+    get_number,
+    get_stop,
+    get_str,
+    missing,
+    parse_override,
+    require_model,
+    require_str,
+    type_name,
+)
+
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "content_filter": "refusal",
+    "error": "end_turn",
+}
+
+
+def parse_messages(data: dict[str, Any]) -> Inbound:
+    model = require_model(data)
+    max_tokens = get_int(data, "max_tokens", minimum=1)
+    if max_tokens is None:
+        raise missing("max_tokens")
+    raw_messages = data.get("messages")
+    if raw_messages is None:
+        raise missing("messages")
+    if not isinstance(raw_messages, list):
+        raise InvalidRequest(
+            f"Invalid type for 'messages': expected an array, but got {type_name(raw_messages)}.",
+            param="messages",
+            code="invalid_type",
+        )
+    if not raw_messages:
+        raise InvalidRequest(
+            "'messages' must contain at least one message.", param="messages", code="empty_array"
+        )
+    inbound = Inbound(model=model, chat=ChatRequest(messages=[], max_tokens=max_tokens))
+    messages = inbound.chat.messages
+    system = data.get("system")
+    if system is not None:
+        if isinstance(system, str):
+            if system:
+                messages.append(Message(role="system", content=system))
+        elif isinstance(system, list):
+            text = "".join(
+                require_str(as_dict(block, f"system[{i}]"), "text", f"system[{i}].text")
+                for i, block in enumerate(system)
+            )
+            messages.append(Message(role="system", content=text))
+        else:
+            raise InvalidRequest(
+                "Invalid type for 'system': expected a string or an array of text blocks.",
+                param="system",
+                code="invalid_type",
+            )
+    for index, raw in enumerate(raw_messages):
+        _message(raw, f"messages[{index}]", inbound)
+    chat = inbound.chat
+    chat.temperature = get_number(data, "temperature", minimum=0, maximum=1)
+    chat.top_p = get_number(data, "top_p", minimum=0, maximum=1)
+    top_k = get_int(data, "top_k", minimum=0)
+    if top_k is not None:
+        chat.extra["top_k"] = top_k
+    chat.stop = get_stop(data, "stop_sequences", max_items=16)
+    chat.stream = bool(get_bool(data, "stream"))
+    chat.include_usage = chat.stream
+    metadata = get_dict(data, "metadata")
+    if metadata is not None:
+        chat.user = get_str(metadata, "user_id", "metadata.user_id")
+    thinking = get_dict(data, "thinking")
+    if thinking is not None and thinking.get("type") == "enabled":
+        budget = get_int(thinking, "budget_tokens", "thinking.budget_tokens", minimum=1)
+        chat.extra["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        inbound.need(CAP_REASONING, "thinking")
+    _tools(data, inbound)
+    inbound.override = parse_override(data)
+    return inbound
+
+
+def _message(raw: Any, param: str, inbound: Inbound) -> None:
+    raw = as_dict(raw, param)
+    role = raw.get("role")
+    if role is None:
+        raise missing(f"{param}.role")
+    if role not in ("user", "assistant"):
+        raise InvalidRequest(
+            f"Invalid value for '{param}.role': expected user or assistant.",
+            param=f"{param}.role",
+            code="invalid_value",
+        )
+    content = raw.get("content")
+    if content is None:
+        raise missing(f"{param}.content")
+    messages = inbound.chat.messages
+    if isinstance(content, str):
+        messages.append(Message(role=role, content=content))
+        return
+    if not isinstance(content, list):
+        raise InvalidRequest(
+            f"Invalid type for '{param}.content': expected a string or an array of blocks.",
+            param=f"{param}.content",
+            code="invalid_type",
+        )
+    parts: list[ContentPart] = []
+    calls: list[ToolCall] = []
+    results: list[Message] = []
+    for index, block in enumerate(content):
+        block_param = f"{param}.content[{index}]"
+        block = as_dict(block, block_param)
+        kind = block.get("type")
+        if kind == "text":
+            parts.append(
+                ContentPart(type="text", text=require_str(block, "text", f"{block_param}.text"))
+            )
+        elif kind == "image":
+            parts.append(_image(block, block_param))
+            inbound.need(CAP_VISION, block_param)
+        elif kind == "tool_use" and role == "assistant":
+            arguments = block.get("input", {})
+            if not isinstance(arguments, dict):
+                raise InvalidRequest(
+                    f"'{block_param}.input' must be an object.",
+                    param=f"{block_param}.input",
+                    code="invalid_type",
+                )
+            calls.append(
+                ToolCall(
+                    id=require_str(block, "id", f"{block_param}.id"),
+                    name=require_str(block, "name", f"{block_param}.name"),
+                    arguments=orjson.dumps(arguments).decode(),
+                )
+            )
+        elif kind == "tool_result" and role == "user":
+            results.append(
+                Message(
+                    role="tool",
+                    content=_result_text(block, block_param),
+                    tool_call_id=require_str(block, "tool_use_id", f"{block_param}.tool_use_id"),
+                )
+            )
+        elif kind in ("thinking", "redacted_thinking"):
+            continue  # earlier turns' reasoning; not replayed to other providers
+        elif kind is None:
+            raise missing(f"{block_param}.type")
+        else:
+            raise UnsupportedParameter(
+                f"Content block type is not supported in '{block_param}.type' "
+                "(supported: text, image, tool_use, tool_result).",
+                param=f"{block_param}.type",
+            )
+    # Tool results answer the previous assistant turn, so they come first.
+    messages.extend(results)
+    if role == "assistant":
+        if parts or calls:
+            messages.append(
+                Message(role="assistant", content=parts or None, tool_calls=calls or None)
+            )
+    elif parts:
+        messages.append(Message(role="user", content=parts))
+    elif not results:
+        raise InvalidRequest(
+            f"'{param}.content' must not be empty.", param=f"{param}.content", code="empty_array"
+        )
+
+
+def _image(block: dict[str, Any], param: str) -> ContentPart:
+    source = get_dict(block, "source", f"{param}.source")
+    if source is None:
+        raise missing(f"{param}.source")
+    kind = source.get("type")
+    if kind == "base64":
+        media = require_str(source, "media_type", f"{param}.source.media_type")
+        data = require_str(source, "data", f"{param}.source.data")
+        return ContentPart(type="image", image_url=f"data:{media};base64,{data}")
+    if kind == "url":
+        return ContentPart(
+            type="image", image_url=require_str(source, "url", f"{param}.source.url")
+        )
+    raise UnsupportedParameter(
+        f"'{param}.source.type' must be base64 or url.", param=f"{param}.source.type"
+    )
+
+
+def _result_text(block: dict[str, Any], param: str) -> str:
+    content = block.get("content", "")
+    if isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        text = "".join(
+            item.get("text", "")
+            for item in content
+            if isinstance(item, dict) and item.get("type") == "text"
+        )
+    else:
+        raise InvalidRequest(
+            f"Invalid type for '{param}.content'.", param=f"{param}.content", code="invalid_type"
+        )
+    if block.get("is_error") is True:
+        text = f"Error: {text}"
+    return text
+
+
+def _tools(data: dict[str, Any], inbound: Inbound) -> None:
+    chat = inbound.chat
+    tools = get_list(data, "tools")
+    if tools:
+        chat.tools = []
+        for index, raw in enumerate(tools):
+            param = f"tools[{index}]"
+            raw = as_dict(raw, param)
+            if raw.get("type") not in (None, "custom"):
+                raise UnsupportedParameter(
+                    f"Server tools are not supported ('{param}.type'); define client tools "
+                    "with name and input_schema.",
+                    param=f"{param}.type",
+                )
+            chat.tools.append(
+                Tool(
+                    name=require_str(raw, "name", f"{param}.name"),
+                    description=get_str(raw, "description", f"{param}.description"),
+                    parameters=get_dict(raw, "input_schema", f"{param}.input_schema")
+                    or {"type": "object", "properties": {}},
+                )
+            )
+        inbound.need(CAP_TOOLS, "tools")
+    choice = get_dict(data, "tool_choice")
+    if choice is None:
+        return
+    kind = choice.get("type")
+    if kind == "auto":
+        chat.tool_choice = "auto"
+    elif kind == "any":
+        chat.tool_choice = "required"
+    elif kind == "none":
+        chat.tool_choice = "none"
+    elif kind == "tool":
+        chat.tool_choice = {"name": require_str(choice, "name", "tool_choice.name")}
+    else:
+        raise InvalidRequest(
+            "Invalid 'tool_choice.type': expected auto, any, tool or none.",
+            param="tool_choice.type",
+            code="invalid_value",
+        )
+    if get_bool(choice, "disable_parallel_tool_use", "tool_choice.disable_parallel_tool_use"):
+        chat.parallel_tool_calls = False
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _usage(usage: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": max(
+            0, usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens
+        ),
+        "output_tokens": usage.completion_tokens,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_read_input_tokens": usage.cached_tokens,
+    }
+
+
+def _arguments(text: str) -> Any:
+    try:
+        value = orjson.loads(text) if text else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def render_message(response: ChatResponse, model_id: str) -> dict[str, Any]:
+    choice = response.choices[0] if response.choices else None
+    content: list[dict[str, Any]] = []
+    stop_reason = "end_turn"
+    if choice is not None:
+        text = choice.message.text()
+        if text:
+            content.append({"type": "text", "text": text})
+        for call in choice.message.tool_calls or []:
+            content.append(
+                {
+                    "type": "tool_use",
+                    "id": call.id,
+                    "name": call.name,
+                    "input": _arguments(call.arguments),
+                }
+            )
+        stop_reason = STOP_REASONS.get(choice.finish_reason or "stop", "end_turn")
+    return {
+        "id": _msg_id(response.id),
+        "type": "message",
+        "role": "assistant",
+        "model": model_id,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": _usage(response.usage),
+    }
+
+
+def _msg_id(upstream_id: str) -> str:
+    return upstream_id if upstream_id.startswith("msg_") else f"msg_{uuid.uuid4().hex}"
+
+
+def _event(kind: str, payload: dict[str, Any]) -> bytes:
+    return (
+        b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **payload}) + b"\n\n"
+    )
+
+
+class MessagesStream:
+    """Turns normalized chunks into Anthropic Messages stream events."""
+
+    def __init__(self) -> None:
+        self.block_index = -1
+        self.open_kind: str | None = None  # "text" or "tool_use"
+        self.tool_blocks: dict[int, int] = {}  # tool-call index -> block index
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+
+    def start(self, model_id: str) -> list[bytes]:
+        message: dict[str, Any] = {
+            "id": f"msg_{uuid.uuid4().hex}",
+            "type": "message",
+            "role": "assistant",
+            "model": model_id,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        return [_event("message_start", {"message": message}), _event("ping", {})]
+
+    def _close(self) -> list[bytes]:
+        if self.open_kind is None:
+            return []
+        self.open_kind = None
+        return [_event("content_block_stop", {"index": self.block_index})]
+
+    def chunk(self, chunk: ChatChunk) -> list[bytes]:
+        events: list[bytes] = []
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.index != 0:
+                continue
+            delta = choice.delta
+            if delta.content:
+                if self.open_kind != "text":
+                    events += self._close()
+                    self.block_index += 1
+                    self.open_kind = "text"
+                    events.append(
+                        _event(
+                            "content_block_start",
+                            {
+                                "index": self.block_index,
+                                "content_block": {"type": "text", "text": ""},
+                            },
+                        )
+                    )
+                events.append(
+                    _event(
+                        "content_block_delta",
+                        {
+                            "index": self.block_index,
+                            "delta": {"type": "text_delta", "text": delta.content},
+                        },
+                    )
+                )
+            for call in delta.tool_calls or []:
+                if call.index not in self.tool_blocks:
+                    events += self._close()
+                    self.block_index += 1
+                    self.open_kind = "tool_use"
+                    self.tool_blocks[call.index] = self.block_index
+                    events.append(
+                        _event(
+                            "content_block_start",
+                            {
+                                "index": self.block_index,
+                                "content_block": {
+                                    "type": "tool_use",
+                                    "id": call.id or f"toolu_{uuid.uuid4().hex[:24]}",
+                                    "name": call.name or "",
+                                    "input": {},
+                                },
+                            },
+                        )
+                    )
+                if call.arguments:
+                    events.append(
+                        _event(
+                            "content_block_delta",
+                            {
+                                "index": self.tool_blocks[call.index],
+                                "delta": {
+                                    "type": "input_json_delta",
+                                    "partial_json": call.arguments,
+                                },
+                            },
+                        )
+                    )
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+        return events
+
+    def finish(self, model_id: str) -> list[bytes]:
+        events = self._close()
+        usage = _usage(self.usage or Usage())
+        events.append(
+            _event(
+                "message_delta",
+                {
+                    "delta": {
+                        "stop_reason": STOP_REASONS.get(self.finish_reason or "stop", "end_turn"),
+                        "stop_sequence": None,
+                    },
+                    "usage": usage,
+                },
+            )
+        )
+        events.append(_event("message_stop", {}))
+        return events
+
+    def error(self, error: GatewayError) -> list[bytes]:
+        inner = orjson.loads(error_payload(error))
+        return [_event("error", {"error": inner})]
+
+
+def error_payload(error: GatewayError) -> bytes:
+    from gateway.errors import anthropic_error_json
+
+    return orjson.dumps(orjson.loads(anthropic_error_json(error))["error"])

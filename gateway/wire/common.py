@@ -1,0 +1,338 @@
+"""Shared parsing helpers: JSON decoding (orjson, once), typed field readers that name the
+offending parameter, and the per-request routing override (``"megarouter": {...}``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from gateway.errors import InvalidRequest
+from gateway.providers.types import ChatRequest
+
+ROUTING_ALIASES = ("auto", "auto:balanced", "auto:cost", "auto:latency", "auto:availability")
+STRATEGIES = ("balanced", "cost", "latency", "availability")
+
+# Capabilities a request may need; routing refuses (fixed model) or filters (auto) on them.
+CAP_TOOLS = "tools"
+CAP_VISION = "vision"
+CAP_JSON_SCHEMA = "json_schema"
+CAP_REASONING = "reasoning"
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Decode a request body: UTF-8 JSON whose top level is an object."""
+    if not body:
+        raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if _not_utf8(body):
+            raise InvalidRequest(
+                "The request body is not valid UTF-8.", code="invalid_encoding"
+            ) from None
+        raise InvalidRequest(
+            f"The request body is not valid JSON ({_position(exc)}).", code="invalid_json"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(
+            "The request body must be a JSON object.", code="invalid_json", param=None
+        )
+    return data
+
+
+def _not_utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _position(exc: orjson.JSONDecodeError) -> str:
+    return f"line {exc.lineno}, column {exc.colno}"
+
+
+def type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _wrong(param: str, expected: str, value: Any) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid type for '{param}': expected {expected}, but got {type_name(value)}.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def get_str(
+    data: dict[str, Any], key: str, param: str | None = None, *, required: bool = False
+) -> str | None:
+    param = param or key
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise missing(param)
+        return None
+    if not isinstance(value, str):
+        raise _wrong(param, "a string", value)
+    return value
+
+
+def require_str(data: dict[str, Any], key: str, param: str | None = None) -> str:
+    value = get_str(data, key, param, required=True)
+    assert value is not None
+    return value
+
+
+def missing(param: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+    )
+
+
+def get_bool(data: dict[str, Any], key: str, param: str | None = None) -> bool | None:
+    param = param or key
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise _wrong(param, "a boolean", value)
+    return value
+
+
+def get_int(
+    data: dict[str, Any],
+    key: str,
+    param: str | None = None,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int | None:
+    param = param or key
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise _wrong(param, "an integer", value)
+    _range(param, value, minimum, maximum)
+    return value
+
+
+def get_number(
+    data: dict[str, Any],
+    key: str,
+    param: str | None = None,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> float | None:
+    param = param or key
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _wrong(param, "a number", value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequest(f"'{param}' must be a finite number.", param=param)
+    _range(param, value, minimum, maximum)
+    return float(value)
+
+
+def _range(param: str, value: float, minimum: float | None, maximum: float | None) -> None:
+    if minimum is not None and value < minimum:
+        raise InvalidRequest(
+            f"Invalid '{param}': {value} is less than the minimum of {minimum}.",
+            param=param,
+            code="invalid_value",
+        )
+    if maximum is not None and value > maximum:
+        raise InvalidRequest(
+            f"Invalid '{param}': {value} is greater than the maximum of {maximum}.",
+            param=param,
+            code="invalid_value",
+        )
+
+
+def get_list(data: dict[str, Any], key: str, param: str | None = None) -> list[Any] | None:
+    param = param or key
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise _wrong(param, "an array", value)
+    return value
+
+
+def get_dict(data: dict[str, Any], key: str, param: str | None = None) -> dict[str, Any] | None:
+    param = param or key
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _wrong(param, "an object", value)
+    return value
+
+
+def as_dict(value: Any, param: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _wrong(param, "an object", value)
+    return value
+
+
+def get_choice(
+    data: dict[str, Any], key: str, choices: tuple[str, ...], param: str | None = None
+) -> str | None:
+    param = param or key
+    value = get_str(data, key, param)
+    if value is not None and value not in choices:
+        raise InvalidRequest(
+            f"Invalid value for '{param}': expected one of {', '.join(choices)}.",
+            param=param,
+            code="invalid_value",
+        )
+    return value
+
+
+def get_stop(data: dict[str, Any], key: str = "stop", *, max_items: int = 4) -> list[str] | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise _wrong(key, "a string or an array of strings", value)
+    if len(value) > max_items:
+        raise InvalidRequest(
+            f"'{key}' takes at most {max_items} sequences.", param=key, code="invalid_value"
+        )
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise _wrong(f"{key}[{index}]", "a string", item)
+    return list(value) or None
+
+
+def reject_unknown(data: dict[str, Any], known: frozenset[str], prefix: str = "") -> None:
+    for key in data:
+        if key not in known:
+            raise InvalidRequest(
+                f"Unrecognized request argument supplied: {prefix}{key}",
+                param=f"{prefix}{key}",
+                code="unknown_parameter",
+            )
+
+
+def require_model(data: dict[str, Any]) -> str:
+    model = require_str(data, "model")
+    if not model.strip():
+        raise InvalidRequest("'model' must not be empty.", param="model", code="invalid_value")
+    return model
+
+
+# ---------------------------------------------------------------- per-request routing override
+
+
+@dataclass(slots=True, frozen=True)
+class RoutingOverride:
+    """The optional ``"megarouter"`` body field: per-request routing constraints."""
+
+    strategy: str | None = None
+    allowed_models: tuple[str, ...] | None = None
+    fallbacks: tuple[str, ...] | None = None
+    max_cost_usd: Decimal | None = None
+    max_latency_ms: int | None = None
+    region: str | None = None
+
+
+_OVERRIDE_KEYS = frozenset(
+    {"strategy", "allowed_models", "fallbacks", "max_cost_usd", "max_latency_ms", "region"}
+)
+
+
+def parse_override(data: dict[str, Any]) -> RoutingOverride | None:
+    raw = get_dict(data, "megarouter")
+    if raw is None:
+        return None
+    reject_unknown(raw, _OVERRIDE_KEYS, "megarouter.")
+    strategy = get_choice(raw, "strategy", STRATEGIES, "megarouter.strategy")
+    allowed = _model_list(raw, "allowed_models")
+    fallbacks = _model_list(raw, "fallbacks")
+    max_cost: Decimal | None = None
+    if raw.get("max_cost_usd") is not None:
+        value = raw["max_cost_usd"]
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise _wrong("megarouter.max_cost_usd", "a number", value)
+        try:
+            # str() first: a float's repr is the short decimal the client wrote.
+            max_cost = Decimal(str(value))
+        except InvalidOperation:
+            raise _wrong("megarouter.max_cost_usd", "a number", value) from None
+        if not max_cost.is_finite() or max_cost <= 0:
+            raise InvalidRequest(
+                "'megarouter.max_cost_usd' must be a positive number.",
+                param="megarouter.max_cost_usd",
+                code="invalid_value",
+            )
+    max_latency = get_int(
+        raw, "max_latency_ms", "megarouter.max_latency_ms", minimum=1, maximum=600_000
+    )
+    region = get_str(raw, "region", "megarouter.region")
+    return RoutingOverride(
+        strategy=strategy,
+        allowed_models=allowed,
+        fallbacks=fallbacks,
+        max_cost_usd=max_cost,
+        max_latency_ms=max_latency,
+        region=region,
+    )
+
+
+def _model_list(raw: dict[str, Any], key: str) -> tuple[str, ...] | None:
+    param = f"megarouter.{key}"
+    items = get_list(raw, key, param)
+    if items is None:
+        return None
+    if not items:
+        raise InvalidRequest(f"'{param}' must not be empty.", param=param, code="invalid_value")
+    for index, item in enumerate(items):
+        if not isinstance(item, str) or not item:
+            raise _wrong(f"{param}[{index}]", "a model id", item)
+    return tuple(items)
+
+
+# ---------------------------------------------------------------- the parsed inbound request
+
+
+@dataclass(slots=True)
+class Inbound:
+    """A parsed chat-shaped request, whatever its wire format, plus what routing needs."""
+
+    model: str  # as the client wrote it: catalog id, bare name or routing alias
+    chat: ChatRequest
+    override: RoutingOverride | None = None
+    needs: set[str] = field(default_factory=set)  # capabilities, see CAP_*
+    # Which parameter asked for each capability, so a refusal names it.
+    needs_param: dict[str, str] = field(default_factory=dict)
+
+    def need(self, capability: str, param: str) -> None:
+        if capability not in self.needs:
+            self.needs.add(capability)
+            self.needs_param[capability] = param

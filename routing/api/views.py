@@ -1,0 +1,138 @@
+"""Routing policies on the management API: ``/api/orgs/<org>/routing-policies/``.
+
+Everyone who can see a node sees its policy (``view_node``); changing one needs
+``manage_policies`` on the node (owners and admins). The tenancy choke point is orgs'
+``OrgScopedViewSet``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from orgs.api.base import OrgScopedViewSet
+from orgs.errors import InvalidInput
+from orgs.models import Node
+from orgs.roles import MANAGE_POLICIES, VIEW_NODE
+from routing.api import serializers as s
+from routing.policies import (
+    PolicyError,
+    policy_merge,
+    policy_table,
+    routing_policy_delete,
+    routing_policy_set,
+)
+from routing.policy_models import RoutingPolicy
+
+
+def _valid(serializer_class: type[Any], data: Any) -> dict[str, Any]:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def _set(view: RoutingPolicyViewSet, node: Node, document: dict[str, Any]) -> RoutingPolicy:
+    try:
+        return routing_policy_set(actor=view.actor, node=node, data=document)
+    except PolicyError as error:
+        raise InvalidInput({f"policy.{k}": v for k, v in error.errors.items()}) from None
+
+
+@extend_schema(tags=["routing"])
+class RoutingPolicyViewSet(
+    OrgScopedViewSet,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+):
+    serializer_class = s.RoutingPolicyOut
+    view_permission = VIEW_NODE
+    action_permissions = {
+        "create": MANAGE_POLICIES,
+        "update": MANAGE_POLICIES,
+        "destroy": MANAGE_POLICIES,
+        "effective": VIEW_NODE,
+    }
+    node_field = "node"
+    lookup_value_regex = r"\d+"
+    list_filters = {"node": ("node_id", int)}
+
+    def get_base_queryset(self) -> QuerySet[RoutingPolicy]:
+        return RoutingPolicy.objects.select_related("node")
+
+    @extend_schema(request=s.RoutingPolicyIn, responses={200: s.RoutingPolicyOut})
+    def create(self, request: Any, org_slug: str) -> Response:
+        """Set the policy of a node (replaces any policy it had)."""
+        data = _valid(s.RoutingPolicyIn, request.data)
+        node = Node.objects.filter(organization=self.organization, pk=data["node"]).first()
+        if node is None:
+            raise InvalidInput({"node": [f'Invalid pk "{data["node"]}" - object does not exist.']})
+        self.require(node, MANAGE_POLICIES)
+        existed = RoutingPolicy.objects.filter(node=node).exists()
+        policy = _set(self, node, data["policy"])
+        code = status.HTTP_200_OK if existed else status.HTTP_201_CREATED
+        return Response(s.RoutingPolicyOut(policy).data, status=code)
+
+    @extend_schema(request=s.RoutingPolicyReplaceIn, responses={200: s.RoutingPolicyOut})
+    def update(self, request: Any, org_slug: str, pk: str) -> Response:
+        policy = self.get_object()
+        data = _valid(s.RoutingPolicyReplaceIn, request.data)
+        policy = _set(self, policy.node, data["policy"])
+        return Response(s.RoutingPolicyOut(policy).data)
+
+    def destroy(self, request: Any, org_slug: str, pk: str) -> Response:
+        routing_policy_delete(actor=self.actor, policy=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("node", int, required=True)],
+        responses={200: s.EffectivePolicyOut},
+    )
+    @action(detail=False, methods=["get"])
+    def effective(self, request: Any, org_slug: str) -> Response:
+        """The policy that applies at a node: its ancestors' and its own, merged."""
+        try:
+            node_id = int(request.query_params.get("node", ""))
+        except ValueError:
+            raise InvalidInput({"node": ["A node id is required."]}) from None
+        node = Node.objects.filter(organization=self.organization, pk=node_id).first()
+        if node is None:
+            raise InvalidInput({"node": [f'Invalid pk "{node_id}" - object does not exist.']})
+        self.require(node, VIEW_NODE)
+        table = policy_table(max_age=0)
+        merged = policy_merge(
+            (str(i), table.by_node.get(ancestor)) for i, ancestor in enumerate(node.ancestor_ids)
+        )
+        kinds = {n.pk: n.kind for n in Node.objects.filter(pk__in=node.ancestor_ids)}
+        levels = [kinds[node.ancestor_ids[int(i)]] for i in merged.levels]
+        return Response({"node": node.pk, "levels": levels, "policy": _effective_doc(merged)})
+
+
+def _effective_doc(policy: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"strategy": policy.strategy}
+    groups = {
+        "allowed_models": policy.allowed_model_groups,
+        "allowed_providers": policy.allowed_provider_groups,
+        "allowed_regions": policy.region_groups,
+    }
+    for name, value in groups.items():
+        if value:
+            out[name] = [list(group) for group in value]  # every group must match
+    for name in ("blocked_models", "blocked_providers", "fallbacks", "preferred_models"):
+        value = getattr(policy, name)
+        if value:
+            out[name] = list(value)
+    for name in ("max_price_per_million", "max_cost_usd"):
+        value = getattr(policy, name)
+        if value is not None:
+            out[name] = format(value.normalize(), "f")
+    for name in ("max_latency_ms", "quality_floor", "reference_model"):
+        value = getattr(policy, name)
+        if value is not None:
+            out[name] = value
+    if policy.zero_data_retention_only:
+        out["zero_data_retention_only"] = True
+    return out

@@ -1,0 +1,296 @@
+"""Offline routing evaluation (``manage.py routing_eval``).
+
+For every record the candidates are the models in its ``outcomes`` that the training file
+knows; their prices (cost per prompt token) and quality priors (mean score) come from the
+training file, never from the record under test. Models the training file does not know are
+dropped from that record's candidates (they cannot be priced); a record left with no known
+model is skipped and counted under ``skipped``.
+
+Policies, each swept over ``points`` settings from cheapest (k = 0) to best quality (k = last):
+
+* ``router``: ``choose(candidates, estimate(features), willingness=k / (points - 1))``.
+* ``random``: sends a fraction k / (points - 1) of requests to the best-prior candidate and the
+  rest to the cheapest; reported as its exact expectation (no sampling noise).
+* ``best_single``: always the candidate with the highest quality prior (one point).
+* ``prompt_length``: the longest prompts go to the best-prior candidate, the rest to the
+  cheapest; the length threshold at point k is the (1 - k / (points - 1)) quantile of the
+  training prompts' lengths.
+* ``oracle``: knows the outcomes. Records are ranked by how much quality per relative cost
+  an upgrade over the cheapest candidate buys them; at point k the first floor(f_k * n) get
+  their ideal model (the cheapest among the best-scoring), the rest the cheapest candidate.
+
+Figures per group (each task family, each source, and ``overall``): mean quality (score) and
+mean cost (US dollars per request) at every point; ``cost_saving_at_95``: 1 - (the cheapest
+cost at which the curve reaches 95% of the best single model's quality on these records,
+interpolating linearly between consecutive points) / (that model's cost); and for groups where
+every record has the same two candidates, ``apgr`` as in RouteLLM (Ong et al. 2024): the area
+under the performance-gap-recovered curve against the share of calls to the stronger (pricier)
+model, by the trapezoid rule over the points plus the two single-model endpoints (0% and 100%).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import numpy as np
+
+from routing.complexity.data import ModelStats, Record
+from routing.complexity.estimator import Candidate, choose, estimate
+from routing.complexity.features import RequestFeatures
+from routing.complexity.model import ComplexityModel
+
+POLICIES = ("router", "random", "best_single", "prompt_length", "oracle")
+QUALITY_TARGET = 0.95
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One policy's outcome on one record at one point (expected values for mixed choices)."""
+
+    score: float
+    cost: float
+    strong_share: float  # share of this record's call that went to the pricier candidate
+    model: str | None = None
+
+
+def _quantile(values: np.ndarray, level: float) -> float:
+    return float(np.quantile(values, min(max(level, 0.0), 1.0)))
+
+
+def _breakeven(scores: Sequence[float], costs: Sequence[float]) -> float:
+    top = max(costs) or 1.0
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], -scores[i]))
+    cheap = order[0]
+    best = 0.0
+    for i in order[1:]:
+        gain = scores[i] - scores[cheap]
+        extra = (costs[i] - costs[cheap]) / top
+        if gain > 0 and extra > 0:
+            best = max(best, gain / extra)
+    return best
+
+
+def _pick(scores: Sequence[float], costs: Sequence[float], lam: float) -> int:
+    top = max(costs) or 1.0
+    if math.isinf(lam):
+        return min(range(len(costs)), key=lambda i: (costs[i], -scores[i]))
+    return min(range(len(costs)), key=lambda i: (-(scores[i] - lam * costs[i] / top), costs[i], i))
+
+
+def evaluate(
+    records: Sequence[Record],
+    *,
+    stats: dict[str, ModelStats],
+    train_lengths: Sequence[int],
+    model: ComplexityModel,
+    points: int = 21,
+    decisions: TextIO | None = None,
+    write_decision: Callable[[TextIO, str, int, str], None] | None = None,
+) -> dict[str, Any]:
+    if points < 2:
+        raise ValueError("points must be at least 2")
+    fractions = [k / (points - 1) for k in range(points)]
+    usable: list[tuple[Record, list[str]]] = []
+    skipped: list[str] = []
+    dropped_models: set[str] = set()
+    for record in records:
+        known = sorted(m for m in record.outcomes if m in stats)
+        dropped_models.update(m for m in record.outcomes if m not in stats)
+        if known:
+            usable.append((record, known))
+        else:
+            skipped.append(record.id)
+
+    lengths = np.asarray(sorted(train_lengths) or [0], dtype=np.float64)
+    # Oracle: rank records by their true break-even cost weight; at point k the top share
+    # f_k of them get their ideal model (the cheapest among the best-scoring), the rest the
+    # cheapest candidate.
+    oracle_values = [
+        _breakeven([r.outcomes[m].score for m in known], [r.outcomes[m].cost_usd for m in known])
+        for r, known in usable
+    ]
+    oracle_rank = {
+        i: rank
+        for rank, i in enumerate(sorted(range(len(usable)), key=lambda i: (-oracle_values[i], i)))
+    }
+    n_usable = len(usable)
+
+    per_policy: dict[str, list[list[Choice]]] = {p: [] for p in POLICIES}
+    for record, known in usable:
+        candidates = [
+            Candidate(m, stats[m].cost_per_input_token, 0.0, stats[m].quality_prior) for m in known
+        ]
+        price = {m: stats[m].cost_per_input_token for m in known}
+        cheapest = min(known, key=lambda m: (price[m], -stats[m].quality_prior, m))
+        best = max(known, key=lambda m: (stats[m].quality_prior, -price[m], m))
+        strong = max(known, key=lambda m: (price[m], m)) if len(known) > 1 else None
+        outcome = record.outcomes
+
+        def choice(name: str, weight: float = 1.0, *, _o=outcome, _s=strong) -> Choice:
+            return Choice(
+                _o[name].score * weight,
+                _o[name].cost_usd * weight,
+                weight if name == _s else 0.0,
+                name,
+            )
+
+        def mix(f: float, *, _cheap=cheapest, _best=best, _choice=choice) -> Choice:
+            a, b = _choice(_cheap, 1.0 - f), _choice(_best, f)
+            return Choice(a.score + b.score, a.cost + b.cost, a.strong_share + b.strong_share)
+
+        est = estimate(RequestFeatures.from_prompt(record.prompt), model=model)
+        router_row = []
+        for k, f in enumerate(fractions):
+            picked = choose(candidates, est, f, model=model)[0].candidate.model_id
+            router_row.append(choice(picked))
+            if decisions is not None and write_decision is not None:
+                write_decision(decisions, record.id, k, picked)
+        per_policy["router"].append(router_row)
+        per_policy["random"].append([mix(f) for f in fractions])
+        per_policy["best_single"].append([choice(best) for _ in fractions])
+        length_row = []
+        for f in fractions:
+            if f <= 0.0:
+                length_row.append(choice(cheapest))
+            elif f >= 1.0:
+                length_row.append(choice(best))
+            else:
+                threshold = _quantile(lengths, 1.0 - f)
+                length_row.append(choice(best if record.input_tokens > threshold else cheapest))
+        per_policy["prompt_length"].append(length_row)
+        true_scores = [outcome[m].score for m in known]
+        true_costs = [outcome[m].cost_usd for m in known]
+        ideal = known[_pick(true_scores, true_costs, 0.0)]
+        rank = oracle_rank[len(per_policy["oracle"])]
+        per_policy["oracle"].append(
+            [
+                choice(ideal if rank < math.floor(f * n_usable + 1e-9) else cheapest)
+                for f in fractions
+            ]
+        )
+
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, (record, _) in enumerate(usable):
+        groups[record.family].append(i)
+        groups[f"source:{record.source}"].append(i)
+        groups["overall"].append(i)
+
+    report_groups = {
+        name: _group_report(sorted(idx), usable, per_policy, stats, points)
+        for name, idx in sorted(groups.items())
+    }
+    return {
+        "records": len(records),
+        "evaluated": len(usable),
+        "skipped": {
+            "count": len(skipped),
+            "reason": "none of the record's models is in the training file",
+            "ids": skipped[:20],
+        },
+        "models_unknown_to_training": sorted(dropped_models),
+        "points": points,
+        "willingness": [round(f, 6) for f in fractions],
+        "groups": report_groups,
+    }
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _group_report(
+    idx: list[int],
+    usable: list[tuple[Record, list[str]]],
+    per_policy: dict[str, list[list[Choice]]],
+    stats: dict[str, ModelStats],
+    points: int,
+) -> dict[str, Any]:
+    candidate_sets = {tuple(usable[i][1]) for i in idx}
+    common = set.intersection(*(set(usable[i][1]) for i in idx)) if idx else set()
+    reference: dict[str, Any] | None = None
+    if common:
+        ranked = sorted(
+            common,
+            key=lambda m: (
+                -_mean([usable[i][0].outcomes[m].score for i in idx]),
+                _mean([usable[i][0].outcomes[m].cost_usd for i in idx]),
+                m,
+            ),
+        )
+        name = ranked[0]
+        reference = {
+            "model": name,
+            "quality": _mean([usable[i][0].outcomes[name].score for i in idx]),
+            "cost": _mean([usable[i][0].outcomes[name].cost_usd for i in idx]),
+        }
+    two_model: dict[str, Any] | None = None
+    if len(candidate_sets) == 1 and len(next(iter(candidate_sets))) == 2:
+        pair = next(iter(candidate_sets))
+        weak, strong = sorted(pair, key=lambda m: (stats[m].cost_per_input_token, m))
+        two_model = {
+            "weak": weak,
+            "strong": strong,
+            "weak_quality": _mean([usable[i][0].outcomes[weak].score for i in idx]),
+            "strong_quality": _mean([usable[i][0].outcomes[strong].score for i in idx]),
+        }
+    policies = {}
+    for policy, rows in per_policy.items():
+        quality = [_mean([rows[i][k].score for i in idx]) for k in range(points)]
+        cost = [_mean([rows[i][k].cost for i in idx]) for k in range(points)]
+        entry: dict[str, Any] = {"quality": quality, "cost": cost}
+        if reference is not None:
+            entry["cost_saving_at_95"] = cost_saving(
+                quality, cost, reference["quality"], reference["cost"]
+            )
+        if two_model is not None:
+            share = [_mean([rows[i][k].strong_share for i in idx]) for k in range(points)]
+            entry["strong_share"] = share
+            entry["apgr"] = apgr(
+                share, quality, two_model["weak_quality"], two_model["strong_quality"]
+            )
+        policies[policy] = entry
+    return {
+        "records": len(idx),
+        "candidate_sets": len(candidate_sets),
+        "reference": reference,
+        "two_model": two_model,
+        "policies": policies,
+    }
+
+
+def apgr(
+    strong_share: Sequence[float], quality: Sequence[float], weak: float, strong: float
+) -> float | None:
+    """RouteLLM's APGR: trapezoid area of (quality - weak) / (strong - weak) over the share of
+    calls to the strong model, with the all-weak (0, weak) and all-strong (1, strong) ends."""
+    if strong <= weak:
+        return None
+    curve = sorted({(0.0, weak), (1.0, strong), *zip(strong_share, quality, strict=True)})
+    area = 0.0
+    for (x0, y0), (x1, y1) in itertools.pairwise(curve):
+        area += (x1 - x0) * ((y0 - weak) + (y1 - weak)) / 2.0
+    return area / (strong - weak)
+
+
+def cost_saving(
+    quality: Sequence[float], cost: Sequence[float], ref_quality: float, ref_cost: float
+) -> float | None:
+    """1 - min cost reaching 95% of ``ref_quality`` / ``ref_cost``; None if never reached."""
+    target = QUALITY_TARGET * ref_quality
+    eps = 1e-12
+    best: float | None = None
+    for k, (q, c) in enumerate(zip(quality, cost, strict=True)):
+        if q >= target - eps:
+            best = c if best is None else min(best, c)
+        if k and (quality[k - 1] < target - eps) != (q < target - eps):
+            q0, c0 = quality[k - 1], cost[k - 1]
+            crossing = c0 + (target - q0) / (q - q0) * (c - c0)
+            best = crossing if best is None else min(best, crossing)
+    if best is None or ref_cost <= 0:
+        return None
+    return 1.0 - best / ref_cost

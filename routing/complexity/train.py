@@ -1,0 +1,242 @@
+"""Training: records -> artefact (meta + weights), numpy only, deterministic.
+
+Full-batch Adam on the multi-task logistic loss (soft labels: the record's score in [0, 1]),
+starting from zeros, a fixed number of steps, no sampling: the same records and settings give
+the same bytes. The seed is recorded and only orders ties, so there is nothing random left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from routing.complexity.data import Record, model_stats
+from routing.complexity.estimator import TIER_PRIORS
+from routing.complexity.features import DENSE_FEATURES, RequestFeatures
+from routing.complexity.model import ARTEFACT_VERSION, ComplexityModel, artefact_bytes
+
+LAMBDA_STEPS = 100
+QUANTILE_STEPS = 100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 20261126
+    min_df: int = 3
+    max_vocab: int = 40_000
+    l2_shared: float = 1e-4
+    l2_model: float = 1e-3
+    l2_bias: float = 0.0
+    steps: int = 300
+    learning_rate: float = 0.05
+
+
+@dataclass
+class Matrix:
+    """A compressed-sparse-row matrix (rows = prompts), enough for X @ v and X.T @ g."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    n_cols: int
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.indptr) - 1
+
+    def rows(self, selected: np.ndarray) -> Matrix:
+        starts, ends = self.indptr[selected], self.indptr[selected + 1]
+        lengths = ends - starts
+        take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)])
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        return Matrix(indptr, self.indices[take], self.data[take], self.n_cols)
+
+    def dot(self, vector: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(self.data * vector[self.indices], self.indptr[:-1])
+
+    def tdot(self, g: np.ndarray) -> np.ndarray:
+        lengths = np.diff(self.indptr)
+        return np.bincount(
+            self.indices, weights=self.data * np.repeat(g, lengths), minlength=self.n_cols
+        )
+
+
+def featurize(records: Sequence[Record]) -> list[RequestFeatures]:
+    return [RequestFeatures.from_prompt(r.prompt) for r in records]
+
+
+def build_vocab(features: Sequence[RequestFeatures], config: TrainConfig) -> list[str]:
+    df: Counter[str] = Counter()
+    for f in features:
+        df.update(set(f.ngrams))
+    kept = [(count, gram) for gram, count in df.items() if count >= config.min_df]
+    kept.sort(key=lambda item: (-item[0], item[1]))
+    return sorted(gram for _, gram in kept[: config.max_vocab])
+
+
+def build_matrix(
+    features: Sequence[RequestFeatures],
+    vocab: dict[str, int],
+    dense_mean: np.ndarray,
+    dense_scale: np.ndarray,
+) -> Matrix:
+    n_vocab, n_dense = len(vocab), len(DENSE_FEATURES)
+    indptr = [0]
+    indices: list[int] = []
+    data: list[float] = []
+    dense_cols = list(range(n_vocab, n_vocab + n_dense))
+    for f in features:
+        ids = sorted({vocab[g] for g in f.ngrams if g in vocab})
+        if ids:
+            value = 1.0 / np.sqrt(len(ids))
+            indices.extend(ids)
+            data.extend([value] * len(ids))
+        dense = (np.asarray(f.dense) - dense_mean) / dense_scale
+        indices.extend(dense_cols)
+        data.extend(dense.tolist())
+        indices.append(n_vocab + n_dense)  # bias column
+        data.append(1.0)
+        indptr.append(len(indices))
+    return Matrix(
+        np.asarray(indptr, dtype=np.int64),
+        np.asarray(indices, dtype=np.int64),
+        np.asarray(data, dtype=np.float64),
+        n_vocab + n_dense + 1,
+    )
+
+
+def _fit(
+    x: Matrix,
+    models: list[str],
+    records: Sequence[Record],
+    config: TrainConfig,
+) -> np.ndarray:
+    """Weights (n_cols x (1 + len(models))): column 0 shared, column 1+m model m."""
+    n_cols = x.n_cols
+    subsets = []
+    for name in models:
+        rows = np.asarray([i for i, r in enumerate(records) if name in r.outcomes], dtype=np.int64)
+        labels = np.asarray([records[i].outcomes[name].score for i in rows], dtype=np.float64)
+        subsets.append((rows, x.rows(rows), labels))
+    n_pairs = sum(len(rows) for rows, _, _ in subsets)
+    weights = np.zeros((n_cols, len(models) + 1))
+    l2 = np.full((n_cols, len(models) + 1), config.l2_model)
+    l2[:, 0] = config.l2_shared
+    l2[-1, :] = config.l2_bias
+    l2[-1, 0] = 0.0
+    m1 = np.zeros_like(weights)
+    m2 = np.zeros_like(weights)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    for step in range(1, config.steps + 1):
+        shared = x.dot(weights[:, 0])
+        grad = np.zeros_like(weights)
+        g_shared = np.zeros(x.n_rows)
+        for m, (rows, sub, labels) in enumerate(subsets, start=1):
+            z = shared[rows] + sub.dot(weights[:, m])
+            residual = (1.0 / (1.0 + np.exp(-z)) - labels) / n_pairs
+            grad[:, m] = sub.tdot(residual)
+            g_shared[rows] += residual
+        grad[:, 0] = x.tdot(g_shared)
+        grad += l2 * weights
+        m1 = beta1 * m1 + (1 - beta1) * grad
+        m2 = beta2 * m2 + (1 - beta2) * grad * grad
+        m1_hat = m1 / (1 - beta1**step)
+        m2_hat = m2 / (1 - beta2**step)
+        weights -= config.learning_rate * m1_hat / (np.sqrt(m2_hat) + eps)
+    return weights
+
+
+def _lambda_grid(
+    model: ComplexityModel, records: Sequence[Record], all_features: Sequence[RequestFeatures]
+) -> list[float | None]:
+    """Break-even cost weights on the training prompts -> willingness grid (see estimator)."""
+    stats = model_stats(records)
+    breakeven = []
+    for record, features in zip(records, all_features, strict=True):
+        scores = model.scores(features)
+        options = []
+        for name in record.outcomes:
+            cost = stats[name].cost_per_input_token * record.input_tokens
+            options.append((cost, -_sig(scores.per_model[name]), name))
+        options.sort()
+        top = max(cost for cost, _, _ in options) or 1.0
+        cheap_cost, cheap_neg_q, _ = options[0]
+        best = 0.0
+        for cost, neg_q, _ in options[1:]:
+            gain = cheap_neg_q - neg_q
+            extra = (cost - cheap_cost) / top
+            if gain > 0 and extra > 0:
+                best = max(best, gain / extra)
+        breakeven.append(best)
+    values = np.asarray(breakeven)
+    grid: list[float] = [float("inf")]
+    for k in range(1, LAMBDA_STEPS):
+        grid.append(float(np.quantile(values, 1.0 - k / LAMBDA_STEPS)))
+    grid.append(0.0)
+    # JSON has no infinity: the first entry (willingness 0, cheapest first) is stored as null.
+    return [None if np.isinf(v) else round(v, 8) for v in grid]
+
+
+def _sig(z: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-z)))
+
+
+def train_model(
+    records: Sequence[Record], *, config: TrainConfig | None = None, data_label: str = ""
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Fit the model; returns (meta, float32 weights), ready for ``artefact_bytes``."""
+    config = config or TrainConfig()
+    records = sorted(records, key=lambda r: (r.id, r.task))
+    features = featurize(records)
+    vocab_list = build_vocab(features, config)
+    vocab = {gram: i for i, gram in enumerate(vocab_list)}
+    dense = np.asarray([f.dense for f in features], dtype=np.float64)
+    dense_mean = dense.mean(axis=0)
+    dense_scale = dense.std(axis=0)
+    dense_scale[dense_scale < 1e-9] = 1.0
+    dense_mean = np.round(dense_mean, 8)
+    dense_scale = np.round(dense_scale, 8)
+    x = build_matrix(features, vocab, dense_mean, dense_scale)
+    models = sorted({name for r in records for name in r.outcomes})
+    weights = _fit(x, models, records, config).astype(np.float32)
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(r.id.encode())
+    meta: dict[str, Any] = {
+        "version": ARTEFACT_VERSION,
+        "models": models,
+        "vocab": vocab_list,
+        "dense_names": list(DENSE_FEATURES),
+        "dense_mean": dense_mean.tolist(),
+        "dense_scale": dense_scale.tolist(),
+        "tier_priors": list(TIER_PRIORS),
+        "config": asdict(config),
+        "trained_on": {
+            "label": data_label,
+            "records": len(records),
+            "ids_sha256": digest.hexdigest(),
+        },
+        # placeholders filled from the fitted model below
+        "shared_median": 0.0,
+        "shared_quantiles": [0.0, 1.0],
+        "lambda_grid": [None, 0.0],
+    }
+    model = ComplexityModel(meta, weights)
+    shared = np.asarray([model.scores(f).shared for f in features])
+    meta["shared_median"] = round(float(np.median(shared)), 8)
+    meta["shared_quantiles"] = [
+        round(float(v), 8) for v in np.quantile(shared, np.linspace(0, 1, QUANTILE_STEPS + 1))
+    ]
+    model = ComplexityModel(meta, weights)
+    meta["lambda_grid"] = _lambda_grid(model, records, features)
+    return meta, weights
+
+
+def train_artefact(records: Sequence[Record], **kwargs: Any) -> bytes:
+    meta, weights = train_model(records, **kwargs)
+    return artefact_bytes(meta, weights)

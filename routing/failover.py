@@ -1,0 +1,390 @@
+"""The attempt loop: try the routed candidates in order until one answers (docs/failover.md).
+
+Provider-agnostic: the caller passes an ``attempt(candidate, budget)`` coroutine (the gateway's
+adapter call; for a stream it returns once the first chunk has arrived, so everything here
+happens before the first byte reaches the client). Failures are classified through a small
+protocol, the shape of ``gateway.providers.types.ProviderError``: an exception exposing
+``kind`` (an ``ErrorKind`` value string), ``retriable`` and ``retry_after`` (seconds or None).
+Any other exception is a bug and propagates.
+
+Rules:
+
+- a deployment whose breaker is open is skipped without a network call;
+- retriable failures (connection, timeout, 429, 5xx, overloaded, protocol, authentication) move
+  to the next candidate; a short ``Retry-After`` (<= ``max_retry_wait_s``) is waited out and the
+  same deployment retried once when no other usable candidate remains or the next one is a
+  different (fallback) model; a long one fails over. With no candidate left, a transient
+  failure without Retry-After (5xx, connection, protocol) is retried once at the same place;
+- ``context_length`` moves on to the next candidate with a larger context window;
+- other non-retriable failures (bad request, content filter) stop at once;
+- attempts and total time are bounded (``max_attempts``, ``max_total_s``).
+
+Every outcome feeds the shared health store (live stats and breakers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from django.conf import settings
+
+from routing.breaker import NOT_HEALTH_FAILURES, breaker_allow, breaker_is_open
+from routing.health import CLOSED, HealthStore, health_store
+
+T = TypeVar("T")
+C = TypeVar("C")
+
+# Failures worth one more try at the same deployment (timeouts are not: they cost a full wait).
+RETRY_SAME_KINDS = frozenset(
+    {"rate_limited", "overloaded", "server_error", "connection", "protocol"}
+)
+
+
+class Failure(Protocol):
+    kind: Any  # an ErrorKind (a str enum) or its string value
+    retriable: bool
+    retry_after: float | None
+
+
+class CandidateLike(Protocol):
+    deployment_id: int
+    deployment: str
+    model_id: str
+    provider: str
+    context_window: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverConfig:
+    max_attempts: int = 4
+    max_total_s: float = 60.0
+    max_retry_wait_s: float = 1.0
+    ttft_timeout_s: float = 20.0  # a stream's first chunk
+    stall_timeout_s: float = 30.0  # the longest gap between two stream chunks
+    attempt_timeout_s: float = 120.0  # one attempt: a whole non-streaming answer
+
+    @classmethod
+    def from_settings(cls) -> FailoverConfig:
+        return cls(
+            max_attempts=settings.ROUTING_FAILOVER_MAX_ATTEMPTS,
+            max_total_s=settings.ROUTING_FAILOVER_MAX_SECONDS,
+            max_retry_wait_s=settings.ROUTING_FAILOVER_MAX_RETRY_WAIT_S,
+            ttft_timeout_s=settings.ROUTING_TTFT_TIMEOUT_S,
+            stall_timeout_s=settings.ROUTING_STALL_TIMEOUT_S,
+            attempt_timeout_s=settings.ROUTING_ATTEMPT_TIMEOUT_S,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptBudget:
+    """What one attempt may spend: pass the timeouts to the adapter."""
+
+    number: int  # 1-based
+    ttft_timeout_s: float
+    stall_timeout_s: float
+    attempt_timeout_s: float  # this attempt's whole budget (a non-streaming call's total)
+    remaining_s: float  # until the loop's total deadline
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """One candidate's fate (metadata only)."""
+
+    deployment_id: int
+    deployment: str
+    model_id: str
+    provider: str
+    outcome: str  # "ok", an ErrorKind value, or "skipped_breaker_open" / "skipped_context"
+    status: int | None = None
+    retry_after: float | None = None
+    elapsed_ms: float = 0.0
+    waited_ms: float = 0.0
+
+    def public(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "deployment": self.deployment,
+            "model": self.model_id,
+            "provider": self.provider,
+            "outcome": self.outcome,
+            "elapsed_ms": round(self.elapsed_ms, 2),
+        }
+        if self.status is not None:
+            out["status"] = self.status
+        if self.retry_after is not None:
+            out["retry_after"] = self.retry_after
+        if self.waited_ms:
+            out["waited_ms"] = round(self.waited_ms, 1)
+        return out
+
+
+class FailoverExhausted(Exception):
+    """No candidate answered. ``last`` is the last failure (None when every candidate was
+    skipped); ``stopped`` is True when a non-retriable failure ended the loop early."""
+
+    def __init__(
+        self, attempts: list[AttemptRecord], last: BaseException | None, *, stopped: bool
+    ) -> None:
+        self.attempts = attempts
+        self.last = last
+        self.stopped = stopped
+        tried = ", ".join(f"{a.deployment}={a.outcome}" for a in attempts) or "nothing"
+        super().__init__(f"every candidate failed ({tried})")
+
+    @property
+    def kind(self) -> str:
+        if self.last is None:
+            return "unavailable"
+        return _kind(self.last)
+
+
+@dataclass
+class FailoverResult(Generic[T]):
+    """The answer and who gave it. For a stream, call ``finish`` when it ends (it records the
+    total latency, tokens per second and the outcome that counts for the breaker)."""
+
+    value: T
+    candidate: Any
+    attempts: list[AttemptRecord]
+    ttft_s: float
+    streaming: bool
+    _started: float = field(repr=False, default=0.0)
+    _store: HealthStore | None = field(repr=False, default=None)
+    _finished: bool = field(repr=False, default=False)
+
+    @property
+    def failovers(self) -> int:
+        """Candidates passed over (failed or skipped) before the one that answered."""
+        return len(self.attempts) - 1
+
+    def finish(
+        self, *, ok: bool = True, output_tokens: int | None = None, error_kind: str | None = None
+    ) -> None:
+        if self._finished or self._store is None:
+            return
+        self._finished = True
+        store = self._store
+        deployment_id = self.candidate.deployment_id
+        elapsed = time.perf_counter() - self._started
+        tps = None
+        if ok and output_tokens and elapsed > self.ttft_s:
+            tps = output_tokens / max(elapsed - self.ttft_s, 1e-6)
+        counts = ok if (error_kind is None or error_kind not in NOT_HEALTH_FAILURES) else None
+        if self.streaming:
+            store.record(
+                deployment_id,
+                ok=counts,
+                latency_ms=elapsed * 1000 if ok else None,
+                tokens_per_s=tps,
+            )
+        elif tps is not None:
+            store.record(deployment_id, ok=None, tokens_per_s=tps)
+        if self.streaming:
+            store.finished(deployment_id)
+
+
+def _kind(exc: BaseException) -> str:
+    kind = getattr(exc, "kind", None)
+    return str(getattr(kind, "value", kind))
+
+
+class _Timeout(Exception):
+    kind = "timeout"
+    retriable = True
+    retry_after = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.status = None
+
+
+def _usable(
+    candidate: Any, store: HealthStore, context_floor: int | None, failed_model: str | None
+) -> str | None:
+    """Why a candidate is skipped without a call (None: usable). No I/O."""
+    if context_floor is not None:
+        window = candidate.context_window
+        if candidate.model_id == failed_model or window is None or window <= context_floor:
+            return "skipped_context"
+    if breaker_is_open(candidate.deployment_id, store=store):
+        return "skipped_breaker_open"
+    return None
+
+
+async def run_with_failover(
+    candidates: Sequence[Any],
+    attempt: Callable[[Any, AttemptBudget], Awaitable[T]],
+    *,
+    streaming: bool = False,
+    config: FailoverConfig | None = None,
+    store: HealthStore | None = None,
+) -> FailoverResult[T]:
+    """Try ``candidates`` (objects with ``deployment_id``, ``deployment``, ``model_id``,
+    ``provider``, ``context_window``) in order. Returns the first answer with the attempts
+    trail, or raises FailoverExhausted. See the module docstring for the rules."""
+    config = config or FailoverConfig.from_settings()
+    store = store or health_store()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + config.max_total_s
+    attempts: list[AttemptRecord] = []
+    last: BaseException | None = None
+    context_floor: int | None = None
+    failed_model: str | None = None
+    calls = 0
+    index = 0
+    retried: set[int] = set()
+    waited = 0.0
+    while index < len(candidates):
+        candidate = candidates[index]
+        if calls >= config.max_attempts or loop.time() >= deadline:
+            break
+        skip = None
+        if index not in retried:  # a Retry-After retry goes back to the same deployment
+            skip = _usable(candidate, store, context_floor, failed_model)
+            if skip is None and not breaker_allow(candidate.deployment_id, store=store):
+                skip = "skipped_breaker_open"
+        if skip is not None:
+            attempts.append(
+                AttemptRecord(
+                    candidate.deployment_id,
+                    candidate.deployment,
+                    candidate.model_id,
+                    candidate.provider,
+                    skip,
+                )
+            )
+            index += 1
+            continue
+        calls += 1
+        remaining = deadline - loop.time()
+        attempt_deadline = loop.time() + min(config.attempt_timeout_s, remaining)
+        budget = AttemptBudget(
+            number=calls,
+            ttft_timeout_s=min(config.ttft_timeout_s, remaining),
+            stall_timeout_s=config.stall_timeout_s,
+            attempt_timeout_s=min(config.attempt_timeout_s, remaining),
+            remaining_s=remaining,
+        )
+        deployment_id = candidate.deployment_id
+        stats = store.view(deployment_id)
+        trial = stats is not None and stats.state != CLOSED
+        store.started(deployment_id)
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout_at(attempt_deadline):
+                value = await attempt(candidate, budget)
+        except TimeoutError:
+            exc: BaseException = _Timeout("the attempt ran out of time")
+        except Exception as error:
+            if getattr(error, "kind", None) is None:
+                store.finished(deployment_id)
+                raise
+            exc = error
+        except BaseException:
+            store.finished(deployment_id)
+            raise
+        else:
+            elapsed = time.perf_counter() - t0
+            record = AttemptRecord(
+                deployment_id,
+                candidate.deployment,
+                candidate.model_id,
+                candidate.provider,
+                "ok",
+                elapsed_ms=elapsed * 1000,
+                waited_ms=waited * 1000,
+            )
+            attempts.append(record)
+            if streaming:
+                store.record(
+                    deployment_id, ok=True if trial else None, ttft_ms=elapsed * 1000, urgent=trial
+                )
+            else:
+                store.record(deployment_id, ok=True, latency_ms=elapsed * 1000, urgent=trial)
+                store.finished(deployment_id)
+            return FailoverResult(
+                value=value,
+                candidate=candidate,
+                attempts=attempts,
+                ttft_s=elapsed,
+                streaming=streaming,
+                _started=t0,
+                _store=store,
+            )
+        # -- a failure
+        elapsed = time.perf_counter() - t0
+        kind = _kind(exc)
+        retry_after = getattr(exc, "retry_after", None)
+        attempts.append(
+            AttemptRecord(
+                deployment_id,
+                candidate.deployment,
+                candidate.model_id,
+                candidate.provider,
+                kind,
+                status=getattr(exc, "status", None),
+                retry_after=retry_after,
+                elapsed_ms=elapsed * 1000,
+            )
+        )
+        store.finished(deployment_id)
+        if kind not in NOT_HEALTH_FAILURES:
+            store.record(deployment_id, ok=False, urgent=True)
+        last = exc
+        if kind == "context_length":
+            window = candidate.context_window or 0
+            context_floor = max(context_floor or 0, window)
+            failed_model = candidate.model_id
+            index += 1
+            continue
+        if not getattr(exc, "retriable", False):
+            raise FailoverExhausted(attempts, last, stopped=True) from exc
+        if kind in RETRY_SAME_KINDS and index not in retried and calls < config.max_attempts:
+            wait = retry_after or 0.0
+            if wait <= config.max_retry_wait_s and loop.time() + wait < deadline:
+                following = next(
+                    (
+                        c
+                        for c in candidates[index + 1 :]
+                        if _usable(c, store, context_floor, failed_model) is None
+                    ),
+                    None,
+                )
+                # Retry the same deployment once when nothing else is left, or when the
+                # provider asked for a short wait and the next candidate is another model.
+                if following is None or (
+                    retry_after is not None and following.model_id != candidate.model_id
+                ):
+                    retried.add(index)
+                    if wait:
+                        await asyncio.sleep(wait)
+                        waited += wait
+                        attempts[-1].waited_ms = wait * 1000
+                    continue
+        index += 1
+    raise FailoverExhausted(attempts, last, stopped=False)
+
+
+async def stream_start(
+    stream: AsyncIterator[C], has_content: Callable[[C], bool]
+) -> tuple[list[C], AsyncIterator[C]]:
+    """For an ``attempt`` that streams: read ``stream`` until the first chunk with content (or
+    its end), so the attempt fails (and fails over) on anything that happens before the client
+    would see a byte. Returns the chunks read so far and the stream to relay the rest from.
+    On failure the stream is closed."""
+    buffered: list[C] = []
+    try:
+        async for chunk in stream:
+            buffered.append(chunk)
+            if has_content(chunk):
+                break
+    except BaseException:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        raise
+    return buffered, stream

@@ -1,0 +1,356 @@
+"""/v1/chat/completions, /v1/completions and /v1/embeddings end to end: uvicorn running the
+production ASGI app, the provider simulator as upstream. Headers, exact cost, failover before
+the first byte, SSE relay, mid-stream failure as an error event, client disconnect."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import httpx
+import orjson
+import pytest
+
+from gateway import metrics
+from tests.gateway.schema_check import validate
+
+
+@pytest.fixture(scope="module")
+def client(gateway_server, sim_world):
+    with httpx.Client(base_url=gateway_server.url, headers=sim_world.auth(), timeout=15) as http:
+        yield http
+
+
+def chat(model="openai/gpt-sim", content="Say something", **extra):
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def cost_of(usage, price_in=Decimal("0.000002"), price_out=Decimal("0.000008")) -> str:
+    cost = usage["prompt_tokens"] * price_in + usage["completion_tokens"] * price_out
+    return format(cost.normalize(), "f")
+
+
+def sse_data(response) -> list:
+    events = []
+    for block in response.text.split("\n\n"):
+        if block.startswith("data: "):
+            payload = block[len("data: ") :]
+            events.append(payload if payload == "[DONE]" else orjson.loads(payload))
+    return events
+
+
+def test_chat_non_stream_headers_and_exact_cost(client):
+    response = client.post(
+        "/v1/chat/completions", json=chat(max_tokens=30, temperature=0.2, seed=1)
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    validate("CreateChatCompletionResponse", body)
+    assert body["model"] == "openai/gpt-sim"
+    assert body["choices"][0]["message"]["content"]
+    usage = body["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    headers = response.headers
+    assert headers["x-megarouter-model"] == "openai/gpt-sim"
+    assert headers["x-megarouter-provider"] == "openai"
+    assert headers["x-megarouter-strategy"] == "fixed"
+    assert headers["x-megarouter-attempts"] == "1"
+    assert headers["x-megarouter-cost-usd"] == cost_of(usage)
+    assert len(headers["x-request-id"]) == 32
+
+
+def test_bare_model_name_and_caller_request_id(client):
+    response = client.post(
+        "/v1/chat/completions", json=chat("gpt-sim"), headers={"x-request-id": "trace-42"}
+    )
+    assert response.status_code == 200
+    assert response.json()["model"] == "openai/gpt-sim"
+    assert response.headers["x-request-id"] == "trace-42"
+
+
+def test_failover_before_the_first_byte(client):
+    before = metrics.FAILOVERS.labels("openai/gpt-flaky", "openai")._value.get()
+    response = client.post("/v1/chat/completions", json=chat("openai/gpt-flaky"))
+    assert response.status_code == 200, response.text
+    assert response.headers["x-megarouter-attempts"] == "3"
+    assert response.json()["model"] == "openai/gpt-flaky"
+    assert metrics.FAILOVERS.labels("openai/gpt-flaky", "openai")._value.get() == before + 2
+
+
+def test_every_candidate_failed_says_what_was_tried(client):
+    response = client.post("/v1/chat/completions", json=chat("openai/gpt-broken"))
+    assert response.status_code == 502
+    error = response.json()["error"]
+    validate("Error", error)
+    assert error["code"] == "all_deployments_failed"
+    assert error["message"] == (
+        "Every candidate deployment failed. Tried: sim-broken-a (overloaded 503), "
+        "sim-broken-b (server_error 500)."
+    )
+    assert response.headers["x-megarouter-attempts"] == "2"
+
+
+def test_stream_with_usage_relays_openai_chunks(client):
+    response = client.post(
+        "/v1/chat/completions",
+        json=chat(stream=True, stream_options={"include_usage": True}, max_tokens=20),
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream"
+    assert response.headers["x-megarouter-model"] == "openai/gpt-sim"
+    events = sse_data(response)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    for chunk in chunks:
+        validate("CreateChatCompletionStreamResponse", chunk)
+        assert chunk["model"] == "openai/gpt-sim"
+    assert all("usage" in chunk for chunk in chunks)
+    assert [c["usage"] for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    final = chunks[-1]
+    assert final["choices"] == []
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1])
+    # The same request without streaming answers the same text (the simulator is deterministic).
+    whole = client.post("/v1/chat/completions", json=chat(max_tokens=20)).json()
+    assert text == whole["choices"][0]["message"]["content"]
+    assert final["usage"] == whole["usage"]
+
+
+def test_stream_without_usage_has_no_usage_field(client):
+    response = client.post("/v1/chat/completions", json=chat(stream=True))
+    chunks = sse_data(response)[:-1]
+    assert chunks and all("usage" not in chunk for chunk in chunks)
+
+
+def test_stream_failover_before_first_byte(client):
+    response = client.post("/v1/chat/completions", json=chat("openai/gpt-flaky", stream=True))
+    assert response.status_code == 200
+    assert response.headers["x-megarouter-attempts"] == "3"
+    assert sse_data(response)[-1] == "[DONE]"
+
+
+def test_stream_failure_after_first_byte_ends_with_error_event(client):
+    response = client.post("/v1/chat/completions", json=chat("openai/gpt-cutter", stream=True))
+    assert response.status_code == 200
+    events = sse_data(response)
+    assert "[DONE]" not in events
+    error = events[-1]["error"]
+    validate("Error", error)
+    assert error["code"] == "stream_interrupted"
+    assert "sim-cutter" in error["message"]
+    content = [e for e in events[:-1] if e["choices"] and e["choices"][0]["delta"].get("content")]
+    assert len(content) == 3  # the simulator cut after three tokens
+
+
+def test_client_disconnect_cancels_upstream_and_settles(client, monkeypatch):
+    from gateway import pipeline
+
+    settled = []
+    original = pipeline.STEPS.settle
+
+    async def spy(*, ctx):
+        if ctx.chosen.deployment == "sim-slow":  # not a late settle of an earlier test's stream
+            settled.append((ctx.finished, ctx.generated_tokens(), ctx.chosen.deployment))
+        await original(ctx=ctx)
+
+    monkeypatch.setattr(pipeline.STEPS, "settle", spy)
+    before = metrics.STREAM_ERRORS.labels("chat", "client_disconnect")._value.get()
+    # 200 tokens at 40 ms each: the stream runs for 8 s unless the client hangs up.
+    started = time.monotonic()
+    with client.stream(
+        "POST", "/v1/chat/completions", json=chat("openai/gpt-slow", stream=True)
+    ) as response:
+        assert response.status_code == 200
+        received = 0
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                received += 1
+            if received == 3:
+                break
+    deadline = time.monotonic() + 5
+    while not settled and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert settled, "the stream was not settled after the client left"
+    finished, generated, deployment = settled[0]
+    assert (finished, deployment) == (False, "sim-slow")
+    assert 1 <= generated < 200  # what was generated before the hang-up, not the whole answer
+    assert time.monotonic() - started < 4
+    assert metrics.STREAM_ERRORS.labels("chat", "client_disconnect")._value.get() == before + 1
+
+
+def test_completions_legacy(client):
+    response = client.post(
+        "/v1/completions", json={"model": "openai/gpt-sim", "prompt": "Once", "max_tokens": 5}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    validate("CreateCompletionResponse", body)
+    assert body["object"] == "text_completion" and body["model"] == "openai/gpt-sim"
+    assert body["usage"]["completion_tokens"] <= 5
+    streamed = client.post(
+        "/v1/completions", json={"model": "openai/gpt-sim", "prompt": "Once", "stream": True}
+    )
+    events = sse_data(streamed)
+    assert events[-1] == "[DONE]"
+    assert all(e["object"] == "text_completion" for e in events[:-1])
+
+
+def test_embeddings(client):
+    response = client.post(
+        "/v1/embeddings", json={"model": "openai/embed-sim", "input": ["a b c", "d"]}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    validate("CreateEmbeddingResponse", body)
+    assert [item["index"] for item in body["data"]] == [0, 1]
+    assert body["model"] == "openai/embed-sim"
+    assert response.headers["x-megarouter-cost-usd"] == format(
+        body["usage"]["prompt_tokens"] * Decimal("0.000002"), "f"
+    )
+
+
+def test_auto_routes_by_interim_policy(client):
+    cheap = client.post("/v1/chat/completions", json=chat("auto:cost"))
+    assert cheap.status_code == 200, cheap.text
+    assert cheap.headers["x-megarouter-strategy"] == "cost"
+    assert cheap.json()["model"] == "openai/gpt-cheap"
+    balanced = client.post("/v1/chat/completions", json=chat("auto"))
+    assert balanced.headers["x-megarouter-strategy"] == "balanced"
+    # Tiers are 2 (gpt-cheap), 4 (claude-sim) and 3 (the rest): median 3, so gpt-cheap drops
+    # behind; the rest cost the same and ties break by id.
+    assert balanced.json()["model"] == "anthropic/claude-sim"
+    limited = client.post(
+        "/v1/chat/completions",
+        json=chat(
+            "auto:cost", megarouter={"allowed_models": ["openai/gpt-sim", "openai/gpt-slow"]}
+        ),
+    )
+    assert limited.status_code == 200, limited.text
+    assert limited.json()["model"] == "openai/gpt-sim"
+    assert limited.headers["x-megarouter-provider"] == "openai"
+
+
+def test_per_request_fallbacks_and_cost_cap(client):
+    response = client.post(
+        "/v1/chat/completions",
+        json=chat("openai/gpt-broken", megarouter={"fallbacks": ["openai/gpt-cheap"]}),
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == "openai/gpt-cheap"
+    assert response.headers["x-megarouter-attempts"] == "3"
+    capped = client.post(
+        "/v1/chat/completions",
+        json=chat("openai/gpt-sim", max_tokens=1000, megarouter={"max_cost_usd": 0.0001}),
+    )
+    assert capped.status_code == 400
+    assert capped.json()["error"]["param"] == "megarouter.max_cost_usd"
+    assert capped.json()["error"]["code"] == "max_cost_exceeded"
+
+
+def test_all_candidates_rate_limited_is_429_with_retry_after(client):
+    response = client.post("/v1/chat/completions", json=chat("openai/gpt-limited"))
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "7"
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("rate_limit_error", "upstream_rate_limited")
+    assert (
+        error["message"]
+        == "Every candidate deployment is rate limited. Tried: sim-limited (rate_limited 429)."
+    )
+
+
+def test_warm_hot_path_does_no_database_work(client, monkeypatch):
+    """Once the key context and the catalog snapshot are cached in-process, a request makes no
+    database query. Their periodic re-checks (key: 0.5 s, catalog: 1 s, by design) are pushed
+    out so the count is exact."""
+    import time as clock
+
+    from django.db.backends import utils
+
+    from orgs.keys import default_resolver
+    from routing import catalog
+
+    assert client.post("/v1/chat/completions", json=chat()).status_code == 200  # warm
+    monkeypatch.setattr(default_resolver, "local_ttl", 3600.0)
+    default_resolver.forget()
+    assert client.post("/v1/chat/completions", json=chat()).status_code == 200  # re-cache
+    monkeypatch.setattr(catalog._holder, "checked_at", clock.monotonic() + 3600)
+    queries = []
+    original = utils.CursorWrapper._execute
+
+    def counting(self, sql, *args, **kwargs):
+        queries.append(sql)
+        return original(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(utils.CursorWrapper, "_execute", counting)
+    for stream in (False, True, False):
+        response = client.post("/v1/chat/completions", json=chat(stream=stream))
+        assert response.status_code == 200
+    response = client.post("/v1/embeddings", json={"model": "openai/embed-sim", "input": "x"})
+    assert response.status_code == 200
+    assert queries == []
+
+
+async def test_django_view_path_serves_and_streams(sim_world, close_clients):
+    """The Django async view (runserver, WSGI, test client) runs the same handlers."""
+    from django.test import AsyncClient
+
+    django_client = AsyncClient()
+    response = await django_client.post(
+        "/v1/chat/completions",
+        data=chat(max_tokens=10),
+        content_type="application/json",
+        headers=sim_world.auth(),
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["model"] == "openai/gpt-sim"
+    assert response["x-megarouter-attempts"] == "1"
+    streamed = await django_client.post(
+        "/v1/chat/completions",
+        data=chat(stream=True),
+        content_type="application/json",
+        headers=sim_world.auth(),
+    )
+    assert streamed.status_code == 200
+    body = b"".join([part async for part in streamed.streaming_content])
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert body.count(b"chat.completion.chunk") >= 2
+
+
+def test_stream_renderer_bug_still_ends_with_error_event(client, monkeypatch):
+    from gateway.api import handlers
+
+    calls = {"n": 0}
+    original = handlers.ChatRenderer.chunk
+
+    def flaky(self, chunk):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("renderer bug")
+        return original(self, chunk)
+
+    monkeypatch.setattr(handlers.ChatRenderer, "chunk", flaky)
+    events = sse_data(client.post("/v1/chat/completions", json=chat(stream=True)))
+    assert "[DONE]" not in events
+    assert events[-1] == {
+        "error": {
+            "message": "The gateway failed while streaming.",
+            "type": "server_error",
+            "param": None,
+            "code": "internal_error",
+        }
+    }
+
+
+def test_every_candidate_timed_out_is_504(client):
+    from django.test import override_settings
+
+    with override_settings(PROVIDER_TOTAL_TIMEOUT=0.3, PROVIDER_FIRST_BYTE_TIMEOUT=0.3):
+        started = time.monotonic()
+        response = client.post("/v1/chat/completions", json=chat("openai/gpt-hang"))
+        streamed = client.post("/v1/chat/completions", json=chat("openai/gpt-hang", stream=True))
+    assert time.monotonic() - started < 3
+    for result in (response, streamed):
+        assert result.status_code == 504
+        error = result.json()["error"]
+        assert error["code"] == "all_deployments_failed"
+        assert error["message"] == "Every candidate deployment failed. Tried: sim-hang (timeout)."
