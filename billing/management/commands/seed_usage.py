@@ -25,6 +25,7 @@ from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from billing.analytics.models import ROLLUP_MODELS
 from billing.analytics.rollups import rollup_advance, rollup_rebuild
 from billing.models import UsageRecord
 from orgs.models import ApiKey, Organization
@@ -136,8 +137,8 @@ class Command(BaseCommand):
             )
             if connection.vendor == "postgresql":
                 with connection.cursor() as cursor:
-                    for table in ("usagerolluphour", "usagerollupday", "usagerollupdaynode"):
-                        cursor.execute(f"ANALYZE billing_{table}")
+                    for model in ROLLUP_MODELS:  # fresh statistics: hash aggregates
+                        cursor.execute(f"ANALYZE {model._meta.db_table}")
             timings["rollup_s"] = round(time.perf_counter() - t1, 2)
         result.update(timings)
         result["models"] = [m["id"] for m in models]
