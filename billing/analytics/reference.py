@@ -3,8 +3,10 @@
 The reference model is ``settings.MEGAROUTER_DEFAULT_REFERENCE_MODEL`` (a canonical catalog id,
 default ``openai/gpt-4o``). Its price is the catalog version in force when the request was
 made, applied with the same rule as ``billing.pricing.usage_cost`` (cached prompt tokens at the
-cached price where the model has one). When the catalog has no price for the reference model at
-that time, the reference cost is the actual cost (savings 0), never a guess.
+cached price where the model has one). A request older than the first price version the catalog
+knows is priced at that first version (a catalog imported today still prices last month's
+usage). When the catalog has no price at all for the reference model, the reference cost is the
+actual cost (savings 0), never a guess.
 
 Two implementations that agree exactly (tested): ``ReferencePricer`` in Python for the
 incremental rollup and the CSV export, ``reference_cost_expression`` in SQL for rebuilds and
@@ -61,10 +63,10 @@ class ReferencePricer:
         tokens_cached: int,
         actual: Decimal,
     ) -> Decimal:
-        index = bisect.bisect_right(self.starts, when)
-        if not index:
+        if not self.versions:
             return actual
-        _, p_in, p_cached, p_out = self.versions[index - 1]
+        index = bisect.bisect_right(self.starts, when)
+        _, p_in, p_cached, p_out = self.versions[max(index - 1, 0)]
         return (tokens_in - tokens_cached) * p_in + tokens_cached * p_cached + tokens_out * p_out
 
 
@@ -76,7 +78,7 @@ def reference_cost_expression(
     tin, tout, tcached = (F(f"{prefix}{n}") for n in ("tokens_in", "tokens_out", "tokens_cached"))
     whens = []
     for i, (start, p_in, p_cached, p_out) in enumerate(versions):
-        window = Q(**{f"{prefix}{time_field}__gte": start})
+        window = Q() if i == 0 else Q(**{f"{prefix}{time_field}__gte": start})
         if i + 1 < len(versions):
             window &= Q(**{f"{prefix}{time_field}__lt": versions[i + 1][0]})
         amount = (
@@ -84,7 +86,10 @@ def reference_cost_expression(
             + tcached * Value(p_cached, output_field=AMOUNT_FIELD)
             + tout * Value(p_out, output_field=AMOUNT_FIELD)
         )
-        whens.append(When(window, then=ExpressionWrapper(amount, output_field=AMOUNT_FIELD)))
+        then = ExpressionWrapper(amount, output_field=AMOUNT_FIELD)
+        if len(versions) == 1:
+            return then
+        whens.append(When(window, then=then))
     actual = F(f"{prefix}cost")
     if not whens:
         return ExpressionWrapper(actual, output_field=AMOUNT_FIELD)

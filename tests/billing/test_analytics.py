@@ -24,6 +24,7 @@ from billing.analytics.reference import ReferencePricer
 from billing.analytics.rollups import rollup_advance, rollup_rebuild, rollup_watermark
 from billing.models import UsageRecord
 from orgs.models import Role
+from routing.models import ModelPrice
 from tests.billing.analytics_helpers import make_tenant, record, reference_catalog, team_lead
 from tests.orgs.factories import add_member
 
@@ -130,10 +131,60 @@ def test_reference_cost_per_record_uses_cached_price():
         when=DAY1, tokens_in=2000, tokens_out=1000, tokens_cached=500, actual=D("0.006")
     )
     assert cost == D("0.014375")
-    before_any_price = dt.datetime(2025, 6, 1, tzinfo=UTC)
+    before_any_price = dt.datetime(2025, 6, 1, tzinfo=UTC)  # priced at the first version
     assert pricer.cost(
         when=before_any_price, tokens_in=10, tokens_out=10, tokens_cached=0, actual=D("0.42")
+    ) == D("0.000125")
+    ModelPrice.objects.create(
+        model=ModelPrice.objects.get().model,
+        effective_from=DAY1 + dt.timedelta(days=1),
+        input_per_token=D("0.000001"),
+        output_per_token=D("0.000004"),
+        source="test",
+    )
+    pricer = ReferencePricer()  # a price change: each request at the version of its time
+    assert pricer.cost(when=DAY1, tokens_in=10, tokens_out=10, tokens_cached=0, actual=D("1")) == D(
+        "0.000125"
+    )
+    assert pricer.cost(
+        when=DAY1 + dt.timedelta(days=2),
+        tokens_in=10,
+        tokens_out=10,
+        tokens_cached=4,
+        actual=D("1"),
+    ) == D("0.00005")  # no cached price in this version: the input price
+
+
+def test_no_reference_price_means_no_savings(settings):
+    settings.MEGAROUTER_DEFAULT_REFERENCE_MODEL = "nobody/nothing"
+    assert ReferencePricer().cost(
+        when=DAY1, tokens_in=10, tokens_out=10, tokens_cached=0, actual=D("0.42")
     ) == D("0.42")
+
+
+def test_sql_and_python_reference_costs_agree_across_price_versions(data):
+    from billing.analytics.reference import reference_cost_expression
+
+    ModelPrice.objects.create(
+        model=ModelPrice.objects.get().model,
+        effective_from=DAY1 + dt.timedelta(days=1),
+        input_per_token=D("0.000001"),
+        output_per_token=D("0.000004"),
+        source="test",
+    )
+    pricer = ReferencePricer()
+    rows = UsageRecord.objects.filter(organization=data["a"].org).annotate(
+        ref=reference_cost_expression()
+    )
+    for r in rows:
+        expected = pricer.cost(
+            when=r.created_at,
+            tokens_in=r.tokens_in,
+            tokens_out=r.tokens_out,
+            tokens_cached=r.tokens_cached,
+            actual=r.cost,
+        )
+        assert D(r.ref).quantize(D("1e-12")) == expected.quantize(D("1e-12")), r.request_id
 
 
 TABLES = (UsageRollupHour, UsageRollupDay, UsageRollupDayNode, UsageRollupDayTeam)
