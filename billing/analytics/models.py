@@ -10,6 +10,7 @@ at key level, so dashboards read coarser tables):
 
 - ``UsageRollupDayTeam``: UTC days by department, team, model, provider (the dashboards);
 - ``UsageRollupDayNode``: the same plus project;
+- ``UsageRollupDayKey``: UTC days by department, team, project, member, key (top keys);
 - ``UsageRollupDay``: UTC days by every dimension (member, key, strategy, status);
 - ``UsageRollupHour``: hours by department, team, model, provider (recent hour series, and day
   series of organizations whose days are not UTC days).
@@ -30,6 +31,7 @@ __all__ = [
     "ReportStatus",
     "RollupWatermark",
     "UsageRollupDay",
+    "UsageRollupDayKey",
     "UsageRollupDayNode",
     "UsageRollupDayTeam",
     "UsageRollupHour",
@@ -39,6 +41,7 @@ AMOUNT: dict[str, Any] = {"max_digits": 24, "decimal_places": 12}
 
 TEAM_DIMS = ("department_id", "team_id", "model", "provider")
 NODE_DIMS = ("department_id", "team_id", "project_id", "model", "provider")
+KEY_DIMS = ("department_id", "team_id", "project_id", "member_id", "key_id")
 ALL_DIMS = (
     "department_id",
     "team_id",
@@ -67,8 +70,8 @@ MEASURES = (
 )
 
 
-class RollupBase(models.Model):
-    """Team-level dimensions and every measure; subclasses add dimensions."""
+class RollupMeasures(models.Model):
+    """Organization, bucket, department and team, and every measure."""
 
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="+", db_index=False
@@ -76,8 +79,6 @@ class RollupBase(models.Model):
     bucket = models.DateTimeField()
     department_id = models.BigIntegerField(default=0)
     team_id = models.BigIntegerField(default=0)
-    model = models.CharField(max_length=255, default="")
-    provider = models.CharField(max_length=64, default="")
 
     requests = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0)  # status other than "ok"
@@ -94,7 +95,7 @@ class RollupBase(models.Model):
     ttft_ms_sum = models.BigIntegerField(default=0)
     ttft_count = models.BigIntegerField(default=0)
 
-    DIMS: tuple[str, ...] = TEAM_DIMS
+    DIMS: tuple[str, ...] = ("department_id", "team_id")
     GRAIN = "hour"
 
     class Meta:
@@ -102,6 +103,18 @@ class RollupBase(models.Model):
 
     def __str__(self) -> str:
         return f"{self.GRAIN} {self.bucket:%Y-%m-%d %H:00} org {self.organization_id}"
+
+
+class RollupBase(RollupMeasures):
+    """Team-level dimensions with model and provider; subclasses add dimensions."""
+
+    model = models.CharField(max_length=255, default="")
+    provider = models.CharField(max_length=64, default="")
+
+    DIMS = TEAM_DIMS
+
+    class Meta:
+        abstract = True
 
 
 class UsageRollupHour(RollupBase):
@@ -147,6 +160,24 @@ class UsageRollupDayNode(RollupBase):
         ]
 
 
+class UsageRollupDayKey(RollupMeasures):
+    """UTC days by department, team, project, member, key (no model): top keys and members."""
+
+    project_id = models.BigIntegerField(default=0)
+    member_id = models.BigIntegerField(default=0)
+    key_id = models.BigIntegerField(default=0)
+
+    DIMS = KEY_DIMS
+    GRAIN = "day"
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "bucket", *KEY_DIMS], name="billing_rollup_daykey_key"
+            )
+        ]
+
+
 class UsageRollupDay(RollupBase):
     """UTC days by every dimension (member, key, strategy, status too)."""
 
@@ -168,9 +199,10 @@ class UsageRollupDay(RollupBase):
 
 
 # Smallest first: the selectors take the first one that answers a query.
-ROLLUP_MODELS: tuple[type[RollupBase], ...] = (
+ROLLUP_MODELS: tuple[type[RollupMeasures], ...] = (
     UsageRollupDayTeam,
     UsageRollupDayNode,
+    UsageRollupDayKey,
     UsageRollupDay,
     UsageRollupHour,
 )

@@ -32,7 +32,7 @@ from django.utils import timezone
 from billing.analytics.models import (
     MEASURES,
     ROLLUP_MODELS,
-    RollupBase,
+    RollupMeasures,
     RollupWatermark,
 )
 from billing.analytics.reference import (
@@ -96,7 +96,7 @@ def rollup_apply(records: Iterable[Any], *, pricer: ReferencePricer | None = Non
     """Add ``records`` (UsageRecord rows, or objects with the same attributes) to every rollup
     table. Not idempotent by itself: callers hold the watermark (``rollup_advance``)."""
     pricer = pricer or ReferencePricer()
-    sums: dict[type[RollupBase], dict[tuple[Any, ...], list[Any]]] = {
+    sums: dict[type[RollupMeasures], dict[tuple[Any, ...], list[Any]]] = {
         m: defaultdict(lambda: [0] * len(MEASURES)) for m in ROLLUP_MODELS
     }
     count = 0
@@ -124,7 +124,7 @@ def rollup_apply(records: Iterable[Any], *, pricer: ReferencePricer | None = Non
     return count
 
 
-def _upsert_add(model: type[RollupBase], rows: dict[tuple[Any, ...], list[Any]]) -> None:
+def _upsert_add(model: type[RollupMeasures], rows: dict[tuple[Any, ...], list[Any]]) -> None:
     """INSERT ... ON CONFLICT DO UPDATE SET m = m + excluded.m (PostgreSQL and SQLite)."""
     if not rows:
         return
@@ -231,7 +231,7 @@ def rollup_rebuild(
     return written
 
 
-def _insert_select(model: type[RollupBase], records: Any, reference: Any) -> int:
+def _insert_select(model: type[RollupMeasures], records: Any, reference: Any) -> int:
     """INSERT INTO rollup (...) SELECT ... GROUP BY ...: the database does the whole pass."""
     trunc = TruncDay if model.GRAIN == "day" else TruncHour
     dims = {

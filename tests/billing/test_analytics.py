@@ -16,6 +16,7 @@ from billing.analytics.models import (
     MEASURES,
     RollupWatermark,
     UsageRollupDay,
+    UsageRollupDayKey,
     UsageRollupDayNode,
     UsageRollupDayTeam,
     UsageRollupHour,
@@ -187,7 +188,13 @@ def test_sql_and_python_reference_costs_agree_across_price_versions(data):
         assert D(r.ref).quantize(D("1e-12")) == expected.quantize(D("1e-12")), r.request_id
 
 
-TABLES = (UsageRollupHour, UsageRollupDay, UsageRollupDayNode, UsageRollupDayTeam)
+TABLES = (
+    UsageRollupHour,
+    UsageRollupDay,
+    UsageRollupDayKey,
+    UsageRollupDayNode,
+    UsageRollupDayTeam,
+)
 
 
 @pytest.mark.parametrize("table", TABLES)
@@ -216,6 +223,10 @@ def test_rollup_grain_rows(data):
         organization=org, bucket=DAY1, model="openai/gpt-4o-mini"
     )
     assert (team_day.requests, team_day.tokens_in) == (2, 2000)
+    first_key_day = UsageRollupDayKey.objects.get(
+        organization=org, bucket=DAY1, key_id=data["a"].world.key_id
+    )
+    assert (first_key_day.requests, first_key_day.cost) == (3, D("0.00646"))  # 3 models
     third = UsageRollupDay.objects.get(organization=org, team_id=data["a"].team2.pk)
     assert (third.key_id, third.member_id, third.status, third.errors) == (
         data["a"].key2_id,
@@ -269,7 +280,7 @@ def test_rebuild_gives_the_incremental_rows_and_skips_records_above_the_watermar
     incremental = {t: _normalized(t, a.org) for t in TABLES}
     pending = record(a, at=DAY1.replace(hour=12), cost="9")  # above the watermark
     written = rollup_rebuild(organization_id=a.org.pk, start=DAY1, end=DAY1 + dt.timedelta(days=2))
-    assert written == 4 + 4 + 4 + 4  # every table: 4 rows each
+    assert written == 4 + 4 + 4 + 4 + 3  # day-key: one key twice on the first day
     assert {t: _normalized(t, a.org) for t in incremental} == incremental
     assert rollup_advance(lag_seconds=0) == 1
     assert sums(UsageRollupDay, a.org)["cost"] == D("9.007305")
@@ -296,7 +307,11 @@ def test_summary_exact_totals_from_the_day_table(data):
     [
         (PERIOD, "usagerollupdayteam"),
         (f"{PERIOD}&project=PROJECTS", "usagerollupdaynode"),
-        (f"{PERIOD}&key=KEYS", "usagerollupday"),
+        (f"{PERIOD}&key=KEYS", "usagerollupdaykey"),
+        (
+            f"{PERIOD}&key=KEYS&model=openai/gpt-4o-mini,openai/gpt-4o,anthropic/claude-3-5-haiku",
+            "usagerollupday",
+        ),
         (f"{PERIOD}&status=ok,upstream_error", "usagerollupday"),
         ("from=2026-11-02T00:00:00Z&to=2026-11-04T00:00:00Z&bucket=hour", "usagerolluphour"),
         ("from=2026-11-02T00:00:00Z&to=2026-11-03T23:59:59.999999Z", "usagerecord"),
