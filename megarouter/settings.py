@@ -231,9 +231,17 @@ REPORTS_DIR = DATA_DIR / "reports"
 MEGAROUTER_PUBLIC_URL = env.str("MEGAROUTER_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
 # Seconds a signed report download link stays valid.
 REPORT_LINK_MAX_AGE = env.int("REPORT_LINK_MAX_AGE", 3600, min_value=60)
+# CSV / PDF reports are deleted this many days after they were built (statements are kept).
+REPORT_RETENTION_DAYS = env.int("REPORT_RETENTION_DAYS", 30, min_value=1)
+# Seconds after which a report still "running" is taken for a lost worker and marked failed.
+REPORT_STUCK_AFTER = env.int("REPORT_STUCK_AFTER", 3600, min_value=60)
 CELERY_BEAT_SCHEDULE.update(
     {
         "billing-analytics-rollup": {"task": "billing.analytics_rollup", "schedule": 10.0},
+        "billing-reports-housekeeping": {
+            "task": "billing.reports_housekeeping",
+            "schedule": 3600.0,
+        },
         "billing-monthly-statements": {
             "task": "billing.statements_monthly",
             "schedule": crontab(minute=30, day_of_month="1,2"),

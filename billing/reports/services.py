@@ -152,3 +152,25 @@ def report_download_url(*, report: Report, user_id: int, absolute: bool = False)
         f"?token={report_download_token(report=report, user_id=user_id)}"
     )
     return f"{settings.MEGAROUTER_PUBLIC_URL}{path}" if absolute else path
+
+
+def reports_housekeep(*, now: dt.datetime | None = None) -> dict[str, int]:
+    """Hourly (beat): a report left ``running`` past ``REPORT_STUCK_AFTER`` seconds (its worker
+    died; the claim stops a redelivery from rebuilding it) is marked failed; CSV and PDF reports
+    finished more than ``REPORT_RETENTION_DAYS`` days ago are deleted with their files.
+    Statements are financial records and are kept."""
+    now = now or timezone.now()
+    stuck = Report.objects.filter(
+        status=ReportStatus.RUNNING,
+        started_at__lt=now - dt.timedelta(seconds=settings.REPORT_STUCK_AFTER),
+    ).update(status=ReportStatus.FAILED, error="The worker building it stopped.", finished_at=now)
+    old = Report.objects.filter(
+        kind__in=(ReportKind.CSV, ReportKind.PDF),
+        finished_at__lt=now - dt.timedelta(days=settings.REPORT_RETENTION_DAYS),
+    ).exclude(status__in=(ReportStatus.PENDING, ReportStatus.RUNNING))
+    deleted = 0
+    for report in old.only("id", "organization_id", "file_name").iterator():
+        if report.file_name:
+            report_path(report).unlink(missing_ok=True)
+        deleted += Report.objects.filter(pk=report.pk).delete()[0]
+    return {"stuck": stuck, "deleted": deleted}

@@ -22,3 +22,10 @@ def statements_monthly() -> int:
     from billing.reports.statements import statements_build_due
 
     return len(statements_build_due())
+
+
+@shared_task(name="billing.reports_housekeeping")
+def reports_housekeeping() -> dict[str, int]:
+    from billing.reports.services import reports_housekeep
+
+    return reports_housekeep()

@@ -314,3 +314,46 @@ def test_monthly_statement_is_built_once_and_emailed_to_billing_managers(data):
 def test_statements_task_before_any_complete_month_builds_nothing(data):
     assert statements_monthly() == 0  # both organizations were created this month
     assert Report.objects.count() == 0
+
+
+def test_housekeeping_fails_stuck_reports_and_deletes_old_files(data, settings):
+    a = data["a"]
+    now = dt.datetime.now(UTC)
+
+    def make(kind, status, finished_days_ago=None, started_hours_ago=None):
+        return Report.objects.create(
+            organization=a.org,
+            node=a.tree.root,
+            kind=kind,
+            status=status,
+            period_start=DAY1,
+            period_end=DAY1 + dt.timedelta(days=1),
+            file_name=f"{kind}-{status}-{finished_days_ago}.bin",
+            started_at=None
+            if started_hours_ago is None
+            else now - dt.timedelta(hours=started_hours_ago),
+            finished_at=None
+            if finished_days_ago is None
+            else now - dt.timedelta(days=finished_days_ago),
+        )
+
+    stuck = make("pdf", "running", started_hours_ago=2)
+    busy = make("csv", "running", started_hours_ago=0.1)
+    old = make("csv", "done", finished_days_ago=31)
+    fresh = make("pdf", "done", finished_days_ago=2)
+    statement = make("statement", "done", finished_days_ago=400)
+    for report in (old, fresh, statement):
+        path = reports.report_path(report)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    old_path = reports.report_path(old)
+
+    assert reports.reports_housekeep(now=now) == {"stuck": 1, "deleted": 1}
+    stuck.refresh_from_db()
+    busy.refresh_from_db()
+    assert (stuck.status, stuck.error) == ("failed", "The worker building it stopped.")
+    assert busy.status == "running"
+    assert not old_path.exists()
+    assert not Report.objects.filter(pk=old.pk).exists()
+    assert reports.report_path(fresh).exists() and reports.report_path(statement).exists()
+    assert reports.reports_housekeep(now=now) == {"stuck": 0, "deleted": 0}
