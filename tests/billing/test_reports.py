@@ -357,3 +357,26 @@ def test_housekeeping_fails_stuck_reports_and_deletes_old_files(data, settings):
     assert not Report.objects.filter(pk=old.pk).exists()
     assert reports.report_path(fresh).exists() and reports.report_path(statement).exists()
     assert reports.reports_housekeep(now=now) == {"stuck": 0, "deleted": 0}
+
+
+def test_csv_progress_is_recorded_while_running(data, monkeypatch):
+    a = data["a"]
+    report = Report.objects.create(
+        organization=a.org,
+        node=a.tree.root,
+        kind="csv",
+        period_start=DAY1,
+        period_end=DAY1 + dt.timedelta(days=3),
+    )
+    seen = []
+
+    def spy(report_id, progress):
+        reports.report_progress(report_id, progress)
+        seen.append(Report.objects.values_list("status", "progress").get(pk=report_id))
+
+    monkeypatch.setattr("billing.reports.csv_export.PROGRESS_EVERY", 10)
+    monkeypatch.setattr("billing.reports.csv_export.report_progress", spy)
+    build(report.pk)
+    assert seen == [("running", 33), ("running", 66), ("running", 99)]
+    reports.report_progress(report.pk, 5)  # a finished report is left alone
+    assert Report.objects.values_list("status", "progress").get(pk=report.pk) == ("done", 100)
