@@ -35,7 +35,7 @@ test: $(STAMP) lint
 # LiteLLM, for the comparison, lives in its own virtualenv (not a project dependency).
 bench/litellm-venv/bin/litellm:
 	$(PYTHON) -m venv bench/litellm-venv
-	bench/litellm-venv/bin/pip install --quiet 'litellm[proxy]'
+	bench/litellm-venv/bin/pip install --quiet 'litellm[proxy]==1.108.7'
 
 bench: $(STAMP) bench/litellm-venv/bin/litellm
 	$(PY) bench/run.py $(BENCH_ARGS)
