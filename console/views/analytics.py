@@ -269,7 +269,17 @@ class ReportsView(ConsoleOrgView):
     def _page(self, form: ReportCreateForm, status: int = 200) -> HttpResponse:
         page = page_of(self.request, self._visible())
         user_id = self.request.user.pk
-        rows = [{"r": r, **report_row(r, user_id)} for r in page.object_list]
+        zone = zoneinfo.ZoneInfo(self.organization.time_zone)
+        rows = [
+            {
+                "r": r,
+                # the period in the organization's days, the last one included
+                "first_day": r.period_start.astimezone(zone).date(),
+                "last_day": (r.period_end - dt.timedelta(microseconds=1)).astimezone(zone).date(),
+                **report_row(r, user_id),
+            }
+            for r in page.object_list
+        ]
         busy = any(r["status"] in (ReportStatus.PENDING, ReportStatus.RUNNING) for r in rows)
         return self.render(
             "console/reports.html",

@@ -213,6 +213,7 @@ def test_a_csv_report_is_queued_built_polled_and_downloaded(
     page = client.get("/o/acme/reports/")
     assert page.context["busy"] is True
     html = page.content.decode()
+    assert "2026-01-01 → 2026-12-31" in html  # the last day included
     assert 'data-poll="/o/acme/reports/status/"' in html and 'aria-valuenow="0"' in html
     status = client.get(f"/o/acme/reports/status/?ids={report.pk}").json()
     assert status["reports"][0]["status"] == "pending"
