@@ -46,6 +46,8 @@ class World:
             # Input free and output capped by max_tokens: the actual cost equals the
             # reservation, so what a budget admits does not depend on timing.
             "exact": f.model_create(openai, "gpt-exact", price_in=D(0), price_out=EXACT_OUT),
+            "stall": f.model_create(openai, "gpt-stall"),
+            "hang": f.model_create(openai, "gpt-hang"),
         }
         m = self.models
         for model, name, upstream, priority, base in (
@@ -59,6 +61,8 @@ class World:
             (m["claude"], "sim-claude", "claude-sim", 0, f"{sim_url}/anthropic"),
             (m["embed"], "sim-embed", "embed-sim", 0, openai_url),
             (m["exact"], "sim-exact", "gpt-sim~tokens=50", 0, openai_url),
+            (m["stall"], "sim-stall", "gpt-sim~fault=stall~after=3~stall_ms=5000", 0, openai_url),
+            (m["hang"], "sim-hang", "gpt-sim~fault=hang", 0, openai_url),
         ):
             f.deployment_create(
                 model,
@@ -515,3 +519,71 @@ def test_a_stream_the_client_abandons_is_charged_what_was_generated(gateway_serv
     assert record.cost == record.tokens_in * f.PRICE_IN + record.tokens_out * f.PRICE_OUT
     assert tenant.charged() == record.cost
     assert Reservation.objects.filter(organization_id=tenant.org.pk).count() == 0
+
+
+def test_the_openai_sdk_raises_on_a_budget_refusal_without_retrying(gateway_server, world):
+    """``x-should-retry: false``: the SDK's automatic retries (max_retries=2) do not hammer a
+    budget that will not have room a second later; a balance refusal likewise."""
+    import openai
+
+    tenant = Tenant()
+    tenant.budget("project", "0")
+    client = openai.OpenAI(base_url=f"{gateway_server.url}/v1", api_key=tenant.raw_key)
+    counted = refusals("project")
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.chat.completions.create(**chat())
+    assert raised.value.code == "budget_exceeded"
+    assert refusals("project") == counted + 1  # one request reached the gateway
+    broke = Tenant(balance=None)
+    client = openai.OpenAI(base_url=f"{gateway_server.url}/v1", api_key=broke.raw_key)
+    counted = refusals("balance")
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(**chat())
+    assert raised.value.status_code == 402
+    assert refusals("balance") == counted + 1
+
+
+def test_failover_deadlines_end_hung_and_stalled_calls_and_bill_only_what_was_sent(
+    gateway_server, world, settings
+):
+    """The failover loop's TTFT and stall deadlines (ROUTING_*_TIMEOUT_S) reach the adapters:
+    a deployment that never answers is a 504 with nothing charged; a stream that stalls after
+    its first tokens ends with an error event and is charged what was relayed."""
+    settings.ROUTING_TTFT_TIMEOUT_S = 0.4
+    settings.ROUTING_STALL_TIMEOUT_S = 0.4
+    settings.ROUTING_ATTEMPT_TIMEOUT_S = 0.6
+    tenant = Tenant()
+    before = tenant.books()
+    started = time.monotonic()
+    with httpx.Client(base_url=gateway_server.url, headers=tenant.headers, timeout=15) as http:
+        hung = http.post("/v1/chat/completions", json=chat("openai/gpt-hang"))
+        hung_stream = http.post("/v1/chat/completions", json=chat("openai/gpt-hang", stream=True))
+        assert tenant.books() == before  # refused nothing, charged nothing, held nothing
+        with http.stream(
+            "POST", "/v1/chat/completions", json=chat("openai/gpt-stall", stream=True)
+        ) as response:
+            assert response.status_code == 200
+            usage_id = response.headers["x-megarouter-usage-id"]
+            lines = [line for line in response.iter_lines() if line]
+    assert time.monotonic() - started < 4  # not the simulator's 5 s stall
+    for result in (hung, hung_stream):
+        assert result.status_code == 504
+        assert result.json()["error"]["message"] == (
+            "Every candidate deployment failed. Tried: sim-hang (timeout)."
+        )
+    error = orjson.loads(lines[-1][6:])["error"]
+    assert error["code"] == "stream_interrupted"
+    cost = D(lines[-2].split(" ", 2)[2])  # the trailing comment, before the error event
+    usage_events_process()
+    record = UsageRecord.objects.get(request_id=usage_id)
+    relayed = "".join(
+        choice["delta"].get("content") or ""
+        for line in lines
+        if line.startswith("data: {") and "choices" in line
+        for choice in orjson.loads(line[6:])["choices"]
+    )
+    assert len(relayed.split()) == 3  # the simulator stalled after 3 tokens
+    out = (len(relayed) + 3) // 4  # no usage report: characters / 4, rounded up
+    assert (record.status, record.tokens_out) == ("incomplete", out)
+    assert record.cost == cost == record.tokens_in * f.PRICE_IN + out * f.PRICE_OUT
+    assert tenant.charged() == cost
