@@ -1,6 +1,7 @@
 """Gateway-added latency and throughput, /v1/chat/completions, measured with wrk.
 
     .venv/bin/python bench/gateway_overhead.py [--duration 8] [--workers 1]
+        [--skip-django-view] [--services]
 
 Starts the provider simulator and, one after the other, the gateway served two ways: the raw
 ASGI front door (``megarouter.asgi:application``, production) and the same handlers behind a
@@ -8,7 +9,10 @@ Django async view (``megarouter.asgi:django_application``, full middleware stack
 fresh SQLite database in a temporary folder with one tenant, one key and one model deployed on
 the simulator. wrk POSTs a small chat request: c=1 for latency percentiles, c=32 for
 requests/s. The simulator alone is measured the same way; "added" = gateway minus simulator.
-Everything runs on 127.0.0.1 and stops by itself.
+The row "admission + settle off" (``bench/no_admission.py``) is the front door with billing's
+steps removed: the difference to the first gateway row is what budgets cost per request.
+``--services`` keeps DATABASE_URL / REDIS_URL (Redis admission, PostgreSQL rows) and flushes
+that database first. Everything runs on 127.0.0.1 and stops by itself.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import django, json, sys
 django.setup()
 from django.core.management import call_command
 call_command("migrate", verbosity=0)
+if sys.argv[2:] == ["flush"]:
+    call_command("flush", interactive=False, verbosity=0)
 from tests.gateway import factories as f
 tenant = f.tenant_create()
 key = f.api_key_create(tenant)
@@ -88,6 +94,13 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--skip-django-view", action="store_true")
+    parser.add_argument(
+        "--services",
+        action="store_true",
+        help="keep DATABASE_URL / REDIS_URL (PostgreSQL + Redis admission); the database "
+        "named by DATABASE_URL is FLUSHED before seeding",
+    )
     args = parser.parse_args()
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,8 +111,11 @@ def main() -> int:
             "LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(ROOT),
         }
-        env.pop("DATABASE_URL", None)
-        env.pop("REDIS_URL", None)
+        if args.services:
+            env["BILLING_REDIS_PREFIX"] = f"mrbench:{os.getpid()}"
+        else:
+            env.pop("DATABASE_URL", None)
+            env.pop("REDIS_URL", None)
         try:
             sim_port = free_port()
             procs.append(
@@ -114,7 +130,12 @@ def main() -> int:
             wait_port(sim_port)
             sim = f"http://127.0.0.1:{sim_port}"
             seeded = subprocess.run(
-                [PY, "-c", SEED, sim], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+                [PY, "-c", SEED, sim, *(["flush"] if args.services else [])],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
             )
             key = json.loads(seeded.stdout.strip().splitlines()[-1])["key"]
             rows = []
@@ -129,10 +150,14 @@ def main() -> int:
                 wrk(upstream, sim_script, 32, args.duration),
             )
             rows.append(("simulator alone", base1, base32))
-            for label, app in (
+            apps = [
                 ("raw ASGI front door (chosen)", "megarouter.asgi:application"),
+                ("raw ASGI, admission + settle off", "bench.no_admission:application"),
                 ("Django async view + middleware", "megarouter.asgi:django_application"),
-            ):
+            ]
+            if args.skip_django_view:
+                apps.pop()
+            for label, app in apps:
                 port = free_port()
                 server = subprocess.Popen(
                     [
@@ -175,7 +200,8 @@ def main() -> int:
                 if proc.poll() is None:
                     proc.terminate()
                     proc.wait(10)
-    print(f"uvicorn workers: {args.workers}; wrk {args.duration}s per run; times in ms")
+    mode = "PostgreSQL + Redis" if args.services else "embedded (SQLite)"
+    print(f"{mode}; uvicorn workers: {args.workers}; wrk {args.duration}s per run; times in ms")
     print("| server | c=1 p50 | c=1 p90 | c=1 p99 | added p50 | added p99 | c=32 req/s | non-2xx |")
     print("|---|---|---|---|---|---|---|---|")
     base = rows[0][1]

@@ -370,3 +370,33 @@ class OrganizationArchiveForm(StyledForm):
         label="Also revoke every active API key",
         help_text="Archiving refuses while keys are active unless this is ticked.",
     )
+
+
+class ReportCreateForm(StyledForm):
+    """A CSV or PDF report of one subtree over whole local days (``until`` included)."""
+
+    kind = forms.ChoiceField(
+        label="Format",
+        choices=[("pdf", "PDF spend report"), ("csv", "CSV, one row per request")],
+    )
+    node = NodeChoiceField(
+        label="Covers",
+        queryset=Node.objects.none(),
+        empty_label=None,
+        help_text="The organization or one place in the tree, with everything under it.",
+    )
+    since = forms.DateField(label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(label="To (included)", widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, *args: Any, nodes: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        node_field = self.fields["node"]
+        assert isinstance(node_field, NodeChoiceField)
+        node_field.queryset = nodes
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        since, until = data.get("since"), data.get("until")
+        if since and until and until < since:
+            self.add_error("until", "The period must end on or after its first day.")
+        return data

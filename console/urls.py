@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
-from console.views import account, audit, billing, catalog, keys, members, org, routing
+from console.views import account, analytics, audit, billing, catalog, keys, members, org, routing
 
 app_name = "console"
 
@@ -48,6 +48,9 @@ org_urls = [
     ),
     path("billing/", billing.BillingView.as_view(), name="billing"),
     path("usage/", billing.UsageView.as_view(), name="usage"),
+    path("spend/", analytics.SpendView.as_view(), name="spend"),
+    path("reports/", analytics.ReportsView.as_view(), name="reports"),
+    path("reports/status/", analytics.ReportStatusView.as_view(), name="report-status"),
     path("notifications/", billing.NotificationsView.as_view(), name="notifications"),
 ]
 

@@ -4,10 +4,11 @@ into. A request goes
     authenticate (api layer) -> route -> admit -> call with failover -> settle
 
 ``route``, ``admit`` and ``settle`` are the seams: :data:`STEPS` holds the implementation in
-force. Today ``route`` is the interim policy in :mod:`gateway.routing_interim`; ``admit`` admits
-everything and ``settle`` records metrics. The routing-engine and billing branches replace
-them by assigning their own functions (``STEPS.route = ...``) in their AppConfig.ready, with
-these signatures; nothing else in the gateway changes.
+force, installed by ``GatewayConfig.ready``: ``route`` is the routing engine
+(:mod:`gateway.routing_step`), ``admit`` and ``settle`` are billing's reservation and charge
+(:mod:`gateway.admission`). The defaults below (interim router, admit everything, charge
+nothing) are what runs without them. The attempts go through
+``routing.failover.run_with_failover`` (breakers, Retry-After, TTFT / stall deadlines).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class Candidate:
     output_per_token: Decimal = ZERO
     cached_input_per_token: Decimal | None = None
     cache_write_per_token: Decimal | None = None
+    # For the failover loop (routing.failover): health / breaker key and context window.
+    deployment_id: int = 0
+    context_window: int | None = None
 
     def cost(self, usage: Usage) -> Decimal:
         """List price of ``usage`` at this deployment's model, in US dollars."""
@@ -96,7 +100,7 @@ class Attempt:
 class CallContext:
     """Per-request state the steps share. Holds ids and numbers only, never content."""
 
-    request_id: str
+    request_id: str  # the X-Request-ID (the caller's own when it sent one)
     route: str  # "chat", "completions", "responses", "messages", "embeddings"
     key: Any  # the orgs key auth context
     requested_model: str
@@ -104,7 +108,21 @@ class CallContext:
     needs: frozenset[str] = frozenset()
     needs_param: dict[str, str] = field(default_factory=dict)  # capability -> parameter name
     max_tokens: int | None = None
+    n: int = 1  # choices requested (the output reservation scales with it)
     stream: bool = False
+    # Admission: the prompt-size estimate (set by prepare) and the output tokens reserved.
+    input_tokens_estimate: int | None = None
+    output_tokens_reserve: int = 0
+    # The id billing keys the reservation and usage record by: the request id when the gateway
+    # made it, a fresh one when the caller chose it (callers' ids need not be unique).
+    client_request_id: bool = False
+    charge_id: str = ""
+    # Routing: the engine's decision explanation (metadata only), returned in the
+    # x-megarouter-route header when the caller sent x-megarouter-debug: 1.
+    route_explain: dict[str, Any] | None = None
+    debug: bool = False
+    failover: Any = None  # routing.failover.FailoverResult of the answering attempt
+    stream_error: str | None = None  # ErrorKind value when the upstream broke mid-stream
     started: float = field(default_factory=time.perf_counter)
     plan: RoutePlan | None = None
     admission: Any = None
@@ -164,6 +182,11 @@ STEPS = Steps(route=_route_interim, admit=admit_all, settle=settle_record)
 
 async def prepare(ctx: CallContext, request: ChatRequest | EmbeddingRequest) -> None:
     """Route and admit. Raises GatewayError (404 / 403 / 400 / 402 / 429) before any call."""
+    from gateway.admission import input_tokens_estimate
+
+    ctx.input_tokens_estimate = input_tokens_estimate(request)
+    if isinstance(request, ChatRequest):
+        ctx.n = max(1, request.n or 1)
     ctx.plan = await STEPS.route(ctx=ctx, request=request)
     if not ctx.plan.candidates:
         raise UpstreamFailed(
@@ -200,7 +223,11 @@ def _failed(ctx: CallContext, last: ProviderError | None) -> GatewayError:
     status = 502
     if kinds == {ErrorKind.TIMEOUT.value}:
         status = 504
-    elif kinds and kinds <= {ErrorKind.RATE_LIMITED.value, ErrorKind.OVERLOADED.value}:
+    elif kinds and kinds <= {
+        ErrorKind.RATE_LIMITED.value,
+        ErrorKind.OVERLOADED.value,
+        "skipped_breaker_open",  # known down: the circuit breaker skipped it without a call
+    }:
         status = 503
     return UpstreamFailed(
         f"Every candidate deployment failed. Tried: {tried}.",
@@ -214,89 +241,66 @@ def _safe(message: str) -> str:
     return message.replace("\n", " ")[:200]
 
 
-def _record_failure(ctx: CallContext, candidate: Candidate, error: ProviderError) -> None:
-    ctx.attempts.append(
-        Attempt(
-            deployment=candidate.deployment,
-            provider=candidate.provider,
-            model_id=candidate.model_id,
-            error=error.kind.value,
-            status=error.status,
-            retry_after=error.retry_after,
-        )
-    )
-    metrics.UPSTREAM_ERRORS.labels(candidate.provider, error.kind.value).inc()
-
-
-def _record_success(ctx: CallContext, candidate: Candidate) -> None:
-    ctx.attempts.append(
-        Attempt(
-            deployment=candidate.deployment,
-            provider=candidate.provider,
-            model_id=candidate.model_id,
-        )
-    )
-    ctx.chosen = candidate
-    if len(ctx.attempts) > 1:
-        metrics.FAILOVERS.labels(candidate.model_id, candidate.provider).inc(len(ctx.attempts) - 1)
-
-
 async def chat_complete(ctx: CallContext, request: ChatRequest) -> ChatResponse:
+    await prepare(ctx, request)
+    try:
+        return await _complete_attempts(ctx, request)
+    except BaseException:
+        # A bug or a cancellation (client gone): release the hold now, not at reconcile.
+        await finish(ctx)
+        raise
+
+
+async def _complete_attempts(ctx: CallContext, request: ChatRequest) -> ChatResponse:
     from gateway.providers.base import get_adapter
 
-    await prepare(ctx, request)
-    assert ctx.plan is not None
-    last: ProviderError | None = None
-    for candidate in ctx.plan.candidates:
+    async def attempt(candidate: Candidate, budget: Any) -> ChatResponse:
         request.model = candidate.endpoint.model
         started = time.perf_counter()
         try:
-            response = await get_adapter(candidate.endpoint.kind).complete(
-                candidate.endpoint, request
+            return await get_adapter(candidate.endpoint.kind).complete(
+                candidate.endpoint, request, timeouts=_timeouts(budget)
             )
-        except ProviderError as error:
+        finally:
             ctx.upstream_seconds += time.perf_counter() - started
-            _record_failure(ctx, candidate, error)
-            last = error
-            if not error.retriable:
-                break
-            continue
-        ctx.upstream_seconds += time.perf_counter() - started
-        _record_success(ctx, candidate)
-        ctx.usage = response.usage
-        ctx.finished = True
-        await finish(ctx)
-        return response
+
+    result = await _with_failover(ctx, attempt, streaming=False)
+    response = cast(ChatResponse, result.value)
+    ctx.usage = response.usage
+    ctx.finished = True
     await finish(ctx)
-    raise _failed(ctx, last)
+    return response
 
 
 async def embed(ctx: CallContext, request: EmbeddingRequest) -> EmbeddingResponse:
+    await prepare(ctx, request)
+    try:
+        return await _embed_attempts(ctx, request)
+    except BaseException:
+        # A bug or a cancellation (client gone): release the hold now, not at reconcile.
+        await finish(ctx)
+        raise
+
+
+async def _embed_attempts(ctx: CallContext, request: EmbeddingRequest) -> EmbeddingResponse:
     from gateway.providers.base import get_adapter
 
-    await prepare(ctx, request)
-    assert ctx.plan is not None
-    last: ProviderError | None = None
-    for candidate in ctx.plan.candidates:
+    async def attempt(candidate: Candidate, budget: Any) -> EmbeddingResponse:
         request.model = candidate.endpoint.model
         started = time.perf_counter()
         try:
-            response = await get_adapter(candidate.endpoint.kind).embed(candidate.endpoint, request)
-        except ProviderError as error:
+            return await get_adapter(candidate.endpoint.kind).embed(
+                candidate.endpoint, request, timeouts=_timeouts(budget)
+            )
+        finally:
             ctx.upstream_seconds += time.perf_counter() - started
-            _record_failure(ctx, candidate, error)
-            last = error
-            if not error.retriable:
-                break
-            continue
-        ctx.upstream_seconds += time.perf_counter() - started
-        _record_success(ctx, candidate)
-        ctx.usage = response.usage
-        ctx.finished = True
-        await finish(ctx)
-        return response
+
+    result = await _with_failover(ctx, attempt, streaming=False)
+    response = cast(EmbeddingResponse, result.value)
+    ctx.usage = response.usage
+    ctx.finished = True
     await finish(ctx)
-    raise _failed(ctx, last)
+    return response
 
 
 async def chat_stream(
@@ -305,46 +309,117 @@ async def chat_stream(
     """Open a stream, failing over until one deployment yields its first chunk. Returns that
     chunk and the rest; nothing has reached the client yet, so every failure here may move on.
     The caller must iterate the rest to the end (or close it) and then call :func:`finish`."""
-    from gateway.providers.base import get_adapter
-
     await prepare(ctx, request)
-    assert ctx.plan is not None
-    last: ProviderError | None = None
-    for candidate in ctx.plan.candidates:
+    try:
+        return await _stream_attempts(ctx, request)
+    except BaseException:
+        # A bug or a cancellation (client gone): release the hold now, not at reconcile.
+        await finish(ctx)
+        raise
+
+
+async def _stream_attempts(
+    ctx: CallContext, request: ChatRequest
+) -> tuple[ChatChunk, AsyncGenerator[ChatChunk, None]]:
+    from gateway.providers.base import get_adapter
+    from routing.failover import stream_start
+
+    async def attempt(
+        candidate: Candidate, budget: Any
+    ) -> tuple[list[ChatChunk], AsyncGenerator[ChatChunk, None]]:
         request.model = candidate.endpoint.model
         started = time.perf_counter()
         upstream = cast(
             AsyncGenerator[ChatChunk, None],
-            get_adapter(candidate.endpoint.kind).stream(candidate.endpoint, request),
+            get_adapter(candidate.endpoint.kind).stream(
+                candidate.endpoint, request, timeouts=_timeouts(budget)
+            ),
         )
         try:
-            first = await anext(upstream)
-        except (ProviderError, StopAsyncIteration) as exc:
-            await upstream.aclose()
+            # Read up to the first chunk with content: anything failing before it fails over.
+            buffered, rest = await stream_start(upstream, _has_content)
+        finally:
             ctx.upstream_seconds += time.perf_counter() - started
-            error = (
-                exc
-                if isinstance(exc, ProviderError)
-                else ProviderError(ErrorKind.PROTOCOL, "the stream ended before its first chunk")
+        if not buffered:
+            await upstream.aclose()
+            raise ProviderError(ErrorKind.PROTOCOL, "the stream ended before its first chunk")
+        return buffered, cast(AsyncGenerator[ChatChunk, None], rest)
+
+    result = await _with_failover(ctx, attempt, streaming=True)
+    buffered, upstream = result.value
+    ctx.ttft_seconds = time.perf_counter() - ctx.started
+    return buffered[0], _tracked(ctx, buffered, upstream)
+
+
+def _has_content(chunk: ChatChunk) -> bool:
+    return chunk.usage is not None or any(
+        choice.delta.content or choice.delta.tool_calls or choice.finish_reason
+        for choice in chunk.choices
+    )
+
+
+def _timeouts(budget: Any) -> Any:
+    """The adapter's timeouts for one attempt: the provider defaults (PROVIDER_*), tightened
+    by the failover loop's budget (TTFT, stall, the attempt's share of the total)."""
+    from gateway.http import Timeouts
+
+    base = Timeouts.default()
+    return base.with_(
+        connect=min(base.connect, budget.ttft_timeout_s),
+        first_byte=min(base.first_byte, budget.ttft_timeout_s),
+        stall=min(base.stall, budget.stall_timeout_s),
+        total=min(base.total, budget.attempt_timeout_s),
+    )
+
+
+async def _with_failover(ctx: CallContext, attempt: Any, *, streaming: bool) -> Any:
+    """``routing.failover.run_with_failover`` over the plan: breaker-aware skips, Retry-After
+    waits, TTFT / stall / attempt deadlines, health recorded. Raises the gateway error when
+    nothing answered (after settling: the hold is released)."""
+    from routing.failover import FailoverExhausted, run_with_failover
+
+    assert ctx.plan is not None
+    try:
+        result = await run_with_failover(ctx.plan.candidates, attempt, streaming=streaming)
+    except FailoverExhausted as exhausted:
+        _record_attempts(ctx, exhausted.attempts)
+        await finish(ctx)
+        last = exhausted.last if isinstance(exhausted.last, ProviderError) else None
+        raise _failed(ctx, last) from None
+    _record_attempts(ctx, result.attempts)
+    ctx.chosen = result.candidate
+    ctx.failover = result
+    if result.failovers:
+        metrics.FAILOVERS.labels(ctx.chosen.model_id, ctx.chosen.provider).inc(result.failovers)
+    return result
+
+
+def _record_attempts(ctx: CallContext, records: list[Any]) -> None:
+    for record in records:
+        failed = record.outcome != "ok"
+        ctx.attempts.append(
+            Attempt(
+                deployment=record.deployment,
+                provider=record.provider,
+                model_id=record.model_id,
+                error=record.outcome if failed else None,
+                status=record.status,
+                retry_after=record.retry_after,
             )
-            _record_failure(ctx, candidate, error)
-            last = error
-            if not error.retriable:
-                break
-            continue
-        now = time.perf_counter()
-        ctx.ttft_seconds = now - ctx.started
-        _record_success(ctx, candidate)
-        return first, _tracked(ctx, first, upstream, started)
-    await finish(ctx)
-    raise _failed(ctx, last)
+        )
+        if failed and not record.outcome.startswith("skipped"):
+            metrics.UPSTREAM_ERRORS.labels(record.provider, record.outcome).inc()
 
 
 async def _tracked(
-    ctx: CallContext, first: ChatChunk, upstream: AsyncGenerator[ChatChunk, None], started: float
+    ctx: CallContext, buffered: list[ChatChunk], upstream: AsyncGenerator[ChatChunk, None]
 ) -> AsyncGenerator[ChatChunk, None]:
-    """The rest of the stream, counting what was generated and the time spent upstream."""
-    _observe(ctx, first)
+    """The rest of the stream (after ``buffered[0]``, which the caller relays first),
+    counting what was generated and the time spent upstream."""
+    for chunk in buffered:
+        _observe(ctx, chunk)
+    for chunk in buffered[1:]:
+        yield chunk
     waited_from = time.perf_counter()
     try:
         async for chunk in upstream:
@@ -353,6 +428,9 @@ async def _tracked(
             yield chunk
             waited_from = time.perf_counter()
         ctx.finished = True
+    except ProviderError as error:
+        ctx.stream_error = error.kind.value
+        raise
     finally:
         ctx.upstream_seconds += time.perf_counter() - waited_from
         await upstream.aclose()
@@ -375,6 +453,11 @@ async def finish(ctx: CallContext) -> None:
     if ctx.settled:
         return
     ctx.settled = True
+    if ctx.failover is not None:  # the answering deployment's outcome, for health and breakers
+        if ctx.finished or ctx.stream_error is None:  # done, or the client left: not its fault
+            ctx.failover.finish(ok=True, output_tokens=ctx.generated_tokens())
+        else:
+            ctx.failover.finish(ok=False, error_kind=ctx.stream_error)
     if ctx.chosen is not None:
         usage = ctx.usage
         if usage is None:

@@ -12,3 +12,28 @@ def redis_url() -> str:
     if not settings.REDIS_URL:
         pytest.skip("REDIS_URL is not set (embedded mode)")
     return settings.REDIS_URL
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _billing_redis_prefix():
+    """Admission counters of this test session live under their own Redis prefix (removed at
+    the end), so organization ids reused by a later run never meet stale counters."""
+    if not settings.REDIS_URL:
+        yield
+        return
+    import uuid
+
+    import redis
+
+    from billing.admission import reset_backend
+
+    prefix = f"mrtest:{uuid.uuid4().hex[:10]}"
+    settings.BILLING_REDIS_PREFIX = prefix
+    reset_backend(None)
+    yield
+    reset_backend(None)
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

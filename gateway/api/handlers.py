@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
 from typing import Any, Protocol
+
+import orjson
 
 from gateway import metrics, pipeline
 from gateway.api.http import SSE, SSE_DONE, SSE_HEADERS, ApiRequest, ApiResponse, sse_data
@@ -50,7 +53,13 @@ def _context(req: ApiRequest, route: str, key: Any, inbound: Inbound) -> CallCon
         needs_param=dict(inbound.needs_param),
         max_tokens=inbound.chat.max_tokens,
         stream=inbound.chat.stream,
+        client_request_id="x-request-id" in req.headers,
+        debug=_debug(req),
     )
+
+
+def _debug(req: ApiRequest) -> bool:
+    return req.headers.get("x-megarouter-debug", "").lower() in ("1", "true", "yes")
 
 
 def _log_ids(req: ApiRequest, key: Any) -> None:
@@ -71,8 +80,12 @@ def _headers(ctx: CallContext, *, with_cost: bool) -> dict[str, str]:
     if ctx.chosen is not None:
         headers["x-megarouter-model"] = ctx.chosen.model_id
         headers["x-megarouter-provider"] = ctx.chosen.provider
+    if ctx.charge_id:
+        headers["x-megarouter-usage-id"] = ctx.charge_id  # the usage record's request id
+    if ctx.debug and ctx.route_explain is not None:
+        headers["x-megarouter-route"] = orjson.dumps(ctx.route_explain).decode("ascii", "replace")
     if with_cost:
-        headers["x-megarouter-cost-usd"] = format(ctx.cost.normalize(), "f")
+        headers["x-megarouter-cost-usd"] = cost_text(ctx.cost)
     return headers
 
 
@@ -125,31 +138,45 @@ async def _authenticate(req: ApiRequest) -> Any:
 class Renderer(Protocol):
     def start(self, model_id: str) -> list[bytes]: ...
     def chunk(self, chunk: ChatChunk) -> list[bytes]: ...
-    def finish(self, model_id: str) -> list[bytes]: ...
+    def finish(self, model_id: str, cost: Decimal | None = None) -> list[bytes]: ...
     def error(self, error: GatewayError) -> list[bytes]: ...
 
 
+def cost_text(cost: Decimal) -> str:
+    """The charged amount as sent to clients (header, stream extension, SSE comment)."""
+    return format(cost.normalize(), "f")
+
+
+def cost_comment(cost: Decimal) -> bytes:
+    """A trailing SSE comment with the charged amount: every SSE parser skips comments, so any
+    stream format can carry it (docs/api.md)."""
+    return b": x-megarouter-cost-usd " + cost_text(cost).encode() + b"\n\n"
+
+
 class ChatRenderer:
+    """OpenAI chat (or legacy completion) chunks. The usage chunk is held back until the
+    stream has been settled, so it carries the charged cost (``x_megarouter.cost_usd``)."""
+
     def __init__(self, include_usage: bool, *, legacy: bool = False) -> None:
         self.include_usage = include_usage
         self.legacy = legacy
         self.model_id = ""
+        self.usage_chunk: ChatChunk | None = None
 
     def start(self, model_id: str) -> list[bytes]:
         self.model_id = model_id
         return []
 
-    def _one(self, chunk: ChatChunk) -> list[bytes]:
+    def _body(self, chunk: ChatChunk) -> dict[str, Any] | None:
         if self.legacy:
-            body = completions.render_completion_chunk(
+            return completions.render_completion_chunk(
                 chunk, self.model_id, include_usage=self.include_usage
             )
-            return [sse_data(body)] if body is not None else []
-        return [
-            sse_data(
-                openai_chat.render_chunk(chunk, self.model_id, include_usage=self.include_usage)
-            )
-        ]
+        return openai_chat.render_chunk(chunk, self.model_id, include_usage=self.include_usage)
+
+    def _one(self, chunk: ChatChunk) -> list[bytes]:
+        body = self._body(chunk)
+        return [sse_data(body)] if body is not None else []
 
     def chunk(self, chunk: ChatChunk) -> list[bytes]:
         usage = chunk.usage
@@ -160,15 +187,20 @@ class ChatRenderer:
         else:
             out = []
         if usage is not None and self.include_usage:
-            out += self._one(
-                ChatChunk(
-                    id=chunk.id, model=chunk.model, created=chunk.created, choices=[], usage=usage
-                )
+            self.usage_chunk = ChatChunk(
+                id=chunk.id, model=chunk.model, created=chunk.created, choices=[], usage=usage
             )
         return out
 
-    def finish(self, model_id: str) -> list[bytes]:
-        return [SSE_DONE]
+    def finish(self, model_id: str, cost: Decimal | None = None) -> list[bytes]:
+        out = []
+        if self.usage_chunk is not None:
+            body = self._body(self.usage_chunk)
+            if body is not None:
+                if cost is not None:
+                    body["x_megarouter"] = {"cost_usd": cost_text(cost)}
+                out.append(sse_data(body))
+        return [*out, SSE_DONE]
 
     def error(self, error: GatewayError) -> list[bytes]:
         return [b"data: " + error_json(error) + b"\n\n"]
@@ -185,7 +217,7 @@ class ResponsesRenderer:
     def chunk(self, chunk: ChatChunk) -> list[bytes]:
         return self.stream.chunk(chunk)
 
-    def finish(self, model_id: str) -> list[bytes]:
+    def finish(self, model_id: str, cost: Decimal | None = None) -> list[bytes]:
         return self.stream.finish(model_id)
 
     def error(self, error: GatewayError) -> list[bytes]:
@@ -202,7 +234,7 @@ class MessagesRenderer:
     def chunk(self, chunk: ChatChunk) -> list[bytes]:
         return self.stream.chunk(chunk)
 
-    def finish(self, model_id: str) -> list[bytes]:
+    def finish(self, model_id: str, cost: Decimal | None = None) -> list[bytes]:
         return self.stream.finish(model_id)
 
     def error(self, error: GatewayError) -> list[bytes]:
@@ -230,7 +262,10 @@ async def _stream_response(
                 chunk.created = created
                 for event in renderer.chunk(chunk):
                     yield event
-            for event in renderer.finish(model_id):
+            # Settle before the closing events, so they can tell the client what it was charged.
+            await pipeline.finish(ctx)
+            yield cost_comment(ctx.cost)
+            for event in renderer.finish(model_id, ctx.cost):
                 yield event
         except ProviderError as error:
             # After the first byte there is no failover: end with an error event.
@@ -241,6 +276,8 @@ async def _stream_response(
                 code="stream_interrupted",
             )
             state["status"] = 599  # logged as an interrupted stream
+            await pipeline.finish(ctx)  # charges what was relayed
+            yield cost_comment(ctx.cost)
             for event in renderer.error(failure):
                 yield event
         except Exception as exc:  # a bug in rendering: still end with an error event
@@ -356,6 +393,8 @@ async def embeddings_create(req: ApiRequest) -> ApiResponse:
         requested_model=model,
         override=override,
         needs=frozenset({"embeddings"}),
+        client_request_id="x-request-id" in req.headers,
+        debug=_debug(req),
     )
     try:
         response = await pipeline.embed(ctx, request)

@@ -1,6 +1,11 @@
-"""A new admin walks through the console in headless Chromium (Debian's, through Playwright):
-log in with the seed_demo admin, create a team and a project, invite a member, create a key and
-copy it, look at every page; the invited member accepts and lands in the organization.
+"""A new admin walks through the console in headless Chromium (Debian's, through Playwright),
+the issue's whole path with real components: log in with the seed_demo admin, create a team and
+a project, invite a member, create a key and copy it, set a budget, fund the organization, send
+a request with that key through the official ``openai`` SDK to the real gateway (uvicorn on port
+0 serving ``megarouter.asgi``, console and /v1 alike, with the provider simulator upstream),
+process the usage (billing's usage task, the analytics rollup with lag 0), find the request's
+exact cost (the ``x-megarouter-cost-usd`` header) on the usage and spend pages, download a CSV
+and a PDF report and check their totals, look at every page; the invited member accepts.
 
 Screenshots of every page go to tests/artifacts/console/ (gitignored) for people to look at.
 """
@@ -11,6 +16,7 @@ import io
 import json
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal as D
@@ -22,17 +28,18 @@ from django.core import mail
 from django.core.management import call_command
 from django.db import connections
 
-from billing.alerts import budget_alerts_evaluate
-from billing.models import Budget
+from billing.analytics.models import Report
+from billing.analytics.tasks import analytics_rollup
+from billing.models import Budget, UsageRecord
+from billing.reports.tasks import report_build_task
+from billing.tasks import usage_events_process
+from console.templatetags.console import usd
+from megarouter.celery import app as celery_app
 from orgs.keys import default_resolver
 from orgs.models import ApiKey, Invitation, Membership, Node
-from tests.console.factories import (
-    DeploymentFactory,
-    ModelFactory,
-    ProviderFactory,
-    UserFactory,
-    spend,
-)
+from tests.console.factories import ModelFactory, ProviderFactory, UserFactory
+from tests.gateway import factories as gw
+from tests.gateway.conftest import ServerThread, reset_caches
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -103,6 +110,31 @@ class Walk:
         return self.page.locator(".messages li").first.inner_text()
 
 
+@pytest.fixture
+def stack(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """The provider simulator and one uvicorn server (port 0) running the production ASGI app:
+    the console and the gateway's /v1 on the same origin."""
+    from gateway.simulator.server import Options, run_in_thread
+    from megarouter.asgi import application
+
+    # Report builds are queued on commit (delay_on_commit): an in-memory broker keeps the
+    # message in this process; the test then runs the task itself, as the worker would.
+    monkeypatch.setitem(celery_app.conf, "broker_url", "memory://")
+    settings.ANALYTICS_ROLLUP_LAG = 0
+    sim_url, stop = run_in_thread(port=0, options=Options())
+    try:
+        with ServerThread(application) as server:
+            yield {"url": server.url, "sim": sim_url}
+    finally:
+        stop()
+
+
+def pdf_text(path: Path) -> str:
+    return subprocess.run(
+        ["pdftotext", "-layout", str(path), "-"], check=True, capture_output=True, text=True
+    ).stdout
+
+
 def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Run ``fn`` in another thread: async_to_sync refuses to run in this one while
     Playwright's event loop runs here."""
@@ -125,24 +157,36 @@ def seed_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: Any) ->
     return json.loads(out.getvalue())
 
 
-def test_new_admin_walkthrough(browser, live_server, tmp_path, monkeypatch, settings):
+def test_new_admin_walkthrough(browser, stack, tmp_path, monkeypatch, settings):
     demo = seed_demo(tmp_path, monkeypatch, settings)
-    acme = ProviderFactory(slug="acme-ai", name="Acme AI")
-    chat = ModelFactory(provider=acme, provider_model_name="swift-1", supports_tools=True)
+    base = stack["url"]
+    # The catalog: Acme AI speaks the OpenAI wire format and its deployment is the simulator.
+    # swift-1 costs $0 per input token and $0.024 per output token; the simulator answers 50
+    # output tokens, so one request costs exactly $1.20 (60 % of the project's $2 budget).
+    acme = gw.provider_create("acme-ai", "openai", f"{stack['sim']}/openai/v1")
+    chat = gw.model_create(acme, "swift-1", price_in=D(0), price_out=D("0.024"))
+    gw.deployment_create(
+        chat,
+        name="swift-1-eu",
+        base_url=f"{stack['sim']}/openai/v1",
+        upstream_name="gpt-sim~tokens=50",
+        credential=gw.credential_create(),
+        region="eu-west-1",
+    )
     ModelFactory(provider=acme, provider_model_name="embed-1", mode="embedding")
     ModelFactory(provider=ProviderFactory(slug="zeta", name="Zeta"), provider_model_name="z-large")
-    DeploymentFactory(name="swift-1-eu", model=chat, region="eu-west-1", priority=0)
+    reset_caches()
 
-    context = browser.new_context(viewport={"width": 1360, "height": 860})
-    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    context = browser.new_context(viewport={"width": 1360, "height": 860}, accept_downloads=True)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
     page = context.new_page()
     page.set_default_timeout(5000)
     page.on("dialog", lambda dialog: dialog.accept())
-    w = Walk(page, live_server.url)
+    w = Walk(page, base)
 
     # -- log in with the seed_demo admin -------------------------------------------------
     w.go("/")
-    assert page.url == f"{live_server.url}/login/?next=/"
+    assert page.url == f"{base}/login/?next=/"
     page.get_by_label("Username").fill(demo["admin_username"])
     page.get_by_label("Password").fill("wrong password")
     w.navigate(page.get_by_role("button", name="Log in"))
@@ -152,7 +196,7 @@ def test_new_admin_walkthrough(browser, live_server, tmp_path, monkeypatch, sett
     w.shot("login-error")
     page.get_by_label("Password").fill(demo["admin_password"])
     w.navigate(page.get_by_role("button", name="Log in"))
-    page.wait_for_url(f"{live_server.url}/o/demo/")
+    page.wait_for_url(f"{base}/o/demo/")
     assert page.locator("h1").inner_text() == "Demo Organization"
     w.shot("overview")
 
@@ -238,28 +282,103 @@ def test_new_admin_walkthrough(browser, live_server, tmp_path, monkeypatch, sett
     w.navigate(page.get_by_role("button", name="Record top-up"))
     assert w.flash() == "Top-up of $250.00 recorded; balance $250.00."
 
-    # -- usage made with the new key (through billing's admission backend: the gateway's
-    # pipeline does not call billing yet), then the dashboard, the CSV and the alerts --------
-    owner = key.membership
-    in_thread(spend, project, owner, key, "0.90", model="acme-ai/swift-1", tokens=(1200, 300))
-    in_thread(spend, project, owner, key, "0.30", model="acme-ai/swift-1", tokens=(400, 100))
-    budget_alerts_evaluate()
+    # -- a request with the new key through the official OpenAI SDK, to the real gateway ------
+    import openai
+
+    sdk = openai.OpenAI(base_url=f"{base}/v1", api_key=raw, max_retries=0, timeout=20)
+    answer = sdk.chat.completions.with_raw_response.create(
+        model="acme-ai/swift-1",
+        messages=[{"role": "user", "content": "Forecast next week's demand in one line."}],
+        max_tokens=50,
+    )
+    completion = answer.parse()
+    assert completion.choices[0].message.content
+    assert completion.usage.completion_tokens == 50
+    cost = D(answer.headers["x-megarouter-cost-usd"])
+    assert cost == D("1.2")  # 50 output tokens at $0.024
+
+    # -- the usage task posts the record, the rollup (lag 0) makes it visible to analytics ----
+    assert in_thread(usage_events_process) == 1
+    assert in_thread(analytics_rollup) == 1
+    record = UsageRecord.objects.get()
+    assert (record.key_id, record.project_id, record.model, record.cost) == (
+        key.pk,
+        project.pk,
+        "acme-ai/swift-1",
+        cost,
+    )
+
     w.nav("Budgets")
     row = page.locator("tbody tr", has_text="Forecasting monthly")
     assert "$1.20 · 60.0%" in row.inner_text()
     w.shot("budgets")
     w.nav("Usage")
     stats = page.locator(".stat .value").all_inner_texts()
-    assert stats[:4] == ["2", "1600", "400", "$1.20"]
+    assert (stats[0], stats[1], stats[2], stats[3]) == (
+        "1",
+        str(record.tokens_in),
+        "50",
+        usd(cost),
+    )
     assert page.locator("svg.chart rect.bar").count() == 14
     with page.expect_download() as download:
         page.get_by_role("link", name="Download CSV").click()
     lines = Path(download.value.path()).read_text().strip().splitlines()
-    assert len(lines) == 3 and lines[0].startswith("created_at,request_id,")
+    assert len(lines) == 2 and lines[0].startswith("created_at,request_id,")
     w.shot("usage")
+
+    # -- the spend dashboard: the request's exact cost, savings, breakdowns ---------------------
+    w.nav("Spend")
+    assert page.locator("[data-measure=cost]").inner_text() == usd(cost) == "$1.20"
+    assert page.locator("[data-measure=requests]").inner_text() == "1"
+    first = page.locator("#breakdown tbody tr").first.locator("td")
+    assert (first.nth(0).inner_text(), first.nth(4).inner_text()) == ("acme-ai/swift-1", "$1.20")
+    assert page.locator("svg.chart rect.bar").count() == 30
+    w.shot("spend")
+    with page.expect_navigation():
+        page.get_by_label("Break down by").select_option("project")  # submits by itself
+    first = page.locator("#breakdown tbody tr").first.locator("td")
+    assert (first.nth(0).inner_text(), first.nth(4).inner_text()) == ("Forecasting", "$1.20")
+    assert first.nth(7).inner_text().endswith("100.0%")
+    w.shot("spend-by-project")
+
+    # -- reports: a CSV and a PDF, built by the task, polled, downloaded ------------------------
+    def build_and_download(kind: str) -> Path:
+        w.nav("Reports")
+        page.get_by_label("Format").select_option(kind)
+        page.get_by_label("Covers").select_option(label="Demo Organization (organization)")
+        w.navigate(page.get_by_role("button", name="Request report"))
+        assert w.flash().endswith("of Demo Organization requested: it is being built.")
+        report = Report.objects.order_by("-id").first()
+        assert (report.kind, report.status) == (kind, "pending")
+        row = page.locator(f'tr[data-report="{report.pk}"]')
+        assert row.get_attribute("data-status") == "pending"
+        assert row.locator("[role=progressbar]").get_attribute("aria-valuenow") == "0"
+        w.shot(f"report-{kind}-pending")
+        assert in_thread(report_build_task, report.pk) == "done"
+        # the page's poll sees it done and shows the download link
+        link = page.locator(
+            f'tr[data-report="{report.pk}"][data-status=done] a', has_text="Download"
+        )
+        link.wait_for()
+        with page.expect_download() as download:
+            link.click()
+        return Path(download.value.path())
+
+    csv_path = build_and_download("csv")
+    csv_lines = csv_path.read_text().strip().splitlines()
+    header, *rows = [line.split(",") for line in csv_lines]
+    assert len(rows) == 1
+    assert sum(D(r[header.index("cost_usd")]) for r in rows) == cost
+    pdf_path = build_and_download("pdf")
+    assert pdf_path.read_bytes().startswith(b"%PDF-")
+    text = pdf_text(pdf_path)
+    assert f"{cost:.12f}" in text  # the totals, exact to 12 places
+    w.shot("reports")
+
     w.nav("Balance and ledger")
     assert "$248.80" in page.locator(".stat").first.inner_text()
-    assert page.locator("tbody tr").count() == 3  # top-up, two usage charges
+    assert page.locator("tbody tr").count() == 2  # the top-up, the request's charge
     w.shot("billing")
     w.nav("Notifications")
     assert page.locator(".activity li").count() == 1  # 60 % crossed the 50 % threshold
@@ -290,7 +409,7 @@ def test_new_admin_walkthrough(browser, live_server, tmp_path, monkeypatch, sett
     page.wait_for_url(re.compile(r"cap=tools"))
     rows = page.locator("tbody tr")
     assert rows.count() == 1
-    assert rows.first.locator("td").nth(3).inner_text() == "1"  # $ per million input tokens
+    assert rows.first.locator("td").nth(3).inner_text() == "0"  # $ per million input tokens
     w.shot("models")
     w.navigate(rows.first.locator("a").first)
     w.shot("model")
@@ -318,7 +437,7 @@ def test_new_admin_walkthrough(browser, live_server, tmp_path, monkeypatch, sett
     page.keyboard.press("Escape")
     page.set_viewport_size({"width": 1360, "height": 860})
     w.navigate(page.get_by_role("button", name="Log out"))
-    page.wait_for_url(f"{live_server.url}/login/")
+    page.wait_for_url(f"{base}/login/")
 
     # -- the invited member accepts --------------------------------------------------------
     dana = UserFactory(username="dana", email="dana@example.com")
@@ -327,11 +446,11 @@ def test_new_admin_walkthrough(browser, live_server, tmp_path, monkeypatch, sett
     page.get_by_label("Username").fill("dana")
     page.get_by_label("Password").fill("dana's long password")
     w.navigate(page.get_by_role("button", name="Log in"))
-    page.wait_for_url(f"{live_server.url}/orgs/")
+    page.wait_for_url(f"{base}/orgs/")
     w.navigate(page.get_by_role("link", name="Accept an invitation"))
     page.get_by_label("Token").fill(token)
     w.navigate(page.get_by_role("button", name="Join"))
-    page.wait_for_url(f"{live_server.url}/o/demo/")
+    page.wait_for_url(f"{base}/o/demo/")
     assert w.flash() == "Welcome to Demo Organization: you are developer of Forecasting."
     membership = Membership.objects.get(user=dana, removed_at__isnull=True)
     assert (membership.node_id, membership.role) == (project.pk, "developer")

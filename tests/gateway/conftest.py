@@ -98,21 +98,35 @@ class ServerThread:
 def reset_caches() -> None:
     from orgs.keys import default_resolver
     from routing.catalog import catalog_snapshot_reset
+    from routing.health import health_store
 
     catalog_snapshot_reset()
     default_resolver.forget()
     cache.clear()  # the test cache: LocMem, or this suite's own Redis database
+    # Live health and breakers are keyed by deployment id, which a flushed database reuses.
+    health_store().clear()
 
 
 @pytest.fixture(scope="module")
 def committed_db(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
     """Rows created under this fixture are committed (the server thread must see them) and
     flushed when the module ends."""
+    from django.db import connection
+
     with django_db_blocker.unblock():
         reset_caches()
+        # SQLite: the tests' own transactions start deferred (a WAL reader blocks no one), not
+        # BEGIN IMMEDIATE, which would hold the write lock that the server thread's admission
+        # writes need for as long as a test runs.
+        mode = getattr(connection, "transaction_mode", None)
+        if connection.vendor == "sqlite":
+            connection.ensure_connection()
+            connection.transaction_mode = None
         try:
             yield
         finally:
+            if connection.vendor == "sqlite":
+                connection.transaction_mode = mode
             call_command("flush", interactive=False, verbosity=0)
             reset_caches()
 
@@ -132,8 +146,11 @@ def run(coro: Any) -> Any:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # pytest-django only creates the test database when a collected test is marked for it.
+    # Modules that mark themselves (e.g. transaction=True) keep their own marker.
     for item in items:
-        if "committed_db" in getattr(item, "fixturenames", ()):
+        if "committed_db" in getattr(item, "fixturenames", ()) and not item.get_closest_marker(
+            "django_db"
+        ):
             item.add_marker(pytest.mark.django_db)
 
 

@@ -100,7 +100,10 @@ class Tenant:
     membership: Any
 
 
-def tenant_create(slug: str | None = None) -> Tenant:
+def tenant_create(slug: str | None = None, *, balance: str | None = "1000") -> Tenant:
+    """An organization with a department > team > project chain and, unless ``balance`` is
+    None, a prepaid balance (admission refuses requests an empty balance cannot cover)."""
+    from billing.services import balance_topup
     from orgs import services
     from orgs.audit import Actor
     from orgs.models import Membership, Node
@@ -116,6 +119,8 @@ def tenant_create(slug: str | None = None) -> Tenant:
         node = services.node_create(
             actor=actor, parent=node, name=f"{level} {n}", slug=f"{level}-{n}"
         )
+    if balance is not None:
+        balance_topup(actor=actor, organization=org, amount=balance, reference=f"test-{slug}")
     return Tenant(organization=org, project=node, membership=membership)
 
 

@@ -99,6 +99,7 @@ def test_canary_is_never_stored_or_logged(client, caplog, capfd):
     dump = io.StringIO()
     call_command("dumpdata", stdout=dump)
     assert CANARY not in dump.getvalue()
+    _usage_path_keeps_no_canary()
     if settings.REDIS_URL:
         import redis
 
@@ -115,6 +116,40 @@ def test_canary_is_never_stored_or_logged(client, caplog, capfd):
     assert "zdr-check" in logged + err  # the request log lines were captured
     assert CANARY not in logged
     assert CANARY not in out + err
+
+
+def _usage_path_keeps_no_canary() -> None:
+    """Billing's side: the durable usage events the requests left (checked by the dump above),
+    the Celery message that turns them into records, the records and ledger rows it writes,
+    and every task message published on the way carry no content."""
+    from celery import signals
+
+    from billing.models import LedgerEntry, UsageEvent, UsageRecord
+    from billing.tasks import usage_events_process
+    from megarouter.celery import app
+
+    events = UsageEvent.objects.count()
+    assert events > 0  # the successful and interrupted requests were settled durably
+    published: list[bytes] = []
+
+    def capture(sender=None, body=None, headers=None, properties=None, **kwargs):
+        published.append(repr((sender, body, headers, properties)).encode())
+
+    signals.before_task_publish.connect(capture)
+    try:
+        # The beat's message for the task, serialized as the broker would carry it.
+        message = app.amqp.as_task_v2("zdr-task", usage_events_process.name, args=(), kwargs={})
+        published.append(repr(message).encode())
+        assert usage_events_process.apply().get() == events
+    finally:
+        signals.before_task_publish.disconnect(capture)
+    assert UsageRecord.objects.count() >= events
+    assert LedgerEntry.objects.filter(kind="usage").exists()
+    for item in published:
+        assert CANARY.encode() not in item
+    dump = io.StringIO()
+    call_command("dumpdata", "billing", stdout=dump)
+    assert CANARY not in dump.getvalue()
 
 
 def test_unexpected_errors_log_no_message(client, monkeypatch, caplog):

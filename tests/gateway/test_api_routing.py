@@ -1,0 +1,74 @@
+"""The routing engine in the pipeline, through the real server: policies (key level, then the
+per-request override), the decision explanation in the debug header and the usage record,
+and breaker-aware failover (an open breaker is skipped without a call)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from billing.models import UsageRecord
+from billing.tasks import usage_events_process
+from tests.gateway.test_api_billing import Tenant, World, chat
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def world(gateway_server: Any, simulator_url: str) -> World:
+    return World(simulator_url)
+
+
+def test_debug_header_explains_the_decision_and_the_usage_record_keeps_it(gateway_server, world):
+    tenant = Tenant(routing_policy={"strategy": "cost"})
+    with httpx.Client(base_url=gateway_server.url, headers=tenant.headers, timeout=15) as http:
+        plain = http.post("/v1/chat/completions", json=chat("auto"))
+        debug = http.post(
+            "/v1/chat/completions", json=chat("auto"), headers={"x-megarouter-debug": "1"}
+        )
+        override = http.post(
+            "/v1/chat/completions",
+            json=chat("auto", megarouter={"strategy": "latency"}),
+            headers={"x-megarouter-debug": "1"},
+        )
+    assert plain.status_code == debug.status_code == override.status_code == 200
+    assert "x-megarouter-route" not in plain.headers
+    # The key's policy sets the strategy; the request's megarouter object overrides it.
+    assert plain.headers["x-megarouter-strategy"] == "cost"
+    assert override.headers["x-megarouter-strategy"] == "latency"
+    explain = orjson.loads(debug.headers["x-megarouter-route"])
+    assert explain["strategy"] == "cost"
+    assert explain["candidates"][0]["model"] == debug.headers["x-megarouter-model"]
+    assert {"reason", "considered", "rejected", "policy"} <= explain.keys()
+    assert orjson.loads(override.headers["x-megarouter-route"])["strategy"] == "latency"
+    # The cheapest eligible model answers a cost-first auto request.
+    assert debug.headers["x-megarouter-model"] == "openai/gpt-exact"
+    usage_events_process()
+    record = UsageRecord.objects.get(request_id=debug.headers["x-megarouter-usage-id"])
+    assert record.routing["explain"] == explain
+    assert record.strategy == "cost"
+    assert record.requested_model == "auto"
+
+
+def test_an_open_breaker_takes_the_deployment_out_of_the_way(gateway_server, world):
+    """sim-flaky-a answers 500 every time: after ROUTING_BREAKER_FAILURES (5) failures its
+    breaker opens, the engine orders it behind the healthy deployment, and calls go straight
+    to sim-flaky-b with no failed attempt."""
+    tenant = Tenant()
+    ids = []
+    with httpx.Client(base_url=gateway_server.url, headers=tenant.headers, timeout=15) as http:
+        for _ in range(8):
+            response = http.post("/v1/chat/completions", json=chat("openai/gpt-flaky"))
+            assert response.status_code == 200
+            ids.append(response.headers["x-megarouter-usage-id"])
+    usage_events_process()
+    records = [UsageRecord.objects.get(request_id=i) for i in ids]
+    outcomes = [[a["error"] for a in r.routing["attempts"]] for r in records]
+    assert outcomes[:5] == [["server_error", None]] * 5
+    assert outcomes[-1] == [None]
+    last = records[-1]
+    assert (last.deployment, last.attempts, last.fallback_used) == ("sim-flaky-b", 1, False)
+    assert last.routing["explain"]["candidates"][0]["deployment"] == "sim-flaky-b"
