@@ -368,7 +368,7 @@ def gateway_service(port: int, env: dict[str, str], workers: int, log: Path | No
             "httptools",
             "--no-access-log",
             "--lifespan",
-            "off",
+            "on",
             "--log-level",
             "warning",
         ],
