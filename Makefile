@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck lock clean install
+.PHONY: run test lint typecheck lock clean install bench chaos api-fuzz profile
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,24 @@ test: $(STAMP) lint
 	$(PY) manage.py check
 	$(PY) manage.py makemigrations --check --dry-run
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Benchmarks and reliability scenarios (docs/performance.md). BENCH_QUICK=1 for a short run.
+# LiteLLM, for the comparison, lives in its own virtualenv (not a project dependency).
+bench/litellm-venv/bin/litellm:
+	$(PYTHON) -m venv bench/litellm-venv
+	bench/litellm-venv/bin/pip install --quiet 'litellm[proxy]==1.108.7'
+
+bench: $(STAMP) bench/litellm-venv/bin/litellm
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+chaos: $(STAMP)
+	$(PY) bench/chaos.py $(CHAOS_ARGS)
+
+api-fuzz: $(STAMP)
+	$(PY) bench/api_fuzz.py $(FUZZ_ARGS)
+
+profile: $(STAMP)
+	$(PY) bench/profile.py $(PROFILE_ARGS)
 
 # Re-resolve every dependency to the newest allowed versions and pin them.
 lock:

@@ -61,7 +61,7 @@ def server_command(name: str, port: int, workers: int) -> list[str]:
             "httptools",
             "--no-access-log",
             "--lifespan",
-            "off",
+            "on",
             "--log-level",
             "warning",
         ]

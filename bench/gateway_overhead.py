@@ -175,7 +175,7 @@ def main() -> int:
                         "httptools",
                         "--no-access-log",
                         "--lifespan",
-                        "off",
+                        "on",
                         "--log-level",
                         "warning",
                     ],

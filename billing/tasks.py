@@ -38,3 +38,9 @@ def budget_alerts_check() -> int:
 @shared_task(name="billing.budget_periods_roll")
 def budget_periods_roll() -> int:
     return services.budget_periods_roll()
+
+
+# Analytics and reports register their tasks (billing.analytics_rollup, billing.report_build,
+# billing.statements_monthly) through these imports.
+from billing.analytics import tasks as _analytics_tasks  # noqa: E402,F401
+from billing.reports import tasks as _report_tasks  # noqa: E402,F401

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from celery.schedules import crontab
+
 from megarouter.env import ConfigError, Env
 
 env = Env()
@@ -72,6 +74,7 @@ INSTALLED_APPS = [
     "routing",
     "billing",
     "gateway",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -114,7 +117,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -125,6 +130,11 @@ STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Failed gateway key attempts allowed per client address per minute (0 turns the limit off).
+MEGAROUTER_AUTH_FAILURES_PER_MINUTE = env.int(
+    "MEGAROUTER_AUTH_FAILURES_PER_MINUTE", 30, min_value=0
+)
+
 # Caches: Redis when configured (shared by every process), otherwise in-process memory.
 if REDIS_URL:
     CACHES = {
@@ -132,6 +142,11 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "mr",
+            # Bounded waits: a dead or hung Redis fails fast so callers can fall back.
+            "OPTIONS": {
+                "socket_connect_timeout": env.float("REDIS_CONNECT_TIMEOUT", 0.5, min_value=0.01),
+                "socket_timeout": env.float("REDIS_SOCKET_TIMEOUT", 1.0, min_value=0.01),
+            },
         }
     }
 else:
@@ -216,6 +231,34 @@ CELERY_BEAT_SCHEDULE.update(
         "billing-reconcile": {"task": "billing.reservations_reconcile", "schedule": 60.0},
         "billing-alerts": {"task": "billing.budget_alerts_check", "schedule": 60.0},
         "billing-periods": {"task": "billing.budget_periods_roll", "schedule": 300.0},
+    }
+)
+
+# Analytics and reports (docs/analytics.md).
+# Savings are measured against this catalog model (a per-policy reference comes with routing).
+MEGAROUTER_DEFAULT_REFERENCE_MODEL = env.str("MEGAROUTER_DEFAULT_REFERENCE_MODEL", "openai/gpt-4o")
+# Seconds a usage record waits before the rollup takes it (late commits stay in order).
+ANALYTICS_ROLLUP_LAG = env.int("ANALYTICS_ROLLUP_LAG", 10, min_value=0)
+REPORTS_DIR = DATA_DIR / "reports"
+# Where people reach the console: the base of links in emails (report downloads).
+MEGAROUTER_PUBLIC_URL = env.str("MEGAROUTER_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+# Seconds a signed report download link stays valid.
+REPORT_LINK_MAX_AGE = env.int("REPORT_LINK_MAX_AGE", 3600, min_value=60)
+# CSV / PDF reports are deleted this many days after they were built (statements are kept).
+REPORT_RETENTION_DAYS = env.int("REPORT_RETENTION_DAYS", 30, min_value=1)
+# Seconds after which a report still "running" is taken for a lost worker and marked failed.
+REPORT_STUCK_AFTER = env.int("REPORT_STUCK_AFTER", 3600, min_value=60)
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "billing-analytics-rollup": {"task": "billing.analytics_rollup", "schedule": 10.0},
+        "billing-reports-housekeeping": {
+            "task": "billing.reports_housekeeping",
+            "schedule": 3600.0,
+        },
+        "billing-monthly-statements": {
+            "task": "billing.statements_monthly",
+            "schedule": crontab(minute=30, day_of_month="1,2"),
+        },
     }
 )
 

@@ -1,6 +1,5 @@
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from gateway.metrics import metrics_view
@@ -17,5 +16,5 @@ urlpatterns = [
     path("api/", include("billing.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
-    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("", include("console.urls")),
 ]

@@ -27,6 +27,7 @@ import asyncio
 import fnmatch
 import functools
 import ipaddress
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -39,8 +40,11 @@ from django.core.cache import caches
 from django.core.cache.backends.dummy import DummyCache
 from django.core.cache.backends.locmem import LocMemCache
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from orgs import secrets
+
+logger = logging.getLogger(__name__)
 
 LOCAL_TTL = 0.5
 SHARED_TTL = 60
@@ -167,6 +171,18 @@ def _load(prefix: str) -> _Entry | None:
     )
 
 
+# A shared cache that is down or slow must not take key auth down with it: the database is the
+# source of truth, so a failed read falls through to it and a failed write is skipped.
+SHARED_CACHE_ERRORS = (RedisError, OSError)
+
+
+def _shared_cache_failed(operation: str) -> None:
+    logger.warning(
+        "shared key cache unavailable; using the database",
+        extra={"fields": {"operation": operation}},
+    )
+
+
 def _shared_cache_usable(cache: Any) -> bool:
     return not isinstance(cache, LocMemCache | DummyCache)
 
@@ -224,16 +240,24 @@ class KeyResolver:
         cache = self._cache
         shared = _shared_cache_usable(cache)
         if shared:
-            got = cache.get_many([_entry_key(prefix), _tomb_key(prefix)])
-            entry = self._trusted(got, prefix)
-            if entry is not None:
-                self.shared_hits += 1
-                self._local_put(prefix, entry)
-                return entry
+            try:
+                got = cache.get_many([_entry_key(prefix), _tomb_key(prefix)])
+            except SHARED_CACHE_ERRORS:
+                _shared_cache_failed("read")
+                shared = False
+            else:
+                entry = self._trusted(got, prefix)
+                if entry is not None:
+                    self.shared_hits += 1
+                    self._local_put(prefix, entry)
+                    return entry
         entry = _load(prefix)
         self.db_loads += 1
         if shared and entry is not None:
-            cache.set(_entry_key(prefix), _entry_to_cache(entry), SHARED_TTL)
+            try:
+                cache.set(_entry_key(prefix), _entry_to_cache(entry), SHARED_TTL)
+            except SHARED_CACHE_ERRORS:
+                _shared_cache_failed("write")
         self._local_put(prefix, entry)
         return entry
 
@@ -265,16 +289,24 @@ class KeyResolver:
         cache = self._cache
         shared = _shared_cache_usable(cache)
         if shared:
-            got = await cache.aget_many([_entry_key(prefix), _tomb_key(prefix)])
-            entry = self._trusted(got, prefix)
-            if entry is not None:
-                self.shared_hits += 1
-                self._local_put(prefix, entry)
-                return entry
+            try:
+                got = await cache.aget_many([_entry_key(prefix), _tomb_key(prefix)])
+            except SHARED_CACHE_ERRORS:
+                _shared_cache_failed("read")
+                shared = False
+            else:
+                entry = self._trusted(got, prefix)
+                if entry is not None:
+                    self.shared_hits += 1
+                    self._local_put(prefix, entry)
+                    return entry
         entry = await sync_to_async(_load, thread_sensitive=True)(prefix)
         self.db_loads += 1
         if shared and entry is not None:
-            await cache.aset(_entry_key(prefix), _entry_to_cache(entry), SHARED_TTL)
+            try:
+                await cache.aset(_entry_key(prefix), _entry_to_cache(entry), SHARED_TTL)
+            except SHARED_CACHE_ERRORS:
+                _shared_cache_failed("write")
         self._local_put(prefix, entry)
         return entry
 
@@ -302,8 +334,14 @@ class KeyResolver:
         cache = self._cache
         if _shared_cache_usable(cache) and prefixes:
             now = time.time()
-            cache.set_many({_tomb_key(p): now for p in prefixes}, SHARED_TTL + 5)
-            cache.delete_many([_entry_key(p) for p in prefixes])
+            try:
+                cache.set_many({_tomb_key(p): now for p in prefixes}, SHARED_TTL + 5)
+                cache.delete_many([_entry_key(p) for p in prefixes])
+            except SHARED_CACHE_ERRORS:
+                # The change is committed; other processes see it from the database while the
+                # shared cache is unreachable. A cache that kept its data through the outage
+                # may serve the old entry until SHARED_TTL runs out (docs/architecture.md).
+                _shared_cache_failed("invalidate")
 
 
 def raw_key_from_headers(headers: Mapping[str, str]) -> str | None:

@@ -35,7 +35,7 @@ def commands(port: int, workers: int) -> dict[str, list[str]]:
             "httptools",
             "--no-access-log",
             "--lifespan",
-            "off",
+            "on",
         ],
         "worker": [
             PY,

@@ -23,4 +23,5 @@ urlpatterns = [
     path("orgs/<slug:org_slug>/billing/refunds/", refund, name="billing-refund"),
     path("orgs/<slug:org_slug>/billing/adjustments/", adjust, name="billing-adjust"),
     path("orgs/<slug:org_slug>/", include(scoped.urls)),
+    path("", include("billing.analytics.api.urls")),
 ]

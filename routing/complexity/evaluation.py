@@ -212,7 +212,7 @@ def _group_report(
 ) -> dict[str, Any]:
     candidate_sets = {tuple(usable[i][1]) for i in idx}
     common = set.intersection(*(set(usable[i][1]) for i in idx)) if idx else set()
-    reference = None
+    reference: dict[str, Any] | None = None
     if common:
         ranked = sorted(
             common,
@@ -228,7 +228,7 @@ def _group_report(
             "quality": _mean([usable[i][0].outcomes[name].score for i in idx]),
             "cost": _mean([usable[i][0].outcomes[name].cost_usd for i in idx]),
         }
-    two_model = None
+    two_model: dict[str, Any] | None = None
     if len(candidate_sets) == 1 and len(next(iter(candidate_sets))) == 2:
         pair = next(iter(candidate_sets))
         weak, strong = sorted(pair, key=lambda m: (stats[m].cost_per_input_token, m))

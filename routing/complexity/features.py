@@ -22,7 +22,7 @@ NGRAM_TAIL_CHARS = 700
 CHARS_PER_TOKEN = 4
 LONG_CONTEXT_TOKENS = 16_000
 # Regular expressions scan at most this many characters (two thirds head, one third tail).
-SCAN_CHARS = 3000
+SCAN_CHARS = 2000
 
 _WORD_RE = re.compile(r"[a-z0-9]+|[^\sa-z0-9]", re.ASCII)
 _CHOICE_RE = re.compile(r"^[ \t]*\(?[A-Ea-e][.)][ \t]+\S", re.M)
@@ -315,7 +315,7 @@ def _build(
             writing_score += 1
     fences = scan.count("```")
     code_score = code_words + fences * 3 + (code_marks // 4)
-    upper = len(_UPPER_RE.findall(scan[:2000]))
+    upper = len(_UPPER_RE.findall(scan[:1000]))
     math_score = math_words + len(_MATH_OP_RE.findall(scan)) + scan.count("\\frac")
     if "step by step" in scan or "step-by-step" in scan:
         reasoning_score += 2
@@ -327,7 +327,7 @@ def _build(
     numbers = len(_NUMBER_RE.findall(scan))
     sentences = len(_SENTENCE_RE.findall(scan))
     decimals = len(_DECIMAL_RE.findall(scan))
-    sample_len = max(min(n_chars, 2000), 1)
+    sample_len = max(min(n_chars, 1000), 1)
     dense = (
         math.log1p(n_chars),
         math.log1p(n_words),

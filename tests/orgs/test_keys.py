@@ -353,3 +353,40 @@ def test_raw_key_from_headers():
     assert raw_key_from_headers(headers(HTTP_X_API_KEY="mrk_z")) == "mrk_z"
     assert raw_key_from_headers(headers(HTTP_AUTHORIZATION="Basic abc")) is None
     assert raw_key_from_headers(headers()) is None
+
+
+DEAD_REDIS_CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "dead": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens on port 1
+        "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+    },
+}
+
+
+def test_unreachable_shared_cache_falls_back_to_the_database(
+    tree, settings, django_assert_num_queries
+):
+    """Redis down must not take key auth down: the database answers, revocation still holds."""
+    settings.CACHES = DEAD_REDIS_CACHES
+    created = make_key(tree.project, tree.owner_membership)
+    resolver = KeyResolver(local_ttl=0, cache_alias="dead")
+    with django_assert_num_queries(1):
+        ctx = resolver.resolve_sync(created.raw_key)
+    assert ctx.key_id == created.api_key.pk
+    assert resolver.db_loads == 1 and resolver.shared_hits == 0
+    services.api_key_revoke(api_key=created.api_key, actor=SYSTEM)
+    resolver.invalidate([created.api_key.prefix])  # logs, does not raise
+    assert _reason(created.raw_key, resolver) == "revoked"
+
+
+async def test_unreachable_shared_cache_falls_back_to_the_database_async(committed_key, settings):
+    settings.CACHES = DEAD_REDIS_CACHES
+    resolver = KeyResolver(local_ttl=0, cache_alias="dead")
+    try:
+        ctx = await resolver.resolve(committed_key.raw_key)
+    finally:
+        await sync_to_async(connections.close_all)()
+    assert ctx.key_id == committed_key.api_key.pk
+    assert resolver.db_loads == 1

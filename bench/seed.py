@@ -1,0 +1,207 @@
+"""Seed (or inspect) the database the benchmark's gateway runs on, through the project's own
+services (no fixtures, no raw SQL). Run in a subprocess with the gateway's environment:
+
+    python bench/seed.py SIMULATOR_URL RUN_ID      # migrate + seed, prints one JSON line
+    python bench/seed.py --usage ORG_ID            # usage rows recorded for an organization
+
+Seeding creates one organization (Org > Department > Team > Project, an owner membership and
+one API key), a provider ``benchsim`` on the simulator and these models (catalog id
+``benchsim/<name>``), each with its deployment(s) on the simulator (upstream knobs in the
+model name, docs/simulator.md):
+
+| model | upstream | used for |
+|---|---|---|
+| bench-fast | gpt-4o-mini | added latency, fast mode |
+| bench-20ms | gpt-4o-mini~ttft_ms=20 | throughput at a 20 ms upstream |
+| bench-ttft | gpt-4o-mini~tokens=16 | time to first token |
+| bench-stream | gpt-4o-mini~tokens=64~token_ms=20 | concurrent streams |
+| chaos-<fault> | primary with the fault, a healthy secondary | failover scenarios |
+| chaos-all503 | two deployments, both 503 | every candidate down |
+
+When the billing app offers budgets (``billing.services.budget_create``), budgets are created
+at the organization, member and key layers (limits far above what a run spends) and the
+balance is topped up; the JSON says which pieces are wired into the gateway's pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from decimal import Decimal
+from typing import Any
+
+import django
+
+FAULTS = {
+    "500": "fault=500",
+    "429": "fault=429~retry_after=0",
+    "reset": "fault=reset",
+    "hang": "fault=hang",
+    "cut": "fault=cut~after=3~tokens=16",
+    "stall": "fault=stall~after=3~stall_ms=1500~tokens=16",
+    "malformed": "fault=malformed~after=3~tokens=16",
+}
+CREDENTIAL_SECRET = "sk-bench-credential-canary-7f3a"  # noqa: S105 (a canary, checked in logs)
+
+
+def integration() -> dict[str, Any]:
+    from gateway.pipeline import STEPS
+
+    def owner(fn: Any) -> str:
+        return getattr(fn, "__module__", "") or ""
+
+    route, admit, settle = owner(STEPS.route), owner(STEPS.admit), owner(STEPS.settle)
+    budgets = False
+    try:
+        from billing import services as billing_services
+
+        budgets = hasattr(billing_services, "budget_create")
+    except ImportError:
+        pass
+    return {
+        "route": route,
+        "admit": admit,
+        "settle": settle,
+        "routing_engine": not route.startswith("gateway."),
+        "billing_admission": admit.startswith("billing"),
+        "billing_settle": settle.startswith("billing"),
+        "budgets_available": budgets,
+    }
+
+
+def seed(simulator_url: str, run_id: str) -> dict[str, Any]:
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from orgs import services
+    from orgs.audit import Actor
+    from orgs.models import Membership, Node
+    from routing.crypto import CredentialSecret
+    from routing.services import (
+        PriceInput,
+        credential_upsert,
+        deployment_upsert,
+        model_create,
+        provider_upsert,
+    )
+
+    call_command("migrate", verbosity=0, interactive=False)
+    actor = Actor.system()
+    user = get_user_model().objects.create_user(
+        username=f"bench-{run_id}", password=f"bench-{run_id}-pw"
+    )
+    org = services.organization_create(
+        actor=actor, name=f"Bench {run_id}", slug=f"bench-{run_id}", owner=user
+    )
+    node = Node.objects.get(organization=org, parent__isnull=True)
+    membership = Membership.objects.get(user=user, node=node)
+    for level in ("dept", "team", "proj"):
+        node = services.node_create(actor=actor, parent=node, name=level, slug=f"{level}")
+    created = services.api_key_create(
+        actor=actor, project=node, membership=membership, name="bench"
+    )
+
+    base = simulator_url + "/openai/v1"
+    provider, _ = provider_upsert(
+        slug="benchsim", name="Bench simulator", kind="openai", base_url=base, auth_style="bearer"
+    )
+    credential, _ = credential_upsert(
+        name="benchsim", kind="api_key", secret=CredentialSecret(api_key=CREDENTIAL_SECRET)
+    )
+    from routing.models import Model
+
+    def model(name: str, *upstreams: str) -> None:
+        existing = Model.objects.filter(provider=provider, provider_model_name=name).first()
+        found = existing or model_create(
+            provider=provider,
+            provider_model_name=name,
+            price=PriceInput(
+                input_per_token=Decimal("0.000002"), output_per_token=Decimal("0.000008")
+            ),
+            fields={"mode": "chat", "supports_tools": True, "quality_tier": 3},
+        )
+        for priority, upstream in enumerate(upstreams):
+            deployment_upsert(
+                name=f"benchsim-{name}-{priority}",
+                model=found,
+                base_url=base,
+                provider_model_name=upstream,
+                credential=credential,
+                priority=priority,
+            )
+
+    model("bench-fast", "gpt-4o-mini")
+    model("bench-20ms", "gpt-4o-mini~ttft_ms=20")
+    model("bench-ttft", "gpt-4o-mini~tokens=16")
+    model("bench-stream", "gpt-4o-mini~tokens=64~token_ms=20")
+    for name, knobs in FAULTS.items():
+        healthy = "gpt-4o-mini~tokens=16" if "tokens=16" in knobs else "gpt-4o-mini"
+        model(f"chaos-{name}", f"gpt-4o-mini~{knobs}~id=chaos-{name}-{run_id}", healthy)
+    model("chaos-all503", "gpt-4o-mini~fault=503~id=a503", "gpt-4o-mini~fault=503~id=b503")
+
+    wired = integration()
+    budgets: list[str] = []
+    if wired["budgets_available"]:
+        from billing import services as billing
+
+        billing.balance_topup(
+            actor=actor, organization=org, amount="1000000", reference=f"bench {run_id}"
+        )
+        for scope, scope_id in (
+            ("organization", None),
+            ("member", membership.pk),
+            ("key", created.api_key.pk),
+        ):
+            billing.budget_create(
+                actor=actor,
+                organization=org,
+                scope=scope,
+                scope_id=scope_id,
+                period="monthly",
+                limit_usd="100000",
+            )
+            budgets.append(scope)
+    return {
+        "key": created.raw_key,
+        "key_id": created.api_key.pk,
+        "organization_id": org.pk,
+        "budgets": budgets,
+        "integration": wired,
+        "credential_secret": CREDENTIAL_SECRET,
+    }
+
+
+def usage(organization_id: int) -> dict[str, Any]:
+    """Usage rows of one organization: pending events and posted records (billing branch)."""
+    try:
+        from billing.models import UsageEvent, UsageRecord
+    except ImportError:
+        return {"available": False}
+    records = list(
+        UsageRecord.objects.filter(organization_id=organization_id).values_list(
+            "request_id", flat=True
+        )
+    )
+    events = list(
+        UsageEvent.objects.filter(organization_id=organization_id).values_list(
+            "request_id", flat=True
+        )
+    )
+    return {"available": True, "records": records, "events": events}
+
+
+def main(argv: list[str]) -> int:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "megarouter.settings")
+    django.setup()
+    if argv[:1] == ["--usage"]:
+        print(json.dumps(usage(int(argv[1]))))
+    elif argv[:1] == ["--integration"]:
+        print(json.dumps(integration()))
+    else:
+        print(json.dumps(seed(argv[0], argv[1])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

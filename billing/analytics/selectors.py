@@ -1,0 +1,247 @@
+"""Analytics reads: totals, breakdowns (up to two dimensions) and time series.
+
+Every function takes a queryset already restricted to the caller's organization and visible
+subtree (the API gets it from ``OrgScopedViewSet.get_queryset``; reports from
+``scoped_source``) plus an ``AnalyticsQuery``. ``analytics_source`` picks the cheapest table
+that answers the query exactly:
+
+1. ``UsageRollupDayTeam`` (UTC days; department, team, model, provider),
+2. ``UsageRollupDayNode`` (UTC days; and project),
+3. ``UsageRollupDay`` (UTC days; every dimension),
+4. ``UsageRollupHour`` (hours; department, team, model, provider),
+5. ``UsageRecord`` (any range, any dimension).
+
+Day tables need the period on UTC midnights and, for day buckets, an organization whose days are
+UTC days; the hour table needs whole hours. Sums over rollups equal sums over the records.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import F, Model, QuerySet, Sum
+from django.db.models.functions import TruncDay, TruncHour
+
+from billing.analytics.models import MEASURES, ROLLUP_MODELS
+from billing.analytics.reference import reference_cost_expression
+from billing.analytics.rollups import aggregate_expressions
+from billing.models import UsageRecord
+from orgs.models import ApiKey, Membership, Node
+
+# API name -> column (the same on rollups and records).
+DIMENSIONS: dict[str, str] = {
+    "department": "department_id",
+    "team": "team_id",
+    "project": "project_id",
+    "member": "member_id",
+    "key": "key_id",
+    "model": "model",
+    "provider": "provider",
+    "strategy": "strategy",
+    "status": "status",
+}
+ID_DIMENSIONS = frozenset({"department", "team", "project", "member", "key"})
+BUCKETS = ("hour", "day")
+UTC = dt.UTC
+
+
+@dataclass(frozen=True)
+class AnalyticsQuery:
+    start: dt.datetime  # inclusive
+    end: dt.datetime  # exclusive
+    filters: Mapping[str, Sequence[Any]] = field(default_factory=dict)  # dimension -> values
+    group_by: tuple[str, ...] = ()
+    bucket: str | None = None  # "hour" | "day" for a time series
+    time_zone: str = "UTC"
+
+    @property
+    def dimensions(self) -> set[str]:
+        return {DIMENSIONS[d] for d in (*self.filters, *self.group_by)}
+
+
+def _is_utc_zone(name: str) -> bool:
+    zone = zoneinfo.ZoneInfo(name)
+    return name in ("UTC", "Etc/UTC", "Etc/GMT", "GMT") or zone.utcoffset(
+        dt.datetime(2026, 1, 1)
+    ) == dt.timedelta(0) == zone.utcoffset(dt.datetime(2026, 7, 1))
+
+
+def _whole_hour_zone(query: AnalyticsQuery) -> bool:
+    zone = zoneinfo.ZoneInfo(query.time_zone)
+    offsets = (
+        zone.utcoffset(query.start.replace(tzinfo=None)),
+        zone.utcoffset(query.end.replace(tzinfo=None)),
+    )
+    return all(o is not None and o.total_seconds() % 3600 == 0 for o in offsets)
+
+
+def _aligned(when: dt.datetime, grain: str) -> bool:
+    w = when.astimezone(UTC)
+    aligned = w.minute == 0 and w.second == 0 and w.microsecond == 0
+    return aligned and (grain == "hour" or w.hour == 0)
+
+
+def analytics_source(query: AnalyticsQuery, *, scope_column: str | None = None) -> type[Model]:
+    """The smallest table that answers ``query`` exactly. ``scope_column`` is the column the
+    caller's visibility is filtered on (``team_id`` / ``project_id``), when not org-wide."""
+    dims = query.dimensions | ({scope_column} if scope_column else set())
+    day_ok = (
+        query.bucket != "hour"
+        and _aligned(query.start, "day")
+        and _aligned(query.end, "day")
+        and (query.bucket != "day" or _is_utc_zone(query.time_zone))
+    )
+    hour_ok = _aligned(query.start, "hour") and _aligned(query.end, "hour")
+    if query.bucket == "day" and not _whole_hour_zone(query):
+        hour_ok = False  # local days of a +05:30 zone do not start on UTC hours
+    for model in ROLLUP_MODELS:
+        fits = day_ok if model.GRAIN == "day" else hour_ok
+        if fits and dims <= set(model.DIMS):
+            return model
+    return UsageRecord
+
+
+def node_scope_column(node: Node) -> str | None:
+    """The rollup column that selects ``node``'s subtree (None: the whole organization)."""
+    return {"department": "department_id", "team": "team_id", "project": "project_id"}.get(
+        node.kind
+    )
+
+
+def _time_field(source: type[Model]) -> str:
+    return "created_at" if source is UsageRecord else "bucket"
+
+
+def _aggregates(source: type[Model]) -> dict[str, Any]:
+    if source is UsageRecord:
+        return aggregate_expressions(reference_cost_expression())
+    return {f"s_{m}": Sum(m) for m in MEASURES}
+
+
+def _filtered(qs: QuerySet[Any], query: AnalyticsQuery, source: type[Model]) -> QuerySet[Any]:
+    tf = _time_field(source)
+    qs = qs.filter(**{f"{tf}__gte": query.start, f"{tf}__lt": query.end})
+    for name, values in query.filters.items():
+        qs = qs.filter(**{f"{DIMENSIONS[name]}__in": list(values)})
+    return qs
+
+
+def _finish(row: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in row.items() if not k.startswith("s_")}
+    for m in MEASURES:
+        v = row.get(f"s_{m}")
+        out[m] = (Decimal(0) if m in ("cost", "reference_cost") else 0) if v is None else v
+    for m in ("cost", "reference_cost"):
+        out[m] = Decimal(out[m])
+    for m in MEASURES:
+        if m not in ("cost", "reference_cost"):
+            out[m] = int(out[m])
+    out["savings"] = out["reference_cost"] - out["cost"]
+    out["avg_latency_ms"] = (
+        round(out["latency_ms_sum"] / out["latency_count"], 1) if out["latency_count"] else None
+    )
+    out["avg_ttft_ms"] = (
+        round(out["ttft_ms_sum"] / out["ttft_count"], 1) if out["ttft_count"] else None
+    )
+    return out
+
+
+def analytics_totals(qs: QuerySet[Any], query: AnalyticsQuery) -> dict[str, Any]:
+    source = qs.model
+    row = _filtered(qs, query, source).aggregate(**_aggregates(source))
+    return _finish(row)
+
+
+def analytics_breakdown(
+    qs: QuerySet[Any], query: AnalyticsQuery, *, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Rows grouped by ``query.group_by`` (one or two dimensions), dearest first."""
+    source = qs.model
+    cols = {f"g_{d}": F(DIMENSIONS[d]) for d in query.group_by}
+    rows = (
+        _filtered(qs, query, source)
+        .annotate(**cols)
+        .values(*cols)
+        .annotate(**_aggregates(source))
+        .order_by("-s_cost", *cols)[:limit]
+    )
+    return [_rename(_finish(r), query.group_by) for r in rows]
+
+
+def analytics_timeseries(qs: QuerySet[Any], query: AnalyticsQuery) -> list[dict[str, Any]]:
+    """One row per bucket (and per group, when grouped), oldest first."""
+    source = qs.model
+    zone = zoneinfo.ZoneInfo(query.time_zone)
+    trunc = TruncHour if query.bucket == "hour" else TruncDay
+    cols = {f"g_{d}": F(DIMENSIONS[d]) for d in query.group_by}
+    rows = (
+        _filtered(qs, query, source)
+        .annotate(t=trunc(_time_field(source), tzinfo=zone), **cols)
+        .values("t", *cols)
+        .annotate(**_aggregates(source))
+        .order_by("t", *cols)
+    )
+    return [_rename(_finish(r), query.group_by) for r in rows]
+
+
+def _rename(row: dict[str, Any], group_by: tuple[str, ...]) -> dict[str, Any]:
+    for d in group_by:
+        value = row.pop(f"g_{d}")
+        if d in ID_DIMENSIONS:
+            value = value or None  # rollups store "none" as 0
+        row[d] = value
+    return row
+
+
+def dimension_labels(
+    organization_id: int, rows: list[dict[str, Any]], group_by: tuple[str, ...]
+) -> dict[str, dict[Any, str]]:
+    """Names for the ids in ``rows``: nodes, keys and members of the organization (one query
+    per id dimension)."""
+    labels: dict[str, dict[Any, str]] = {}
+    for d in group_by:
+        if d not in ID_DIMENSIONS:
+            continue
+        ids = {r[d] for r in rows if r.get(d)}
+        if not ids:
+            labels[d] = {}
+        elif d == "key":
+            labels[d] = dict(
+                ApiKey.objects.filter(organization_id=organization_id, pk__in=ids).values_list(
+                    "pk", "name"
+                )
+            )
+        elif d == "member":
+            labels[d] = dict(
+                Membership.objects.filter(organization_id=organization_id, pk__in=ids).values_list(
+                    "pk", "user__username"
+                )
+            )
+        else:
+            labels[d] = dict(
+                Node.objects.filter(organization_id=organization_id, pk__in=ids).values_list(
+                    "pk", "name"
+                )
+            )
+    return labels
+
+
+def scoped_queryset(source: type[Model], *, organization_id: int, node: Node) -> QuerySet[Any]:
+    """``source`` rows of the organization inside ``node``'s subtree (reports and statements,
+    where the scope was checked when the report was requested)."""
+    qs = source._default_manager.filter(organization_id=organization_id)
+    column = node_scope_column(node)
+    if column is not None:
+        qs = qs.filter(**{column: node.pk})
+    return qs
+
+
+def reference_model_name() -> str:
+    from billing.analytics.reference import reference_model
+
+    return reference_model()

@@ -1,0 +1,137 @@
+"""CSV usage export in constant memory: a server-side cursor (``iterator(chunk_size)``) feeding
+``csv.writer`` into a file; never a list of the rows."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from billing.analytics.models import Report
+from billing.analytics.reference import ReferencePricer
+from billing.analytics.selectors import DIMENSIONS, scoped_queryset
+from billing.models import UsageRecord
+from billing.reports.services import report_progress
+
+CHUNK = 5000
+PROGRESS_EVERY = 50_000
+COLUMNS = (
+    "created_at",
+    "request_id",
+    "department_id",
+    "team_id",
+    "project_id",
+    "member_id",
+    "key_id",
+    "requested_model",
+    "model",
+    "provider",
+    "strategy",
+    "status",
+    "tokens_in",
+    "tokens_out",
+    "tokens_cached",
+    "cost_usd",
+    "reference_cost_usd",
+    "savings_usd",
+    "latency_ms",
+    "ttft_ms",
+    "attempts",
+    "fallback_used",
+)
+_FIELDS = (
+    "created_at",
+    "request_id",
+    "department_id",
+    "team_id",
+    "project_id",
+    "member_id",
+    "key_id",
+    "requested_model",
+    "model",
+    "provider",
+    "strategy",
+    "status",
+    "tokens_in",
+    "tokens_out",
+    "tokens_cached",
+    "cost",
+    "latency_ms",
+    "ttft_ms",
+    "attempts",
+    "fallback_used",
+)
+
+
+def usage_records_for(report: Report):  # type: ignore[no-untyped-def]
+    qs = scoped_queryset(UsageRecord, organization_id=report.organization_id, node=report.node)
+    qs = qs.filter(created_at__gte=report.period_start, created_at__lt=report.period_end)
+    for name, values in (report.filters or {}).items():
+        qs = qs.filter(**{f"{DIMENSIONS[name]}__in": values})
+    return qs
+
+
+def usage_csv_write(*, report: Report, path: Path) -> int:
+    """Write the report's usage records to ``path``; returns the number of data rows."""
+    qs = usage_records_for(report)
+    total = qs.count()
+    pricer = ReferencePricer()
+    rows = 0
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        values = qs.order_by("created_at", "id").values_list(*_FIELDS)
+        for (
+            created_at,
+            request_id,
+            dept,
+            team,
+            project,
+            member,
+            key,
+            requested,
+            model,
+            provider,
+            strategy,
+            status,
+            tin,
+            tout,
+            tcached,
+            cost,
+            latency,
+            ttft,
+            attempts,
+            fallback,
+        ) in values.iterator(chunk_size=CHUNK):
+            reference = pricer.cost(
+                when=created_at, tokens_in=tin, tokens_out=tout, tokens_cached=tcached, actual=cost
+            )
+            writer.writerow(
+                (
+                    created_at.isoformat(),
+                    request_id,
+                    dept or "",
+                    team or "",
+                    project or "",
+                    member or "",
+                    key or "",
+                    requested,
+                    model,
+                    provider,
+                    strategy,
+                    status,
+                    tin,
+                    tout,
+                    tcached,
+                    f"{cost:.12f}",
+                    f"{reference:.12f}",
+                    f"{reference - cost:.12f}",
+                    "" if latency is None else latency,
+                    "" if ttft is None else ttft,
+                    attempts,
+                    "true" if fallback else "false",
+                )
+            )
+            rows += 1
+            if rows % PROGRESS_EVERY == 0 and total:
+                report_progress(report.pk, rows * 100 // total)
+    return rows

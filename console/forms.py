@@ -1,0 +1,402 @@
+"""Console forms: they parse and validate input shapes only. Business rules (slug uniqueness,
+who may grant which role, key limits...) live in the services, whose ``InvalidInput`` field
+errors are put back on the form by ``add_service_errors``."""
+
+from __future__ import annotations
+
+import zoneinfo
+from decimal import Decimal
+from typing import Any
+
+from django import forms
+
+from orgs.errors import InvalidInput
+from orgs.models import Node, Role
+
+
+def add_service_errors(
+    form: forms.Form, exc: InvalidInput, field_map: dict[str, str] | None = None
+) -> None:
+    """Copy a service's per-field errors onto ``form`` (unknown fields become form errors)."""
+    field_map = field_map or {}
+    for name, messages in exc.errors.items():
+        target = field_map.get(name, name)
+        for message in messages:
+            form.add_error(target if target in form.fields else None, message)
+            if target in form.fields:
+                form.fields[target].widget.attrs["aria-invalid"] = "true"
+
+
+def lines(value: str) -> list[str]:
+    """Entries of a textarea: one per line or comma separated, blanks dropped."""
+    out: list[str] = []
+    for line in value.replace(",", "\n").splitlines():
+        if line.strip():
+            out.append(line.strip())
+    return out
+
+
+def _node_label(node: Node) -> str:
+    indent = "\u2003" * max(node.depth - 1, 0)
+    return f"{indent}{node.name} ({node.get_kind_display().lower()})"
+
+
+class NodeChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return _node_label(obj)
+
+
+ROLE_CHOICES = [(r.value, r.label) for r in Role]
+
+
+class StyledForm(forms.Form):
+    """Links each input to its help and error text (``aria-describedby``) and marks invalid
+    inputs (``aria-invalid``), so screen readers announce them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, form_field in self.fields.items():
+            auto_id = self[name].auto_id
+            form_field.widget.attrs.setdefault(
+                "aria-describedby", f"{auto_id}_help {auto_id}_errors"
+            )
+
+    def full_clean(self) -> None:
+        super().full_clean()
+        for name in self.errors:
+            if name in self.fields:
+                self.fields[name].widget.attrs["aria-invalid"] = "true"
+
+
+class OrganizationCreateForm(StyledForm):
+    name = forms.CharField(max_length=200)
+    slug = forms.SlugField(
+        max_length=80,
+        help_text="Used in URLs: letters, numbers, hyphens.",
+        widget=forms.TextInput(attrs={"data-slug-from": "id_name"}),
+    )
+    time_zone = forms.ChoiceField(
+        choices=[], initial="UTC", help_text="Budget periods and reports follow this zone."
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        zones = sorted(zoneinfo.available_timezones())
+        self.fields["time_zone"].choices = [(z, z) for z in zones]
+
+
+class OrganizationUpdateForm(OrganizationCreateForm):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        del self.fields["slug"]
+
+
+class NodeCreateForm(StyledForm):
+    parent = NodeChoiceField(queryset=Node.objects.none(), empty_label=None)
+    name = forms.CharField(max_length=200)
+    slug = forms.SlugField(
+        max_length=80,
+        help_text="Used in URLs; unique among its siblings.",
+        widget=forms.TextInput(attrs={"data-slug-from": "id_name"}),
+    )
+
+    def __init__(self, *args: Any, parents: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["parent"].queryset = parents
+
+
+class NodeRenameForm(StyledForm):
+    name = forms.CharField(max_length=200)
+    slug = forms.SlugField(max_length=80)
+
+
+class NodeMoveForm(StyledForm):
+    parent = NodeChoiceField(queryset=Node.objects.none(), label="New parent")
+
+    def __init__(self, *args: Any, parents: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["parent"].queryset = parents
+
+
+class NodeArchiveForm(StyledForm):
+    revoke_keys = forms.BooleanField(
+        required=False,
+        label="Also revoke the active API keys in this subtree",
+        help_text="Archiving refuses while keys are active unless this is ticked.",
+    )
+
+
+class MemberAddForm(StyledForm):
+    username = forms.CharField(max_length=150, help_text="An existing user of this server.")
+    node = NodeChoiceField(queryset=Node.objects.none(), empty_label=None, label="Place")
+    role = forms.ChoiceField(choices=ROLE_CHOICES, initial=Role.DEVELOPER)
+
+    def __init__(self, *args: Any, nodes: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["node"].queryset = nodes
+
+
+class MemberRoleForm(StyledForm):
+    role = forms.ChoiceField(choices=ROLE_CHOICES)
+
+
+class InvitationForm(StyledForm):
+    email = forms.EmailField()
+    node = NodeChoiceField(queryset=Node.objects.none(), empty_label=None, label="Place")
+    role = forms.ChoiceField(choices=ROLE_CHOICES, initial=Role.DEVELOPER)
+    ttl_hours = forms.IntegerField(
+        min_value=1, max_value=720, initial=168, label="Valid for (hours)"
+    )
+
+    def __init__(self, *args: Any, nodes: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["node"].queryset = nodes
+
+
+class InvitationAcceptForm(StyledForm):
+    token = forms.CharField(max_length=200, help_text="The token from the invitation email.")
+
+
+class _KeyFields(StyledForm):
+    name = forms.CharField(max_length=200)
+    allowed_models = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="One model id or pattern per line (openai/*). Empty: every model.",
+    )
+    rpm_limit = forms.IntegerField(
+        required=False, min_value=1, label="Requests per minute", help_text="Empty: no limit."
+    )
+    tpm_limit = forms.IntegerField(
+        required=False, min_value=1, label="Tokens per minute", help_text="Empty: no limit."
+    )
+    ip_allowlist = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        label="IP allowlist",
+        help_text="One address or CIDR per line. Empty: any address.",
+    )
+    expires_at = forms.DateTimeField(
+        required=False,
+        label="Expires",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="UTC. Empty: never.",
+    )
+
+    def service_fields(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return {
+            "name": data["name"],
+            "allowed_models": lines(data["allowed_models"]),
+            "ip_allowlist": lines(data["ip_allowlist"]),
+            "rpm_limit": data["rpm_limit"],
+            "tpm_limit": data["tpm_limit"],
+            "expires_at": data["expires_at"],
+        }
+
+
+class ApiKeyCreateForm(_KeyFields):
+    project = NodeChoiceField(queryset=Node.objects.none(), empty_label=None)
+    field_order = ["project", "name"]
+
+    def __init__(self, *args: Any, projects: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["project"].queryset = projects
+
+
+class ApiKeyUpdateForm(_KeyFields):
+    pass
+
+
+class ApiKeyRotateForm(StyledForm):
+    grace_hours = forms.IntegerField(
+        min_value=0,
+        max_value=720,
+        initial=0,
+        label="Keep the old secret working for (hours)",
+        help_text="0 ends the old secret now; at most 720 (30 days).",
+    )
+
+
+class BudgetCreateForm(StyledForm):
+    target = forms.ChoiceField(
+        label="Applies to", help_text="The organization, a place in the tree, a member or a key."
+    )
+    name = forms.CharField(max_length=200, required=False)
+    period = forms.ChoiceField(choices=[])
+    limit_usd = forms.DecimalField(
+        label="Limit (USD)", min_value=0, max_digits=18, decimal_places=6
+    )
+    mode = forms.ChoiceField(choices=[])
+    thresholds = forms.CharField(
+        initial="50, 80, 100",
+        help_text="Percentages of the limit that raise an alert, comma separated.",
+    )
+    notify_emails = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        label="Alert emails",
+        help_text="One address per line.",
+    )
+
+    def __init__(self, *args: Any, targets: list[Any], **kwargs: Any) -> None:
+        from billing.models import BudgetMode, BudgetPeriod
+
+        super().__init__(*args, **kwargs)
+        self.fields["target"].choices = targets
+        self.fields["period"].choices = BudgetPeriod.choices
+        self.fields["period"].initial = BudgetPeriod.MONTHLY
+        self.fields["mode"].choices = BudgetMode.choices
+
+    def clean_thresholds(self) -> list[int]:
+        raw = self.cleaned_data["thresholds"]
+        try:
+            return [int(part) for part in lines(raw)]
+        except ValueError:
+            raise forms.ValidationError("Whole percentages, e.g. 50, 80, 100.") from None
+
+    def budget_fields(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return {
+            "name": data["name"],
+            "limit_usd": data["limit_usd"],
+            "mode": data["mode"],
+            "thresholds": data["thresholds"],
+            "notify_emails": lines(data["notify_emails"]),
+        }
+
+
+class BudgetUpdateForm(BudgetCreateForm):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, targets=[], **kwargs)
+        del self.fields["target"]
+        del self.fields["period"]
+
+
+class TopupForm(StyledForm):
+    amount = forms.DecimalField(
+        label="Amount (USD)", min_value=Decimal("0.01"), max_digits=18, decimal_places=6
+    )
+    reference = forms.CharField(max_length=200, help_text="The bank transfer's reference.")
+
+
+class RoutingPolicyForm(StyledForm):
+    """A routing policy document (routing.policies validates it)."""
+
+    node = NodeChoiceField(queryset=Node.objects.none(), empty_label=None, label="Applies at")
+    strategy = forms.ChoiceField(
+        required=False, help_text="Empty: inherit from above (balanced at the top)."
+    )
+    allowed_models = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 2}), help_text="Ids or patterns."
+    )
+    blocked_models = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    allowed_providers = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 2}), help_text="Provider slugs."
+    )
+    blocked_providers = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    fallbacks = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Model ids tried in this order when the choice fails.",
+    )
+    allowed_regions = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    max_price_per_million = forms.DecimalField(
+        required=False, min_value=0, label="Max price per million tokens (USD)"
+    )
+    max_latency_ms = forms.IntegerField(required=False, min_value=1, label="Max latency (ms)")
+    quality_floor = forms.TypedChoiceField(
+        required=False,
+        coerce=int,
+        empty_value=None,
+        choices=[("", "No floor"), (1, "Economy"), (2, "Standard"), (3, "Strong"), (4, "Frontier")],
+    )
+    reference_model = forms.CharField(
+        required=False, max_length=255, help_text="Savings are reported against this model."
+    )
+    zero_data_retention_only = forms.BooleanField(
+        required=False, label="Only providers with zero data retention"
+    )
+    LIST_FIELDS = (
+        "allowed_models",
+        "blocked_models",
+        "allowed_providers",
+        "blocked_providers",
+        "fallbacks",
+        "allowed_regions",
+    )
+
+    def __init__(self, *args: Any, nodes: Any, strategies: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["node"].queryset = nodes
+        self.fields["strategy"].choices = [("", "Inherit"), *strategies]
+
+    def document(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        doc: dict[str, Any] = {name: lines(data[name]) for name in self.LIST_FIELDS}
+        doc["strategy"] = data["strategy"]
+        if data["max_price_per_million"] is not None:
+            doc["max_price_per_million"] = str(data["max_price_per_million"])
+        for name in ("max_latency_ms", "quality_floor"):
+            if data[name] is not None:
+                doc[name] = data[name]
+        doc["reference_model"] = data["reference_model"]
+        if data["zero_data_retention_only"]:
+            doc["zero_data_retention_only"] = True
+        return doc
+
+
+class RoutePreviewForm(StyledForm):
+    node = NodeChoiceField(queryset=Node.objects.none(), empty_label=None, label="Request from")
+    model = forms.CharField(
+        initial="auto",
+        max_length=255,
+        help_text="auto, auto:cost / auto:latency / ..., or a model id.",
+    )
+    prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        max_length=20000,
+        help_text="Only used to estimate difficulty for this preview; never stored.",
+    )
+
+    def __init__(self, *args: Any, nodes: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["node"].queryset = nodes
+
+
+class OrganizationArchiveForm(StyledForm):
+    revoke_keys = forms.BooleanField(
+        required=False,
+        label="Also revoke every active API key",
+        help_text="Archiving refuses while keys are active unless this is ticked.",
+    )
+
+
+class ReportCreateForm(StyledForm):
+    """A CSV or PDF report of one subtree over whole local days (``until`` included)."""
+
+    kind = forms.ChoiceField(
+        label="Format",
+        choices=[("pdf", "PDF spend report"), ("csv", "CSV, one row per request")],
+    )
+    node = NodeChoiceField(
+        label="Covers",
+        queryset=Node.objects.none(),
+        empty_label=None,
+        help_text="The organization or one place in the tree, with everything under it.",
+    )
+    since = forms.DateField(label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(label="To (included)", widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, *args: Any, nodes: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        node_field = self.fields["node"]
+        assert isinstance(node_field, NodeChoiceField)
+        node_field.queryset = nodes
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        since, until = data.get("since"), data.get("until")
+        if since and until and until < since:
+            self.add_error("until", "The period must end on or after its first day.")
+        return data

@@ -1,0 +1,237 @@
+"""Budgets, balance and ledger, usage and notifications in the console, over billing's own
+services (the usage comes through the database admission backend and the usage poster)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from billing.alerts import budget_alerts_evaluate
+from billing.models import Budget, LedgerEntry, Notification
+from console.views.billing import spend_bar
+from tests.console.factories import Tenant, make_tenant, spend
+
+pytestmark = pytest.mark.django_db
+D = Decimal
+
+
+@pytest.fixture
+def acme() -> Tenant:
+    return make_tenant("acme")
+
+
+def login(user: Any) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_spend_bar_levels():
+    assert spend_bar(D("10"), D("0"), [50, 80, 100]) == {
+        "percent": D("0.0"),
+        "fill": D("0.0"),
+        "level": "ok",
+        "ticks": [50, 80],
+        "remaining": D("10"),
+    }
+    assert spend_bar(D("10"), D("6"), [50, 80, 100])["level"] == "warn"
+    over = spend_bar(D("10"), D("12.5"), [50, 80, 100])
+    assert (over["percent"], over["fill"], over["level"], over["remaining"]) == (
+        D("125.0"),
+        D("100.0"),
+        "over",
+        D("0"),
+    )
+    assert spend_bar(D("0"), D("0.01"), [])["level"] == "over"
+
+
+def test_budget_list_shows_spend_against_the_limit(acme):
+    spend(acme.tree.project, acme.developer_membership, acme.developer_key, "6.25")
+    response = login(acme.viewer).get("/o/acme/budgets/")
+    [row] = response.context["rows"]
+    assert (row["target"], row["spent"], row["bar"]["percent"], row["bar"]["level"]) == (
+        "Gateway",
+        D("6.25"),
+        D("62.5"),
+        "warn",
+    )
+    body = response.content.decode()
+    assert "$6.25" in body and "width:62.5%" in body
+    assert row["can_manage"] is False
+
+
+def test_budget_create_update_delete(acme):
+    client = login(acme.tree.owner)
+    data = {
+        "target": f"member:{acme.developer_membership.pk}",
+        "name": "Dev cap",
+        "period": "daily",
+        "limit_usd": "2.5",
+        "mode": "alert",
+        "thresholds": "80, 50",
+        "notify_emails": "ops@acme.example\nlead@acme.example",
+    }
+    response = client.post("/o/acme/budgets/", data)
+    assert response["Location"] == "/o/acme/budgets/"
+    b = Budget.objects.get(name="Dev cap")
+    assert (b.scope, b.scope_id, b.node_id, b.period, b.limit_usd, b.mode, b.thresholds) == (
+        "member",
+        acme.developer_membership.pk,
+        acme.tree.project.pk,
+        "daily",
+        D("2.5"),
+        "alert",
+        [50, 80],
+    )
+    assert b.notify_emails == ["ops@acme.example", "lead@acme.example"]
+    rows = login(acme.tree.owner).get("/o/acme/budgets/").context["rows"]
+    assert [r["target"] for r in rows] == ["member acme-dev", "Gateway"]  # by node, then scope
+
+    response = client.post(
+        f"/o/acme/budgets/{b.pk}/update/",
+        {"name": "Dev cap", "limit_usd": "3", "mode": "block", "thresholds": "100"},
+    )
+    assert response.status_code == 302
+    b.refresh_from_db()
+    assert (b.limit_usd, b.mode, b.thresholds, b.notify_emails) == (D("3"), "block", [100], [])
+
+    response = client.post(f"/o/acme/budgets/{b.pk}/delete/")
+    assert response.status_code == 302
+    assert not Budget.objects.filter(pk=b.pk).exists()
+
+
+def test_budget_field_errors_change_nothing(acme):
+    client = login(acme.tree.owner)
+    before = list(Budget.objects.values_list("id", "limit_usd"))
+    response = client.post(
+        "/o/acme/budgets/",
+        {
+            "target": f"team:{acme.tree.team.pk}",
+            "period": "monthly",
+            "limit_usd": "-1",
+            "mode": "block",
+            "thresholds": "half",
+        },
+    )
+    assert response.status_code == 400
+    errors = response.context["form"].errors
+    assert errors == {
+        "limit_usd": ["Ensure this value is greater than or equal to 0."],
+        "thresholds": ["Whole percentages, e.g. 50, 80, 100."],
+    }
+    response = client.post(
+        f"/o/acme/budgets/{acme.budget.pk}/update/",
+        {"limit_usd": "5", "mode": "block", "thresholds": "0, 2000"},
+    )
+    assert response.status_code == 400
+    assert response.context["form"].errors == {
+        "thresholds": ["A list of up to 10 whole percentages from 1 to 1000."]
+    }
+    # a budget target of another organization is not a choice
+    other = make_tenant("other")
+    response = client.post(
+        "/o/acme/budgets/",
+        {
+            "target": f"project:{other.tree.project.pk}",
+            "period": "monthly",
+            "limit_usd": "1",
+            "mode": "block",
+            "thresholds": "50",
+        },
+    )
+    assert response.status_code == 400
+    assert "target" in response.context["form"].errors
+    assert (
+        list(Budget.objects.filter(organization=acme.tree.org).values_list("id", "limit_usd"))
+        == before
+    )
+
+
+def test_balance_topup_and_ledger(acme):
+    spend(acme.tree.project, acme.developer_membership, acme.developer_key, "1.5")
+    client = login(acme.tree.owner)
+    response = client.post(
+        "/o/acme/billing/", {"amount": "40", "reference": "wire-77"}, follow=True
+    )
+    assert [str(m) for m in response.context["messages"]] == [
+        "Top-up of $40.00 recorded; balance $138.50."
+    ]
+    summary = response.context["summary"]
+    assert (summary["balance"], summary["pending"], summary["available"]) == (
+        D("138.5"),
+        D("0"),
+        D("138.5"),
+    )
+    entries = [(e.kind, e.amount, e.balance_after) for e in response.context["page"].object_list]
+    assert entries == [
+        ("topup", D("40"), D("138.5")),
+        ("usage", D("-1.5"), D("98.5")),
+        ("topup", D("100"), D("100")),
+    ]
+    response = client.get("/o/acme/billing/?kind=topup")
+    assert [e.reference for e in response.context["page"].object_list] == ["wire-77", "wire-acme"]
+    bad = client.post("/o/acme/billing/", {"amount": "0", "reference": ""})
+    assert bad.status_code == 400
+    assert set(bad.context["form"].errors) == {"amount", "reference"}
+    assert LedgerEntry.objects.filter(organization=acme.tree.org).count() == 3
+    # a developer has no billing role: the page is refused
+    assert login(acme.developer).get("/o/acme/billing/").status_code == 403
+
+
+def test_usage_dashboard_totals_chart_and_csv(acme):
+    spend(
+        acme.tree.project, acme.developer_membership, acme.developer_key, "0.25", tokens=(1000, 200)
+    )
+    spend(
+        acme.tree.project, acme.developer_membership, acme.owner_key, "0.75", model="zeta/z-large"
+    )
+    spend(
+        acme.tree.project, acme.developer_membership, acme.owner_key, "0", status="upstream_error"
+    )
+    client = login(acme.viewer)
+    response = client.get("/o/acme/usage/")
+    totals = response.context["totals"]
+    assert (totals["requests"], totals["tokens_in"], totals["tokens_out"], totals["cost"]) == (
+        3,
+        1200,
+        300,
+        D("1.00"),
+    )
+    assert totals["errors"] == 1
+    assert [(r["model"], r["requests"], r["cost"]) for r in response.context["by_model"]] == [
+        ("zeta/z-large", 1, D("0.75")),
+        ("acme-ai/swift-1", 2, D("0.25")),
+    ]
+    assert [(r["name"], r["cost"]) for r in response.context["by_project"]] == [
+        ("Gateway", D("1.00"))
+    ]
+    bars = response.context["chart"]["bars"]
+    assert len(bars) == 14 and bars[-1]["cost"] == D("1.00") and bars[-1]["h"] == 160.0
+    assert sum(b["h"] for b in bars[:-1]) == 0
+    response = client.get("/o/acme/usage/?model=zeta/z-large")
+    assert response.context["totals"]["requests"] == 1
+    csv_response = client.get("/o/acme/usage/?" + response.context["csv_query"])
+    assert csv_response["Content-Type"] == "text/csv; charset=utf-8"
+    lines = b"".join(csv_response.streaming_content).decode().strip().splitlines()
+    assert lines[0].startswith("created_at,request_id,project_id,key_id,member_id,")
+    assert len(lines) == 2
+    assert ",zeta/z-large,zeta,z-large-sim,100,50,0,0.75" in lines[1]
+    assert login(acme.developer).get("/o/acme/usage/").status_code == 403
+
+
+def test_budget_alerts_become_notifications(acme):
+    spend(acme.tree.project, acme.developer_membership, acme.developer_key, "8.5")
+    alerts = budget_alerts_evaluate()
+    assert sorted(a.threshold for a in alerts) == [50, 80]
+    response = login(acme.viewer).get("/o/acme/notifications/")
+    titles = [n.title for n in response.context["page"].object_list]
+    assert sorted(titles) == [
+        "project budget reached 50% of its limit",
+        "project budget reached 80% of its limit",
+    ]
+    assert Notification.objects.filter(organization=acme.tree.org).count() == 2
+    detail = login(acme.viewer).get(f"/o/acme/budgets/{acme.budget.pk}/")
+    assert [a.threshold for a in detail.context["alerts"]] == [80, 50]
