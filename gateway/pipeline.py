@@ -242,61 +242,41 @@ def _safe(message: str) -> str:
 
 
 async def chat_complete(ctx: CallContext, request: ChatRequest) -> ChatResponse:
-    await prepare(ctx, request)
-    try:
-        return await _complete_attempts(ctx, request)
-    except BaseException:
-        # A bug or a cancellation (client gone): release the hold now, not at reconcile.
-        await finish(ctx)
-        raise
-
-
-async def _complete_attempts(ctx: CallContext, request: ChatRequest) -> ChatResponse:
-    from gateway.providers.base import get_adapter
-
-    async def attempt(candidate: Candidate, budget: Any) -> ChatResponse:
-        request.model = candidate.endpoint.model
-        started = time.perf_counter()
-        try:
-            return await get_adapter(candidate.endpoint.kind).complete(
-                candidate.endpoint, request, timeouts=_timeouts(budget)
-            )
-        finally:
-            ctx.upstream_seconds += time.perf_counter() - started
-
-    result = await _with_failover(ctx, attempt, streaming=False)
-    response = cast(ChatResponse, result.value)
-    ctx.usage = response.usage
-    ctx.finished = True
-    await finish(ctx)
-    return response
+    return cast(ChatResponse, await _call(ctx, request, "complete"))
 
 
 async def embed(ctx: CallContext, request: EmbeddingRequest) -> EmbeddingResponse:
+    return cast(EmbeddingResponse, await _call(ctx, request, "embed"))
+
+
+async def _call(ctx: CallContext, request: ChatRequest | EmbeddingRequest, method: str) -> Any:
+    """One non-streaming call: admit, try the candidates with failover, settle.
+    ``method`` names the adapter call (``complete`` or ``embed``)."""
     await prepare(ctx, request)
     try:
-        return await _embed_attempts(ctx, request)
+        return await _call_attempts(ctx, request, method)
     except BaseException:
         # A bug or a cancellation (client gone): release the hold now, not at reconcile.
         await finish(ctx)
         raise
 
 
-async def _embed_attempts(ctx: CallContext, request: EmbeddingRequest) -> EmbeddingResponse:
+async def _call_attempts(
+    ctx: CallContext, request: ChatRequest | EmbeddingRequest, method: str
+) -> Any:
     from gateway.providers.base import get_adapter
 
-    async def attempt(candidate: Candidate, budget: Any) -> EmbeddingResponse:
+    async def attempt(candidate: Candidate, budget: Any) -> Any:
         request.model = candidate.endpoint.model
         started = time.perf_counter()
         try:
-            return await get_adapter(candidate.endpoint.kind).embed(
-                candidate.endpoint, request, timeouts=_timeouts(budget)
-            )
+            call = getattr(get_adapter(candidate.endpoint.kind), method)
+            return await call(candidate.endpoint, request, timeouts=_timeouts(budget))
         finally:
             ctx.upstream_seconds += time.perf_counter() - started
 
     result = await _with_failover(ctx, attempt, streaming=False)
-    response = cast(EmbeddingResponse, result.value)
+    response = result.value
     ctx.usage = response.usage
     ctx.finished = True
     await finish(ctx)
