@@ -25,6 +25,7 @@ balance is topped up; the JSON says which pieces are wired into the gateway's pi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -63,9 +64,10 @@ def integration() -> dict[str, Any]:
         "route": route,
         "admit": admit,
         "settle": settle,
-        "routing_engine": not route.startswith("gateway."),
-        "billing_admission": admit.startswith("billing"),
-        "billing_settle": settle.startswith("billing"),
+        # The engine and billing are installed by gateway/apps.py through these two modules.
+        "routing_engine": route == "gateway.routing_step",
+        "billing_admission": admit == "gateway.admission",
+        "billing_settle": settle == "gateway.admission",
         "budgets_available": budgets,
     }
 
@@ -106,8 +108,13 @@ def seed(simulator_url: str, run_id: str) -> dict[str, Any]:
     provider, _ = provider_upsert(
         slug="benchsim", name="Bench simulator", kind="openai", base_url=base, auth_style="bearer"
     )
+    # Named after the encryption key in use: a bench database seeded earlier under another key
+    # (another checkout's var/bench-fernet.key) keeps a credential this run could not decrypt.
+    key_tag = hashlib.sha256(os.environ.get("MEGAROUTER_ENCRYPTION_KEYS", "").encode()).hexdigest()
     credential, _ = credential_upsert(
-        name="benchsim", kind="api_key", secret=CredentialSecret(api_key=CREDENTIAL_SECRET)
+        name=f"benchsim-{key_tag[:12]}",
+        kind="api_key",
+        secret=CredentialSecret(api_key=CREDENTIAL_SECRET),
     )
     from routing.models import Model
 

@@ -17,6 +17,7 @@ Times are wall-clock seconds (``time.time()``) so they mean the same in every pr
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from redis.exceptions import RedisError
 
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2
 STATE_NAMES = {CLOSED: "closed", OPEN: "open", HALF_OPEN: "half_open"}
@@ -435,7 +437,19 @@ return {granted, packed}
 )
 
 
+logger = logging.getLogger(__name__)
+
+REDIS_ERRORS = (RedisError, OSError)
+OUTAGE_BACKOFF_S = 2.0  # after a Redis error, skip Redis this long before trying again
+
+
 class RedisHealth(HealthStore):
+    """Health shared through Redis. Health only orders candidates and trips breakers, so a
+    Redis outage must not fail requests: while Redis is unreachable the store works from an
+    in-process fallback (outcomes still count and breakers still trip, per process) and tries
+    Redis again every ``OUTAGE_BACKOFF_S``; no call blocks the event loop longer than the
+    socket timeout, once per back-off period."""
+
     def __init__(
         self, url: str, *, key: str = "mr:routing:health", config: HealthConfig | None = None
     ) -> None:
@@ -451,6 +465,25 @@ class RedisHealth(HealthStore):
         self._flushed_at = time.monotonic()
         self._view: dict[int, DeploymentStats] = {}
         self._view_at = 0.0
+        self._fallback = LocalHealth(self.config)
+        self._down_until = 0.0
+
+    # -- outage handling
+
+    def _down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def _failed(self, exc: BaseException) -> None:
+        if not self._down():
+            logger.warning(
+                "routing health: Redis unavailable, using in-process health",
+                extra={"fields": {"error": type(exc).__name__}},
+            )
+        self._down_until = time.monotonic() + OUTAGE_BACKOFF_S
+        self._view_at = time.monotonic()
+
+    def _local_view(self, deployment_id: int) -> DeploymentStats | None:
+        return self._fallback.view(deployment_id) or self._view.get(deployment_id)
 
     # -- reads
 
@@ -462,14 +495,26 @@ class RedisHealth(HealthStore):
             self._view_at = time.monotonic()
 
     def view(self, deployment_id: int) -> DeploymentStats | None:
+        if self._down():
+            return self._local_view(deployment_id)
         if time.monotonic() - self._view_at >= self.config.refresh_interval:
             self._maybe_flush(force=True)
-            self._refresh()
+            try:
+                self._refresh()
+            except REDIS_ERRORS as exc:
+                self._failed(exc)
+                return self._local_view(deployment_id)
         return self._view.get(deployment_id)
 
     def snapshot(self) -> dict[int, DeploymentStats]:
         self.flush()
-        self._refresh()
+        if not self._down():
+            try:
+                self._refresh()
+            except REDIS_ERRORS as exc:
+                self._failed(exc)
+        if self._down():
+            return {**self._view, **self._fallback.snapshot()}
         return dict(self._view)
 
     # -- writes
@@ -490,6 +535,15 @@ class RedisHealth(HealthStore):
         tokens_per_s: float | None = None,
         urgent: bool = False,
     ) -> None:
+        if self._down():
+            self._fallback.record(
+                deployment_id,
+                ok=ok,
+                ttft_ms=ttft_ms,
+                latency_ms=latency_ms,
+                tokens_per_s=tokens_per_s,
+            )
+            return
         with self._lock:
             self._batch(deployment_id).add(ok, ttft_ms, latency_ms, tokens_per_s)
             current = self._view.get(deployment_id)
@@ -498,11 +552,17 @@ class RedisHealth(HealthStore):
         self._maybe_flush(force=urgent or ok is False or busy)
 
     def started(self, deployment_id: int) -> None:
+        if self._down():
+            self._fallback.started(deployment_id)
+            return
         with self._lock:
             self._batch(deployment_id).in_flight += 1
         self._maybe_flush(force=False)
 
     def finished(self, deployment_id: int) -> None:
+        if self._down():
+            self._fallback.finished(deployment_id)
+            return
         with self._lock:
             self._batch(deployment_id).in_flight -= 1
         self._maybe_flush(force=False)
@@ -517,6 +577,9 @@ class RedisHealth(HealthStore):
             pending, self._pending = self._pending, {}
             self._flushed_at = time.monotonic()
         if not pending:
+            return
+        if self._down():
+            self._to_fallback(pending)
             return
         now = time.time()
         c = self.config
@@ -543,15 +606,34 @@ class RedisHealth(HealthStore):
                 ],
                 client=pipe,
             )
-        results = pipe.execute()
+        try:
+            results = pipe.execute()
+        except REDIS_ERRORS as exc:
+            self._failed(exc)
+            self._to_fallback(pending)
+            return
         with self._lock:
             for deployment_id, packed in zip(ids, results, strict=True):
                 self._view[deployment_id] = DeploymentStats.unpack(packed)
 
+    def _to_fallback(self, pending: dict[int, Batch]) -> None:
+        """Outcomes that could not reach Redis still count, in this process."""
+        fallback = self._fallback
+        now = time.time()
+        with fallback._lock:
+            for deployment_id, batch in pending.items():
+                apply_batch(fallback._get(deployment_id), batch, now, self.config)
+
     def try_claim(self, deployment_id: int) -> bool:
-        granted, packed = self._claim(
-            keys=[self.key], args=[deployment_id, time.time(), self.config.trial_timeout_s]
-        )
+        if self._down():
+            return self._fallback.try_claim(deployment_id)
+        try:
+            granted, packed = self._claim(
+                keys=[self.key], args=[deployment_id, time.time(), self.config.trial_timeout_s]
+            )
+        except REDIS_ERRORS as exc:
+            self._failed(exc)
+            return self._fallback.try_claim(deployment_id)
         with self._lock:
             self._view[deployment_id] = DeploymentStats.unpack(packed)
         return bool(granted)
@@ -561,6 +643,8 @@ class RedisHealth(HealthStore):
             self._pending.clear()
             self._view.clear()
             self._view_at = 0.0
+        self._fallback.clear()
+        self._down_until = 0.0
         self._redis.delete(self.key)
 
 

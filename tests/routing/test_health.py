@@ -161,3 +161,22 @@ def test_default_store_follows_settings():
         assert store.config.refresh_interval == 0.25
     finally:
         health_store_set(None)
+
+
+def test_redis_outage_falls_back_to_in_process_health_without_failing():
+    """Health is advisory: with Redis unreachable, outcomes still count (per process), the
+    breaker still opens and a trial can be claimed, and no call raises."""
+    from routing.health import OPEN, RedisHealth
+
+    store = RedisHealth("redis://127.0.0.1:1/0", key="mr:test:dead")  # nothing listens there
+    cfg = store.config
+    assert store.view(7) is None  # the first read finds Redis down
+    for _ in range(cfg.failures_to_open):
+        store.record(7, ok=False, latency_ms=5.0)
+    stats = store.view(7)
+    assert stats is not None and stats.state == OPEN
+    assert stats.consecutive_failures == cfg.failures_to_open
+    store.started(7)
+    store.finished(7)
+    assert 7 in store.snapshot()
+    store.flush()
