@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import math
 import threading
 import time
@@ -58,6 +59,13 @@ from billing.models import BillingAccount, BudgetUsage, UsageEvent, UsageRecord
 from billing.models import Reservation as ReservationRow
 from billing.periods import period_bounds
 from orgs.models import Organization
+
+logger = logging.getLogger(__name__)
+
+# Redis unreachable after the usage event is in the database: the hold stays in Redis with its
+# deadline, and reconciliation settles it from the database exactly as after a crash, so the
+# answer the client already has is never turned into an error.
+_COUNTER_ERRORS = (redis_sync.RedisError, OSError)
 
 LUA_DIR = Path(__file__).with_name("lua")
 NANO = Decimal(10) ** 9
@@ -303,7 +311,13 @@ class RedisBackend:
         ]
         deadline = time.monotonic() + REBUILD_WAIT
         while True:
-            done = await scripts["settle"](keys=self._settle_keys(res), args=args, client=client)
+            try:
+                done = await scripts["settle"](
+                    keys=self._settle_keys(res), args=args, client=client
+                )
+            except _COUNTER_ERRORS as exc:
+                _counters_unreachable("settle", res, exc)
+                return False
             if int(done) != -1:
                 return True
             if time.monotonic() >= deadline:
@@ -315,16 +329,19 @@ class RedisBackend:
         await self._persisted(reservation)
         await sync_to_async(_row_delete, thread_sensitive=True)(reservation.request_id)
         client, scripts = self._client()
-        await scripts["settle"](
-            keys=self._settle_keys(reservation),
-            args=[
-                "0",
-                f"{reservation.ctx.organization_id}|{reservation.request_id}",
-                "0",
-                "release",
-            ],
-            client=client,
-        )
+        try:
+            await scripts["settle"](
+                keys=self._settle_keys(reservation),
+                args=[
+                    "0",
+                    f"{reservation.ctx.organization_id}|{reservation.request_id}",
+                    "0",
+                    "release",
+                ],
+                client=client,
+            )
+        except _COUNTER_ERRORS as exc:
+            _counters_unreachable("release", reservation, exc)
 
     # -- balance changes ---------------------------------------------------------------------
     def balance_changed(self, organization_id: int, delta: Decimal) -> None:
@@ -497,3 +514,16 @@ class RedisBackend:
 
 def _row_delete(request_id: str) -> None:
     ReservationRow.objects.filter(request_id=request_id).delete()
+
+
+def _counters_unreachable(operation: str, reservation: Reservation, exc: BaseException) -> None:
+    logger.warning(
+        "admission counters unreachable; reconciliation will finish this request",
+        extra={
+            "fields": {
+                "operation": operation,
+                "request_id": reservation.request_id,
+                "error": type(exc).__name__,
+            }
+        },
+    )

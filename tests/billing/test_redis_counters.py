@@ -203,3 +203,47 @@ def test_a_settle_racing_a_restart_is_counted_exactly_once(rbackend):
     restart()
     assert run(rbackend.settle_counters, d, D("0.3"), 0)
     assert observed(rbackend, w.org, [b]) == {"available": D("9.4"), b.pk: D("0.6")}
+
+
+@pytest.mark.django_db
+def test_settle_with_redis_unreachable_keeps_the_event_and_reconcile_finishes_it(
+    rbackend, monkeypatch
+):
+    """The provider answered, then Redis went away: settle must not fail the request. The
+    usage event is in the database; the Redis hold stays until its deadline, and
+    reconciliation settles it from the database, exactly once."""
+    import datetime as dt
+
+    import redis.asyncio as redis_async
+    from django.utils import timezone
+
+    from billing.models import UsageEvent
+
+    w = make_world("redisgone", balance="20")
+    key_b = budget(w, "key", "2", period="daily")
+
+    async def reserve():
+        res = await rbackend.reserve(rid(), w.ctx(), D("0.5"), 10)
+        await res.extra["persist"]
+        return res
+
+    res = run(reserve)
+    dead = redis_async.Redis.from_url(
+        "redis://127.0.0.1:1/0", socket_connect_timeout=0.2, decode_responses=True
+    )
+    real_client = rbackend._client
+
+    def dead_client():
+        _, scripts = real_client()
+        return dead, {n: dead.register_script(s.script) for n, s in scripts.items()}
+
+    monkeypatch.setattr(rbackend, "_client", dead_client)
+    run(rbackend.settle, res, D("0.3"), UsageEventData())  # does not raise
+    monkeypatch.setattr(rbackend, "_client", real_client)
+    assert UsageEvent.objects.filter(request_id=res.request_id).count() == 1
+    # the hold is still counted in Redis until reconciliation
+    assert observed(rbackend, w.org, [key_b])[key_b.pk] == D("0.5")
+    later = timezone.now() + dt.timedelta(hours=1)
+    assert services.reservations_reconcile(now=later)["settled"] == 1
+    assert observed(rbackend, w.org, [key_b])[key_b.pk] == D("0.3")
+    assert services.reservations_reconcile(now=later) == {"released": 0, "settled": 0}
