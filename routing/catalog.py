@@ -25,9 +25,9 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.cache import cache
 from django.utils import timezone
 
+from megarouter import shared_cache
 from routing.catalog_providers import FAMILY_MAKERS, ORIGIN_PROVIDERS
 from routing.crypto import CredentialSecret, decrypt_secret
 from routing.models import Credential, Deployment, Model, ModelPrice, Provider
@@ -335,12 +335,12 @@ def catalog_snapshot(*, max_age: float = CHECK_INTERVAL) -> CatalogSnapshot:
 
 
 def _version_changed(token: str) -> bool:
-    cached = cache.get(CATALOG_VERSION_CACHE_KEY) if _cache_is_shared() else None
+    cached = shared_cache.get(CATALOG_VERSION_CACHE_KEY) if _cache_is_shared() else None
     if cached is not None and cached == token:
         return False
     _, db_token = catalog_version_token()
     if _cache_is_shared() and cached != db_token:
-        cache.set(CATALOG_VERSION_CACHE_KEY, db_token, timeout=None)
+        shared_cache.set(CATALOG_VERSION_CACHE_KEY, db_token, timeout=None)
     return db_token != token
 
 

@@ -38,6 +38,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F
 
+from megarouter import shared_cache
 from orgs.audit import Actor, audit_event_record
 from orgs.models import Node
 from routing.policy_models import RoutingPolicy, RoutingPolicyVersion, Strategy
@@ -410,12 +411,12 @@ def _cache_is_shared() -> bool:
 
 def _current_version() -> int:
     if _cache_is_shared():
-        cached = cache.get(POLICY_VERSION_CACHE_KEY)
+        cached = shared_cache.get(POLICY_VERSION_CACHE_KEY)
         if cached is not None:
             return int(cached)
         version = _policy_version()
         # add, not set: never overwrite a newer version a writer stored meanwhile
-        cache.add(POLICY_VERSION_CACHE_KEY, version, timeout=None)
+        shared_cache.add(POLICY_VERSION_CACHE_KEY, version, timeout=None)
         return version
     return _policy_version()
 

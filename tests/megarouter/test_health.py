@@ -49,3 +49,21 @@ def test_readyz_fails_when_the_broker_is_unreachable(client, tmp_path):
         "error": "RuntimeError",
         "ms": response.json()["checks"]["broker"]["ms"],
     }
+
+
+def test_shared_cache_helpers_answer_not_cached_when_redis_is_down(settings, caplog):
+    from megarouter import shared_cache
+
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens on port 1
+            "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+        }
+    }
+    assert shared_cache.get("k") is None
+    shared_cache.set("k", 1, timeout=None)
+    shared_cache.add("k", 1, timeout=None)
+    assert [r.getMessage() for r in caplog.records].count(
+        "shared cache unavailable; using the database"
+    ) == 3
