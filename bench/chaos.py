@@ -99,7 +99,7 @@ class Sample:
 
 class Load:
     """``concurrency`` keep-alive clients posting non-stream chat requests in a loop until
-    stopped; each request carries its own X-Request-ID so usage can be matched."""
+    stopped; each 200 is matched to its usage row by the ``x-megarouter-usage-id`` header."""
 
     def __init__(self, port: int, key: str, model: str, concurrency: int) -> None:
         self.port, self.key, self.model, self.concurrency = port, key, model, concurrency
@@ -119,6 +119,9 @@ class Load:
                     conn.post("/v1/chat/completions", body, headers={"X-Request-ID": rid}), 30
                 )
                 status, detail = reply.status, ""
+                # Usage rows carry the gateway's charge id, returned in this header (the
+                # caller's X-Request-ID is only echoed: it is not trusted to be unique).
+                rid = reply.headers.get("x-megarouter-usage-id", rid)
                 if status != 200:
                     detail = reply.body[:200].decode(errors="replace")
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
