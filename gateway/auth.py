@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from gateway.errors import AuthenticationFailed, PermissionDenied, RateLimited
+from megarouter import shared_cache
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class _GuessGuard:
         try:
             await cache.aadd(key, 0, self.WINDOW + 5)
             count = await cache.aincr(key)
-        except Exception:  # a cache outage must not turn a 401 into a 500
+        except shared_cache.ERRORS:  # a cache outage must not turn a 401 into a 500
             logger.warning("auth failure counter unavailable")
             return
         if count > limit:

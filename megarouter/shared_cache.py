@@ -13,6 +13,8 @@ from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
+# What "the shared cache / Redis is unreachable" raises; every fallback to the database catches
+# exactly this.
 ERRORS = (RedisError, OSError)
 
 

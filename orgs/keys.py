@@ -40,8 +40,8 @@ from django.core.cache import caches
 from django.core.cache.backends.dummy import DummyCache
 from django.core.cache.backends.locmem import LocMemCache
 from django.utils import timezone
-from redis.exceptions import RedisError
 
+from megarouter import shared_cache
 from orgs import secrets
 
 logger = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def _load(prefix: str) -> _Entry | None:
 
 # A shared cache that is down or slow must not take key auth down with it: the database is the
 # source of truth, so a failed read falls through to it and a failed write is skipped.
-SHARED_CACHE_ERRORS = (RedisError, OSError)
+SHARED_CACHE_ERRORS = shared_cache.ERRORS
 
 
 def _shared_cache_failed(operation: str) -> None:

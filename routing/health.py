@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from redis.exceptions import RedisError
+
+from megarouter import shared_cache
 
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2
 STATE_NAMES = {CLOSED: "closed", OPEN: "open", HALF_OPEN: "half_open"}
@@ -439,7 +440,7 @@ return {granted, packed}
 
 logger = logging.getLogger(__name__)
 
-REDIS_ERRORS = (RedisError, OSError)
+REDIS_ERRORS = shared_cache.ERRORS
 OUTAGE_BACKOFF_S = 2.0  # after a Redis error, skip Redis this long before trying again
 
 

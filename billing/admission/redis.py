@@ -58,6 +58,7 @@ from billing.errors import AdmissionUnavailable, BalanceExhausted, BudgetExceede
 from billing.models import BillingAccount, BudgetUsage, UsageEvent, UsageRecord
 from billing.models import Reservation as ReservationRow
 from billing.periods import period_bounds
+from megarouter import shared_cache
 from orgs.models import Organization
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ logger = logging.getLogger(__name__)
 # Redis unreachable after the usage event is in the database: the hold stays in Redis with its
 # deadline, and reconciliation settles it from the database exactly as after a crash, so the
 # answer the client already has is never turned into an error.
-_COUNTER_ERRORS = (redis_sync.RedisError, OSError)
+_COUNTER_ERRORS = shared_cache.ERRORS
 
 LUA_DIR = Path(__file__).with_name("lua")
 NANO = Decimal(10) ** 9
