@@ -217,6 +217,10 @@ BILLING_ADMISSION_BACKEND = env.choice(
 if BILLING_ADMISSION_BACKEND == "redis" and not REDIS_URL:
     raise ConfigError("BILLING_ADMISSION_BACKEND", "redis needs REDIS_URL")
 # Seconds a reservation may stay open before reconciliation releases it (crashed process).
+# How the Redis backend's database rows are written: "behind" (batched by a writer thread, off
+# the request path; the usage stream in Redis covers the gap) or "inline" (each request
+# commits its own rows before it answers). billing/admission/writer.py.
+BILLING_USAGE_WRITE = env.choice("BILLING_USAGE_WRITE", "behind", ("behind", "inline"))
 BILLING_RESERVATION_TTL = env.int("BILLING_RESERVATION_TTL", 900, min_value=30)
 # Payment provider webhooks (Stripe-style signatures); unset: the receiver refuses everything.
 BILLING_PAYMENT_WEBHOOK_SECRET = env.str("BILLING_PAYMENT_WEBHOOK_SECRET", "")

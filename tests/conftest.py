@@ -29,6 +29,9 @@ def _billing_redis_prefix():
 
     prefix = f"mrtest:{uuid.uuid4().hex[:10]}"
     settings.BILLING_REDIS_PREFIX = prefix
+    # Each request commits its own rows, inside the test's transaction; the batched writer
+    # (production's default) commits from its own thread and has its own tests.
+    settings.BILLING_USAGE_WRITE = "inline"
     reset_backend(None)
     yield
     reset_backend(None)

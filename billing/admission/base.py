@@ -187,27 +187,32 @@ def deadline_for(now: dt.datetime) -> dt.datetime:
     return now + dt.timedelta(seconds=settings.BILLING_RESERVATION_TTL)
 
 
+def reservation_row(res: Reservation) -> dict[str, Any]:
+    """The ``Reservation`` row's fields (the durable copy of a hold)."""
+    return {
+        "request_id": res.request_id,
+        "organization_id": res.ctx.organization_id,
+        "backend": res.backend,
+        "amount": res.amount,
+        "tokens": res.tokens,
+        "key_id": res.ctx.key_id,
+        "budget_periods": res.budget_periods,
+        "rate_window": res.rate_window,
+        "created_at": res.created_at,
+        "deadline": res.deadline,
+    }
+
+
 def reservation_insert(res: Reservation) -> None:
     from billing.models import Reservation as Row
 
-    Row.objects.create(
-        request_id=res.request_id,
-        organization_id=res.ctx.organization_id,
-        backend=res.backend,
-        amount=res.amount,
-        tokens=res.tokens,
-        key_id=res.ctx.key_id,
-        budget_periods=res.budget_periods,
-        rate_window=res.rate_window,
-        created_at=res.created_at,
-        deadline=res.deadline,
-    )
+    Row.objects.create(**reservation_row(res))
 
 
-def usage_event_insert(
+def usage_event_row(
     res: Reservation, actual_cost: Decimal, data: UsageEventData, *, db_held: bool
-) -> None:
-    """Inside the settle transaction: the durable usage event."""
+) -> dict[str, Any]:
+    """The ``UsageEvent`` row's fields: metadata of the finished request, never content."""
     ctx = res.ctx
     payload = asdict(data)
     payload.update(
@@ -217,16 +222,23 @@ def usage_event_insert(
         member_id=ctx.member_id,
         key_id=ctx.key_id,
     )
-    UsageEvent.objects.create(
-        request_id=res.request_id,
-        organization_id=ctx.organization_id,
-        backend=res.backend,
-        db_held=db_held,
-        cost=actual_cost,
-        budget_periods=res.budget_periods,
-        data=payload,
-        created_at=res.created_at,
-    )
+    return {
+        "request_id": res.request_id,
+        "organization_id": ctx.organization_id,
+        "backend": res.backend,
+        "db_held": db_held,
+        "cost": actual_cost,
+        "budget_periods": res.budget_periods,
+        "data": payload,
+        "created_at": res.created_at,
+    }
+
+
+def usage_event_insert(
+    res: Reservation, actual_cost: Decimal, data: UsageEventData, *, db_held: bool
+) -> None:
+    """Inside the settle transaction: the durable usage event."""
+    UsageEvent.objects.create(**usage_event_row(res, actual_cost, data, db_held=db_held))
 
 
 def settle_rows(

@@ -13,11 +13,17 @@ Keys (``P`` = settings.BILLING_REDIS_PREFIX, ``{oN}`` = the organization's hash 
     P:{oN}:open                the organization's open reservations
     P:deadlines                every open reservation by deadline (reconciliation)
 
-Durability: after the reserve script, the reservation row is written to the database in the
-background (overlapping the provider call); settle awaits it, then deletes the row and writes the
-usage event in one transaction, then runs the settle script. The database therefore always holds
-what a rebuild needs: posted spend (``BudgetUsage.spent``), unposted usage events and open
-reservations.
+Durability (``BILLING_USAGE_WRITE``, default ``behind``): nothing on the request path waits
+for the database. The reserve script's hold is queued for the database as a ``Reservation``
+row; the settle script counts the usage and appends the usage event to the usage stream
+(``P:usage``) in one step, and the event (with the row's deletion) is queued too. The
+process's :mod:`billing.admission.writer` commits the queue in batches and then deletes the
+stream entries; entries a dead process left behind are drained by any writer (and by Celery's
+reconciliation). The database therefore holds what a rebuild needs (posted spend in
+``BudgetUsage.spent``, unposted usage events, open reservations) up to the last few
+milliseconds of writes, and the stream holds those milliseconds while Redis keeps its data.
+``inline`` is the previous, strictest order: the reservation row is written while the provider
+answers, and settle commits the usage event to the database before the settle script runs.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from billing.admission import writer as usage_writer
 from billing.admission.base import (
     AdmissionContext,
     BudgetInfo,
@@ -52,7 +59,9 @@ from billing.admission.base import (
     check_open,
     deadline_for,
     reservation_insert,
+    reservation_row,
     settle_rows,
+    usage_event_row,
 )
 from billing.errors import AdmissionUnavailable, BalanceExhausted, BudgetExceeded, RateLimited
 from billing.models import BillingAccount, BudgetUsage, UsageEvent, UsageRecord
@@ -95,6 +104,7 @@ class Keys:
         self.open = f"{self.base}:open"
         self.lock = f"{self.base}:rebuild"
         self.deadlines = f"{prefix}:deadlines"
+        self.usage = f"{prefix}:usage"
         self.res_prefix = f"{self.base}:res:"
 
     def res(self, request_id: str) -> str:
@@ -243,10 +253,14 @@ class RedisBackend:
         )
         res.extra["counter_keys"] = counter_keys
         res.extra["rate_key"] = rate_t if limited else ""
-        # Durable copy, written while the provider answers; settle / release await it.
-        res.extra["persist"] = asyncio.ensure_future(
-            sync_to_async(reservation_insert, thread_sensitive=True)(res)
-        )
+        if self.write_behind:
+            # Durable copy, committed by the writer's next batch (nothing here waits for it).
+            self.writer().reserve(reservation_row(res))
+        else:
+            # Durable copy, written while the provider answers; settle / release await it.
+            res.extra["persist"] = asyncio.ensure_future(
+                sync_to_async(reservation_insert, thread_sensitive=True)(res)
+            )
         return res
 
     async def _await_rebuild(self, organization_id: int) -> None:
@@ -274,7 +288,7 @@ class RedisBackend:
         except Exception:  # the Redis hold is still reconciled by its deadline
             res.extra["persist_failed"] = True
 
-    def _settle_keys(self, res: Reservation) -> list[str]:
+    def _settle_keys(self, res: Reservation, *, stream: bool = False) -> list[str]:
         k = self.keys(res.ctx.organization_id)
         return [
             k.epoch,
@@ -283,42 +297,68 @@ class RedisBackend:
             k.deadlines,
             k.open,
             res.extra.get("rate_key", ""),
+            k.usage if stream else "",
             *res.extra.get("counter_keys", []),
         ]
+
+    @property
+    def write_behind(self) -> bool:
+        return settings.BILLING_USAGE_WRITE == "behind"
+
+    def writer(self) -> usage_writer.UsageWriter:
+        return usage_writer.get_writer(UsageStream(self))
+
+    async def flush_writes(self) -> None:
+        """Wait until the rows queued so far are in the database (tests, tools)."""
+        if self.write_behind:
+            await self.writer().aflush()
 
     async def settle(
         self, reservation: Reservation, actual_cost: Decimal, usage_event: UsageEventData
     ) -> None:
         check_open(reservation)
-        await self._persisted(reservation)
-        await sync_to_async(settle_rows, thread_sensitive=True)(
-            reservation, actual_cost, usage_event, db_held=False
+        tokens = usage_event.tokens_in + usage_event.tokens_out
+        if not self.write_behind:
+            await self._persisted(reservation)
+            await sync_to_async(settle_rows, thread_sensitive=True)(
+                reservation, actual_cost, usage_event, db_held=False
+            )
+            await self.settle_counters(reservation, actual_cost, tokens)
+            return
+        row = usage_event_row(reservation, actual_cost, usage_event, db_held=False)
+        counted = await self.settle_counters(
+            reservation, actual_cost, tokens, event=usage_writer.event_payload(row)
         )
-        await self.settle_counters(
-            reservation, actual_cost, usage_event.tokens_in + usage_event.tokens_out
-        )
+        stream_id = counted if isinstance(counted, str) else None
+        self.writer().settle(reservation.request_id, row, stream_id)
 
-    async def settle_counters(self, res: Reservation, actual_cost: Decimal, tokens: int) -> bool:
-        """The Redis half of settle (after the usage event is in the database). While the
-        organization's counters are being rebuilt it waits for them, so the rebuild and this
-        settle never both count (or both miss) the request. False when the counters could not
-        be reached in time: the next rebuild counts the event from the database."""
+    async def settle_counters(
+        self, res: Reservation, actual_cost: Decimal, tokens: int, *, event: bytes = b""
+    ) -> bool | str:
+        """The Redis half of settle. While the organization's counters are being rebuilt it
+        waits for them, so the rebuild and this settle never both count (or both miss) the
+        request. True when counted; with ``event``, the settle script also appends it to the
+        usage stream and this returns the entry id instead. False when the counters could not
+        be reached in time: the usage event reaches the database anyway, and reconciliation
+        (or the next rebuild) counts it from there."""
         client, scripts = self._client()
         args = [
             str(nano_ceil(actual_cost)),
             f"{res.ctx.organization_id}|{res.request_id}",
             str(tokens),
             "settle",
+            event,
         ]
+        keys = self._settle_keys(res, stream=bool(event))
         deadline = time.monotonic() + REBUILD_WAIT
         while True:
             try:
-                done = await scripts["settle"](
-                    keys=self._settle_keys(res), args=args, client=client
-                )
+                done = await scripts["settle"](keys=keys, args=args, client=client)
             except _COUNTER_ERRORS as exc:
                 _counters_unreachable("settle", res, exc)
                 return False
+            if isinstance(done, str):
+                return done  # the stream entry id
             if int(done) != -1:
                 return True
             if time.monotonic() >= deadline:
@@ -327,8 +367,11 @@ class RedisBackend:
 
     async def release(self, reservation: Reservation) -> None:
         check_open(reservation)
-        await self._persisted(reservation)
-        await sync_to_async(_row_delete, thread_sensitive=True)(reservation.request_id)
+        if self.write_behind:
+            self.writer().release(reservation.request_id)
+        else:
+            await self._persisted(reservation)
+            await sync_to_async(_row_delete, thread_sensitive=True)(reservation.request_id)
         client, scripts = self._client()
         try:
             await scripts["settle"](
@@ -338,6 +381,7 @@ class RedisBackend:
                     f"{reservation.ctx.organization_id}|{reservation.request_id}",
                     "0",
                     "release",
+                    "",
                 ],
                 client=client,
             )
@@ -475,6 +519,8 @@ class RedisBackend:
         now = now or timezone.now()
         cutoff = now.timestamp()
         settled = released = 0
+        # usage events a dead process appended to the stream but never committed
+        usage_writer.drain_orphans(UsageStream(self))
         members = self.sync.zrangebyscore(
             f"{self.prefix}:deadlines", "-inf", cutoff, start=0, num=1000
         )
@@ -495,15 +541,16 @@ class RedisBackend:
                     .first()
                 )
             ReservationRow.objects.filter(request_id=request_id).delete()
-            keys = [k.epoch, k.bal, k.res(request_id), k.deadlines, k.open, held.get("rate", "")]
+            rate = held.get("rate", "")
+            keys = [k.epoch, k.bal, k.res(request_id), k.deadlines, k.open, rate, ""]
             keys += [key for key in held.get("keys", "").split(" ") if key]
             if not held:
                 self.sync.zrem(k.deadlines, member)
                 continue
             args = (
-                ["0", member, "0", "release"]
+                ["0", member, "0", "release", ""]
                 if cost is None
-                else [str(nano_ceil(cost)), member, held.get("tok", "0"), "reconcile"]
+                else [str(nano_ceil(cost)), member, held.get("tok", "0"), "reconcile", ""]
             )
             if self._sync_script("settle")(keys=keys, args=args):
                 if cost is None:
@@ -511,6 +558,37 @@ class RedisBackend:
                 else:
                     settled += 1
         return {"settled": settled, "released": released}
+
+
+class UsageStream:
+    """The Redis usage stream, as the writer uses it (sync client; the writer is a thread)."""
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self.backend = backend
+        self.key = f"{backend.prefix}:usage"
+
+    def xdel(self, ids: list[str]) -> None:
+        if ids:
+            self.backend.sync.xdel(self.key, *ids)
+
+    def orphans(self, older_than_s: float, *, count: int = 500) -> list[tuple[str, Any]]:
+        """Entries older than ``older_than_s`` (stream ids start with their time in ms)."""
+        cutoff = int((time.time() - older_than_s) * 1000)
+        entries = self.backend.sync.xrange(self.key, "-", f"{cutoff}-18446744073709551615", count)
+        out = []
+        for entry_id, fields in entries:
+            try:
+                out.append((entry_id, usage_writer.event_from_payload(fields["e"])))
+            except (KeyError, ValueError) as exc:  # not ours: drop it rather than loop on it
+                logger.error(
+                    "usage stream: unreadable entry dropped",
+                    extra={"fields": {"entry": entry_id, "error": type(exc).__name__}},
+                )
+                self.backend.sync.xdel(self.key, entry_id)
+        return out
+
+    def length(self) -> int:
+        return int(self.backend.sync.xlen(self.key))
 
 
 def _row_delete(request_id: str) -> None:

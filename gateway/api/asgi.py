@@ -69,6 +69,10 @@ class GatewayASGI:
                     from gateway.http import aclose_clients
 
                     await aclose_clients()
+                with contextlib.suppress(Exception):  # queued usage rows reach the database
+                    from billing.admission.writer import flush_started
+
+                    await asyncio.to_thread(flush_started, 10.0)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

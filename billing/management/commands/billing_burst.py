@@ -74,6 +74,8 @@ async def burst(
         if hold_seconds:  # stands in for a slow provider call (tests kill us here)
             if "persist" in res.extra:
                 await res.extra["persist"]
+            if hasattr(backend, "flush_writes"):
+                await backend.flush_writes()  # the durable copy is in the database
             held.append(res.request_id)
             if len(held) == requests:
                 print(json.dumps({"held": held}), flush=True)

@@ -1,0 +1,171 @@
+"""The Redis backend's write-behind (``BILLING_USAGE_WRITE=behind``, production's default): the
+request path never waits for the database; reservation rows and usage events are committed in
+batches by one writer thread, and the usage stream in Redis covers a process that dies before
+its batch commits. These tests use real commits (the writer has its own connection)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from billing import services
+from billing.admission import UsageEventData, writer
+from billing.admission.base import usage_event_row
+from billing.admission.redis import UsageStream
+from billing.models import LedgerEntry, Reservation, UsageEvent, UsageRecord
+from tests.billing.admission_helpers import observed, run
+from tests.billing.factories import budget, make_world
+
+D = Decimal
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def behind(rbackend, settings):
+    settings.BILLING_USAGE_WRITE = "behind"
+    writer.reset_writers()
+    yield rbackend
+    writer.reset_writers()
+
+
+def event(tokens_in: int = 10, tokens_out: int = 5) -> UsageEventData:
+    return UsageEventData(model="m", provider="p", tokens_in=tokens_in, tokens_out=tokens_out)
+
+
+def test_settle_counts_at_once_and_the_rows_follow_in_batches(behind):
+    w = make_world("wb", balance="10")
+    b = budget(w, "key", "5")
+
+    async def go() -> list[str]:
+        async def one() -> str:
+            res = await behind.reserve(uuid.uuid4().hex, w.ctx(), D("0.05"), 100)
+            await behind.settle(res, D("0.01"), event())
+            return res.request_id
+
+        ids = await asyncio.gather(*(one() for _ in range(60)))
+        # counted in Redis before any commit was awaited
+        assert observed(behind, w.org, [b])[b.pk] == D("0.60")
+        await behind.flush_writes()
+        return list(ids)
+
+    ids = run(go)
+    assert set(UsageEvent.objects.values_list("request_id", flat=True)) == set(ids)
+    assert UsageEvent.objects.get(request_id=ids[0]).cost == D("0.01")
+    assert not Reservation.objects.exists()  # settled before (or with) their rows' batch
+    w_ = behind.writer()
+    assert w_.events_written == 60
+    assert w_.batches < 60  # whatever queued during a commit joined the next one
+    assert UsageStream(behind).length() == 0  # entries deleted once committed
+    services.usage_events_post()
+    assert UsageRecord.objects.filter(organization=w.org).count() == 60
+    assert -sum(
+        LedgerEntry.objects.filter(organization=w.org, kind="usage").values_list(
+            "amount", flat=True
+        )
+    ) == D("0.60")
+
+
+def test_open_holds_reach_the_database_and_releases_remove_them(behind):
+    w = make_world("wb-hold", balance="10")
+
+    async def hold():
+        held = await behind.reserve(uuid.uuid4().hex, w.ctx(), D("0.05"), 100)
+        dropped = await behind.reserve(uuid.uuid4().hex, w.ctx(), D("0.05"), 100)
+        await behind.flush_writes()
+        return held, dropped
+
+    async def release(res):
+        await behind.release(res)
+        await behind.flush_writes()
+
+    held, dropped = run(hold)
+    rows = set(Reservation.objects.values_list("request_id", flat=True))
+    assert rows == {held.request_id, dropped.request_id}
+    run(release, dropped)
+    assert set(Reservation.objects.values_list("request_id", flat=True)) == {held.request_id}
+    assert not UsageEvent.objects.exists()
+
+
+def test_a_process_dying_before_its_commit_loses_no_usage(behind):
+    """The settle script appended the event to the stream; the process died before its writer
+    committed it. Another process's writer (or Celery's reconciliation) drains it, once."""
+    w = make_world("wb-orphan", balance="10")
+    b = budget(w, "key", "5")
+
+    async def settle_without_writer():
+        res = await behind.reserve(uuid.uuid4().hex, w.ctx(), D("0.05"), 100)
+        row = usage_event_row(res, D("0.02"), event(), db_held=False)
+        await behind.settle_counters(res, D("0.02"), 15, event=writer.event_payload(row))
+        return res
+
+    res = run(settle_without_writer)
+    stream = UsageStream(behind)
+    assert stream.length() == 1
+    assert not UsageEvent.objects.exists()
+    assert writer.drain_orphans(stream) == 0  # too young: a live writer may still commit it
+    assert writer.drain_orphans(stream, older_than_s=0) == 1
+    assert stream.length() == 0
+    got = UsageEvent.objects.get(request_id=res.request_id)
+    assert (got.cost, got.organization_id, got.data["tokens_in"]) == (D("0.02"), w.org.pk, 10)
+    assert observed(behind, w.org, [b])[b.pk] == D("0.02")
+    # drained again (the entry was left behind) after it was posted: not charged twice
+    services.usage_events_post()
+    res2 = run(settle_without_writer)
+    run(
+        behind.settle_counters,
+        res,
+        D("0.02"),
+        15,
+        event=writer.event_payload(usage_event_row(res, D("0.02"), event(), db_held=False)),
+    )
+    assert writer.drain_orphans(stream, older_than_s=0) == 2
+    services.usage_events_post()
+    assert UsageRecord.objects.filter(request_id=res.request_id).count() == 1
+    assert UsageRecord.objects.filter(request_id=res2.request_id).count() == 1
+    assert not UsageEvent.objects.exists()
+
+
+def test_reconciliation_drains_orphans(behind, monkeypatch):
+    w = make_world("wb-reconcile", balance="10")
+
+    async def settle_without_writer():
+        res = await behind.reserve(uuid.uuid4().hex, w.ctx(), D("0.05"), 100)
+        row = usage_event_row(res, D("0.03"), event(), db_held=False)
+        await behind.settle_counters(res, D("0.03"), 15, event=writer.event_payload(row))
+        return res
+
+    res = run(settle_without_writer)
+    monkeypatch.setattr(writer, "ORPHAN_AGE_S", 0.0)
+    services.reservations_reconcile()
+    assert UsageEvent.objects.get(request_id=res.request_id).cost == D("0.03")
+
+
+def test_a_database_outage_delays_the_rows_and_loses_none(behind, monkeypatch):
+    w = make_world("wb-outage", balance="10")
+    real = writer.commit_rows
+    calls = {"n": 0}
+
+    def flaky(**kwargs):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise ConnectionError("database unreachable")
+        return real(**kwargs)
+
+    monkeypatch.setattr(writer, "commit_rows", flaky)
+
+    async def go():
+        ids = []
+        for _ in range(5):
+            res = await behind.reserve(uuid.uuid4().hex, w.ctx(), D("0.05"), 100)
+            await behind.settle(res, D("0.01"), event())
+            ids.append(res.request_id)
+        await behind.flush_writes()
+        return ids
+
+    ids = run(go)
+    assert behind.writer().failures == 2
+    assert set(UsageEvent.objects.values_list("request_id", flat=True)) == set(ids)
+    assert UsageStream(behind).length() == 0
