@@ -27,7 +27,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from megarouter import shared_cache
+from megarouter import refresh, shared_cache
 from routing.catalog_providers import FAMILY_MAKERS, ORIGIN_PROVIDERS
 from routing.crypto import CredentialSecret, decrypt_secret
 from routing.models import Credential, Deployment, Model, ModelPrice, Provider
@@ -345,11 +345,15 @@ def _version_changed(token: str) -> bool:
 
 
 async def acatalog_snapshot(*, max_age: float = CHECK_INTERVAL) -> CatalogSnapshot:
-    """``catalog_snapshot`` for async code: no thread hop and no I/O while fresh."""
+    """``catalog_snapshot`` for async code: no thread hop and no I/O once a snapshot exists;
+    after ``max_age`` the version check runs in the background (stale-while-revalidate), so a
+    request never waits for it."""
     snapshot = _holder.snapshot
-    if snapshot is not None and time.monotonic() - _holder.checked_at < max_age:
-        return snapshot
-    return await sync_to_async(catalog_snapshot)(max_age=max_age)
+    if snapshot is None:
+        return await sync_to_async(catalog_snapshot)(max_age=max_age)
+    if time.monotonic() - _holder.checked_at >= max_age:
+        refresh.in_background("catalog", lambda: catalog_snapshot(max_age=max_age))
+    return snapshot
 
 
 def catalog_snapshot_reset() -> None:

@@ -38,7 +38,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F
 
-from megarouter import shared_cache
+from megarouter import refresh, shared_cache
 from orgs.audit import Actor, audit_event_record
 from orgs.models import Node
 from routing.policy_models import RoutingPolicy, RoutingPolicyVersion, Strategy
@@ -437,10 +437,14 @@ def policy_table(*, max_age: float = CHECK_INTERVAL) -> PolicyTable:
 
 
 async def apolicy_table(*, max_age: float = CHECK_INTERVAL) -> PolicyTable:
+    """``policy_table`` for async code: once loaded, the version check runs in the background
+    after ``max_age`` (stale-while-revalidate); a request never waits for it."""
     table = _holder.table
-    if table is not None and time.monotonic() - _holder.checked_at < max_age:
-        return table
-    return await sync_to_async(policy_table)(max_age=max_age)
+    if table is None:
+        return await sync_to_async(policy_table)(max_age=max_age)
+    if time.monotonic() - _holder.checked_at >= max_age:
+        refresh.in_background("policies", lambda: policy_table(max_age=max_age))
+    return table
 
 
 def policy_table_reset() -> None:

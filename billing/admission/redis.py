@@ -67,7 +67,7 @@ from billing.errors import AdmissionUnavailable, BalanceExhausted, BudgetExceede
 from billing.models import BillingAccount, BudgetUsage, UsageEvent, UsageRecord
 from billing.models import Reservation as ReservationRow
 from billing.periods import period_bounds
-from megarouter import shared_cache
+from megarouter import refresh, shared_cache
 from orgs.models import Organization
 
 logger = logging.getLogger(__name__)
@@ -175,6 +175,18 @@ class RedisBackend:
             self._budgets[organization_id] = (time.monotonic() + BUDGET_CACHE_TTL, budgets, tz)
         return budgets, tz
 
+    async def _budgets_for(self, organization_id: int) -> tuple[tuple[BudgetInfo, ...], str]:
+        """Past ``BUDGET_CACHE_TTL``: the copy this process has, with a reload scheduled in
+        the background (stale-while-revalidate), so a request never waits for the database;
+        the first reserve of an organization (or after ``budgets_changed``) loads them."""
+        stale = self._budgets.get(organization_id)
+        if stale is None:
+            return await sync_to_async(self._load_budgets, thread_sensitive=True)(organization_id)
+        refresh.in_background(
+            ("budgets", id(self), organization_id), lambda: self._load_budgets(organization_id)
+        )
+        return stale[1], stale[2]
+
     def budgets_changed(self, organization_id: int) -> None:
         with self._lock:
             self._budgets.pop(organization_id, None)
@@ -187,9 +199,7 @@ class RedisBackend:
             raise ValueError("amount and tokens cannot be negative")
         cached = self._cached_budgets(ctx.organization_id)
         if cached is None:
-            cached = await sync_to_async(self._load_budgets, thread_sensitive=True)(
-                ctx.organization_id
-            )
+            cached = await self._budgets_for(ctx.organization_id)
         all_budgets, _tz = cached
         budgets = budgets_applicable(ctx, all_budgets)
         now = timezone.now()
