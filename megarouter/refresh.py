@@ -1,22 +1,39 @@
 """Stale-while-revalidate for the hot path's in-process caches (catalog snapshot, policy table,
 budgets): once a value exists, a request never waits for its periodic re-check. The first
 request after the check interval gets the value it already had and schedules one refresh in
-the background (single flight per key); the refresh runs the cache's ordinary sync loader on
-Django's sync thread, so a slow or unreachable database delays the refresh, never a request.
-A failed refresh is logged and retried by the next request after the interval."""
+the background (single flight per key). The refresh runs the cache's ordinary sync loader on
+a small thread pool of its own (not Django's shared sync thread, which the async cache API and
+cold key loads use: a refresh hanging on an unreachable database must not queue those), so a
+slow or unreachable database delays the refresh, never a request. A failed refresh is logged
+and retried by the next request after the interval. ``MEGAROUTER_REFRESH_POOL = False`` (the
+test suite) runs them on Django's sync thread instead, where a test's transaction is."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections, connection
 
 logger = logging.getLogger(__name__)
 
 _running: dict[Any, asyncio.Future[Any]] = {}
+# Single flight per key bounds what can hang here to one thread per cache; two threads are
+# enough for the three caches' sub-second reloads.
+_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cache-refresh")
+
+
+def _run(load: Callable[[], Any]) -> Any:
+    close_old_connections()
+    try:
+        return load()
+    finally:
+        connection.close()  # one short-lived connection per refresh: nothing held while idle
 
 
 def in_background(key: Any, load: Callable[[], Any]) -> None:
@@ -24,7 +41,11 @@ def in_background(key: Any, load: Callable[[], Any]) -> None:
     running = _running.get(key)
     if running is not None and not running.done():
         return
-    task = asyncio.ensure_future(sync_to_async(load, thread_sensitive=True)())
+    task: asyncio.Future[Any]
+    if settings.MEGAROUTER_REFRESH_POOL:
+        task = asyncio.get_running_loop().run_in_executor(_pool, _run, load)
+    else:  # the test suite: its data lives in the test thread's open transaction
+        task = asyncio.ensure_future(sync_to_async(load, thread_sensitive=True)())
     _running[key] = task
     task.add_done_callback(lambda done: _finished(key, done))
 

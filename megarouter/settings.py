@@ -220,6 +220,9 @@ if BILLING_ADMISSION_BACKEND == "redis" and not REDIS_URL:
 # How the Redis backend's database rows are written: "behind" (batched by a writer thread, off
 # the request path; the usage stream in Redis covers the gap) or "inline" (each request
 # commits its own rows before it answers). billing/admission/writer.py.
+# megarouter/refresh.py: background cache refreshes on their own threads (False: on Django's
+# sync thread, which the test suite needs; not an operator setting).
+MEGAROUTER_REFRESH_POOL = True
 BILLING_USAGE_WRITE = env.choice("BILLING_USAGE_WRITE", "behind", ("behind", "inline"))
 BILLING_RESERVATION_TTL = env.int("BILLING_RESERVATION_TTL", 900, min_value=30)
 # Payment provider webhooks (Stripe-style signatures); unset: the receiver refuses everything.

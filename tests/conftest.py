@@ -15,6 +15,14 @@ def redis_url() -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _refresh_on_the_test_thread():
+    """Background cache refreshes run where the test's transaction is (megarouter/refresh.py);
+    tests/megarouter/test_refresh.py covers the thread pool."""
+    settings.MEGAROUTER_REFRESH_POOL = False
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _billing_redis_prefix():
     """Admission counters of this test session live under their own Redis prefix (removed at
     the end), so organization ids reused by a later run never meet stale counters."""
