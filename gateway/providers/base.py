@@ -403,7 +403,9 @@ class Adapter:
                     raise ProviderError(
                         ErrorKind.PROTOCOL, f"unexpected {self.kind} stream event: {exc!r}"
                     ) from None
-                for chunk in chunks:
+                last = len(chunks) - 1
+                for i, chunk in enumerate(chunks):
+                    chunk.more = i < last
                     yield chunk
                 if decoder.pending_error is not None:
                     raise decoder.pending_error

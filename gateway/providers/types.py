@@ -173,6 +173,8 @@ class ChatChunk:
     created: int
     choices: list[ChunkChoice]
     usage: Usage | None = None
+    # More chunks from the same upstream read follow at once (the relay writes them together).
+    more: bool = False
 
 
 @dataclass(slots=True)
