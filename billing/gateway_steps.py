@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
+
 from billing.admission import AdmissionContext, Reservation, UsageEventData, get_backend
 from billing.pricing import estimate_worst_case, usage_cost
 
@@ -70,6 +72,11 @@ def usage_event_for(ctx: Any, *, price_version_id: int | None, usage: Any) -> Us
     attempts = list(getattr(ctx, "attempts", []) or [])
     chosen = ctx.chosen
     plan = ctx.plan
+    # The route step resolved the effective policy's reference model (nearest level wins, the
+    # request's override included); a route without it (the interim router) uses the default.
+    reference = getattr(ctx, "reference_model", "") or str(
+        settings.MEGAROUTER_DEFAULT_REFERENCE_MODEL
+    )
     return UsageEventData(
         requested_model=ctx.requested_model or "",
         model=chosen.model_id if chosen else "",
@@ -85,6 +92,7 @@ def usage_event_for(ctx: Any, *, price_version_id: int | None, usage: Any) -> Us
         status="ok" if getattr(ctx, "finished", True) else "incomplete",
         attempts=max(1, len(attempts)),
         fallback_used=any(a.error for a in attempts),
+        reference_model=reference,
         routing={
             "strategy": plan.strategy if plan is not None else "",
             "candidates": [c.deployment for c in (plan.candidates if plan else [])][:10],

@@ -260,6 +260,9 @@ class UsageEvent(models.Model):
     cost = models.DecimalField(**AMOUNT)
     budget_periods = models.JSONField(default=list)
     data = models.JSONField(default=dict)  # the UsageRecord fields
+    # The canonical id savings are measured against (the effective routing policy's
+    # ``reference_model`` at request time). "": the default reference model.
+    reference_model = models.CharField(max_length=255, blank=True, default="", db_default="")
     created_at = models.DateTimeField()
 
     class Meta:
@@ -297,6 +300,12 @@ class UsageRecord(models.Model):
     attempts = models.PositiveSmallIntegerField(default=1)
     fallback_used = models.BooleanField(default=False)
     routing = models.JSONField(default=dict, blank=True)
+    # The canonical catalog id savings are measured against: the effective routing policy's
+    # ``reference_model`` when the request was made (nearest level wins, the request's own
+    # override included). "" (records from before it was recorded, and loaders that do not
+    # name the column: the database default): the default,
+    # ``settings.MEGAROUTER_DEFAULT_REFERENCE_MODEL``. See billing.analytics.reference.
+    reference_model = models.CharField(max_length=255, blank=True, default="", db_default="")
     ledger_entry = models.ForeignKey(
         LedgerEntry, null=True, on_delete=models.PROTECT, related_name="usage_records"
     )

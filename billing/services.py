@@ -489,6 +489,7 @@ RECORD_FIELDS = (
     "attempts",
     "fallback_used",
     "routing",
+    "reference_model",
 )
 
 
@@ -550,13 +551,16 @@ def usage_events_post(*, limit: int = 2000) -> PostResult:
 
 def _record_from_event(event: UsageEvent, entry: LedgerEntry) -> UsageRecord:
     data = event.data
+    fields = {name: data[name] for name in RECORD_FIELDS if name in data}
+    # The event's column, else its data ("": the default reference model).
+    fields["reference_model"] = event.reference_model or data.get("reference_model") or ""
     return UsageRecord(
         request_id=event.request_id,
         organization_id=event.organization_id,
         cost=event.cost,
         ledger_entry=entry,
         created_at=event.created_at,
-        **{name: data[name] for name in RECORD_FIELDS if name in data},
+        **fields,
     )
 
 

@@ -62,6 +62,7 @@ def _override(ctx: CallContext) -> RequestOverride | None:
         max_cost_usd=o.max_cost_usd,
         max_latency_ms=o.max_latency_ms,
         region=o.region,
+        reference_model=o.reference_model,
     )
 
 

@@ -120,6 +120,9 @@ class CallContext:
     # Routing: the engine's decision explanation (metadata only), returned in the
     # x-megarouter-route header when the caller sent x-megarouter-debug: 1.
     route_explain: dict[str, Any] | None = None
+    # The canonical model id savings are measured against (the effective policy's reference
+    # model, else the default; set by the route step, recorded on the usage event).
+    reference_model: str = ""
     debug: bool = False
     failover: Any = None  # routing.failover.FailoverResult of the answering attempt
     stream_error: str | None = None  # ErrorKind value when the upstream broke mid-stream

@@ -4,7 +4,8 @@
 into the engine's request, resolves the effective policy (organization / department / team /
 project / key, nearest wins, then the request's ``megarouter`` override), applies the hard
 filters and scores the eligible models; this step keeps its explanation on the call context
-(for the usage record and the debug header) and gives each candidate what the failover loop
+(for the usage record and the debug header) and the reference model savings are measured
+against (``routing.engine.reference_model_for``), and gives each candidate what the failover loop
 needs: the deployment id (health and breaker key) and the model's context window.
 """
 
@@ -42,6 +43,7 @@ async def route(*, ctx: CallContext, request: ChatRequest | EmbeddingRequest) ->
         for candidate, routed in zip(plan.candidates, decision.candidates, strict=True)
     ]
     ctx.route_explain = _bounded(decision.explain)
+    ctx.reference_model = decision.reference_model
     return plan
 
 

@@ -7,7 +7,11 @@ Shape (every field optional, unknown fields refused)::
      "blocked_models": ["*/preview-*"],
      "preferred_models": ["openai/gpt-4o-mini"],
      "allowed_regions": ["eu-west-1"],
-     "max_cost_per_request_usd": "0.05"}
+     "max_cost_per_request_usd": "0.05",
+     "reference_model": "openai/gpt-4o"}
+
+``reference_model`` is what this key's savings are measured against (nearer than any node's
+policy, farther than the request's own ``megarouter.reference_model``).
 
 The routing engine gives it meaning; orgs only stores well-formed documents.
 """
@@ -19,7 +23,7 @@ from typing import Any
 
 STRATEGIES = ("balanced", "cost", "latency", "availability")
 _LIST_FIELDS = ("allowed_models", "blocked_models", "preferred_models", "allowed_regions")
-FIELDS = ("strategy", *_LIST_FIELDS, "max_cost_per_request_usd")
+FIELDS = ("strategy", *_LIST_FIELDS, "max_cost_per_request_usd", "reference_model")
 
 
 def validate_model_patterns(value: Any, *, field: str = "allowed_models") -> list[str]:
@@ -61,4 +65,9 @@ def validate_routing_policy(value: Any) -> dict[str, Any] | None:
         if not amount.is_finite() or amount <= 0:
             raise ValueError("max_cost_per_request_usd must be positive")
         out["max_cost_per_request_usd"] = str(amount)
+    if "reference_model" in value:
+        reference = value["reference_model"]
+        if not isinstance(reference, str) or not reference.strip() or len(reference) > 255:
+            raise ValueError("reference_model must be a model id (1 to 255 characters)")
+        out["reference_model"] = reference.strip()
     return out

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
+
 from routing.catalog import (
     AmbiguousModel,
     CatalogSnapshot,
@@ -106,6 +108,29 @@ class RouteDecision:
     candidates: tuple[RouteCandidate, ...]
     estimate: Estimate | None
     explain: dict[str, Any]
+    # The canonical id this request's savings are measured against (see reference_model_for).
+    reference_model: str = ""
+
+
+def reference_model_for(
+    policy: EffectivePolicy, snapshot: CatalogSnapshot
+) -> tuple[str, str | None]:
+    """(canonical id, note): the effective policy's ``reference_model`` (nearest level wins,
+    the request's override included) resolved in the catalog, else the default
+    ``MEGAROUTER_DEFAULT_REFERENCE_MODEL``. A policy model the catalog does not know (policies
+    are not checked against the catalog, and a model can leave it) falls back to the default;
+    the note says so, for the explanation."""
+    default = str(settings.MEGAROUTER_DEFAULT_REFERENCE_MODEL)
+    note = None
+    if policy.reference_model:
+        try:
+            return snapshot.resolve(policy.reference_model).canonical_id, None
+        except LookupError as error:  # UnknownModel, AmbiguousModel
+            note = f"{error}; savings are measured against the default {default!r}"
+    try:
+        return snapshot.resolve(default).canonical_id, note
+    except LookupError:
+        return default, note  # no price known: the reference cost is the actual cost
 
 
 # ---------------------------------------------------------------- the per-snapshot index
@@ -702,9 +727,15 @@ def route(
             f"no deployment of {request.model!r} fits the request and the routing policy",
             {"strategy": strategy, "considered": considered, "rejected": flt.rejected},
         )
+    reference, note = reference_model_for(policy, snapshot)
     explain = _explain(strategy, reason, est, considered, flt, candidates, policy, snapshot)
+    _explain_reference(explain, est, snapshot, reference, note)
     return RouteDecision(
-        strategy=strategy, candidates=tuple(candidates), estimate=est, explain=explain
+        strategy=strategy,
+        candidates=tuple(candidates),
+        estimate=est,
+        explain=explain,
+        reference_model=reference,
     )
 
 
@@ -750,20 +781,32 @@ def _explain(
             chosen.input_per_token * est.input_tokens + chosen.output_per_token * est.output_tokens
         )
         out["estimated_cost_usd"] = str(cost.quantize(Decimal("0.00000001")))
-        if policy.reference_model:
-            try:
-                ref = snapshot.resolve(policy.reference_model)
-            except LookupError:
-                ref = None
-            price = ref.current_price if ref is not None else None
-            if ref is not None and price is not None:
-                ref_cost = (
-                    price.input_per_token * est.input_tokens
-                    + price.output_per_token * est.output_tokens
-                )
-                out["reference_model"] = ref.canonical_id
-                out["reference_cost_usd"] = str(ref_cost.quantize(Decimal("0.00000001")))
     return out
+
+
+def _explain_reference(
+    out: dict[str, Any],
+    est: Estimate | None,
+    snapshot: CatalogSnapshot,
+    reference: str,
+    note: str | None,
+) -> None:
+    """The reference model savings are measured against and, with an estimate, its list-price
+    cost of the estimate's tokens (the saving the route is expected to make)."""
+    out["reference_model"] = reference
+    if note:
+        out["reference_model_note"] = note
+    if est is None:
+        return
+    try:
+        price = snapshot.resolve(reference).current_price
+    except LookupError:
+        price = None
+    if price is not None:
+        ref_cost = (
+            price.input_per_token * est.input_tokens + price.output_per_token * est.output_tokens
+        )
+        out["reference_cost_usd"] = str(ref_cost.quantize(Decimal("0.00000001")))
 
 
 def route_timed(**kwargs: Any) -> tuple[RouteDecision, float]:

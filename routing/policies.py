@@ -234,6 +234,7 @@ def key_policy_spec(policy: Mapping[str, Any] | None) -> PolicySpec | None:
         preferred_models=items("preferred_models"),
         allowed_regions=items("allowed_regions"),
         max_cost_usd=Decimal(str(cost)) if cost is not None else None,
+        reference_model=policy.get("reference_model") or None,
     )
 
 
@@ -247,6 +248,7 @@ class RequestOverride:
     max_cost_usd: Decimal | None = None
     max_latency_ms: int | None = None
     region: str | None = None
+    reference_model: str | None = None
 
     def spec(self) -> PolicySpec:
         return PolicySpec(
@@ -256,6 +258,7 @@ class RequestOverride:
             max_cost_usd=self.max_cost_usd,
             max_latency_ms=self.max_latency_ms,
             allowed_regions=(self.region,) if self.region else None,
+            reference_model=self.reference_model or None,
         )
 
 

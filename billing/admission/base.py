@@ -136,6 +136,8 @@ class UsageEventData:
     attempts: int = 1
     fallback_used: bool = False
     routing: dict[str, Any] = field(default_factory=dict)
+    # Canonical id savings are measured against ("": the default reference model).
+    reference_model: str = ""
 
 
 @dataclass(slots=True)
@@ -230,6 +232,7 @@ def usage_event_row(
         "cost": actual_cost,
         "budget_periods": res.budget_periods,
         "data": payload,
+        "reference_model": data.reference_model,
         "created_at": res.created_at,
     }
 

@@ -39,9 +39,12 @@ __all__ = [
 
 AMOUNT: dict[str, Any] = {"max_digits": 24, "decimal_places": 12}
 
-TEAM_DIMS = ("department_id", "team_id", "model", "provider")
-NODE_DIMS = ("department_id", "team_id", "project_id", "model", "provider")
-KEY_DIMS = ("department_id", "team_id", "project_id", "member_id", "key_id")
+# ``reference_model`` (the canonical id savings were measured against) is a dimension of every
+# table: it rarely varies inside a team, so it barely adds rows, and it lets every answer say
+# which reference models its savings are against.
+TEAM_DIMS = ("department_id", "team_id", "model", "provider", "reference_model")
+NODE_DIMS = ("department_id", "team_id", "project_id", "model", "provider", "reference_model")
+KEY_DIMS = ("department_id", "team_id", "project_id", "member_id", "key_id", "reference_model")
 ALL_DIMS = (
     "department_id",
     "team_id",
@@ -52,6 +55,7 @@ ALL_DIMS = (
     "provider",
     "strategy",
     "status",
+    "reference_model",
 )
 MEASURES = (
     "requests",
@@ -79,6 +83,9 @@ class RollupMeasures(models.Model):
     bucket = models.DateTimeField()
     department_id = models.BigIntegerField(default=0)
     team_id = models.BigIntegerField(default=0)
+    # The reference model of the requests summed here (never "": legacy records without one
+    # are stored under the default reference model).
+    reference_model = models.CharField(max_length=255, default="")
 
     requests = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0)  # status other than "ok"
@@ -95,7 +102,7 @@ class RollupMeasures(models.Model):
     ttft_ms_sum = models.BigIntegerField(default=0)
     ttft_count = models.BigIntegerField(default=0)
 
-    DIMS: tuple[str, ...] = ("department_id", "team_id")
+    DIMS: tuple[str, ...] = ("department_id", "team_id", "reference_model")
     GRAIN = "hour"
 
     class Meta:

@@ -38,7 +38,10 @@ from billing.analytics.models import (
 from billing.analytics.reference import (
     AMOUNT_FIELD,
     ReferencePricer,
+    effective_reference,
     reference_cost_expression,
+    reference_model_column,
+    reference_models_of,
 )
 from billing.models import UsageRecord
 
@@ -66,6 +69,7 @@ RECORD_FIELDS = (
     "ttft_ms",
     "attempts",
     "fallback_used",
+    "reference_model",
 )
 
 
@@ -92,6 +96,12 @@ def _measures(r: Any, reference_cost: Decimal) -> list[Any]:
     ]
 
 
+def _dimension(r: Any, name: str, reference: str) -> Any:
+    if name == "reference_model":
+        return reference
+    return getattr(r, name) or (0 if name.endswith("_id") else "")
+
+
 def rollup_apply(records: Iterable[Any], *, pricer: ReferencePricer | None = None) -> int:
     """Add ``records`` (UsageRecord rows, or objects with the same attributes) to every rollup
     table. Not idempotent by itself: callers hold the watermark (``rollup_advance``)."""
@@ -102,19 +112,21 @@ def rollup_apply(records: Iterable[Any], *, pricer: ReferencePricer | None = Non
     count = 0
     for r in records:
         count += 1
+        reference = effective_reference(getattr(r, "reference_model", None))
         ref = pricer.cost(
             when=r.created_at,
             tokens_in=r.tokens_in or 0,
             tokens_out=r.tokens_out or 0,
             tokens_cached=r.tokens_cached or 0,
             actual=r.cost,
+            model=reference,
         )
         values = _measures(r, ref)
         for model in ROLLUP_MODELS:
             key = (
                 r.organization_id,
                 bucket_of(r.created_at, model.GRAIN),
-                *(getattr(r, d) or (0 if d.endswith("_id") else "") for d in model.DIMS),
+                *(_dimension(r, d, reference) for d in model.DIMS),
             )
             acc = sums[model][key]
             for i, v in enumerate(values):
@@ -222,7 +234,8 @@ def rollup_rebuild(
             created_at__lt=end,
             id__lte=mark.last_id,
         )
-        reference = reference_cost_expression()
+        # Each record on its own reference model: a CASE over the models these records hold.
+        reference = reference_cost_expression(models=reference_models_of(records))
         for model in ROLLUP_MODELS:
             model._default_manager.filter(
                 organization_id=organization_id, bucket__gte=start, bucket__lt=end
@@ -231,13 +244,17 @@ def rollup_rebuild(
     return written
 
 
+def _dimension_expression(name: str) -> Any:
+    """A record column as the rollup stores it (the SQL form of ``_dimension``)."""
+    if name == "reference_model":
+        return reference_model_column()
+    return Coalesce(name, Value(0)) if name.endswith("_id") else Coalesce(name, Value(""))
+
+
 def _insert_select(model: type[RollupMeasures], records: Any, reference: Any) -> int:
     """INSERT INTO rollup (...) SELECT ... GROUP BY ...: the database does the whole pass."""
     trunc = TruncDay if model.GRAIN == "day" else TruncHour
-    dims = {
-        f"d_{d}": Coalesce(d, Value(0)) if d.endswith("_id") else Coalesce(d, Value(""))
-        for d in model.DIMS
-    }
+    dims = {f"d_{d}": _dimension_expression(d) for d in model.DIMS}
     grouped = (
         records.annotate(b=trunc("created_at", tzinfo=UTC), **dims)
         .values("organization_id", "b", *dims)

@@ -28,7 +28,12 @@ from django.db.models import F, Model, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour
 
 from billing.analytics.models import MEASURES, ROLLUP_MODELS
-from billing.analytics.reference import reference_cost_expression
+from billing.analytics.reference import (
+    reference_cost_expression,
+    reference_model_column,
+    reference_model_q,
+    reference_models_of,
+)
 from billing.analytics.rollups import aggregate_expressions
 from billing.models import UsageRecord
 from orgs.models import ApiKey, Membership, Node
@@ -44,6 +49,7 @@ DIMENSIONS: dict[str, str] = {
     "provider": "provider",
     "strategy": "strategy",
     "status": "status",
+    "reference_model": "reference_model",
 }
 ID_DIMENSIONS = frozenset({"department", "team", "project", "member", "key"})
 BUCKETS = ("hour", "day")
@@ -117,9 +123,12 @@ def _time_field(source: type[Model]) -> str:
     return "created_at" if source is UsageRecord else "bucket"
 
 
-def _aggregates(source: type[Model]) -> dict[str, Any]:
-    if source is UsageRecord:
-        return aggregate_expressions(reference_cost_expression())
+def _aggregates(filtered: QuerySet[Any], reference_models: Sequence[str] | None) -> dict[str, Any]:
+    """Sums of the rollup measures; over raw records, each record's reference cost on its own
+    reference model (``reference_models``: the ones ``filtered`` holds; found when None)."""
+    if filtered.model is UsageRecord:
+        models = reference_models_of(filtered) if reference_models is None else reference_models
+        return aggregate_expressions(reference_cost_expression(models=models))
     return {f"s_{m}": Sum(m) for m in MEASURES}
 
 
@@ -127,8 +136,33 @@ def _filtered(qs: QuerySet[Any], query: AnalyticsQuery, source: type[Model]) -> 
     tf = _time_field(source)
     qs = qs.filter(**{f"{tf}__gte": query.start, f"{tf}__lt": query.end})
     for name, values in query.filters.items():
-        qs = qs.filter(**{f"{DIMENSIONS[name]}__in": list(values)})
+        if name == "reference_model" and source is UsageRecord:
+            qs = qs.filter(reference_model_q(values))  # "": the default
+        else:
+            qs = qs.filter(**{f"{DIMENSIONS[name]}__in": list(values)})
     return qs
+
+
+def _group_column(name: str, source: type[Model]) -> Any:
+    if name == "reference_model" and source is UsageRecord:
+        return reference_model_column()  # "": the default, as the rollups store it
+    return F(DIMENSIONS[name])
+
+
+def _group_columns(query: AnalyticsQuery, source: type[Model]) -> dict[str, Any]:
+    return {f"g_{d}": _group_column(d, source) for d in query.group_by}
+
+
+def analytics_reference_models(qs: QuerySet[Any], query: AnalyticsQuery) -> list[str]:
+    """The reference models the savings of ``query`` are measured against, sorted (one query,
+    on the same table as the figures)."""
+    source = qs.model
+    filtered = _filtered(qs, query, source)
+    if source is UsageRecord:
+        return reference_models_of(filtered)
+    return list(
+        filtered.order_by("reference_model").values_list("reference_model", flat=True).distinct()
+    )
 
 
 def _finish(row: dict[str, Any]) -> dict[str, Any]:
@@ -151,39 +185,47 @@ def _finish(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def analytics_totals(qs: QuerySet[Any], query: AnalyticsQuery) -> dict[str, Any]:
-    source = qs.model
-    row = _filtered(qs, query, source).aggregate(**_aggregates(source))
+def analytics_totals(
+    qs: QuerySet[Any], query: AnalyticsQuery, *, reference_models: Sequence[str] | None = None
+) -> dict[str, Any]:
+    filtered = _filtered(qs, query, qs.model)
+    row = filtered.aggregate(**_aggregates(filtered, reference_models))
     return _finish(row)
 
 
 def analytics_breakdown(
-    qs: QuerySet[Any], query: AnalyticsQuery, *, limit: int = 1000
+    qs: QuerySet[Any],
+    query: AnalyticsQuery,
+    *,
+    limit: int = 1000,
+    reference_models: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows grouped by ``query.group_by`` (one or two dimensions), dearest first."""
     source = qs.model
-    cols = {f"g_{d}": F(DIMENSIONS[d]) for d in query.group_by}
+    cols = _group_columns(query, source)
+    filtered = _filtered(qs, query, source)
     rows = (
-        _filtered(qs, query, source)
-        .annotate(**cols)
+        filtered.annotate(**cols)
         .values(*cols)
-        .annotate(**_aggregates(source))
+        .annotate(**_aggregates(filtered, reference_models))
         .order_by("-s_cost", *cols)[:limit]
     )
     return [_rename(_finish(r), query.group_by) for r in rows]
 
 
-def analytics_timeseries(qs: QuerySet[Any], query: AnalyticsQuery) -> list[dict[str, Any]]:
+def analytics_timeseries(
+    qs: QuerySet[Any], query: AnalyticsQuery, *, reference_models: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """One row per bucket (and per group, when grouped), oldest first."""
     source = qs.model
     zone = zoneinfo.ZoneInfo(query.time_zone)
     trunc = TruncHour if query.bucket == "hour" else TruncDay
-    cols = {f"g_{d}": F(DIMENSIONS[d]) for d in query.group_by}
+    cols = _group_columns(query, source)
+    filtered = _filtered(qs, query, source)
     rows = (
-        _filtered(qs, query, source)
-        .annotate(t=trunc(_time_field(source), tzinfo=zone), **cols)
+        filtered.annotate(t=trunc(_time_field(source), tzinfo=zone), **cols)
         .values("t", *cols)
-        .annotate(**_aggregates(source))
+        .annotate(**_aggregates(filtered, reference_models))
         .order_by("t", *cols)
     )
     return [_rename(_finish(r), query.group_by) for r in rows]
@@ -242,6 +284,7 @@ def scoped_queryset(source: type[Model], *, organization_id: int, node: Node) ->
 
 
 def reference_model_name() -> str:
+    """The default reference model (requests whose policy names none)."""
     from billing.analytics.reference import reference_model
 
     return reference_model()

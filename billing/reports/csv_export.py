@@ -7,7 +7,7 @@ import csv
 from pathlib import Path
 
 from billing.analytics.models import Report
-from billing.analytics.reference import ReferencePricer
+from billing.analytics.reference import ReferencePricer, effective_reference, reference_model_q
 from billing.analytics.selectors import DIMENSIONS, scoped_queryset
 from billing.models import UsageRecord
 from billing.reports.services import report_progress
@@ -31,6 +31,7 @@ COLUMNS = (
     "tokens_out",
     "tokens_cached",
     "cost_usd",
+    "reference_model",
     "reference_cost_usd",
     "savings_usd",
     "latency_ms",
@@ -55,6 +56,7 @@ _FIELDS = (
     "tokens_out",
     "tokens_cached",
     "cost",
+    "reference_model",
     "latency_ms",
     "ttft_ms",
     "attempts",
@@ -66,7 +68,10 @@ def usage_records_for(report: Report):  # type: ignore[no-untyped-def]
     qs = scoped_queryset(UsageRecord, organization_id=report.organization_id, node=report.node)
     qs = qs.filter(created_at__gte=report.period_start, created_at__lt=report.period_end)
     for name, values in (report.filters or {}).items():
-        qs = qs.filter(**{f"{DIMENSIONS[name]}__in": values})
+        if name == "reference_model":
+            qs = qs.filter(reference_model_q(values))  # "": the default
+        else:
+            qs = qs.filter(**{f"{DIMENSIONS[name]}__in": values})
     return qs
 
 
@@ -97,13 +102,20 @@ def usage_csv_write(*, report: Report, path: Path) -> int:
             tout,
             tcached,
             cost,
+            reference_model,
             latency,
             ttft,
             attempts,
             fallback,
         ) in values.iterator(chunk_size=CHUNK):
+            reference_model = effective_reference(reference_model)
             reference = pricer.cost(
-                when=created_at, tokens_in=tin, tokens_out=tout, tokens_cached=tcached, actual=cost
+                when=created_at,
+                tokens_in=tin,
+                tokens_out=tout,
+                tokens_cached=tcached,
+                actual=cost,
+                model=reference_model,
             )
             writer.writerow(
                 (
@@ -123,6 +135,7 @@ def usage_csv_write(*, report: Report, path: Path) -> int:
                     tout,
                     tcached,
                     f"{cost:.12f}",
+                    reference_model,
                     f"{reference:.12f}",
                     f"{reference - cost:.12f}",
                     "" if latency is None else latency,

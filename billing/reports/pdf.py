@@ -1,7 +1,8 @@
 """PDF spend report (reportlab + a matplotlib chart rendered server-side with the Agg backend).
 
-Sections: cover (organization, scope, period), totals, savings against the reference model,
-daily spend chart, breakdowns by department / team / project / model / provider, top keys,
+Sections: cover (organization, scope, period), totals, savings against the reference models
+(each request on its routing policy's reference model; one line per reference model), daily
+spend chart, breakdowns by department / team / project / model / provider, top keys,
 budget status. Every figure comes from the analytics selectors over the rollups, so it equals
 the API (and the CSV) for the same period and scope.
 """
@@ -101,14 +102,16 @@ def _table(header: list[str], rows: list[list[Any]], widths: list[float]) -> Lon
     return table
 
 
-def _chart(series: list[dict[str, Any]], zone: zoneinfo.ZoneInfo) -> io.BytesIO:
+def _chart(
+    series: list[dict[str, Any]], zone: zoneinfo.ZoneInfo, reference_label: str
+) -> io.BytesIO:
     days = [r["t"].astimezone(zone).date() for r in series]
     fig, ax = plt.subplots(figsize=(7, 3), dpi=110)
     ax.plot(days, [float(r["cost"]) for r in series], label="Actual spend", color="#1f5fbf")
     ax.plot(
         days,
         [float(r["reference_cost"]) for r in series],
-        label=f"On {reference_model()}",
+        label=reference_label,
         color="#c0392b",
         linestyle="--",
     )
@@ -151,6 +154,19 @@ def report_pdf_write(*, report: Report, path: Path) -> int:
         PageBreak(),
     ]
     totals = run(report, _query(report), analytics_totals)
+    by_reference = run(
+        report, _query(report, group_by=("reference_model",)), analytics_breakdown, limit=1000
+    )
+    by_reference.sort(key=lambda r: r["reference_model"])
+    references = [r["reference_model"] for r in by_reference]
+    if len(references) == 1:
+        reference_label = f"On {references[0]}"
+        measured = f"on {references[0]}"
+    else:
+        reference_label = "On the reference models"
+        measured = (
+            f"on each request's reference model (its routing policy's, else {reference_model()})"
+        )
     ratio = (
         f"{totals['savings'] / totals['reference_cost'] * 100:.1f}%"
         if totals["reference_cost"]
@@ -178,8 +194,8 @@ def report_pdf_write(*, report: Report, path: Path) -> int:
         Spacer(1, 6 * mm),
         Paragraph("Savings against the reference model", h2),
         Paragraph(
-            f"What the same tokens would have cost on {reference_model()} at its list price "
-            "in force at the time of each request.",
+            f"What the same tokens would have cost {measured} at its list price in force at "
+            "the time of each request.",
             body,
         ),
         _table(
@@ -192,13 +208,17 @@ def report_pdf_write(*, report: Report, path: Path) -> int:
             ],
             [90 * mm, 70 * mm],
         ),
+        Spacer(1, 4 * mm),
+        Paragraph("Savings by reference model", STYLES["Heading3"]),
+        _reference_table(by_reference),
         Spacer(1, 6 * mm),
     ]
     report_progress(report.pk, 10)
     series = run(report, _query(report, bucket="day"), analytics_timeseries)
     story.append(Paragraph("Daily spend", h2))
     if series:
-        story.append(Image(_chart(series, zone), width=170 * mm, height=73 * mm))
+        chart = _chart(series, zone, reference_label)
+        story.append(Image(chart, width=170 * mm, height=73 * mm))
     else:
         story.append(Paragraph("No usage in this period.", body))
     story.append(PageBreak())
@@ -265,6 +285,27 @@ def _breakdown_table(rows: list[dict[str, Any]], dim: str, labels: dict[Any, str
         [dim.title(), "Requests", "Tokens", "Cost USD", "Reference USD", "Savings USD"],
         body,
         [58 * mm, 20 * mm, 24 * mm, 26 * mm, 26 * mm, 26 * mm],
+    )
+
+
+def _reference_table(rows: list[dict[str, Any]]) -> Any:
+    """Per reference model, exact to 12 places (the lines add up to the totals above)."""
+    if not rows:
+        return Paragraph("No usage.", STYLES["BodyText"])
+    body = [
+        [
+            Paragraph(str(r["reference_model"])[:80], STYLES["BodyText"]),
+            f"{r['requests']:,}",
+            exact(r["cost"]),
+            exact(r["reference_cost"]),
+            exact(r["savings"]),
+        ]
+        for r in rows
+    ]
+    return _table(
+        ["Reference model", "Requests", "Actual USD", "Reference USD", "Savings USD"],
+        body,
+        [52 * mm, 18 * mm, 36 * mm, 37 * mm, 37 * mm],
     )
 
 

@@ -29,6 +29,7 @@ from billing.analytics.models import Report, ReportKind, ReportStatus
 from billing.analytics.selectors import (
     AnalyticsQuery,
     analytics_breakdown,
+    analytics_reference_models,
     analytics_source,
     analytics_totals,
     scoped_queryset,
@@ -94,7 +95,8 @@ def statement_pdf_write(*, report: Report, path: Path) -> int:
     )
     source = analytics_source(query)
     qs = scoped_queryset(source, organization_id=org.pk, node=report.node)
-    totals = analytics_totals(qs, query)
+    references = analytics_reference_models(qs, query)
+    totals = analytics_totals(qs, query, reference_models=references)
     models = analytics_breakdown(
         qs,
         AnalyticsQuery(
@@ -135,6 +137,7 @@ def statement_pdf_write(*, report: Report, path: Path) -> int:
                 ["Usage cost (USD)", exact(totals["cost"])],
                 ["Reference cost (USD)", exact(totals["reference_cost"])],
                 ["Savings (USD)", exact(totals["savings"])],
+                ["Savings measured against", Paragraph(", ".join(references) or "-", body)],
             ],
             [70 * mm, 90 * mm],
         ),

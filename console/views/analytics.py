@@ -132,7 +132,9 @@ class SpendView(ConsoleOrgView):
             query = analytics_query_parse({"days": "30"}, time_zone=self.organization.time_zone)
         column = billing_scope_column(self)
         totals_source = analytics.analytics_source(query, scope_column=column)
-        totals = analytics.analytics_totals(scoped_rows(self, totals_source, column), query)
+        totals_rows = scoped_rows(self, totals_source, column)
+        references = analytics.analytics_reference_models(totals_rows, query)
+        totals = analytics.analytics_totals(totals_rows, query, reference_models=references)
 
         series_query = analytics.AnalyticsQuery(
             start=query.start, end=query.end, bucket="day", time_zone=query.time_zone
@@ -178,6 +180,7 @@ class SpendView(ConsoleOrgView):
                 "chart": spend_chart(points, days, zone),
                 "rows": rows,
                 "reference_model": analytics.reference_model_name(),
+                "reference_models": references,
                 "whole_org": column is None,
             },
             status=400 if errors else 200,

@@ -260,10 +260,19 @@ class RoutingOverride:
     max_cost_usd: Decimal | None = None
     max_latency_ms: int | None = None
     region: str | None = None
+    reference_model: str | None = None  # what this request's savings are measured against
 
 
 _OVERRIDE_KEYS = frozenset(
-    {"strategy", "allowed_models", "fallbacks", "max_cost_usd", "max_latency_ms", "region"}
+    {
+        "strategy",
+        "allowed_models",
+        "fallbacks",
+        "max_cost_usd",
+        "max_latency_ms",
+        "region",
+        "reference_model",
+    }
 )
 
 
@@ -295,6 +304,13 @@ def parse_override(data: dict[str, Any]) -> RoutingOverride | None:
         raw, "max_latency_ms", "megarouter.max_latency_ms", minimum=1, maximum=600_000
     )
     region = get_str(raw, "region", "megarouter.region")
+    reference = get_str(raw, "reference_model", "megarouter.reference_model")
+    if reference is not None and not 0 < len(reference) <= 255:
+        raise InvalidRequest(
+            "'megarouter.reference_model' must be a model id (1 to 255 characters).",
+            param="megarouter.reference_model",
+            code="invalid_value",
+        )
     return RoutingOverride(
         strategy=strategy,
         allowed_models=allowed,
@@ -302,6 +318,7 @@ def parse_override(data: dict[str, Any]) -> RoutingOverride | None:
         max_cost_usd=max_cost,
         max_latency_ms=max_latency,
         region=region,
+        reference_model=reference,
     )
 
 

@@ -164,7 +164,7 @@ def test_no_reference_price_means_no_savings(settings):
 
 
 def test_sql_and_python_reference_costs_agree_across_price_versions(data):
-    from billing.analytics.reference import reference_cost_expression
+    from billing.analytics.reference import reference_cost_expression, reference_models_of
 
     ModelPrice.objects.create(
         model=ModelPrice.objects.get().model,
@@ -173,10 +173,12 @@ def test_sql_and_python_reference_costs_agree_across_price_versions(data):
         output_per_token=D("0.000004"),
         source="test",
     )
+    mixed_references(data["a"])
     pricer = ReferencePricer()
-    rows = UsageRecord.objects.filter(organization=data["a"].org).annotate(
-        ref=reference_cost_expression()
-    )
+    records = UsageRecord.objects.filter(organization=data["a"].org)
+    models = reference_models_of(records)
+    assert models == [CLAUDE_REF, "nobody/unpriced", "openai/gpt-4o"]
+    rows = records.annotate(ref=reference_cost_expression(models=models))
     for r in rows:
         expected = pricer.cost(
             when=r.created_at,
@@ -184,8 +186,127 @@ def test_sql_and_python_reference_costs_agree_across_price_versions(data):
             tokens_out=r.tokens_out,
             tokens_cached=r.tokens_cached,
             actual=r.cost,
+            model=r.reference_model,
         )
         assert D(r.ref).quantize(D("1e-12")) == expected.quantize(D("1e-12")), r.request_id
+
+
+# ---------------------------------------------------------------- a mix of reference models
+
+CLAUDE_REF = "anthropic/claude-ref"
+
+
+def claude_reference() -> None:
+    """anthropic/claude-ref: $3 / $15 per million ($0.30 cached) until DAY1 + 1 day, then
+    $1 / $5 (no cached price)."""
+    from tests.routing.factories import ModelFactory, ProviderFactory
+
+    model = ModelFactory(
+        provider=ProviderFactory(slug="anthropic"), provider_model_name="claude-ref", price=False
+    )
+    for start, p_in, p_out, p_cached in (
+        (dt.datetime(2026, 1, 1, tzinfo=UTC), "0.000003", "0.000015", "0.0000003"),
+        (DAY1 + dt.timedelta(days=1), "0.000001", "0.000005", None),
+    ):
+        ModelPrice.objects.create(
+            model=model,
+            effective_from=start,
+            input_per_token=D(p_in),
+            output_per_token=D(p_out),
+            cached_input_per_token=D(p_cached) if p_cached else None,
+            source="test",
+        )
+
+
+def mixed_references(a):
+    """Three more records of tenant a: two on claude-ref (one per price version), one on a
+    model without any price (reference = actual), plus an explicit "" (= the default)."""
+    claude_reference()
+    made = [
+        record(a, at=DAY1.replace(hour=13), tokens_in=1000, tokens_out=100, tokens_cached=200),
+        record(a, at=DAY1 + dt.timedelta(days=1, hours=2), second=True, tokens_in=10),
+        record(a, at=DAY1.replace(hour=14), cost="0.25"),
+        record(a, at=DAY1.replace(hour=15), tokens_in=20, tokens_out=2),
+    ]
+    for r, ref in zip(made, (CLAUDE_REF, CLAUDE_REF, "nobody/unpriced", ""), strict=True):
+        r.reference_model = ref
+        r.save(update_fields=["reference_model"])
+    return made
+
+
+# By hand: 800 x $3e-6 + 200 x $0.3e-6 + 100 x $15e-6 (first claude version);
+# 10 x $1e-6 + 500 x $5e-6 (second version, the next day); the actual cost (no price);
+# 20 x $2.5e-6 + 2 x $10e-6 (the default, openai/gpt-4o).
+MIXED_REFERENCE = {
+    CLAUDE_REF: D("0.0024") + D("0.00006") + D("0.0015") + D("0.00001") + D("0.0025"),
+    "nobody/unpriced": D("0.25"),
+    "openai/gpt-4o": D("0.024375") + D("0.00005") + D("0.00002"),
+}
+MIXED_COST = {CLAUDE_REF: D("0.0009"), "nobody/unpriced": D("0.25"), "openai/gpt-4o": D("0.007755")}
+
+
+def test_each_record_is_priced_on_its_own_reference_model(data):
+    a = data["a"]
+    mixed_references(a)
+    assert rollup_advance(lag_seconds=0) == 4
+    assert sums(UsageRollupDayTeam, a.org)["reference_cost"] == sum(MIXED_REFERENCE.values())
+    rows = (
+        UsageRollupDay.objects.filter(organization=a.org)
+        .values("reference_model")
+        .annotate(c=Sum("cost"), r=Sum("reference_cost"))
+        .order_by("reference_model")
+    )
+    assert {x["reference_model"]: (x["c"], x["r"]) for x in rows} == {
+        m: (MIXED_COST[m], MIXED_REFERENCE[m]) for m in MIXED_REFERENCE
+    }
+    for table in TABLES:  # every table: the null and "" records are under the default
+        assert set(
+            table.objects.filter(organization=a.org).values_list("reference_model", flat=True)
+        ) == set(MIXED_REFERENCE), table
+
+
+def test_rebuild_and_incremental_agree_on_a_mix_of_reference_models(data):
+    a = data["a"]
+    mixed_references(a)
+    assert rollup_advance(lag_seconds=0) == 4
+    incremental = {t: _normalized(t, a.org) for t in TABLES}
+    rollup_rebuild(organization_id=a.org.pk, start=DAY1, end=DAY1 + dt.timedelta(days=2))
+    assert {t: _normalized(t, a.org) for t in incremental} == incremental
+
+
+def test_api_names_the_reference_models_and_splits_savings_by_them(data):
+    a = data["a"]
+    mixed_references(a)
+    rollup_advance(lag_seconds=0)
+    client = login(a.tree.owner)
+    total_ref = sum(MIXED_REFERENCE.values())
+    total_cost = sum(MIXED_COST.values())
+    for query, source in (
+        (PERIOD, "usagerollupdayteam"),
+        ("from=2026-11-02T00:00:00Z&to=2026-11-03T23:59:59Z", "usagerecord"),
+    ):
+        body = client.get(f"/api/orgs/alpha/analytics/summary/?{query}").json()
+        assert body["source"] == source
+        assert body["reference_model"] == "openai/gpt-4o"  # the default
+        assert body["reference_models"] == sorted(MIXED_REFERENCE)
+        assert D(body["totals"]["reference_cost"]) == total_ref
+        assert D(body["totals"]["savings"]) == total_ref - total_cost
+        rows = client.get(
+            f"/api/orgs/alpha/analytics/breakdown/?{query}&group_by=reference_model"
+        ).json()["rows"]
+        assert {r["reference_model"]: (D(r["cost"]), D(r["reference_cost"])) for r in rows} == {
+            m: (MIXED_COST[m], MIXED_REFERENCE[m]) for m in MIXED_REFERENCE
+        }, source
+        only = client.get(
+            f"/api/orgs/alpha/analytics/summary/?{query}&reference_model=openai/gpt-4o"
+        ).json()
+        assert only["reference_models"] == ["openai/gpt-4o"]
+        assert D(only["totals"]["reference_cost"]) == MIXED_REFERENCE["openai/gpt-4o"]
+        assert only["totals"]["requests"] == 5  # the 4 records without one, and the ""
+    # the other tenant's savings are its own
+    body = login(data["b"].tree.owner).get(f"/api/orgs/beta/analytics/summary/?{PERIOD}").json()
+    assert body["reference_models"] == ["openai/gpt-4o"]
+    assert body["totals"]["requests"] == 1
 
 
 TABLES = (
@@ -478,5 +599,6 @@ def test_query_count_is_pinned(data):
     with CaptureQueriesContext(connection) as ctx:
         response = client.get(f"/api/orgs/alpha/analytics/breakdown/?{PERIOD}&group_by=team,key")
     assert response.status_code == 200
-    # session, user, organization, permission, org-wide check, aggregate, team and key names
-    assert len(ctx.captured_queries) == 8, [q["sql"][:80] for q in ctx.captured_queries]
+    # session, user, organization, permission, org-wide check, the reference models, the
+    # aggregate, team and key names
+    assert len(ctx.captured_queries) == 9, [q["sql"][:80] for q in ctx.captured_queries]

@@ -307,6 +307,7 @@ def test_monthly_statement_is_built_once_and_emailed_to_billing_managers(data):
     text = pdf_text(reports.report_path(statement))
     assert "Opening balance" in text and "0.000000000000" in text
     assert "Closing balance" in text and "125.000000000000" in text
+    assert "Savings measured against openai/gpt-4o" in " ".join(text.split())
     assert statements_build_due(now=next_month) == []  # once per month
     assert Report.objects.filter(kind="statement").count() == 2
 

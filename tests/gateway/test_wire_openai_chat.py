@@ -203,6 +203,7 @@ def test_override_parsed_with_decimal_cost():
                 "max_cost_usd": 0.01,
                 "max_latency_ms": 1500,
                 "region": "eu",
+                "reference_model": "anthropic/claude-sonnet-4-5",
             },
         )
     )
@@ -213,7 +214,12 @@ def test_override_parsed_with_decimal_cost():
         max_cost_usd=Decimal("0.01"),
         max_latency_ms=1500,
         region="eu",
+        reference_model="anthropic/claude-sonnet-4-5",
     )
+    for bad in ("", 42):
+        with pytest.raises(InvalidRequest) as info:
+            parse_chat(body(model="auto", megarouter={"reference_model": bad}))
+        assert info.value.param == "megarouter.reference_model"
 
 
 @pytest.mark.parametrize(

@@ -146,6 +146,9 @@ def test_routing_policy_schema():
     assert validate_routing_policy(
         {"strategy": "cost", "allowed_models": ["openai/*"], "max_cost_per_request_usd": "0.050"}
     ) == {"strategy": "cost", "allowed_models": ["openai/*"], "max_cost_per_request_usd": "0.050"}
+    assert validate_routing_policy({"reference_model": " openai/gpt-4o "}) == {
+        "reference_model": "openai/gpt-4o"
+    }
     for bad, message in [
         ([], "routing_policy must be an object"),
         ({"strategy": "fast"}, "strategy must be one of balanced, cost, latency, availability"),
@@ -156,6 +159,8 @@ def test_routing_policy_schema():
         ({"max_cost_per_request_usd": 0.1}, "max_cost_per_request_usd must be a decimal string"),
         ({"max_cost_per_request_usd": "-1"}, "max_cost_per_request_usd must be positive"),
         ({"x": 1}, "unknown routing_policy fields: x"),
+        ({"reference_model": ""}, "reference_model must be a model id (1 to 255 characters)"),
+        ({"reference_model": ["a"]}, "reference_model must be a model id (1 to 255 characters)"),
     ]:
         with pytest.raises(ValueError) as exc:
             validate_routing_policy(bad)

@@ -7,8 +7,15 @@ from decimal import Decimal
 
 import pytest
 
+from routing.catalog import catalog_snapshot
 from routing.complexity import RequestFeatures
-from routing.engine import NoRoute, RouteRequest, engine_cache_reset, route
+from routing.engine import (
+    NoRoute,
+    RouteRequest,
+    engine_cache_reset,
+    reference_model_for,
+    route,
+)
 from routing.health import HealthConfig, LocalHealth
 from routing.policies import EffectivePolicy, PolicySpec, policy_merge
 from tests.routing.engine_catalog import build_catalog
@@ -288,7 +295,33 @@ def test_explanation_is_small_metadata(catalog, store):
     assert explain["estimated_cost_usd"] == "0.00040720"  # 9 * 0.8e-6 + 250 * 1.6e-6
     assert explain["reference_model"] == "alpha/a-large"
     assert explain["reference_cost_usd"] == "0.00759000"  # 9 * 10e-6 + 250 * 30e-6
+    assert decision.reference_model == "alpha/a-large"
+    assert "reference_model_note" not in explain
     assert EASY not in str(explain)
+
+
+def test_reference_model_resolves_in_the_catalog_else_the_default(catalog, store, settings):
+    settings.MEGAROUTER_DEFAULT_REFERENCE_MODEL = "alpha/a-mid"
+    snapshot = catalog_snapshot(max_age=0)
+    assert reference_model_for(policy(), snapshot) == ("alpha/a-mid", None)
+    # a bare provider model name is resolved to its canonical id
+    assert reference_model_for(policy(reference_model="a-large"), snapshot) == (
+        "alpha/a-large",
+        None,
+    )
+    # a model the catalog does not know (policies are not checked against it): the default,
+    # and the explanation says why
+    decision = route(request=req(), policy=policy(reference_model="nobody/gone"), store=store)
+    assert decision.reference_model == "alpha/a-mid"
+    assert decision.explain["reference_model"] == "alpha/a-mid"
+    assert decision.explain["reference_model_note"] == (
+        "unknown model 'nobody/gone'; savings are measured against the default 'alpha/a-mid'"
+    )
+    # a default the catalog does not know either is kept as is (no price: no savings)
+    settings.MEGAROUTER_DEFAULT_REFERENCE_MODEL = "nobody/default"
+    decision = route(request=req(), policy=policy(), store=store)
+    assert decision.reference_model == "nobody/default"
+    assert "reference_cost_usd" not in decision.explain
 
 
 @pytest.mark.django_db(transaction=True)

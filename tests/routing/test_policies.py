@@ -17,6 +17,7 @@ from routing.policies import (
     PolicyError,
     PolicySpec,
     RequestOverride,
+    key_policy_spec,
     policy_for_key,
     policy_merge,
     policy_spec_from_dict,
@@ -361,3 +362,18 @@ def test_operator_file_bad_policies_are_refused_with_paths():
         "policies[2].quality_floor: must be a quality tier from 1 (economy) to 4 (frontier)",
     ]
     assert _rows() == before
+
+
+def test_reference_model_nearest_level_wins_up_to_the_request():
+    levels = [
+        ("organization", PolicySpec(reference_model="openai/gpt-4o")),
+        ("project", PolicySpec(reference_model="anthropic/claude-a")),
+        ("key", key_policy_spec({"reference_model": "anthropic/claude-b"})),
+    ]
+    assert policy_merge(levels).reference_model == "anthropic/claude-b"
+    override = RequestOverride(reference_model="openai/gpt-c").spec()
+    assert policy_merge([*levels, ("request", override)]).reference_model == "openai/gpt-c"
+    # a key policy without one inherits the project's
+    key = ("key", key_policy_spec({"strategy": "cost"}))
+    assert policy_merge([*levels[:2], key]).reference_model == "anthropic/claude-a"
+    assert policy_merge([]).reference_model is None  # the engine uses the default

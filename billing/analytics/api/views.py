@@ -84,14 +84,20 @@ class AnalyticsViewSet(OrgScopedViewSet):
         self.source = selectors.analytics_source(query, scope_column=scope)
         return query, self.get_queryset()
 
-    def _envelope(self, query: selectors.AnalyticsQuery) -> dict[str, Any]:
+    def _envelope(
+        self, query: selectors.AnalyticsQuery, reference_models: list[str]
+    ) -> dict[str, Any]:
         return {
             "organization": self.organization.slug,
             "from": query.start.isoformat(),
             "to": query.end.isoformat(),
             "time_zone": query.time_zone,
             "filters": {k: list(v) for k, v in query.filters.items()},
+            # The default reference model (requests whose routing policy names none) ...
             "reference_model": selectors.reference_model_name(),
+            # ... and the ones these figures' savings are measured against (each request on
+            # its own policy's reference model): group_by=reference_model splits them.
+            "reference_models": reference_models,
             "source": self.source._meta.model_name,
         }
 
@@ -115,18 +121,20 @@ class AnalyticsViewSet(OrgScopedViewSet):
     @extend_schema(parameters=PERIOD_PARAMS, responses={200: None})
     def summary(self, request: Request, org_slug: str) -> Response:
         query, qs = self._prepare(request)
-        totals = selectors.analytics_totals(qs, query)
-        return Response({**self._envelope(query), "totals": s.measures(totals)})
+        models = selectors.analytics_reference_models(qs, query)
+        totals = selectors.analytics_totals(qs, query, reference_models=models)
+        return Response({**self._envelope(query, models), "totals": s.measures(totals)})
 
     @extend_schema(parameters=[*PERIOD_PARAMS, GROUP_PARAM], responses={200: None})
     def breakdown(self, request: Request, org_slug: str) -> Response:
         query, qs = self._prepare(request)
         if not query.group_by:
             raise InvalidInput({"group_by": "Name one or two dimensions."})
-        rows = selectors.analytics_breakdown(qs, query)
+        models = selectors.analytics_reference_models(qs, query)
+        rows = selectors.analytics_breakdown(qs, query, reference_models=models)
         return Response(
             {
-                **self._envelope(query),
+                **self._envelope(query, models),
                 "group_by": list(query.group_by),
                 "rows": self._rows(rows, query),
             }
@@ -137,10 +145,11 @@ class AnalyticsViewSet(OrgScopedViewSet):
         params = request.query_params.copy()
         params.setdefault("bucket", "day")
         query, qs = self._prepare(request, params)
-        rows = selectors.analytics_timeseries(qs, query)
+        models = selectors.analytics_reference_models(qs, query)
+        rows = selectors.analytics_timeseries(qs, query, reference_models=models)
         return Response(
             {
-                **self._envelope(query),
+                **self._envelope(query, models),
                 "bucket": query.bucket,
                 "group_by": list(query.group_by),
                 "points": self._rows(rows, query),
