@@ -169,3 +169,39 @@ def test_a_database_outage_delays_the_rows_and_loses_none(behind, monkeypatch):
     assert behind.writer().failures == 2
     assert set(UsageEvent.objects.values_list("request_id", flat=True)) == set(ids)
     assert UsageStream(behind).length() == 0
+
+
+def test_reserve_and_settle_make_no_query_on_the_request_path(behind, monkeypatch, settings):
+    """Warm (the organization's budgets cached): every query of a request's reserve and
+    settle runs on the writer's thread (or, for the budgets' periodic re-check, on a
+    background refresh thread), none on the request's."""
+    import threading
+
+    settings.MEGAROUTER_REFRESH_POOL = True
+
+    from django.db.backends import utils
+
+    w = make_world("wb-zero", balance="10")
+    budget(w, "key", "5")
+
+    async def one():
+        res = await behind.reserve(uuid.uuid4().hex, w.ctx(), D("0.05"), 100)
+        await behind.settle(res, D("0.01"), event())
+
+    run(one)  # the organization's first request builds its counters (then drops the budgets)
+    run(one)  # warm: loads the budgets
+    run(behind.flush_writes)
+    seen: list[tuple[str, str]] = []
+    original = utils.CursorWrapper._execute
+
+    def counting(self, sql, *args, **kwargs):
+        seen.append((threading.current_thread().name, sql.split(" ")[0], sql[:120]))
+        return original(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(utils.CursorWrapper, "_execute", counting)
+    for _ in range(3):
+        run(one)
+    run(behind.flush_writes)
+    background = ("billing-usage-writer", "cache-refresh")
+    assert [q for q in seen if not q[0].startswith(background)] == []
+    assert {"INSERT", "DELETE"} <= {q[1] for q in seen}
