@@ -51,6 +51,7 @@ from routing.catalog import (
     catalog_snapshot,
 )
 from routing.complexity import TIER_PRIORS, Candidate, Estimate, RequestFeatures, choose, estimate
+from routing.complexity.estimator import guess_output_tokens
 from routing.health import CLOSED, HealthStore, health_store
 from routing.policies import STRATEGIES, EffectivePolicy, matches
 
@@ -616,8 +617,12 @@ def route(
     """Route one request (see the module docstring). Raises NoRoute when nothing fits."""
     snapshot = snapshot or catalog_snapshot()
     store = store or health_store()
-    est = estimate_ or (estimate(request.features) if request.mode != "embedding" else None)
     fixed = not (request.model == AUTO or request.model.startswith(AUTO + ":"))
+    # The complexity estimate chooses among models: a request that names its model needs only
+    # its hard needs (read from the features) and token counts for the explanation.
+    est: Estimate | None = estimate_
+    if est is None and request.mode != "embedding" and not fixed:
+        est = estimate(request.features)
     if fixed:
         strategy = "fixed"
     else:
@@ -728,8 +733,11 @@ def route(
             {"strategy": strategy, "considered": considered, "rejected": flt.rejected},
         )
     reference, note = reference_model_for(policy, snapshot)
-    explain = _explain(strategy, reason, est, considered, flt, candidates, policy, snapshot)
-    _explain_reference(explain, est, snapshot, reference, note)
+    tokens: Estimate | _Tokens | None = est
+    if tokens is None and request.mode != "embedding":
+        tokens = _Tokens(request.features.input_tokens, guess_output_tokens(request.features))
+    explain = _explain(strategy, reason, tokens, considered, flt, candidates, policy, snapshot)
+    _explain_reference(explain, tokens, snapshot, reference, note)
     return RouteDecision(
         strategy=strategy,
         candidates=tuple(candidates),
@@ -751,10 +759,18 @@ def _by_id(snapshot: CatalogSnapshot) -> dict[str, _Entry]:
     return table
 
 
+@dataclass(frozen=True, slots=True)
+class _Tokens:
+    """Token counts for the explanation's cost figures when no estimate was made."""
+
+    input_tokens: int
+    output_tokens: int
+
+
 def _explain(
     strategy: str,
     reason: str,
-    est: Estimate | None,
+    est: Estimate | _Tokens | None,
     considered: int,
     flt: _Filter,
     candidates: list[RouteCandidate],
@@ -773,9 +789,10 @@ def _explain(
         ],
         "policy": policy.summary(),
     }
-    if est is not None:
+    if isinstance(est, Estimate):
         out["tier"] = est.tier
         out["difficulty"] = round(est.difficulty, 3)
+    if est is not None:
         chosen = candidates[0]
         cost = (
             chosen.input_per_token * est.input_tokens + chosen.output_per_token * est.output_tokens
@@ -786,7 +803,7 @@ def _explain(
 
 def _explain_reference(
     out: dict[str, Any],
-    est: Estimate | None,
+    est: Estimate | _Tokens | None,
     snapshot: CatalogSnapshot,
     reference: str,
     note: str | None,
