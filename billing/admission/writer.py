@@ -14,7 +14,9 @@ this writer, which commits them from one thread per process, many requests per t
 
 A batch is whatever queued while the previous one committed (group commit; no timer), so an
 idle gateway commits each request on its own and a busy one amortises a transaction over
-hundreds. A reservation settled or released in the same batch is never written. After the
+hundreds. A hold's row is written only once it has been open ``HOLD_WRITE_AFTER_S`` (1 s): most
+requests settle before that and never cost a reservation row; the rows exist for the long
+calls a Redis data loss would otherwise forget (a rebuild counts the holds it finds). After the
 commit the batch's stream entries are deleted. A database failure keeps the batch and retries
 with backoff (requests keep being served meanwhile; Redis holds the counters); the queue is
 bounded by dropping reservation rows first (they only matter if Redis also loses its data).
@@ -23,8 +25,9 @@ bounded by dropping reservation rows first (they only matter if Redis also loses
 its response, as one transaction per step (the strictest mode, and what the test suite runs,
 inside its per-test transactions; the writer's own tests use real commits).
 
-Inserts are idempotent: events whose request already has a usage record (posted meanwhile by
-another drain) are skipped, and both tables are unique by request id (conflicts ignored).
+Inserts are idempotent: both tables are unique by request id (conflicts ignored), the orphan
+drain skips requests that already have a usage record, and posting charges a request once
+whatever the number of its events (``billing.services.usage_events_post``).
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+from django.conf import settings
 from django.db import close_old_connections, connection, transaction
+from django.db.models import JSONField
 
 from billing.models import Reservation as ReservationRow
 from billing.models import UsageEvent, UsageRecord
@@ -52,7 +57,8 @@ from billing.models import UsageEvent, UsageRecord
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 1000  # operations per transaction
-MAX_PENDING = 200_000  # beyond this, queued reservation rows are dropped (Redis keeps the holds)
+MAX_PENDING = 200_000  # beyond this many unwritten holds the oldest are dropped (Redis has them)
+HOLD_WRITE_AFTER_S = 1.0  # a hold still open this long gets its Reservation row
 RETRY_MAX_S = 2.0  # backoff ceiling while the database is unreachable
 ORPHAN_AGE_S = 10.0  # stream entries older than this belong to no live writer
 ORPHAN_EVERY_S = 5.0  # how often a writer looks for them
@@ -92,24 +98,8 @@ class _Batch:
     delete: set[str] = field(default_factory=set)
     stream_ids: list[str] = field(default_factory=list)
     done: list[Callable[[], None]] = field(default_factory=list)
+    all_holds: bool = False  # a flush: write every open hold now, however young
     stop: bool = False
-
-    def add(self, op: _Op) -> None:
-        if op.kind == "stop":
-            self.stop = True
-        if op.kind == "reserve":
-            assert op.row is not None
-            self.reserve[op.request_id] = op.row
-        elif op.kind in ("settle", "release"):
-            # Settled or released before its row was written: the row never needs to exist.
-            if self.reserve.pop(op.request_id, None) is None:
-                self.delete.add(op.request_id)
-            if op.row is not None:
-                self.events[op.request_id] = op.row
-            if op.stream_id:
-                self.stream_ids.append(op.stream_id)
-        if op.done is not None:
-            self.done.append(op.done)
 
     def empty(self) -> bool:
         return not (self.reserve or self.events or self.delete or self.stream_ids)
@@ -120,26 +110,64 @@ def commit_rows(
     reserve: list[dict[str, Any]] = (),  # type: ignore[assignment]
     events: list[dict[str, Any]] = (),  # type: ignore[assignment]
     delete: set[str] | frozenset[str] = frozenset(),
+    skip_posted: bool = False,
 ) -> int:
-    """One transaction: insert reservation rows, insert usage events (skipping requests that
-    already have a usage record), delete finished reservations' rows. Returns events written."""
+    """One transaction: insert reservation rows, insert usage events, delete finished
+    reservations' rows. Returns events written. ``skip_posted`` (the orphan drain, which may
+    meet entries a live writer committed and Celery posted since) leaves out requests that
+    already have a usage record; posting skips those anyway, so the writer's own batches do
+    not pay for the check."""
     with transaction.atomic():
         if reserve:
-            ReservationRow.objects.bulk_create(
-                [ReservationRow(**row) for row in reserve], ignore_conflicts=True
-            )
+            _insert(ReservationRow, reserve)
         written = 0
         if events:
-            ids = [row["request_id"] for row in events]
-            posted = set(
-                UsageRecord.objects.filter(request_id__in=ids).values_list("request_id", flat=True)
-            )
-            fresh = [UsageEvent(**row) for row in events if row["request_id"] not in posted]
-            UsageEvent.objects.bulk_create(fresh, ignore_conflicts=True)
+            posted: set[str] = set()
+            if skip_posted:
+                ids = [row["request_id"] for row in events]
+                posted = set(
+                    UsageRecord.objects.filter(request_id__in=ids).values_list(
+                        "request_id", flat=True
+                    )
+                )
+            fresh = [row for row in events if row["request_id"] not in posted]
+            _insert(UsageEvent, fresh)
             written = len(fresh)
         if delete:
             ReservationRow.objects.filter(request_id__in=list(delete)).delete()
     return written
+
+
+def _insert(model: type[Any], rows: list[dict[str, Any]]) -> None:
+    """``INSERT ... ON CONFLICT (request_id) DO NOTHING`` of field-name dicts. On PostgreSQL one
+    hand-built multi-row statement (the ORM's per-row field preparation cost about a millisecond
+    of this thread's CPU per request, which the event loop of the same process then waits for);
+    elsewhere ``bulk_create``."""
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        model.objects.bulk_create([model(**row) for row in rows], ignore_conflicts=True)
+        return
+    names = list(rows[0])
+    fields = [model._meta.get_field(name) for name in names]
+    json_at = [i for i, f in enumerate(fields) if isinstance(f, JSONField)]
+    placeholder = "(" + ",".join("%s::jsonb" if i in json_at else "%s" for i in range(len(names)))
+    placeholder += ")"
+    columns = ",".join(connection.ops.quote_name(f.column) for f in fields)
+    params: list[Any] = []
+    for row in rows:
+        values = [row[name] for name in names]
+        for i in json_at:
+            values[i] = orjson.dumps(values[i], default=_json_default).decode()
+        params += values
+    # identifiers from the model's metadata, every value a parameter
+    sql = (
+        f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} ({columns}) VALUES "  # noqa: S608
+        + ",".join([placeholder] * len(rows))
+        + " ON CONFLICT (request_id) DO NOTHING"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 class UsageWriter:
@@ -155,6 +183,10 @@ class UsageWriter:
         self._start_lock = threading.Lock()
         self._pid = os.getpid()
         self._orphans_at = time.monotonic() + ORPHAN_EVERY_S
+        # open holds not written yet (request id -> (queued at, row)), oldest first; and the
+        # ones written (request id -> when), whose rows a settle must delete
+        self._holds: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._written: dict[str, float] = {}
         # figures (tests, metrics, the bench)
         self.batches = 0
         self.events_written = 0
@@ -163,13 +195,6 @@ class UsageWriter:
 
     # -- producers (any thread, any event loop) -----------------------------------------------
     def reserve(self, row: dict[str, Any], done: Callable[[], None] | None = None) -> None:
-        with self._pending_lock:
-            over = self._pending >= MAX_PENDING
-        if over:
-            self.dropped += 1
-            if done is not None:
-                done()
-            return
         self._put(_Op("reserve", row["request_id"], row, done=done))
 
     def settle(
@@ -235,6 +260,54 @@ class UsageWriter:
                 )
                 self._thread.start()
 
+    def _take(self, op: _Op, batch: _Batch) -> None:
+        """Apply one operation to the batch being assembled (the writer thread only)."""
+        if op.kind == "reserve":
+            assert op.row is not None
+            self._holds[op.request_id] = (time.monotonic(), op.row)
+        elif op.kind in ("settle", "release"):
+            # Settled before its row was written (most requests): the row never exists.
+            if self._holds.pop(op.request_id, None) is None and self._written.pop(
+                op.request_id, None
+            ):
+                batch.delete.add(op.request_id)
+            if op.row is not None:
+                batch.events[op.request_id] = op.row
+            if op.stream_id:
+                batch.stream_ids.append(op.stream_id)
+        elif op.kind == "flush":
+            batch.all_holds = True
+        elif op.kind == "stop":
+            batch.all_holds = batch.stop = True
+        if op.done is not None:
+            batch.done.append(op.done)
+
+    def _due_holds(self, batch: _Batch) -> None:
+        """Holds open longer than ``HOLD_WRITE_AFTER_S`` (or all, for a flush) join the batch."""
+        now = time.monotonic()
+        while len(self._holds) > MAX_PENDING:  # the database has been down a long time
+            self._holds.pop(next(iter(self._holds)))
+            self.dropped += 1
+        due = [
+            rid
+            for rid, (queued, _) in self._holds.items()
+            if batch.all_holds or now - queued >= HOLD_WRITE_AFTER_S
+        ]
+        for rid in due:
+            batch.reserve[rid] = self._holds.pop(rid)[1]
+            self._written[rid] = now
+        if len(self._written) > MAX_PENDING:  # rows reconciliation removed long ago
+            cutoff = now - 2 * settings.BILLING_RESERVATION_TTL
+            self._written = {rid: t for rid, t in self._written.items() if t >= cutoff}
+
+    def _wait(self) -> float:
+        """How long the idle thread may sleep: until the oldest hold is due, at most the
+        orphan check interval."""
+        if not self._holds:
+            return ORPHAN_EVERY_S
+        queued, _ = next(iter(self._holds.values()))
+        return max(0.001, min(ORPHAN_EVERY_S, queued + HOLD_WRITE_AFTER_S - time.monotonic()))
+
     def _run(self) -> None:
         batch = _Batch()
         taken = 0
@@ -242,18 +315,19 @@ class UsageWriter:
         while True:
             if batch.empty() and not batch.done and not batch.stop:
                 try:
-                    op = self._queue.get(timeout=ORPHAN_EVERY_S)
+                    op = self._queue.get(timeout=self._wait())
                 except queue.Empty:
-                    self._maybe_drain_orphans()
-                    continue
-                batch.add(op)
-                taken += 1
+                    op = None
+                if op is not None:
+                    self._take(op, batch)
+                    taken += 1
             while taken < MAX_BATCH:  # whatever queued meanwhile joins this transaction
                 try:
-                    batch.add(self._queue.get_nowait())
+                    self._take(self._queue.get_nowait(), batch)
                 except queue.Empty:
                     break
                 taken += 1
+            self._due_holds(batch)
             try:
                 self._commit(batch)
             except Exception as exc:  # the database is unreachable: keep the batch, retry
@@ -265,7 +339,6 @@ class UsageWriter:
                 _reset_connection()
                 time.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
-                self._shed()
                 continue
             delay = 0.05
             for done in batch.done:
@@ -299,29 +372,6 @@ class UsageWriter:
                     extra={"fields": {"error": type(exc).__name__, "entries": len(ids)}},
                 )
 
-    def _shed(self) -> None:
-        """While the database is down, keep memory bounded: drop queued reservation rows."""
-        with self._pending_lock:
-            over = self._pending >= MAX_PENDING
-        if not over:
-            return
-        kept: list[_Op] = []
-        while True:
-            try:
-                op = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if op.kind == "reserve":
-                self.dropped += 1
-                with self._pending_lock:
-                    self._pending -= 1
-                if op.done is not None:
-                    op.done()
-            else:
-                kept.append(op)
-        for op in kept:
-            self._queue.put(op)
-
     def _maybe_drain_orphans(self) -> None:
         now = time.monotonic()
         if self.stream is None or now < self._orphans_at:
@@ -349,7 +399,7 @@ def drain_orphans(stream: Any, *, older_than_s: float | None = None, limit: int 
         if not entries:
             break
         rows = [row for _, row in entries]
-        commit_rows(events=rows, delete={row["request_id"] for row in rows})
+        commit_rows(events=rows, delete={row["request_id"] for row in rows}, skip_posted=True)
         stream.xdel([entry_id for entry_id, _ in entries])
         drained += len(entries)
     if drained:
