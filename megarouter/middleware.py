@@ -72,3 +72,43 @@ class RequestLogMiddleware:
         }
         fields.update(request.log_fields)
         logger.info("request", extra={"fields": fields})
+
+
+class ApiJsonErrorsMiddleware:
+    """Under ``/api/`` every answer is JSON: Django's own 404 (no URL matched), 405 and 500
+    pages are HTML, so they are replaced by DRF's error shape (``{"detail": ...}``) with the
+    same status. DRF views already answer JSON; this covers what never reaches a view."""
+
+    sync_capable = True
+    async_capable = True
+
+    MESSAGES = {404: "Not found.", 405: "Method not allowed.", 500: "Server error."}
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: Any) -> Any:
+        if iscoroutinefunction(self):
+            return self._acall(request)
+        return self._json(request, self.get_response(request))
+
+    async def _acall(self, request: Any) -> Any:
+        return self._json(request, await self.get_response(request))
+
+    def _json(self, request: Any, response: Any) -> Any:
+        if (
+            response.status_code in self.MESSAGES
+            and request.path.startswith("/api/")
+            and not response.get("Content-Type", "").startswith("application/json")
+        ):
+            from django.http import JsonResponse
+
+            replaced = JsonResponse(
+                {"detail": self.MESSAGES[response.status_code]}, status=response.status_code
+            )
+            if response.has_header("Allow"):
+                replaced["Allow"] = response["Allow"]
+            return replaced
+        return response

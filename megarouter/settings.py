@@ -79,6 +79,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "megarouter.middleware.RequestLogMiddleware",
+    "megarouter.middleware.ApiJsonErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -283,6 +284,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Organizations, members, API keys, budgets, routing policies and reports.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "megarouter.schema.add_error_responses",
+    ],
 }
 
 # Outbound calls to LLM providers (gateway/http.py, docs/providers.md). Seconds.

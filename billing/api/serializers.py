@@ -11,6 +11,9 @@ from billing.models import Budget, LedgerEntry, Notification, UsageRecord
 
 # --- input ----------------------------------------------------------------------------------
 
+# Ids and limits fit a signed 64-bit column: a larger number is a 400, not a database error.
+MAX_ID = 2**63 - 1
+
 
 class TopupIn(serializers.Serializer):
     amount = serializers.JSONField(help_text='USD as a decimal string, e.g. "2500.00".')
@@ -24,7 +27,9 @@ class ReasonIn(serializers.Serializer):
 
 class BudgetCreateIn(serializers.Serializer):
     scope = serializers.CharField()
-    scope_id = serializers.IntegerField(required=False, allow_null=True)
+    scope_id = serializers.IntegerField(
+        min_value=1, max_value=MAX_ID, required=False, allow_null=True
+    )
     period = serializers.CharField()
     limit_usd = serializers.JSONField()
     mode = serializers.CharField(required=False, default="block")

@@ -20,6 +20,10 @@ from orgs.models import (
 
 # --- output -------------------------------------------------------------------------------
 
+# Ids and limits fit a signed 64-bit column: a larger number is a 400, not a database error.
+MAX_ID = 2**63 - 1
+MAX_LIMIT = 2**31 - 1  # per-minute limits are 32-bit columns
+
 
 class OrganizationOut(serializers.ModelSerializer):
     root_node = serializers.IntegerField(source="root_node_id", read_only=True)
@@ -48,7 +52,7 @@ class NodeOut(serializers.ModelSerializer):
 class UserOut(serializers.Serializer):
     id = serializers.IntegerField()
     username = serializers.CharField()
-    email = serializers.EmailField()
+    email = serializers.CharField()  # may be empty (users created without one)
 
 
 class MemberOut(serializers.ModelSerializer):
@@ -172,7 +176,7 @@ class OrganizationUpdateIn(serializers.Serializer):
 
 
 class NodeCreateIn(serializers.Serializer):
-    parent = serializers.IntegerField()
+    parent = serializers.IntegerField(min_value=1, max_value=MAX_ID)
     name = serializers.CharField(max_length=200)
     slug = serializers.SlugField(max_length=80)
 
@@ -183,7 +187,7 @@ class NodeUpdateIn(serializers.Serializer):
 
 
 class NodeMoveIn(serializers.Serializer):
-    parent = serializers.IntegerField()
+    parent = serializers.IntegerField(min_value=1, max_value=MAX_ID)
 
 
 class NodeArchiveIn(serializers.Serializer):
@@ -192,7 +196,7 @@ class NodeArchiveIn(serializers.Serializer):
 
 class MemberCreateIn(serializers.Serializer):
     username = serializers.CharField(max_length=150)
-    node = serializers.IntegerField()
+    node = serializers.IntegerField(min_value=1, max_value=MAX_ID)
     role = serializers.ChoiceField(choices=Role.choices)
 
 
@@ -202,7 +206,7 @@ class MemberUpdateIn(serializers.Serializer):
 
 class InvitationCreateIn(serializers.Serializer):
     email = serializers.EmailField()
-    node = serializers.IntegerField()
+    node = serializers.IntegerField(min_value=1, max_value=MAX_ID)
     role = serializers.ChoiceField(choices=Role.choices)
     ttl_hours = serializers.IntegerField(min_value=1, max_value=720, default=168)
 
@@ -219,14 +223,18 @@ class _KeyFields(serializers.Serializer):
     ip_allowlist = serializers.ListField(
         child=serializers.CharField(max_length=64), max_length=100, required=False
     )
-    rpm_limit = serializers.IntegerField(min_value=1, allow_null=True, required=False)
-    tpm_limit = serializers.IntegerField(min_value=1, allow_null=True, required=False)
+    rpm_limit = serializers.IntegerField(
+        min_value=1, max_value=MAX_LIMIT, allow_null=True, required=False
+    )
+    tpm_limit = serializers.IntegerField(
+        min_value=1, max_value=MAX_LIMIT, allow_null=True, required=False
+    )
     routing_policy = serializers.JSONField(allow_null=True, required=False)
     expires_at = serializers.DateTimeField(allow_null=True, required=False)
 
 
 class ApiKeyCreateIn(_KeyFields):
-    project = serializers.IntegerField()
+    project = serializers.IntegerField(min_value=1, max_value=MAX_ID)
 
 
 class ApiKeyUpdateIn(_KeyFields):

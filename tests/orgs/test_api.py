@@ -516,3 +516,19 @@ def test_archive_organization(t, owner, login, django_capture_on_commit_callback
     assert AuditEvent.objects.filter(action="organization.archive").get().changes == {
         "revoked_keys": 1
     }
+
+
+def test_out_of_range_ids_are_field_errors_and_unknown_api_paths_answer_json(t, owner):
+    """Found by schemathesis (make api-fuzz): an id beyond 64 bits reached the database
+    (500), and Django's own 404 under /api/ was an HTML page."""
+    r = owner.post(
+        "/api/orgs/alpha/invitations/",
+        {"email": "big@example.com", "node": 2**70, "role": "developer"},
+        format="json",
+    )
+    assert r.status_code == 400
+    assert list(r.json()) == ["node"]
+    r = owner.get("/api/orgs/alpha/no-such-thing/")
+    assert r.status_code == 404
+    assert r["Content-Type"] == "application/json"
+    assert r.json() == {"detail": "Not found."}
