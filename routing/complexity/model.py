@@ -34,7 +34,7 @@ import numpy as np
 
 from routing.complexity.features import DENSE_FEATURES, RequestFeatures
 
-ARTEFACT_VERSION = 1
+ARTEFACT_VERSION = 2
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "routing"
 DEFAULT_ARTEFACT = DATA_DIR / "complexity_model.zip"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -65,7 +65,9 @@ class Scores:
 
 
 class ComplexityModel:
-    def __init__(self, meta: dict[str, Any], weights: np.ndarray) -> None:
+    def __init__(
+        self, meta: dict[str, Any], weights: np.ndarray, cluster_map: np.ndarray | None = None
+    ) -> None:
         self.meta = meta
         self.models: list[str] = list(meta["models"])
         vocab: list[str] = meta["vocab"]
@@ -74,12 +76,42 @@ class ComplexityModel:
         n_dense = len(meta["dense_names"])
         if tuple(meta["dense_names"]) != DENSE_FEATURES:
             raise ArtefactError("artefact was trained on different dense features; retrain it")
-        if weights.shape != (n_vocab + n_dense + 1, len(self.models) + 1):
+        # Topic clusters: each prompt falls in the cluster whose column of ``cluster_map``
+        # (vocabulary x clusters) scores its n-grams highest; that cluster has its own offset
+        # and its own dense-feature weights (rows after the dense ones).
+        self.n_clusters = int(meta.get("clusters", 0))
+        n_rows = n_vocab + n_dense + self.n_clusters * (1 + n_dense) + 1
+        if weights.shape != (n_rows, len(self.models) + 1):
             raise ArtefactError(f"weights shape {weights.shape} does not match the metadata")
+        if self.n_clusters and (
+            cluster_map is None or cluster_map.shape != (n_vocab, self.n_clusters)
+        ):
+            raise ArtefactError("cluster map missing or not matching the metadata")
+        self.cluster_map = (
+            np.asarray(cluster_map, dtype=np.float64) if self.n_clusters else np.zeros((0, 0))
+        )
         self.weights = weights.astype(np.float64)
         self.vocab_weights = self.weights[:n_vocab]
         self.dense_weights = self.weights[n_vocab : n_vocab + n_dense]
-        self.bias = self.weights[n_vocab + n_dense]
+        start = n_vocab + n_dense
+        self.cluster_bias = self.weights[start : start + self.n_clusters]
+        start += self.n_clusters
+        self.cluster_dense = self.weights[start : start + self.n_clusters * n_dense].reshape(
+            self.n_clusters, n_dense, self.weights.shape[1]
+        )
+        self.bias = self.weights[-1]
+        shape = (self.n_clusters, n_dense)
+        self.cluster_low = np.asarray(meta.get("cluster_dense_low", []), dtype=np.float64)
+        self.cluster_high = np.asarray(meta.get("cluster_dense_high", []), dtype=np.float64)
+        self.cluster_low = self.cluster_low.reshape(shape)
+        self.cluster_high = self.cluster_high.reshape(shape)
+        # One gather serves the n-gram weights and the cluster scores: columns = the
+        # per-model weight columns, then the cluster map's.
+        self.vocab_table = (
+            np.hstack([self.vocab_weights, self.cluster_map])
+            if self.n_clusters
+            else self.vocab_weights
+        )
         self.dense_mean = np.asarray(meta["dense_mean"], dtype=np.float64)
         self.dense_scale = np.asarray(meta["dense_scale"], dtype=np.float64)
         self.shared_median = float(meta["shared_median"])
@@ -98,12 +130,34 @@ class ComplexityModel:
         ids.discard(-1)
         return sorted(ids)
 
+    def cluster(self, ids: list[int]) -> int | None:
+        """The prompt's topic cluster (None without clusters or known n-grams)."""
+        if not self.n_clusters or not ids:
+            return None
+        return int(np.argmax(self.cluster_map[ids].sum(axis=0)))
+
     def scores(self, features: RequestFeatures) -> Scores:
         ids = self.vocab_ids(features)
         dense = (np.asarray(features.dense, dtype=np.float64) - self.dense_mean) / self.dense_scale
-        out = dense @ self.dense_weights + self.bias
-        if ids:
-            out = out + self.vocab_weights[ids].sum(axis=0) / math.sqrt(len(ids))
+        if not ids:
+            out = dense @ self.dense_weights + self.bias
+        else:
+            summed = self.vocab_table[ids].sum(axis=0)
+            n_out = self.bias.shape[0]
+            out = self.bias + summed[:n_out] / math.sqrt(len(ids))
+            if self.n_clusters:
+                # same argmax as ``cluster``: the cluster columns summed in the same order
+                k = int(np.argmax(summed[n_out:]))
+                # the cluster's dense slopes only inside the range its training prompts span
+                inside = np.minimum(np.maximum(dense, self.cluster_low[k]), self.cluster_high[k])
+                out = (
+                    out
+                    + self.cluster_bias[k]
+                    + dense @ self.dense_weights
+                    + inside @ self.cluster_dense[k]
+                )
+            else:
+                out = out + dense @ self.dense_weights
         shared = float(out[0])
         per_model = {name: shared + float(out[i]) for name, i in self.model_index.items()}
         return Scores(shared=shared, per_model=per_model)
@@ -136,20 +190,33 @@ class ComplexityModel:
     # ------------------------------------------------------------------ artefact I/O
 
     def to_bytes(self) -> bytes:
-        return artefact_bytes(self.meta, self.weights.astype(np.float32))
+        clusters = self.cluster_map if self.n_clusters else None
+        return artefact_bytes(self.meta, self.weights.astype(np.float32), clusters)
 
 
-def artefact_bytes(meta: dict[str, Any], weights: np.ndarray) -> bytes:
+def _npy(array: np.ndarray, dtype: type) -> bytes:
+    out = io.BytesIO()
+    np.save(out, np.ascontiguousarray(array, dtype=dtype), allow_pickle=False)
+    return out.getvalue()
+
+
+def artefact_bytes(
+    meta: dict[str, Any], weights: np.ndarray, cluster_map: np.ndarray | None = None
+) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
         info = zipfile.ZipInfo("meta.json", date_time=_ZIP_DATE)
         info.compress_type = zipfile.ZIP_DEFLATED
         zf.writestr(info, json.dumps(meta, sort_keys=True, separators=(",", ":")))
-        array = io.BytesIO()
-        np.save(array, np.ascontiguousarray(weights, dtype=np.float32), allow_pickle=False)
-        info = zipfile.ZipInfo("weights.npy", date_time=_ZIP_DATE)
-        info.compress_type = zipfile.ZIP_DEFLATED
-        zf.writestr(info, array.getvalue())
+        # weights float32; the cluster map float16 (it only decides an argmax; training
+        # assigns clusters with the same rounded values)
+        arrays: list[tuple[str, np.ndarray, type]] = [("weights.npy", weights, np.float32)]
+        if cluster_map is not None:
+            arrays.append(("clusters.npy", cluster_map, np.float16))
+        for name, array, dtype in arrays:
+            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, _npy(array, dtype))
     return buffer.getvalue()
 
 
@@ -159,13 +226,18 @@ def load_model(path: str | Path | None = None) -> ComplexityModel:
         with zipfile.ZipFile(path) as zf:
             meta = json.loads(zf.read("meta.json"))
             weights = np.load(io.BytesIO(zf.read("weights.npy")), allow_pickle=False)
+            cluster_map = (
+                np.load(io.BytesIO(zf.read("clusters.npy")), allow_pickle=False)
+                if "clusters.npy" in zf.namelist()
+                else None
+            )
     except FileNotFoundError as exc:
         raise ArtefactError(f"{path}: no model artefact (run manage.py routing_train)") from exc
     except (zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise ArtefactError(f"{path}: not a complexity model artefact ({exc})") from exc
     if meta.get("version") != ARTEFACT_VERSION:
         raise ArtefactError(f"{path}: artefact version {meta.get('version')!r} is not supported")
-    return ComplexityModel(meta, weights)
+    return ComplexityModel(meta, weights, cluster_map)
 
 
 @lru_cache(maxsize=1)

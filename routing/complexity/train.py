@@ -30,10 +30,12 @@ class TrainConfig:
     min_df: int = 3
     max_vocab: int = 40_000
     l2_shared: float = 1e-4
-    l2_model: float = 1e-3
+    l2_model: float = 2e-4
     l2_bias: float = 0.0
     steps: int = 300
     learning_rate: float = 0.05
+    clusters: int = 12
+    cluster_iterations: int = 20
 
 
 @dataclass
@@ -79,35 +81,130 @@ def build_vocab(features: Sequence[RequestFeatures], config: TrainConfig) -> lis
     return sorted(gram for _, gram in kept[: config.max_vocab])
 
 
+def vocab_rows(features: Sequence[RequestFeatures], vocab: dict[str, int]) -> list[list[int]]:
+    return [sorted({vocab[g] for g in f.ngrams if g in vocab}) for f in features]
+
+
 def build_matrix(
+    rows: Sequence[list[int]],
     features: Sequence[RequestFeatures],
-    vocab: dict[str, int],
+    n_vocab: int,
     dense_mean: np.ndarray,
     dense_scale: np.ndarray,
+    clusters: Sequence[int | None] | None = None,
+    n_clusters: int = 0,
 ) -> Matrix:
-    n_vocab, n_dense = len(vocab), len(DENSE_FEATURES)
+    """Columns: vocabulary (1/sqrt(count)), dense (standardised), one per cluster (the
+    prompt's cluster), cluster x dense (the dense features again, in the prompt's cluster's
+    block), bias. The model's ``scores`` computes the same sums."""
+    n_dense = len(DENSE_FEATURES)
     indptr = [0]
     indices: list[int] = []
     data: list[float] = []
-    dense_cols = list(range(n_vocab, n_vocab + n_dense))
-    for f in features:
-        ids = sorted({vocab[g] for g in f.ngrams if g in vocab})
+    dense_cols = np.arange(n_vocab, n_vocab + n_dense)
+    cluster_start = n_vocab + n_dense
+    block_start = cluster_start + n_clusters
+    n_cols = block_start + n_clusters * n_dense + 1
+    for i, (ids, f) in enumerate(zip(rows, features, strict=True)):
         if ids:
             value = 1.0 / np.sqrt(len(ids))
             indices.extend(ids)
             data.extend([value] * len(ids))
-        dense = (np.asarray(f.dense) - dense_mean) / dense_scale
-        indices.extend(dense_cols)
-        data.extend(dense.tolist())
-        indices.append(n_vocab + n_dense)  # bias column
+        dense = ((np.asarray(f.dense) - dense_mean) / dense_scale).tolist()
+        indices.extend(dense_cols.tolist())
+        data.extend(dense)
+        k = clusters[i] if clusters is not None else None
+        if k is not None:
+            indices.append(cluster_start + k)
+            data.append(1.0)
+            indices.extend(range(block_start + k * n_dense, block_start + (k + 1) * n_dense))
+            data.extend(dense)
+        indices.append(n_cols - 1)  # bias column
         data.append(1.0)
         indptr.append(len(indices))
     return Matrix(
         np.asarray(indptr, dtype=np.int64),
         np.asarray(indices, dtype=np.int64),
         np.asarray(data, dtype=np.float64),
-        n_vocab + n_dense + 1,
+        n_cols,
     )
+
+
+def topic_clusters(rows: Sequence[list[int]], n_vocab: int, config: TrainConfig) -> np.ndarray:
+    """Spherical k-means on the prompts' idf-weighted n-gram sets; returns the cluster map
+    (vocabulary x clusters, float16 as stored): a prompt's cluster is the argmax of the sum of its
+    n-grams' rows, i.e. the centroid with the highest cosine similarity."""
+    k = config.clusters
+    df = np.bincount(
+        np.concatenate([np.asarray(r, dtype=np.int64) for r in rows if r]), minlength=n_vocab
+    ).astype(np.float64)
+    idf = np.log((1.0 + len(rows)) / (1.0 + df)) + 1.0
+    kept = [r for r in rows if r]
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in kept])]).astype(np.int64)
+    indices = np.concatenate([np.asarray(r, dtype=np.int64) for r in kept])
+    data = idf[indices]
+    norms = np.sqrt(np.add.reduceat(data * data, indptr[:-1]))
+    data = data / np.repeat(norms, np.diff(indptr))
+    x = Matrix(indptr, indices, data, n_vocab)
+    n = x.n_rows
+    rng = np.random.default_rng(config.seed)
+    # k-means++ seeding (distance 1 - cosine), then Lloyd iterations.
+    centroids = np.zeros((k, n_vocab))
+    first = int(rng.integers(n))
+    centroids[0, indices[indptr[first] : indptr[first + 1]]] = data[
+        indptr[first] : indptr[first + 1]
+    ]
+    best = x.dot(centroids[0])
+    for c in range(1, k):
+        distance = np.clip(1.0 - best, 0.0, None) ** 2
+        total = distance.sum()
+        pick = int(rng.choice(n, p=distance / total)) if total > 0 else int(rng.integers(n))
+        centroids[c, indices[indptr[pick] : indptr[pick + 1]]] = data[
+            indptr[pick] : indptr[pick + 1]
+        ]
+        best = np.maximum(best, x.dot(centroids[c]))
+    for _ in range(config.cluster_iterations):
+        sims = np.stack([x.dot(centroids[c]) for c in range(k)], axis=1)
+        assign = np.argmax(sims, axis=1)
+        for c in range(k):
+            members = (assign == c).astype(np.float64)
+            if members.sum() == 0:  # an empty cluster restarts at the worst-served prompt
+                worst = int(np.argmin(sims.max(axis=1)))
+                members[worst] = 1.0
+            total = x.tdot(members)
+            centroids[c] = total / max(float(np.linalg.norm(total)), 1e-12)
+    return (idf[:, None] * centroids.T).astype(np.float16)
+
+
+def cluster_ranges(
+    features: Sequence[RequestFeatures],
+    clusters: Sequence[int | None] | None,
+    dense_mean: np.ndarray,
+    dense_scale: np.ndarray,
+    n_clusters: int,
+) -> tuple[list[list[float]], list[list[float]]]:
+    """Per cluster, the range of the standardised dense features among its training prompts
+    (rounded outwards): a cluster's dense slopes are only applied inside the range they were
+    fitted on, so a 5-word chat prompt that lands in the few-shot Winogrande cluster does not
+    extrapolate that cluster's sentence-count slope."""
+    low = np.zeros((n_clusters, len(DENSE_FEATURES)))
+    high = np.zeros((n_clusters, len(DENSE_FEATURES)))
+    if clusters is None:
+        return low.tolist(), high.tolist()
+    dense = (np.asarray([f.dense for f in features], dtype=np.float64) - dense_mean) / dense_scale
+    assigned = np.asarray([-1 if k is None else k for k in clusters])
+    for k in range(n_clusters):
+        members = dense[assigned == k]
+        if len(members):
+            low[k] = np.floor(members.min(axis=0) * 1e6) / 1e6
+            high[k] = np.ceil(members.max(axis=0) * 1e6) / 1e6
+    return low.tolist(), high.tolist()
+
+
+def assign_clusters(rows: Sequence[list[int]], cluster_map: np.ndarray) -> list[int | None]:
+    """Each prompt's cluster, computed exactly as ``ComplexityModel.cluster`` does."""
+    table = cluster_map.astype(np.float64)
+    return [int(np.argmax(table[ids].sum(axis=0))) if ids else None for ids in rows]
 
 
 def _fit(
@@ -187,12 +284,24 @@ def _sig(z: float) -> float:
 
 
 def train_model(
-    records: Sequence[Record], *, config: TrainConfig | None = None, data_label: str = ""
-) -> tuple[dict[str, Any], np.ndarray]:
-    """Fit the model; returns (meta, float32 weights), ready for ``artefact_bytes``."""
+    records: Sequence[Record],
+    *,
+    config: TrainConfig | None = None,
+    data_label: str = "",
+    features: Sequence[RequestFeatures] | None = None,
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
+    """Fit the model; returns (meta, float32 weights, float32 cluster map or None), ready for
+    ``artefact_bytes``.
+
+    ``features``, if given, are the records' features in the same order (a cache for
+    cross-validation); otherwise they are computed here.
+    """
     config = config or TrainConfig()
-    records = sorted(records, key=lambda r: (r.id, r.task))
-    features = featurize(records)
+    if features is None:
+        features = featurize(records)
+    order = sorted(range(len(records)), key=lambda i: (records[i].id, records[i].task))
+    records = [records[i] for i in order]
+    features = [features[i] for i in order]
     vocab_list = build_vocab(features, config)
     vocab = {gram: i for i, gram in enumerate(vocab_list)}
     dense = np.asarray([f.dense for f in features], dtype=np.float64)
@@ -201,7 +310,11 @@ def train_model(
     dense_scale[dense_scale < 1e-9] = 1.0
     dense_mean = np.round(dense_mean, 8)
     dense_scale = np.round(dense_scale, 8)
-    x = build_matrix(features, vocab, dense_mean, dense_scale)
+    rows = vocab_rows(features, vocab)
+    cluster_map = topic_clusters(rows, len(vocab), config) if config.clusters else None
+    clusters = assign_clusters(rows, cluster_map) if cluster_map is not None else None
+    low, high = cluster_ranges(features, clusters, dense_mean, dense_scale, config.clusters)
+    x = build_matrix(rows, features, len(vocab), dense_mean, dense_scale, clusters, config.clusters)
     models = sorted({name for r in records for name in r.outcomes})
     weights = _fit(x, models, records, config).astype(np.float32)
     digest = hashlib.sha256()
@@ -225,18 +338,21 @@ def train_model(
         "shared_median": 0.0,
         "shared_quantiles": [0.0, 1.0],
         "lambda_grid": [None, 0.0],
+        "clusters": config.clusters,
+        "cluster_dense_low": low,
+        "cluster_dense_high": high,
     }
-    model = ComplexityModel(meta, weights)
+    model = ComplexityModel(meta, weights, cluster_map)
     shared = np.asarray([model.scores(f).shared for f in features])
     meta["shared_median"] = round(float(np.median(shared)), 8)
     meta["shared_quantiles"] = [
         round(float(v), 8) for v in np.quantile(shared, np.linspace(0, 1, QUANTILE_STEPS + 1))
     ]
-    model = ComplexityModel(meta, weights)
+    model = ComplexityModel(meta, weights, cluster_map)
     meta["lambda_grid"] = _lambda_grid(model, records, features)
-    return meta, weights
+    return meta, weights, cluster_map
 
 
 def train_artefact(records: Sequence[Record], **kwargs: Any) -> bytes:
-    meta, weights = train_model(records, **kwargs)
-    return artefact_bytes(meta, weights)
+    meta, weights, cluster_map = train_model(records, **kwargs)
+    return artefact_bytes(meta, weights, cluster_map)

@@ -6,6 +6,7 @@ import random
 from django.core.management import call_command
 
 from routing.complexity import RequestFeatures, estimate, load_model
+from routing.complexity.cv import HEADLINE, cross_validate, kfold
 from routing.complexity.data import (
     DEFAULT_TRAIN_FILE,
     Record,
@@ -13,7 +14,14 @@ from routing.complexity.data import (
     split_holdout,
 )
 from routing.complexity.model import DEFAULT_ARTEFACT
-from routing.complexity.train import TrainConfig, train_artefact
+from routing.complexity.train import (
+    TrainConfig,
+    assign_clusters,
+    featurize,
+    train_artefact,
+    train_model,
+    vocab_rows,
+)
 from tests.routing.complexity_toys import write_jsonl
 
 
@@ -102,3 +110,50 @@ def test_bundled_artefact_was_trained_on_the_bundled_data():
     assert meta["trained_on"]["ids_sha256"] == digest.hexdigest()
     assert meta["config"] == {**TrainConfig().__dict__}
     assert isinstance(records[0], Record)
+
+
+def test_kfold_is_disjoint_stratified_deterministic_and_keeps_ids_together(tmp_path):
+    rows = synthetic_rows(40)
+    rows.append({**rows[1], "task": "calc:copy"})  # same id under a second task
+    records = read_records(write_jsonl(tmp_path / "syn.jsonl", rows))
+    folds = kfold(records, 4)
+    assert sorted(r.id + r.task for f in folds for r in f) == sorted(r.id + r.task for r in records)
+    for fold in folds:
+        assert sum(r.task == "calc" for r in fold) == 5
+    (fold_of_copy,) = [i for i, f in enumerate(folds) for r in f if r.task == "calc:copy"]
+    assert rows[1]["id"] in {r.id for r in folds[fold_of_copy] if r.task == "calc"}
+    again = kfold(list(reversed(records)), 4)
+    assert [[r.id for r in f] for f in again] == [[r.id for r in f] for f in folds]
+
+
+def test_topic_clusters_are_used_the_same_way_in_training_and_scoring(tmp_path):
+    records = read_records(write_jsonl(tmp_path / "syn.jsonl", synthetic_rows()))
+    config = TrainConfig(steps=30, clusters=2)
+    meta, _weights, cluster_map = train_model(records, config=config)
+    assert cluster_map is not None and cluster_map.shape == (len(meta["vocab"]), 2)
+    path = tmp_path / "model.zip"
+    path.write_bytes(train_artefact(records, config=config))
+    model = load_model(path)
+    assert model.n_clusters == 2
+    features = featurize(records)
+    rows = vocab_rows(features, model.vocab)
+    assert assign_clusters(rows, cluster_map) == [model.cluster(ids) for ids in rows]
+    # the two topics (calculus, greetings) fall into different clusters
+    topic = {r.task: model.cluster(ids) for r, ids in zip(records, rows, strict=True)}
+    assert topic["calc"] != topic["chat"]
+    no_clusters = train_artefact(records, config=TrainConfig(steps=30, clusters=0))
+    path.write_bytes(no_clusters)
+    assert load_model(path).cluster(rows[0]) is None
+
+
+def test_routing_cv_command_reports_every_fold(tmp_path):
+    rows = synthetic_rows(80)
+    data = write_jsonl(tmp_path / "syn.jsonl", rows)
+    result = cross_validate(
+        read_records(data), k=2, config=TrainConfig(steps=20, clusters=2), points=21
+    )
+    assert result["k"] == 2 and len(result["folds"]) == 2
+    assert set(result["mean"]) == {key for key, _, _ in HEADLINE}
+    stdout = io.StringIO()
+    call_command("routing_cv", data=str(data), folds=2, all=True, stdout=stdout)
+    assert json.loads(stdout.getvalue())["records"] == 80

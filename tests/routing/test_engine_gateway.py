@@ -62,7 +62,7 @@ def _ctx(key, model="auto", override=None):
     )
 
 
-REQUEST = ChatRequest(messages=[Message(role="user", content="What is the capital of Australia?")])
+REQUEST = ChatRequest(messages=[Message(role="user", content="Please list the days of the week.")])
 
 
 async def test_auto_routes_with_the_key_and_team_policies(key):
