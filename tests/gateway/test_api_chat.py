@@ -211,7 +211,9 @@ def test_embeddings(client):
 
 
 def test_auto_routes_by_interim_policy(client):
-    cheap = client.post("/v1/chat/completions", json=chat("auto:cost"))
+    # a prompt the complexity estimator puts at tier 2: gpt-cheap (tier 2) qualifies
+    easy = "Please list the days of the week."
+    cheap = client.post("/v1/chat/completions", json=chat("auto:cost", content=easy))
     assert cheap.status_code == 200, cheap.text
     assert cheap.headers["x-megarouter-strategy"] == "cost"
     assert cheap.json()["model"] == "openai/gpt-cheap"
@@ -223,7 +225,9 @@ def test_auto_routes_by_interim_policy(client):
     limited = client.post(
         "/v1/chat/completions",
         json=chat(
-            "auto:cost", megarouter={"allowed_models": ["openai/gpt-sim", "openai/gpt-slow"]}
+            "auto:cost",
+            content=easy,
+            megarouter={"allowed_models": ["openai/gpt-sim", "openai/gpt-slow"]},
         ),
     )
     assert limited.status_code == 200, limited.text

@@ -24,10 +24,14 @@ def world(gateway_server: Any, simulator_url: str) -> World:
 
 def test_debug_header_explains_the_decision_and_the_usage_record_keeps_it(gateway_server, world):
     tenant = Tenant(routing_policy={"strategy": "cost"})
+    # a prompt the complexity estimator puts at tier 2, so every model's tier qualifies
+    easy = [{"role": "user", "content": "Please list the days of the week."}]
     with httpx.Client(base_url=gateway_server.url, headers=tenant.headers, timeout=15) as http:
-        plain = http.post("/v1/chat/completions", json=chat("auto"))
+        plain = http.post("/v1/chat/completions", json=chat("auto", messages=easy))
         debug = http.post(
-            "/v1/chat/completions", json=chat("auto"), headers={"x-megarouter-debug": "1"}
+            "/v1/chat/completions",
+            json=chat("auto", messages=easy),
+            headers={"x-megarouter-debug": "1"},
         )
         override = http.post(
             "/v1/chat/completions",
