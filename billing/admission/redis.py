@@ -104,7 +104,6 @@ class Keys:
         self.open = f"{self.base}:open"
         self.lock = f"{self.base}:rebuild"
         self.deadlines = f"{prefix}:deadlines"
-        self.usage = f"{prefix}:usage"
         self.res_prefix = f"{self.base}:res:"
 
     def res(self, request_id: str) -> str:
@@ -129,6 +128,7 @@ class RedisBackend:
         self._lock = threading.Lock()
         self._sources = {n: _script(n) for n in ("reserve", "settle", "rebuild", "credit")}
         self.rebuilds = 0  # for tests and metrics
+        self.usage_stream = UsageStream(self)  # ``P:usage``, shared by every organization
 
     # -- clients -------------------------------------------------------------------------
     @property
@@ -307,7 +307,7 @@ class RedisBackend:
             k.deadlines,
             k.open,
             res.extra.get("rate_key", ""),
-            k.usage if stream else "",
+            self.usage_stream.key if stream else "",
             *res.extra.get("counter_keys", []),
         ]
 
@@ -316,7 +316,7 @@ class RedisBackend:
         return settings.BILLING_USAGE_WRITE == "behind"
 
     def writer(self) -> usage_writer.UsageWriter:
-        return usage_writer.get_writer(UsageStream(self))
+        return usage_writer.get_writer(self.usage_stream)
 
     async def flush_writes(self) -> None:
         """Wait until the rows queued so far are in the database (tests, tools)."""
@@ -530,7 +530,7 @@ class RedisBackend:
         cutoff = now.timestamp()
         settled = released = 0
         # usage events a dead process appended to the stream but never committed
-        usage_writer.drain_orphans(UsageStream(self))
+        usage_writer.drain_orphans(self.usage_stream)
         members = self.sync.zrangebyscore(
             f"{self.prefix}:deadlines", "-inf", cutoff, start=0, num=1000
         )

@@ -288,11 +288,11 @@ class UsageWriter:
         while len(self._holds) > MAX_PENDING:  # the database has been down a long time
             self._holds.pop(next(iter(self._holds)))
             self.dropped += 1
-        due = [
-            rid
-            for rid, (queued, _) in self._holds.items()
-            if batch.all_holds or now - queued >= HOLD_WRITE_AFTER_S
-        ]
+        due = []
+        for rid, (queued, _) in self._holds.items():  # oldest first: stop at the first too young
+            if not batch.all_holds and now - queued < HOLD_WRITE_AFTER_S:
+                break
+            due.append(rid)
         for rid in due:
             batch.reserve[rid] = self._holds.pop(rid)[1]
             self._written[rid] = now

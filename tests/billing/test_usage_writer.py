@@ -36,6 +36,22 @@ def event(tokens_in: int = 10, tokens_out: int = 5) -> UsageEventData:
     return UsageEventData(model="m", provider="p", tokens_in=tokens_in, tokens_out=tokens_out)
 
 
+async def append_only(backend, res, cost: Decimal) -> None:
+    """The settle script's step alone (counted, appended to the stream), as a process that died
+    before its writer committed leaves it."""
+    row = usage_event_row(res, cost, event(), db_held=False)
+    await backend.settle_counters(res, cost, 15, event=writer.event_payload(row))
+
+
+def settle_without_writer(backend, w, cost: Decimal):
+    async def go():
+        res = await backend.reserve(uuid.uuid4().hex, w.ctx(), D("0.05"), 100)
+        await append_only(backend, res, cost)
+        return res
+
+    return run(go)
+
+
 def test_settle_counts_at_once_and_the_rows_follow_in_batches(behind):
     w = make_world("wb", balance="10")
     b = budget(w, "key", "5")
@@ -96,13 +112,7 @@ def test_a_process_dying_before_its_commit_loses_no_usage(behind):
     w = make_world("wb-orphan", balance="10")
     b = budget(w, "key", "5")
 
-    async def settle_without_writer():
-        res = await behind.reserve(uuid.uuid4().hex, w.ctx(), D("0.05"), 100)
-        row = usage_event_row(res, D("0.02"), event(), db_held=False)
-        await behind.settle_counters(res, D("0.02"), 15, event=writer.event_payload(row))
-        return res
-
-    res = run(settle_without_writer)
+    res = settle_without_writer(behind, w, D("0.02"))
     stream = UsageStream(behind)
     assert stream.length() == 1
     assert not UsageEvent.objects.exists()
@@ -114,14 +124,8 @@ def test_a_process_dying_before_its_commit_loses_no_usage(behind):
     assert observed(behind, w.org, [b])[b.pk] == D("0.02")
     # drained again (the entry was left behind) after it was posted: not charged twice
     services.usage_events_post()
-    res2 = run(settle_without_writer)
-    run(
-        behind.settle_counters,
-        res,
-        D("0.02"),
-        15,
-        event=writer.event_payload(usage_event_row(res, D("0.02"), event(), db_held=False)),
-    )
+    res2 = settle_without_writer(behind, w, D("0.02"))
+    run(append_only, behind, res, D("0.02"))
     assert writer.drain_orphans(stream, older_than_s=0) == 2
     services.usage_events_post()
     assert UsageRecord.objects.filter(request_id=res.request_id).count() == 1
@@ -132,13 +136,7 @@ def test_a_process_dying_before_its_commit_loses_no_usage(behind):
 def test_reconciliation_drains_orphans(behind, monkeypatch):
     w = make_world("wb-reconcile", balance="10")
 
-    async def settle_without_writer():
-        res = await behind.reserve(uuid.uuid4().hex, w.ctx(), D("0.05"), 100)
-        row = usage_event_row(res, D("0.03"), event(), db_held=False)
-        await behind.settle_counters(res, D("0.03"), 15, event=writer.event_payload(row))
-        return res
-
-    res = run(settle_without_writer)
+    res = settle_without_writer(behind, w, D("0.03"))
     monkeypatch.setattr(writer, "ORPHAN_AGE_S", 0.0)
     services.reservations_reconcile()
     assert UsageEvent.objects.get(request_id=res.request_id).cost == D("0.03")
