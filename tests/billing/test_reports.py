@@ -9,6 +9,7 @@ import subprocess
 from decimal import Decimal
 
 import pytest
+import time_machine
 from django.core import mail, signing
 from django.db.models import Sum
 from rest_framework.test import APIClient
@@ -30,6 +31,17 @@ D = Decimal
 UTC = dt.UTC
 DAY1 = dt.datetime(2026, 11, 2, tzinfo=UTC)
 PERIOD = {"from": "2026-11-02", "to": "2026-11-04"}
+
+
+# The clock every test here runs on: the day after the usage the fixtures record (2 to 4
+# November 2026), so "this month" is the month that usage is in. Time moves on from there.
+NOW = dt.datetime(2026, 11, 5, 12, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _clock():
+    with time_machine.travel(NOW, tick=True):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -6,11 +6,13 @@ downloaded through the signed link; refusals with nothing changed."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 from decimal import Decimal
 from typing import Any
 
 import pytest
+import time_machine
 from django.test import Client
 
 from billing.analytics.models import Report
@@ -32,6 +34,15 @@ from tests.console.factories import (
 
 pytestmark = pytest.mark.django_db
 D = Decimal
+# The clock every test here runs on (time moves on from it): the usage they record is "today",
+# inside the year 2026 that the report requests cover and after the January they expect empty.
+NOW = dt.datetime(2026, 6, 15, 12, tzinfo=dt.UTC)
+
+
+@pytest.fixture(autouse=True)
+def _clock() -> Any:
+    with time_machine.travel(NOW, tick=True):
+        yield
 
 
 def login(user: Any) -> Client:
