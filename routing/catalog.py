@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
@@ -94,6 +94,7 @@ class ModelInfo:
     quality_tier: int
     status: str
     prices: tuple[PriceVersion, ...] = field(repr=False)  # ascending effective_from
+    deprecation_date: date | None = None
     price_starts: tuple[datetime, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -106,6 +107,13 @@ class ModelInfo:
     @property
     def current_price(self) -> PriceVersion | None:
         return self.price_at(timezone.now())
+
+    def deprecated_on(self, day: date) -> bool:
+        """Deprecated by the catalog, or past its deprecation date on ``day`` (an import marks
+        the status; the date takes effect by itself between imports)."""
+        return self.status == "deprecated" or (
+            self.deprecation_date is not None and self.deprecation_date <= day
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +235,7 @@ def catalog_snapshot_build() -> CatalogSnapshot:
         "supports_prompt_caching",
         "quality_tier",
         "status",
+        "deprecation_date",
     ):
         fields: dict[str, Any] = dict(m)
         provider = provider_by_id[fields.pop("provider_id")]

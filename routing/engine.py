@@ -10,7 +10,8 @@ Steps (docs/routing.md, "Routing engine"):
    providers, mode, streaming, tools / vision / JSON-schema support, context window (prompt +
    max output must fit), quality floor, price cap (input and output price per million tokens),
    max cost per request (worst case), region / data residency, zero-data-retention providers,
-   max latency (live EWMA, when known).
+   max latency (live EWMA, when known). ``auto`` leaves out models past their deprecation
+   date (a named model, or a fallback the policy names, is still served).
 2. Scoring by strategy, with the complexity estimate (``routing.complexity``):
    - ``balanced``: ``choose`` at willingness 0.5 (predicted quality against expected cost),
      minus penalties for live latency and error rate;
@@ -37,6 +38,7 @@ import bisect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -568,12 +570,16 @@ def _eligible(
     features = request.features
     need = features.input_tokens + (request.max_output_tokens or 0)
     bucket = bisect.bisect_left(_cache.windows, need)
-    key = (policy, flt.needs, request.stream, request.mode, bucket)
+    today = datetime.now(UTC).date()  # a model past its deprecation date leaves the pool
+    key = (policy, flt.needs, request.stream, request.mode, bucket, today)
     found = _cache.eligible.get(key)
     if found is not None:
         return key, found
     items: list[Item] = []
     for entry in _index(snapshot):
+        if entry.model.deprecated_on(today):
+            flt._no("deprecated")
+            continue
         if not flt.model_ok(entry):
             continue
         deployments = tuple(d for d in entry.deployments if flt.deployment_ok(d))

@@ -3,9 +3,11 @@ and fallbacks, provider diversity, breaker-aware ordering and the explanation.""
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
+import time_machine
 
 from routing.catalog import catalog_snapshot
 from routing.complexity import RequestFeatures
@@ -66,6 +68,26 @@ def test_cost_first_is_the_cheapest_model_of_the_needed_tier(catalog, store):
     first = decision.candidates[0]
     assert (first.model_id, first.provider, first.context_window) == ("beta/b-mid", "beta", 8000)
     assert first.input_per_token == Decimal("0.0000008")
+
+
+def test_auto_leaves_out_a_model_past_its_deprecation_date_a_named_request_still_gets_it(
+    catalog, store
+):
+    from routing.catalog import catalog_snapshot_reset
+    from routing.models import Model
+
+    # b-mid, the cheapest tier-2 model, reaches its deprecation date on 2027-03-01.
+    Model.objects.filter(canonical_id="beta/b-mid").update(deprecation_date=date(2027, 3, 1))
+    catalog_snapshot_reset()
+    with time_machine.travel(datetime(2027, 2, 28, 23, 59, tzinfo=UTC), tick=False):
+        before = route(request=req(), policy=policy(strategy="cost"), store=store)
+    with time_machine.travel(datetime(2027, 3, 1, 0, 1, tzinfo=UTC), tick=False):
+        after = route(request=req(), policy=policy(strategy="cost"), store=store)
+        named = route(request=req(model="beta/b-mid"), policy=policy(), store=store)
+    assert names(before)[0] == "b-mid-eu"
+    assert names(after) == ["a-mid-us", "a-mid-eu", "b-large-us", "a-large-us"]
+    assert after.explain["rejected"]["deprecated"] == 1
+    assert names(named) == ["b-mid-eu"]
 
 
 def test_auto_alias_names_the_strategy(catalog, store):
