@@ -483,6 +483,24 @@ def model_family(name: str) -> str:
     return re.split(r"[-_.:@]", base, maxsplit=1)[0]
 
 
+_MAKERS = r"(?:anthropic|meta|mistral|amazon|cohere|ai21|openai|deepseek|qwen|writer)\."
+_MAKER_PREFIX = re.compile(rf"^(?:[a-z]{{2,6}}\.)?{_MAKERS}")  # Bedrock: [region.]maker.
+BEDROCK_STYLE = re.compile(rf"^{_MAKERS}")  # a Bedrock model id without a region prefix
+_VERSION_SUFFIX = re.compile(r"(?:-v\d+(?::\d+)?|@\d{8}|@default)$")
+_DATE_SUFFIX = re.compile(r"-\d{8}$")
+
+
+def same_model_key(name: str) -> str:
+    """What two providers' names for one model have in common: the Bedrock id
+    ``anthropic.claude-haiku-4-5-20251001-v1:0`` and Anthropic's ``claude-haiku-4-5`` (or its
+    dated ``claude-haiku-4-5-20251001``) both give ``claude-haiku-4-5``; Azure names are
+    OpenAI's. Lower case, without a region or maker prefix, a version suffix or a date."""
+    key = name.rsplit("/", 1)[-1].lower()
+    key = _MAKER_PREFIX.sub("", key)
+    key = _VERSION_SUFFIX.sub("", key)
+    return _DATE_SUFFIX.sub("", key)
+
+
 _SMALL = {"mini", "nano", "lite", "flash", "haiku", "small", "tiny", "micro", "air", "instant"}
 _SMALL_SIZE = re.compile(r"^\d+(\.\d+)?b$")  # "8b", "3b": parameter counts under 10B
 _LARGE = {"opus", "pro", "large", "reasoner", "premier", "max", "ultra"}

@@ -25,6 +25,7 @@ from typing import Any
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from routing.catalog_import import BEDROCK_STYLE, same_model_key
 from routing.catalog_providers import PROVIDERS_BY_SLUG
 from routing.crypto import CredentialSecret
 from routing.models import (
@@ -654,10 +655,14 @@ def _resolve_model(model_id: str, r: _Reader, ctx: Context) -> str | None:
 
 
 def _validate_deployment_sets(items: list[dict[str, Any]], ctx: Context) -> list[DeploymentPlan]:
-    """``[[deployment_sets]]``: one deployment per catalog model of the listed providers."""
+    """``[[deployment_sets]]``: one deployment per active catalog model of the listed providers
+    (at ``provider`` when it names another one). With ``provider_model_names = "catalog"``,
+    only the models that ``provider`` lists in the catalog too (``same_model_key``), each under
+    that provider's own name for it (Bedrock's ``anthropic.claude-...-v1:0``)."""
     plans: list[DeploymentPlan] = []
     for index, item in enumerate(items):
-        allowed = {"name", "providers", "modes", "exclude", *_DEPLOYMENT_COMMON}
+        allowed = {"name", "providers", "modes", "exclude", "provider_model_names",
+                   *_DEPLOYMENT_COMMON}  # fmt: skip
         r = _Reader(item, f"deployment_sets[{index}]", ctx, allowed)
         prefix = r.slug("name", required=True)
         providers = r.str_list("providers")
@@ -674,18 +679,50 @@ def _validate_deployment_sets(items: list[dict[str, Any]], ctx: Context) -> list
         exclude = set(r.str_list("exclude") or [])
         fields, credential = _read_deployment_fields(r, ctx)
         via = r.text("provider")
+        names = r.choice("provider_model_names", ["model", "catalog"]) or "model"
+        if names == "catalog" and not via:
+            r.fail("provider_model_names", '"catalog" needs a provider to look the names up at')
         if not (prefix and r.ok):
             continue
-        wanted = []
-        for canonical_id, (provider, mode, status) in sorted(_models_after_file(ctx).items()):
-            active = status == ModelStatus.ACTIVE and canonical_id not in exclude
-            if active and provider in providers and mode in modes:
-                wanted.append(canonical_id)
+        catalog = _models_after_file(ctx)
+        counterparts = _counterparts(ctx, catalog, via) if names == "catalog" and via else None
         used: set[str] = set()
-        for canonical_id in wanted:
+        for canonical_id, (provider, mode, status) in sorted(catalog.items()):
+            active = status == ModelStatus.ACTIVE and canonical_id not in exclude
+            if not (active and provider in providers and mode in modes):
+                continue
+            plan_fields = dict(fields)
+            if counterparts is not None:
+                upstream = counterparts.get((mode, same_model_key(canonical_id)))
+                if upstream is None:
+                    continue  # the provider does not serve this model
+                plan_fields.setdefault("provider_model_name", upstream)
             name = _deployment_name(prefix, canonical_id, used)
-            plans.append(DeploymentPlan(name, canonical_id, via, dict(fields), credential))
+            plans.append(DeploymentPlan(name, canonical_id, via, plan_fields, credential))
     return plans
+
+
+def _counterparts(
+    ctx: Context, catalog: dict[str, tuple[str, str, str]], provider: str
+) -> dict[tuple[str, str], str]:
+    """(mode, same-model key) -> ``provider``'s own name for its active catalog model. Of
+    several, a ``maker.model`` id without a region prefix wins, then one without a Vertex-style
+    ``@version``, then the shortest (``anthropic.claude-sonnet-4-6`` over
+    ``us.anthropic.claude-sonnet-4-6``)."""
+
+    def rank(name: str) -> tuple[bool, bool, int, str]:
+        return (BEDROCK_STYLE.match(name) is None, "@" in name, len(name), name)
+
+    found: dict[tuple[str, str], str] = {}
+    for canonical_id, (owner, mode, status) in sorted(catalog.items()):
+        model = ctx.models.get(canonical_id)
+        if owner != provider or status != ModelStatus.ACTIVE or model is None:
+            continue
+        name = model.provider_model_name
+        key = (mode, same_model_key(name))
+        if key not in found or rank(name) < rank(found[key]):
+            found[key] = name
+    return found
 
 
 def _models_after_file(ctx: Context) -> dict[str, tuple[str, str, str]]:

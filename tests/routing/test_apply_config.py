@@ -7,6 +7,7 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
+import time_machine
 from django.core.management import CommandError, call_command
 
 from routing.catalog import catalog_snapshot
@@ -272,16 +273,32 @@ def test_command_prints_changes_and_refuses_bad_files(tmp_path, monkeypatch):
         call_command("apply_config", str(_write(tmp_path, "version 1\n")))
 
 
-def test_demo_file_puts_every_main_provider_model_on_the_simulator(monkeypatch):
+def _apply_demo(monkeypatch, when):
+    """The bundled catalog imported and the demo file applied, as ``make run`` does on ``when``."""
     monkeypatch.setenv("SIMULATOR_URL", "http://127.0.0.1:9123")
-    catalog_import()
-    result = config_apply_file(ROOT / "config" / "demo.toml")
+    with time_machine.travel(when, tick=False):
+        catalog_import()
+        result = config_apply_file(ROOT / "config" / "demo.toml")
+        snapshot = catalog_snapshot(max_age=0)
+    return result, snapshot
+
+
+# The bundled catalog deprecates anthropic/claude-sonnet-4-5 on 2026-11-30 (Bedrock's copy on
+# 2027-04-08): the demo is applied once before that date and once after it.
+BEFORE_SONNET_4_5_ENDS = datetime(2026, 11, 15, 12, tzinfo=UTC)
+AFTER_SONNET_4_5_ENDS = datetime(2026, 12, 15, 12, tzinfo=UTC)
+
+
+def test_demo_file_puts_every_main_provider_model_on_the_simulator(monkeypatch):
+    result, snapshot = _apply_demo(monkeypatch, BEFORE_SONNET_4_5_ENDS)
     deployments = Deployment.objects.select_related("model", "provider")
     assert len(result.changes) == deployments.count() + 2  # + the two credentials
     expected_base = {
         "openai": "http://127.0.0.1:9123/openai/v1",
         "anthropic": "http://127.0.0.1:9123/anthropic",
         "gemini": "http://127.0.0.1:9123/gemini",
+        "azure": "http://127.0.0.1:9123/azure",
+        "bedrock": "http://127.0.0.1:9123/bedrock",
     }
     main = ("openai", "anthropic", "gemini", "deepseek", "xai", "mistral", "dashscope", "moonshot")
     chat_models = Model.objects.filter(provider__slug__in=main, mode="chat", status="active")
@@ -289,22 +306,32 @@ def test_demo_file_puts_every_main_provider_model_on_the_simulator(monkeypatch):
     on_simulator = {d.model.canonical_id for d in deployments if d.provider == d.model.provider}
     assert set(chat_models.values_list("canonical_id", flat=True)) <= on_simulator
     for deployment in deployments:
-        if deployment.provider.kind in expected_base:
-            assert deployment.base_url == expected_base[deployment.provider.kind]
-    azure = deployments.get(name="sim-azure-gpt-4o")
-    assert (azure.provider.kind, azure.base_url, azure.api_version, azure.model.canonical_id) == (
+        assert deployment.base_url == expected_base[deployment.provider.kind]
+    assert not deployments.exclude(model__status="active").exists()  # current models only
+    azure = deployments.get(name="sim-azure-openai-gpt-4o")
+    assert (azure.provider.kind, azure.api_version, azure.region, azure.priority) == (
         "azure",
-        "http://127.0.0.1:9123/azure",
         "2024-10-21",
-        "openai/gpt-4o",
+        "eastus",
+        1,
     )
-    bedrock = deployments.get(name="sim-bedrock-claude-sonnet-4-5")
+    assert azure.provider_model_name == "gpt-4o"  # the Azure deployment name
+    bedrock = deployments.get(name="sim-bedrock-anthropic-claude-sonnet-4-5")
     assert (bedrock.provider.kind, bedrock.region, bedrock.credential.kind) == (
         "bedrock",
         "us-east-1",
         "aws",
     )
-    snapshot = catalog_snapshot(max_age=0)
+    assert bedrock.provider_model_name == "anthropic.claude-sonnet-4-5-20250929-v1:0"
+    # Every current Anthropic model that Bedrock also lists is on both, under Bedrock's name.
+    on_bedrock = {
+        d.model.canonical_id: d.provider_model_name
+        for d in deployments
+        if d.provider.slug == "bedrock"
+    }
+    assert on_bedrock["anthropic/claude-haiku-4-5"] == "anthropic.claude-haiku-4-5-20251001-v1:0"
+    assert on_bedrock["anthropic/claude-sonnet-4-6"] == "anthropic.claude-sonnet-4-6"
+    assert set(on_bedrock) <= on_simulator
     kinds = {d.kind for d in snapshot.deployments_for("claude-sonnet-4-5")}
     assert kinds == {"anthropic", "bedrock"}
     aws = snapshot.credential_secret(bedrock.credential_id)
@@ -312,7 +339,17 @@ def test_demo_file_puts_every_main_provider_model_on_the_simulator(monkeypatch):
         "AKIASIMULATORDEMO",
         "simulator-demo-secret",
     )
-    assert config_apply_file(ROOT / "config" / "demo.toml").changes == []
+    with time_machine.travel(BEFORE_SONNET_4_5_ENDS, tick=False):
+        assert config_apply_file(ROOT / "config" / "demo.toml").changes == []
+
+
+def test_demo_applied_after_a_deprecation_date_leaves_that_model_out(monkeypatch):
+    _, snapshot = _apply_demo(monkeypatch, AFTER_SONNET_4_5_ENDS)
+    assert Model.objects.get(canonical_id="anthropic/claude-sonnet-4-5").status == "deprecated"
+    assert snapshot.deployments_for("anthropic/claude-sonnet-4-5") == ()
+    # its successor is where the demo's examples go, on both providers
+    kinds = {d.kind for d in snapshot.deployments_for("anthropic/claude-sonnet-4-6")}
+    assert kinds == {"anthropic", "bedrock"}
 
 
 SET_FILE = """
@@ -355,3 +392,22 @@ def test_deployment_sets_see_the_models_section_of_the_same_file(tmp_path):
     before = _state()
     assert config_apply_file(path, environ={}).changes == []
     assert _state() == before
+
+
+def test_the_models_the_docs_examples_name_have_no_deprecation_date_and_a_demo_deployment(
+    monkeypatch,
+):
+    """A newcomer copies these: each catalog id that docs/api.md or the README names is one
+    the bundled catalog announces no end for, and the demo serves it (checked on the catalog,
+    not the calendar: a newer catalog that deprecates one fails here, when it is updated)."""
+    import re
+
+    _, snapshot = _apply_demo(monkeypatch, BEFORE_SONNET_4_5_ENDS)
+    text = (ROOT / "docs" / "api.md").read_text() + (ROOT / "README.md").read_text()
+    named = set(re.findall(r"\b(?:openai|anthropic|gemini)/[a-z0-9][a-z0-9.-]*[a-z0-9]", text))
+    in_catalog = {m for m in named if m in snapshot.models}
+    assert len(in_catalog) >= 5
+    for model_id in sorted(in_catalog):
+        model = snapshot.models[model_id]
+        assert model.deprecation_date is None, model_id
+        assert snapshot.deployments_for(model_id), model_id
