@@ -291,6 +291,10 @@ async def _stream_response(
             logger.error("stream relay failed", extra={"fields": fields})
             metrics.STREAM_ERRORS.labels(ctx.route, "internal").inc()
             state["status"] = 598
+            # Settled before the last event, as on every other way out: the client (and a
+            # test reading the body) sees the end only once the charge is written.
+            await pipeline.finish(ctx)
+            pending.append(cost_comment(ctx.cost))
             pending += renderer.error(InternalError("The gateway failed while streaming."))
             yield b"".join(pending)
 

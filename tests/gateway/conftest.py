@@ -63,6 +63,10 @@ class ServerThread:
             lifespan="on",
             log_level="warning",
             access_log=False,
+            # A module's client keeps one connection for all its tests; uvicorn's default 5 s
+            # idle close can land just as a slow test sends its next request on it, which the
+            # client sees as "Server disconnected". Tests run well inside this.
+            timeout_keep_alive=120,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -346,7 +346,14 @@ def test_stream_renderer_bug_still_ends_with_error_event(client, monkeypatch):
         return original(self, chunk)
 
     monkeypatch.setattr(handlers.ChatRenderer, "chunk", flaky)
-    events = sse_data(client.post("/v1/chat/completions", json=chat(stream=True)))
+    response = client.post("/v1/chat/completions", json=chat(stream=True))
+    # Settled before the last event, as every other way a stream ends: once the client has the
+    # whole body, the usage is written (nothing of the request is still running behind it).
+    from billing.models import UsageEvent
+
+    assert UsageEvent.objects.filter(request_id=response.headers["x-megarouter-usage-id"]).exists()
+    assert ": x-megarouter-cost-usd " in response.text
+    events = sse_data(response)
     assert "[DONE]" not in events
     assert events[-1] == {
         "error": {
