@@ -20,7 +20,7 @@ def _configure() -> None:
     settings.DATA_DIR  # noqa: B018 (reads settings now so a bad value exits here)
     app.config_from_object("django.conf:settings", namespace="CELERY")
     if settings.CELERY_BROKER_URL.startswith("filesystem://"):
-        for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+        for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
             Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS[key]).mkdir(parents=True, exist_ok=True)
     app.autodiscover_tasks()
 
