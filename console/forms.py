@@ -12,6 +12,7 @@ from django import forms
 
 from orgs.errors import InvalidInput
 from orgs.models import Node, Role
+from orgs.policy import RULES, STRATEGY_LABELS, PolicyError, PolicySpec, Rule
 
 
 def add_service_errors(
@@ -280,69 +281,69 @@ class TopupForm(StyledForm):
     reference = forms.CharField(max_length=200, help_text="The bank transfer's reference.")
 
 
+def _policy_form_field(rule: Rule) -> forms.Field:
+    """The console input for one field of the policy document (orgs.policy): the document's
+    own validation gives every message, so the inputs only carry text to it."""
+    common: dict[str, Any] = {"required": False, "label": rule.label, "help_text": rule.help}
+    if rule.kind == "strategy":
+        choices = [("", "Inherit"), *STRATEGY_LABELS.items()]
+        return forms.ChoiceField(choices=choices, **common)
+    if rule.kind in ("patterns", "names"):
+        return forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), **common)
+    if rule.kind == "flag":
+        return forms.BooleanField(**common)
+    if rule.choices:
+        choices = [("", "Not set"), *((str(k), v) for k, v in rule.choices)]
+        return forms.ChoiceField(choices=choices, **common)
+    if rule.kind in ("decimal", "integer"):
+        attrs = {"inputmode": "decimal" if rule.kind == "decimal" else "numeric"}
+        return forms.CharField(widget=forms.TextInput(attrs=attrs), **common)
+    return forms.CharField(max_length=255, **common)
+
+
 class RoutingPolicyForm(StyledForm):
-    """A routing policy document (routing.policies validates it)."""
+    """A routing policy document: one input per field the policy declares (orgs.policy), the
+    document validated by ``PolicySpec.from_document`` (its messages, on their inputs)."""
 
     node = NodeChoiceField(queryset=Node.objects.none(), empty_label=None, label="Applies at")
-    strategy = forms.ChoiceField(
-        required=False, help_text="Empty: inherit from above (balanced at the top)."
-    )
-    allowed_models = forms.CharField(
-        required=False, widget=forms.Textarea(attrs={"rows": 2}), help_text="Ids or patterns."
-    )
-    blocked_models = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
-    allowed_providers = forms.CharField(
-        required=False, widget=forms.Textarea(attrs={"rows": 2}), help_text="Provider slugs."
-    )
-    blocked_providers = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
-    fallbacks = forms.CharField(
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 2}),
-        help_text="Model ids tried in this order when the choice fails.",
-    )
-    allowed_regions = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
-    max_price_per_million = forms.DecimalField(
-        required=False, min_value=0, label="Max price per million tokens (USD)"
-    )
-    max_latency_ms = forms.IntegerField(required=False, min_value=1, label="Max latency (ms)")
-    quality_floor = forms.TypedChoiceField(
-        required=False,
-        coerce=int,
-        empty_value=None,
-        choices=[("", "No floor"), (1, "Economy"), (2, "Standard"), (3, "Strong"), (4, "Frontier")],
-    )
-    reference_model = forms.CharField(
-        required=False, max_length=255, help_text="Savings are reported against this model."
-    )
-    zero_data_retention_only = forms.BooleanField(
-        required=False, label="Only providers with zero data retention"
-    )
-    LIST_FIELDS = (
-        "allowed_models",
-        "blocked_models",
-        "allowed_providers",
-        "blocked_providers",
-        "fallbacks",
-        "allowed_regions",
-    )
 
-    def __init__(self, *args: Any, nodes: Any, strategies: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, nodes: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["node"].queryset = nodes
-        self.fields["strategy"].choices = [("", "Inherit"), *strategies]
+        for name, rule in RULES.items():
+            self.fields[name] = _policy_form_field(rule)
+        self.spec: PolicySpec | None = None
+
+    @classmethod
+    def initial_for(cls, document: dict[str, Any]) -> dict[str, Any]:
+        """The inputs' initial values for a stored document."""
+        return {k: "\n".join(v) if isinstance(v, list) else v for k, v in document.items()}
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        try:
+            self.spec = PolicySpec.from_document(self._document(data))
+        except PolicyError as exc:
+            for name, message in exc.errors.items():
+                self.add_error(name if name in self.fields else None, message)
+        return data
 
     def document(self) -> dict[str, Any]:
-        data = self.cleaned_data
-        doc: dict[str, Any] = {name: lines(data[name]) for name in self.LIST_FIELDS}
-        doc["strategy"] = data["strategy"]
-        if data["max_price_per_million"] is not None:
-            doc["max_price_per_million"] = str(data["max_price_per_million"])
-        for name in ("max_latency_ms", "quality_floor"):
-            if data[name] is not None:
-                doc[name] = data[name]
-        doc["reference_model"] = data["reference_model"]
-        if data["zero_data_retention_only"]:
-            doc["zero_data_retention_only"] = True
+        assert self.spec is not None, "call is_valid() first"
+        return self.spec.to_document()
+
+    @staticmethod
+    def _document(data: dict[str, Any]) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        for name, rule in RULES.items():
+            value = data.get(name)
+            if rule.kind in ("patterns", "names"):
+                value = lines(value or "")
+            elif rule.kind == "integer" and isinstance(value, str):
+                value = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+            elif rule.kind == "flag":
+                value = True if value else None
+            doc[name] = value
         return doc
 
 

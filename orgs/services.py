@@ -38,7 +38,7 @@ from orgs.models import (
     PersonalAccessToken,
     Role,
 )
-from orgs.policy import validate_model_patterns, validate_routing_policy
+from orgs.policy import PolicyError, routing_policy_clean, validate_model_patterns
 from orgs.roles import CREATE_KEYS, MANAGE_KEYS, OWNER_ONLY_ROLES, permissions_for
 from orgs.selectors import has_perm_on_node, is_owner_over, memberships_covering, subtree
 
@@ -639,9 +639,10 @@ def _clean_key_fields(values: dict[str, Any]) -> dict[str, Any]:
             out[field] = limit
     if "routing_policy" in values:
         try:
-            out["routing_policy"] = validate_routing_policy(values["routing_policy"])
-        except ValueError as exc:
-            errors["routing_policy"] = [str(exc)]
+            out["routing_policy"] = routing_policy_clean(values["routing_policy"])
+        except PolicyError as exc:  # named like the policies API's fields: routing_policy.<field>
+            for name, message in exc.errors.items():
+                errors[f"routing_policy.{name}" if name else "routing_policy"] = [message]
     if "expires_at" in values:
         expires = values["expires_at"]
         if expires is not None and expires <= timezone.now():

@@ -9,7 +9,8 @@
     max_price_per_million = "15"
     quality_floor = 2
 
-Every other field of a policy document (docs/routing.md, "Policies") may appear. The file's
+Every other field of a policy document (``orgs.policy.PolicySpec``; docs/routing.md,
+"Policies") may appear, as at every other level. The file's
 policy replaces the node's policy as a whole; a second run with the same file changes nothing.
 Validated with the catalog sections before any write, applied in the same transaction, last.
 """
@@ -22,14 +23,7 @@ from typing import Any
 from orgs.audit import Actor
 from orgs.models import Node, Organization
 from routing.operator_config import Context, Section, register_section
-from routing.policies import (
-    PolicyError,
-    PolicySpec,
-    _spec_from_row,
-    policy_spec_from_dict,
-    policy_spec_to_dict,
-    routing_policy_set,
-)
+from routing.policies import PolicyError, PolicySpec, routing_policy_set
 from routing.policy_models import RoutingPolicy
 
 
@@ -80,7 +74,7 @@ def _validate(items: list[dict[str, Any]], ctx: Context) -> list[PolicyPlan]:
             continue
         seen.add(node.pk)
         try:
-            spec = policy_spec_from_dict(document)
+            spec = PolicySpec.from_document(document)
         except PolicyError as error:
             for name, message in error.errors.items():
                 ctx.error(f"{path}.{name}", message)
@@ -97,8 +91,8 @@ def _apply(plans: list[PolicyPlan], ctx: Context) -> None:
     }
     for plan in plans:
         current = existing.get(plan.node_id)
-        before = policy_spec_to_dict(_spec_from_row(current)) if current is not None else None
-        if before == policy_spec_to_dict(plan.spec):
+        before = dict(current.document) if current is not None else None
+        if before == plan.spec.to_document():
             continue
         routing_policy_set(actor=actor, node=Node.objects.get(pk=plan.node_id), data=plan.document)
         ctx.changes.append(f"policy {plan.label}: {'created' if before is None else 'updated'}")

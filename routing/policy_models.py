@@ -11,35 +11,18 @@ from __future__ import annotations
 from django.db import models
 
 from orgs.models import Node, Organization
-from routing.models import PRICE_FIELD
-
-
-class Strategy(models.TextChoices):
-    BALANCED = "balanced", "Balanced (cost, latency and quality)"
-    COST = "cost", "Cost first"
-    LATENCY = "latency", "Latency first"
-    AVAILABILITY = "availability", "Availability first"
 
 
 class RoutingPolicy(models.Model):
-    """Every field is optional: blank / null means "inherit from the level above"."""
+    """A node's policy: a document of the fields ``orgs.policy.PolicySpec`` declares, only those
+    set here (a field left out inherits from the level above). Written through
+    ``routing.policies.routing_policy_set``, which validates it."""
 
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="routing_policies"
     )
     node = models.OneToOneField(Node, on_delete=models.CASCADE, related_name="routing_policy")
-    strategy = models.CharField(max_length=16, choices=Strategy.choices, blank=True)
-    allowed_models = models.JSONField(default=list, blank=True)  # ids or glob patterns
-    blocked_models = models.JSONField(default=list, blank=True)
-    allowed_providers = models.JSONField(default=list, blank=True)  # provider slugs
-    blocked_providers = models.JSONField(default=list, blank=True)
-    fallbacks = models.JSONField(default=list, blank=True)  # model ids, tried in order
-    allowed_regions = models.JSONField(default=list, blank=True)
-    max_price_per_million = models.DecimalField(**PRICE_FIELD, null=True, blank=True)
-    max_latency_ms = models.PositiveIntegerField(null=True, blank=True)
-    zero_data_retention_only = models.BooleanField(null=True, blank=True)
-    quality_floor = models.PositiveSmallIntegerField(null=True, blank=True)  # QualityTier 1..4
-    reference_model = models.CharField(max_length=255, blank=True)
+    document = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -48,6 +31,11 @@ class RoutingPolicy(models.Model):
 
     def __str__(self) -> str:
         return f"policy@{self.node_id}"
+
+    @property
+    def strategy(self) -> str:
+        """The strategy this node sets ("" when it inherits)."""
+        return str(self.document.get("strategy", ""))
 
 
 class RoutingPolicyVersion(models.Model):

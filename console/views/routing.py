@@ -18,18 +18,11 @@ from routing.complexity.features import RequestFeatures
 from routing.engine import NoRoute, RouteRequest, route
 from routing.policies import (
     PolicyError,
-    _spec_from_row,
     policy_resolve,
-    policy_spec_to_dict,
     routing_policy_delete,
     routing_policy_set,
 )
-from routing.policy_models import RoutingPolicy, Strategy
-
-
-def policy_document(policy: RoutingPolicy) -> dict[str, Any]:
-    """A stored policy as its document (only the fields that are set), as the API shows it."""
-    return policy_spec_to_dict(_spec_from_row(policy))
+from routing.policy_models import RoutingPolicy
 
 
 def preview_route(*, node: Node, model: str, prompt: str) -> dict[str, Any]:
@@ -83,9 +76,7 @@ class PoliciesView(ConsoleOrgView):
         )
 
     def _form(self, data: Any = None, initial: Any = None) -> RoutingPolicyForm:
-        return RoutingPolicyForm(
-            data, nodes=self._policy_nodes(), strategies=Strategy.choices, initial=initial
-        )
+        return RoutingPolicyForm(data, nodes=self._policy_nodes(), initial=initial)
 
     def get(self, request: HttpRequest, org_slug: str) -> HttpResponse:
         initial = None
@@ -96,14 +87,7 @@ class PoliciesView(ConsoleOrgView):
             ).first()
             initial = {"node": int(edit)}
             if row is not None:
-                doc = policy_document(row)
-                initial.update(
-                    {
-                        k: "\n".join(v) if isinstance(v, list) else v
-                        for k, v in doc.items()
-                        if k != "node"
-                    }
-                )
+                initial.update(RoutingPolicyForm.initial_for(row.document))
         preview_form = RoutePreviewForm(
             request.GET if "preview-prompt" in request.GET else None,
             nodes=self._visible_nodes(),
@@ -147,7 +131,7 @@ class PoliciesView(ConsoleOrgView):
             .order_by("node__path")
         )
         for p in policies:
-            rows.append({"p": p, "doc": policy_document(p), "can_manage": p.node_id in manageable})
+            rows.append({"p": p, "doc": p.document, "can_manage": p.node_id in manageable})
         return self.render(
             "console/policies.html",
             {"rows": rows, "form": form, "preview_form": preview_form, "preview": preview},

@@ -1,27 +1,21 @@
-"""Routing policy API shapes. Input is validated by ``routing.policies.policy_spec_from_dict``
-(the same rules as the operator file); these serializers only render and take the node."""
+"""Routing policy API shapes. The document is validated by ``orgs.policy.PolicySpec`` (the one
+declaration every level uses); these serializers only render and take the node."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from rest_framework import serializers
 
-from routing.policies import _spec_from_row, policy_spec_to_dict
 from routing.policy_models import RoutingPolicy
 
 
 class RoutingPolicyOut(serializers.ModelSerializer):
     node_kind = serializers.CharField(source="node.kind", read_only=True)
     node_slug = serializers.CharField(source="node.slug", read_only=True)
-    policy = serializers.SerializerMethodField()
+    policy = serializers.JSONField(source="document", read_only=True)
 
     class Meta:
         model = RoutingPolicy
         fields = ["id", "node", "node_kind", "node_slug", "policy", "created_at", "updated_at"]
-
-    def get_policy(self, obj: RoutingPolicy) -> dict[str, Any]:
-        return policy_spec_to_dict(_spec_from_row(obj))
 
 
 class RoutingPolicyIn(serializers.Serializer):

@@ -108,31 +108,4 @@ class RoutingPolicyViewSet(
         )
         kinds = {n.pk: n.kind for n in Node.objects.filter(pk__in=node.ancestor_ids)}
         levels = [kinds[node.ancestor_ids[int(i)]] for i in merged.levels]
-        return Response({"node": node.pk, "levels": levels, "policy": _effective_doc(merged)})
-
-
-def _effective_doc(policy: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"strategy": policy.strategy}
-    groups = {
-        "allowed_models": policy.allowed_model_groups,
-        "allowed_providers": policy.allowed_provider_groups,
-        "allowed_regions": policy.region_groups,
-    }
-    for name, value in groups.items():
-        if value:
-            out[name] = [list(group) for group in value]  # every group must match
-    for name in ("blocked_models", "blocked_providers", "fallbacks", "preferred_models"):
-        value = getattr(policy, name)
-        if value:
-            out[name] = list(value)
-    for name in ("max_price_per_million", "max_cost_usd"):
-        value = getattr(policy, name)
-        if value is not None:
-            out[name] = format(value.normalize(), "f")
-    for name in ("max_latency_ms", "quality_floor", "reference_model"):
-        value = getattr(policy, name)
-        if value is not None:
-            out[name] = value
-    if policy.zero_data_retention_only:
-        out["zero_data_retention_only"] = True
-    return out
+        return Response({"node": node.pk, "levels": levels, "policy": merged.document()})

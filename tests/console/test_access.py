@@ -65,7 +65,7 @@ def snapshot() -> dict[str, Any]:
             )
         ),
         "policies": list(
-            RoutingPolicy.objects.order_by("id").values_list("id", "node_id", "strategy")
+            RoutingPolicy.objects.order_by("id").values_list("id", "node_id", "document")
         ),
         "ledger": list(LedgerEntry.objects.order_by("id").values_list("id", "amount")),
         "audit": AuditEvent.objects.count(),

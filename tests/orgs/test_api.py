@@ -209,11 +209,18 @@ def test_bad_key_input_is_400_and_changes_nothing(t, owner):
         ),
         (
             {"project": t.project.pk, "name": "x", "routing_policy": {"strategy": "cheapest"}},
-            {"routing_policy": ["strategy must be one of balanced, cost, latency, availability"]},
+            {"routing_policy.strategy": ["must be one of balanced, cost, latency, availability"]},
         ),
         (
             {"project": t.project.pk, "name": "x", "routing_policy": {"colour": "red"}},
-            {"routing_policy": ["unknown routing_policy fields: colour"]},
+            {
+                "routing_policy.colour": [
+                    "unknown field; known: strategy, allowed_models, blocked_models, "
+                    "preferred_models, fallbacks, allowed_providers, blocked_providers, "
+                    "allowed_regions, max_price_per_million, max_cost_per_request_usd, "
+                    "max_latency_ms, quality_floor, zero_data_retention_only, reference_model"
+                ]
+            },
         ),
         (
             {"project": t.project.pk, "name": "x", "expires_at": "2001-01-01T00:00:00Z"},

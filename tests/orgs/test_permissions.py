@@ -7,7 +7,7 @@ from orgs import services
 from orgs.audit import REDACTED, Actor, audit_event_record, scrub
 from orgs.errors import InvalidInput, NotAllowed
 from orgs.models import AuditEvent, Membership, NodeUserPermission, Role
-from orgs.policy import validate_routing_policy
+from orgs.policy import PolicyError, routing_policy_clean
 from orgs.roles import ALL_PERMISSIONS, ROLE_PERMISSIONS
 from orgs.selectors import has_perm_on_node, permitted_node_ids
 from tests.orgs.factories import SYSTEM, UserFactory, add_member, make_tree
@@ -142,26 +142,38 @@ def test_audit_scrubs_secrets():
 
 
 def test_routing_policy_schema():
-    assert validate_routing_policy(None) is None
-    assert validate_routing_policy(
+    """A key's routing policy is the one policy document (orgs.policy), stored as JSON."""
+    assert routing_policy_clean(None) is None
+    assert routing_policy_clean(
         {"strategy": "cost", "allowed_models": ["openai/*"], "max_cost_per_request_usd": "0.050"}
-    ) == {"strategy": "cost", "allowed_models": ["openai/*"], "max_cost_per_request_usd": "0.050"}
-    assert validate_routing_policy({"reference_model": " openai/gpt-4o "}) == {
+    ) == {"strategy": "cost", "allowed_models": ["openai/*"], "max_cost_per_request_usd": "0.05"}
+    assert routing_policy_clean({"reference_model": " openai/gpt-4o "}) == {
         "reference_model": "openai/gpt-4o"
     }
-    for bad, message in [
-        ([], "routing_policy must be an object"),
-        ({"strategy": "fast"}, "strategy must be one of balanced, cost, latency, availability"),
+    for bad, errors in [
+        ([], {"": "must be an object"}),
         (
-            {"blocked_models": "openai/*"},
-            "blocked_models must be a list of model ids or glob patterns",
+            {"strategy": "fast"},
+            {"strategy": "must be one of balanced, cost, latency, availability"},
         ),
-        ({"max_cost_per_request_usd": 0.1}, "max_cost_per_request_usd must be a decimal string"),
-        ({"max_cost_per_request_usd": "-1"}, "max_cost_per_request_usd must be positive"),
-        ({"x": 1}, "unknown routing_policy fields: x"),
-        ({"reference_model": ""}, "reference_model must be a model id (1 to 255 characters)"),
-        ({"reference_model": ["a"]}, "reference_model must be a model id (1 to 255 characters)"),
+        ({"blocked_models": "openai/*"}, {"blocked_models": "must be a list of strings"}),
+        (
+            {"max_cost_per_request_usd": True},
+            {"max_cost_per_request_usd": "must be a decimal number"},
+        ),
+        (
+            {"max_cost_per_request_usd": "-1"},
+            {"max_cost_per_request_usd": "must be a positive number"},
+        ),
+        (
+            {"reference_model": ["a"]},
+            {"reference_model": "must be a model id (1 to 255 characters)"},
+        ),
     ]:
-        with pytest.raises(ValueError) as exc:
-            validate_routing_policy(bad)
-        assert str(exc.value) == message
+        with pytest.raises(PolicyError) as exc:
+            routing_policy_clean(bad)
+        assert exc.value.errors == errors
+    with pytest.raises(PolicyError) as exc:
+        routing_policy_clean({"x": 1})
+    assert list(exc.value.errors) == ["x"]
+    assert exc.value.errors["x"].startswith("unknown field; known: strategy, allowed_models")

@@ -16,11 +16,8 @@ from routing.operator_config import ConfigFileError, config_apply
 from routing.policies import (
     PolicyError,
     PolicySpec,
-    RequestOverride,
-    key_policy_spec,
     policy_for_key,
     policy_merge,
-    policy_spec_from_dict,
     policy_table,
     policy_table_reset,
     routing_policy_set,
@@ -55,7 +52,7 @@ def _fresh_policy_table():
 
 def test_document_validation_names_every_bad_field():
     with pytest.raises(PolicyError) as caught:
-        policy_spec_from_dict(
+        PolicySpec.from_document(
             {
                 "strategy": "fastest",
                 "allowed_models": "openai/*",
@@ -68,9 +65,9 @@ def test_document_validation_names_every_bad_field():
         )
     assert caught.value.errors == {
         "colour": "unknown field; known: strategy, allowed_models, blocked_models, "
-        "allowed_providers, blocked_providers, fallbacks, allowed_regions, "
-        "max_price_per_million, max_latency_ms, zero_data_retention_only, quality_floor, "
-        "reference_model",
+        "preferred_models, fallbacks, allowed_providers, blocked_providers, allowed_regions, "
+        "max_price_per_million, max_cost_per_request_usd, max_latency_ms, quality_floor, "
+        "zero_data_retention_only, reference_model",
         "strategy": "must be one of balanced, cost, latency, availability",
         "allowed_models": "must be a list of strings",
         "max_price_per_million": "must be zero or more",
@@ -81,7 +78,7 @@ def test_document_validation_names_every_bad_field():
 
 
 def test_document_round_trip():
-    spec = policy_spec_from_dict(
+    spec = PolicySpec.from_document(
         {"strategy": "cost", "allowed_regions": ["eu-west-1"], "max_price_per_million": "2.5"}
     )
     assert spec == PolicySpec(
@@ -115,8 +112,8 @@ def test_merge_nearest_preference_wins_and_restrictions_accumulate():
                 ),
             ),
             ("project", PolicySpec()),
-            ("key", PolicySpec(max_cost_usd=Decimal("0.5"))),
-            ("request", RequestOverride(strategy="availability", region="eu").spec()),
+            ("key", PolicySpec(max_cost_per_request_usd=Decimal("0.5"))),
+            ("request", PolicySpec(strategy="availability", allowed_regions=("eu",))),
         ]
     )
     assert merged.strategy == "availability"
@@ -129,7 +126,7 @@ def test_merge_nearest_preference_wins_and_restrictions_accumulate():
     assert merged.model_allowed("openai/o1-preview") is False
     assert merged.model_allowed("openai/gpt-5") is True
     assert merged.max_price_per_million == Decimal("20")
-    assert merged.max_cost_usd == Decimal("0.5")
+    assert merged.max_cost_per_request_usd == Decimal("0.5")
     assert merged.zero_data_retention_only is True
     assert merged.region_groups == (("eu",),)
     assert merged.levels == ("organization", "team", "key", "request")
@@ -159,7 +156,7 @@ def test_policy_for_key_resolves_every_level_without_queries_when_warm():
     assert policy.blocked_models == ("openai/gpt-4o",)
     assert policy.levels == ("organization", "team", "key")
     with CaptureQueriesContext(connection) as queries:
-        again = policy_for_key(key, RequestOverride(strategy="balanced"))
+        again = policy_for_key(key, PolicySpec(strategy="balanced"))
     assert len(queries) == 0
     assert again.strategy == "balanced"
 
@@ -333,8 +330,7 @@ def test_operator_file_policies_apply_once():
     result = config_apply(data=data, environ={})
     assert result.changes == ["policy acme: created", "policy acme/eng/platform: created"]
     team_policy = RoutingPolicy.objects.get(node=tree.team)
-    assert team_policy.allowed_providers == ["openai"]
-    assert team_policy.max_price_per_million == Decimal("15")
+    assert team_policy.document == {"allowed_providers": ["openai"], "max_price_per_million": "15"}
     again = config_apply(data=data, environ={})
     assert again.changes == []
     data["policies"][0]["strategy"] = "latency"
@@ -368,12 +364,12 @@ def test_reference_model_nearest_level_wins_up_to_the_request():
     levels = [
         ("organization", PolicySpec(reference_model="openai/gpt-4o")),
         ("project", PolicySpec(reference_model="anthropic/claude-a")),
-        ("key", key_policy_spec({"reference_model": "anthropic/claude-b"})),
+        ("key", PolicySpec.from_document({"reference_model": "anthropic/claude-b"})),
     ]
     assert policy_merge(levels).reference_model == "anthropic/claude-b"
-    override = RequestOverride(reference_model="openai/gpt-c").spec()
+    override = PolicySpec(reference_model="openai/gpt-c")
     assert policy_merge([*levels, ("request", override)]).reference_model == "openai/gpt-c"
     # a key policy without one inherits the project's
-    key = ("key", key_policy_spec({"strategy": "cost"}))
+    key = ("key", PolicySpec.from_document({"strategy": "cost"}))
     assert policy_merge([*levels[:2], key]).reference_model == "anthropic/claude-a"
     assert policy_merge([]).reference_model is None  # the engine uses the default
