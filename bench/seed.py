@@ -46,32 +46,6 @@ FAULTS = {
 CREDENTIAL_SECRET = "sk-bench-credential-canary-7f3a"  # noqa: S105 (a canary, checked in logs)
 
 
-def integration() -> dict[str, Any]:
-    from gateway.pipeline import STEPS
-
-    def owner(fn: Any) -> str:
-        return getattr(fn, "__module__", "") or ""
-
-    route, admit, settle = owner(STEPS.route), owner(STEPS.admit), owner(STEPS.settle)
-    budgets = False
-    try:
-        from billing import services as billing_services
-
-        budgets = hasattr(billing_services, "budget_create")
-    except ImportError:
-        pass
-    return {
-        "route": route,
-        "admit": admit,
-        "settle": settle,
-        # The engine and billing are installed by gateway/apps.py through these two modules.
-        "routing_engine": route == "gateway.routing_step",
-        "billing_admission": admit == "gateway.admission",
-        "billing_settle": settle == "gateway.admission",
-        "budgets_available": budgets,
-    }
-
-
 def seed(simulator_url: str, run_id: str) -> dict[str, Any]:
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
@@ -147,44 +121,39 @@ def seed(simulator_url: str, run_id: str) -> dict[str, Any]:
         model(f"chaos-{name}", f"gpt-4o-mini~{knobs}~id=chaos-{name}-{run_id}", healthy)
     model("chaos-all503", "gpt-4o-mini~fault=503~id=a503", "gpt-4o-mini~fault=503~id=b503")
 
-    wired = integration()
-    budgets: list[str] = []
-    if wired["budgets_available"]:
-        from billing import services as billing
+    from billing import services as billing
 
-        billing.balance_topup(
-            actor=actor, organization=org, amount="1000000", reference=f"bench {run_id}"
+    billing.balance_topup(
+        actor=actor, organization=org, amount="1000000", reference=f"bench {run_id}"
+    )
+    budgets: list[str] = []
+    for scope, scope_id in (
+        ("organization", None),
+        ("member", membership.pk),
+        ("key", created.api_key.pk),
+    ):
+        billing.budget_create(
+            actor=actor,
+            organization=org,
+            scope=scope,
+            scope_id=scope_id,
+            period="monthly",
+            limit_usd="100000",
         )
-        for scope, scope_id in (
-            ("organization", None),
-            ("member", membership.pk),
-            ("key", created.api_key.pk),
-        ):
-            billing.budget_create(
-                actor=actor,
-                organization=org,
-                scope=scope,
-                scope_id=scope_id,
-                period="monthly",
-                limit_usd="100000",
-            )
-            budgets.append(scope)
+        budgets.append(scope)
     return {
         "key": created.raw_key,
         "key_id": created.api_key.pk,
         "organization_id": org.pk,
         "budgets": budgets,
-        "integration": wired,
         "credential_secret": CREDENTIAL_SECRET,
     }
 
 
 def usage(organization_id: int) -> dict[str, Any]:
-    """Usage rows of one organization: pending events and posted records (billing branch)."""
-    try:
-        from billing.models import UsageEvent, UsageRecord
-    except ImportError:
-        return {"available": False}
+    """Usage rows of one organization: pending events and posted records."""
+    from billing.models import UsageEvent, UsageRecord
+
     records = list(
         UsageRecord.objects.filter(organization_id=organization_id).values_list(
             "request_id", flat=True
@@ -203,8 +172,6 @@ def main(argv: list[str]) -> int:
     django.setup()
     if argv[:1] == ["--usage"]:
         print(json.dumps(usage(int(argv[1]))))
-    elif argv[:1] == ["--integration"]:
-        print(json.dumps(integration()))
     else:
         print(json.dumps(seed(argv[0], argv[1])))
     return 0

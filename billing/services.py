@@ -33,9 +33,9 @@ from billing.models import (
     UsageEvent,
     UsageRecord,
 )
-from billing.pricing import PLACES
 from orgs.audit import Actor, audit_event_record, diff
 from orgs.models import ApiKey, Membership, Node, NodeKind, Organization
+from routing.pricing import PLACES
 
 MAX_AMOUNT = Decimal(10) ** (AMOUNT["max_digits"] - AMOUNT["decimal_places"] - 1)
 MAX_TOPUP = Decimal("10000000")  # one top-up, refund or adjustment: at most $10M

@@ -12,6 +12,10 @@ from typing import Any
 
 import orjson
 
+from billing.errors import AdmissionRefused, BalanceExhausted, BudgetExceeded
+from billing.errors import RateLimited as BillingRateLimited
+from routing.engine import NoRoute
+
 
 class GatewayError(Exception):
     status: int = 500
@@ -164,3 +168,66 @@ _ANTHROPIC_TYPES = {
     503: "overloaded_error",
     504: "timeout_error",
 }
+
+
+def refusal_error(exc: AdmissionRefused) -> GatewayError:
+    """The OpenAI error object for an admission refusal (billing.admission.service)."""
+    error: GatewayError
+    if isinstance(exc, BudgetExceeded):
+        error = RateLimited(
+            f"The {exc.layer} budget (id {exc.budget_id}) does not allow this request: its "
+            "limit for the current period is reached. Raise the limit or wait for the next "
+            "period.",
+            code="budget_exceeded",
+        )
+        error.headers["x-megarouter-budget-layer"] = exc.layer
+        error.headers["x-should-retry"] = "false"  # the SDKs' automatic retries cannot help
+        return error
+    if isinstance(exc, BalanceExhausted):
+        error = PaymentRequired(
+            "The organization's prepaid balance does not cover this request. Top up the "
+            "balance to continue.",
+            code="insufficient_balance",
+        )
+        error.headers["x-should-retry"] = "false"
+        return error
+    if isinstance(exc, BillingRateLimited):
+        return RateLimited(
+            f"This key's {exc.limit}-per-minute limit is reached. Retry after "
+            f"{exc.retry_after} seconds.",
+            retry_after=exc.retry_after,
+            code="rate_limited",
+        )
+    retry_after = getattr(exc, "retry_after", None) or 1
+    return GatewayError(
+        "Budget admission is momentarily unavailable; retry shortly.",
+        status=503,
+        code="admission_unavailable",
+        headers={"retry-after": str(max(1, int(retry_after)))},
+    )
+
+
+def refusal_layer(exc: AdmissionRefused) -> str:
+    """The ``megarouter_budget_refusals{layer}`` label of a refusal."""
+    if isinstance(exc, BudgetExceeded):
+        return exc.layer
+    if isinstance(exc, BalanceExhausted):
+        return "balance"
+    if isinstance(exc, BillingRateLimited):
+        return "rate_limit"
+    return "admission_unavailable"
+
+
+_ROUTE_ERRORS: dict[str, type[GatewayError]] = {
+    "model_not_found": NotFound,
+    "model_not_allowed": PermissionDenied,
+    "unsupported_parameter": UnsupportedParameter,
+}
+
+
+def route_error(exc: NoRoute) -> GatewayError:
+    """The OpenAI error object for a routing refusal (routing.engine.NoRoute): its code,
+    message and parameter, at its status."""
+    cls = _ROUTE_ERRORS.get(exc.code, InvalidRequest)
+    code = None if exc.code == "invalid_request" else exc.code
+    return cls(exc.message, param=exc.param, code=code)

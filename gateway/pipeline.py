@@ -1,89 +1,74 @@
-"""The request pipeline: one function per call shape, with the steps the later branches plug
-into. A request goes
+"""The request pipeline: one function per call shape. A call goes (docs/architecture.md)
 
-    authenticate (api layer) -> route -> admit -> call with failover -> settle
+    prepare  -> routing.engine.route_call (the plan) -> billing's admission_reserve (the hold)
+    attempts -> routing.failover.run_with_failover over the plan, each an adapter call
+    finish   -> billing's admission_settle (the charge), or admission_release (nothing answered)
 
-``route``, ``admit`` and ``settle`` are the seams: :data:`STEPS` holds the implementation in
-force, installed by ``GatewayConfig.ready``: ``route`` is the routing engine
-(:mod:`gateway.routing_step`), ``admit`` and ``settle`` are billing's reservation and charge
-(:mod:`gateway.admission`). The defaults below (interim router, admit everything, charge
-nothing) are what runs without them. The attempts go through
-``routing.failover.run_with_failover`` (breakers, Retry-After, TTFT / stall deadlines).
+Every function is called by name; there is no step table and no configuration in which a
+request is served without admission. Nothing here reads or keeps request content beyond the
+character counts of the prompt estimate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
+import orjson
+from django.conf import settings
+
+from billing.admission import Reservation, UsageEventData
+from billing.admission.service import (
+    admission_release,
+    admission_reserve,
+    admission_settle,
+    output_tokens_reserve,
+)
+from billing.errors import AdmissionRefused
 from gateway import metrics
-from gateway.errors import GatewayError, InvalidRequest, RateLimited, UpstreamFailed
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    RateLimited,
+    UpstreamFailed,
+    refusal_error,
+    refusal_layer,
+    route_error,
+)
+from gateway.http import Timeouts
+from gateway.providers.base import get_adapter
+from gateway.providers.endpoints import endpoint_for
 from gateway.providers.types import (
     ChatChunk,
     ChatRequest,
     ChatResponse,
     EmbeddingRequest,
     EmbeddingResponse,
-    Endpoint,
     ErrorKind,
     ProviderError,
     Usage,
 )
-from gateway.wire.common import RoutingOverride
+from orgs.keys import KeyContext
+from orgs.policy import PolicySpec
+from routing.complexity import RequestFeatures
+from routing.engine import NoRoute, RouteCandidate, RouteDecision, RouteRequest, route_call
+from routing.failover import (
+    AttemptBudget,
+    AttemptRecord,
+    FailoverExhausted,
+    FailoverResult,
+    run_with_failover,
+    stream_start,
+)
+from routing.tokens import PromptCounts, prompt_tokens_estimate
 
 ZERO = Decimal(0)
-
-
-# ---------------------------------------------------------------- what flows between the steps
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """One deployment the call may go to, with what settle needs to price it."""
-
-    model_id: str  # canonical catalog id, e.g. "openai/gpt-5"
-    provider: str  # provider slug
-    deployment: str  # deployment name (metrics, the attempts trail)
-    endpoint: Endpoint
-    input_per_token: Decimal = ZERO
-    output_per_token: Decimal = ZERO
-    cached_input_per_token: Decimal | None = None
-    cache_write_per_token: Decimal | None = None
-    # For the failover loop (routing.failover): health / breaker key and context window.
-    deployment_id: int = 0
-    context_window: int | None = None
-
-    def cost(self, usage: Usage) -> Decimal:
-        """List price of ``usage`` at this deployment's model, in US dollars."""
-        cached = usage.cached_tokens
-        written = usage.cache_write_tokens
-        uncached = max(0, usage.prompt_tokens - cached - written)
-        cached_price = (
-            self.cached_input_per_token
-            if self.cached_input_per_token is not None
-            else self.input_per_token
-        )
-        write_price = (
-            self.cache_write_per_token
-            if self.cache_write_per_token is not None
-            else self.input_per_token
-        )
-        return (
-            uncached * self.input_per_token
-            + cached * cached_price
-            + written * write_price
-            + usage.completion_tokens * self.output_per_token
-        )
-
-
-@dataclass(slots=True)
-class RoutePlan:
-    strategy: str  # "fixed" for a named model, else balanced / cost / latency / availability
-    candidates: list[Candidate]
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -102,34 +87,28 @@ class CallContext:
 
     request_id: str  # the X-Request-ID (the caller's own when it sent one)
     route: str  # "chat", "completions", "responses", "messages", "embeddings"
-    key: Any  # the orgs key auth context
+    key: KeyContext
     requested_model: str
-    override: RoutingOverride | None = None
+    override: PolicySpec | None = None  # the request's own policy (its "megarouter" object)
     needs: frozenset[str] = frozenset()
     needs_param: dict[str, str] = field(default_factory=dict)  # capability -> parameter name
     max_tokens: int | None = None
     n: int = 1  # choices requested (the output reservation scales with it)
     stream: bool = False
-    # Admission: the prompt-size estimate (set by prepare) and the output tokens reserved.
-    input_tokens_estimate: int | None = None
+    # Admission: the prompt-size estimate and the output tokens reserved.
+    input_tokens_estimate: int = 0
     output_tokens_reserve: int = 0
     # The id billing keys the reservation and usage record by: the request id when the gateway
     # made it, a fresh one when the caller chose it (callers' ids need not be unique).
     client_request_id: bool = False
     charge_id: str = ""
-    # Routing: the engine's decision explanation (metadata only), returned in the
-    # x-megarouter-route header when the caller sent x-megarouter-debug: 1.
-    route_explain: dict[str, Any] | None = None
-    # The canonical model id savings are measured against (the effective policy's reference
-    # model, else the default; set by the route step, recorded on the usage event).
-    reference_model: str = ""
-    debug: bool = False
-    failover: Any = None  # routing.failover.FailoverResult of the answering attempt
+    debug: bool = False  # x-megarouter-debug: 1 asks for the route's explanation header
+    failover: FailoverResult[Any] | None = None  # the answering attempt
     stream_error: str | None = None  # ErrorKind value when the upstream broke mid-stream
     started: float = field(default_factory=time.perf_counter)
-    plan: RoutePlan | None = None
-    admission: Any = None
-    chosen: Candidate | None = None
+    plan: RouteDecision | None = None
+    admission: Reservation | None = None
+    chosen: RouteCandidate | None = None
     attempts: list[Attempt] = field(default_factory=list)
     upstream_seconds: float = 0.0  # time spent waiting on providers (overhead = total - this)
     ttft_seconds: float | None = None
@@ -142,8 +121,14 @@ class CallContext:
     settled: bool = False
 
     @property
-    def organization_id(self) -> Any:
-        return getattr(self.key, "organization_id", None)
+    def organization_id(self) -> int:
+        return self.key.organization_id
+
+    @property
+    def route_explain(self) -> dict[str, Any] | None:
+        """The routing decision's explanation (metadata only): stored on the usage record and
+        sent in the x-megarouter-route header when the caller asked for it."""
+        return self.plan.explain if self.plan is not None else None
 
     def generated_tokens(self) -> int:
         if self.usage is not None:
@@ -154,57 +139,286 @@ class CallContext:
         return self.plan.strategy if self.plan is not None else "none"
 
 
-@dataclass(slots=True)
-class Steps:
-    route: Callable[..., Awaitable[RoutePlan]]
-    admit: Callable[..., Awaitable[Any]]
-    settle: Callable[..., Awaitable[None]]
-
-
-async def admit_all(*, ctx: CallContext, plan: RoutePlan) -> None:
-    """Interim admission: no budgets yet (billing branch). Returns the reservation handle."""
-    return None
-
-
-async def settle_record(*, ctx: CallContext) -> None:
-    """Interim settle: the cost is computed (ctx.cost) and reported in metrics only."""
-    return None
-
-
-async def _route_interim(**kwargs: Any) -> RoutePlan:
-    from gateway.routing_interim import route_interim
-
-    return await route_interim(**kwargs)
-
-
-STEPS = Steps(route=_route_interim, admit=admit_all, settle=settle_record)
-
-
-# ---------------------------------------------------------------- the pipeline
+# ---------------------------------------------------------------- prepare: route and admit
 
 
 async def prepare(ctx: CallContext, request: ChatRequest | EmbeddingRequest) -> None:
-    """Route and admit. Raises GatewayError (404 / 403 / 400 / 402 / 429) before any call."""
-    from gateway.admission import input_tokens_estimate
-
-    ctx.input_tokens_estimate = input_tokens_estimate(request)
+    """Route and admit. Raises GatewayError (404 / 403 / 400 / 402 / 429 / 503) before any
+    provider is called."""
+    ctx.input_tokens_estimate = prompt_tokens_estimate(prompt_counts(request))
     if isinstance(request, ChatRequest):
         ctx.n = max(1, request.n or 1)
-    ctx.plan = await STEPS.route(ctx=ctx, request=request)
-    if not ctx.plan.candidates:
-        raise UpstreamFailed(
-            f"No deployment is available for model '{ctx.requested_model}'.",
-            status=503,
-            code="no_deployment",
+    try:
+        ctx.plan = await route_call(
+            key=ctx.key, request=_route_request(ctx, request), override=ctx.override
         )
-    ctx.admission = await STEPS.admit(ctx=ctx, plan=ctx.plan)
+    except NoRoute as exc:
+        raise route_error(exc) from None
+    candidates = ctx.plan.candidates
+    ctx.output_tokens_reserve = output_tokens_reserve(
+        max_tokens=ctx.max_tokens,
+        n=ctx.n,
+        model_max_outputs=(c.model.max_output_tokens for c in candidates),
+        embeddings=ctx.route == "embeddings",
+    )
+    if not ctx.charge_id:
+        ctx.charge_id = uuid.uuid4().hex if ctx.client_request_id else ctx.request_id
+    try:
+        ctx.admission = await admission_reserve(
+            charge_id=ctx.charge_id,
+            key=ctx.key,
+            prices=(c.price for c in candidates),
+            input_tokens=ctx.input_tokens_estimate,
+            output_tokens=ctx.output_tokens_reserve,
+        )
+    except AdmissionRefused as exc:
+        metrics.BUDGET_REFUSALS.labels(refusal_layer(exc)).inc()
+        raise refusal_error(exc) from None
+
+
+def prompt_counts(request: ChatRequest | EmbeddingRequest) -> PromptCounts:
+    """What the prompt is made of (lengths only): message text, tool calls, tool definitions,
+    the response schema and images; for embeddings, the inputs."""
+    if isinstance(request, EmbeddingRequest):
+        chars = sum(len(item) for item in request.input if isinstance(item, str))
+        ids = sum(len(item) for item in request.input if not isinstance(item, str))
+        return PromptCounts(chars=chars, token_ids=ids, framed=False)
+    chars = images = images_low = 0
+    for message in request.messages:
+        content = message.content
+        if isinstance(content, str):
+            chars += len(content)
+        elif content:
+            for part in content:
+                if part.type == "image":
+                    images_low += part.detail == "low"
+                    images += part.detail != "low"
+                elif part.text:
+                    chars += len(part.text)
+        chars += len(message.name or "") + len(message.refusal or "")
+        for call in message.tool_calls or ():
+            chars += len(call.name) + len(call.arguments or "")
+    for tool in request.tools or ():
+        chars += len(tool.name) + len(tool.description or "")
+        if tool.parameters:
+            chars += len(orjson.dumps(tool.parameters))
+    if request.response_format is not None and request.response_format.schema:
+        chars += len(orjson.dumps(request.response_format.schema))
+    return PromptCounts(
+        chars=chars, messages=len(request.messages), images=images, images_low=images_low
+    )
+
+
+def _route_request(ctx: CallContext, request: ChatRequest | EmbeddingRequest) -> RouteRequest:
+    chat = isinstance(request, ChatRequest)
+    return RouteRequest(
+        features=_features(request),
+        model=ctx.requested_model,
+        max_output_tokens=request.max_tokens if isinstance(request, ChatRequest) else None,
+        stream=ctx.stream,
+        mode="chat" if chat else "embedding",
+        needs=ctx.needs,
+        needs_param=ctx.needs_param,
+        input_tokens=ctx.input_tokens_estimate,
+    )
+
+
+def _features(request: ChatRequest | EmbeddingRequest) -> RequestFeatures:
+    """The complexity features of the request (read once, never stored)."""
+    if isinstance(request, EmbeddingRequest):
+        texts = [item for item in request.input if isinstance(item, str)]
+        return RequestFeatures.from_messages([{"role": "user", "content": " ".join(texts)}])
+    messages: list[dict[str, Any]] = []
+    for message in request.messages:
+        content: Any = message.content
+        if isinstance(content, list):
+            content = [
+                {"type": "text", "text": part.text or ""}
+                if part.type == "text"
+                else {"type": "image_url", "image_url": {"url": part.image_url or ""}}
+                for part in content
+            ]
+        messages.append({"role": message.role, "content": content or ""})
+    fmt = request.response_format.type if request.response_format else None
+    return RequestFeatures.from_messages(
+        messages, tools=bool(request.tools), response_format=fmt, max_tokens=request.max_tokens
+    )
+
+
+# ---------------------------------------------------------------- the calls
+
+
+async def chat_complete(ctx: CallContext, request: ChatRequest) -> ChatResponse:
+    return await _call(ctx, request, _completion(request))
+
+
+async def embed(ctx: CallContext, request: EmbeddingRequest) -> EmbeddingResponse:
+    return await _call(ctx, request, _embedding(request))
+
+
+def _completion(request: ChatRequest) -> Callable[..., Awaitable[ChatResponse]]:
+    def call(candidate: RouteCandidate, endpoint: Any, timeouts: Timeouts) -> Any:
+        request.model = endpoint.model
+        return get_adapter(endpoint.kind).complete(endpoint, request, timeouts=timeouts)
+
+    return call
+
+
+def _embedding(request: EmbeddingRequest) -> Callable[..., Awaitable[EmbeddingResponse]]:
+    def call(candidate: RouteCandidate, endpoint: Any, timeouts: Timeouts) -> Any:
+        request.model = endpoint.model
+        return get_adapter(endpoint.kind).embed(endpoint, request, timeouts=timeouts)
+
+    return call
+
+
+async def _call(
+    ctx: CallContext,
+    request: ChatRequest | EmbeddingRequest,
+    call: Callable[..., Awaitable[T]],
+) -> T:
+    """One non-streaming call: admit, try the candidates with failover, settle."""
+    await prepare(ctx, request)
+    try:
+        result = await _with_failover(ctx, _timed(ctx, call), streaming=False)
+        response = result.value
+        ctx.usage = response.usage  # type: ignore[attr-defined]
+        ctx.finished = True
+    finally:
+        # Also on a bug or a cancellation (client gone): the hold is released now.
+        await finish(ctx)
+    return response
+
+
+def _timed(ctx: CallContext, call: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """An attempt for the failover loop: the adapter call at one candidate, timed upstream."""
+    assert ctx.plan is not None
+    snapshot = ctx.plan.snapshot
+
+    async def attempt(candidate: RouteCandidate, budget: AttemptBudget) -> T:
+        started = time.perf_counter()
+        try:
+            return await call(candidate, endpoint_for(snapshot, candidate.info), _timeouts(budget))
+        finally:
+            ctx.upstream_seconds += time.perf_counter() - started
+
+    return attempt
+
+
+async def chat_stream(
+    ctx: CallContext, request: ChatRequest
+) -> tuple[ChatChunk, AsyncGenerator[ChatChunk, None]]:
+    """Open a stream, failing over until one deployment yields its first chunk with content.
+    Returns that chunk and the rest; nothing has reached the client yet, so every failure here
+    may move on. The caller iterates the rest to the end (or closes it), then calls
+    :func:`finish`."""
+    await prepare(ctx, request)
+    try:
+        result = await _with_failover(ctx, _stream_opener(ctx, request), streaming=True)
+    except BaseException:
+        await finish(ctx)  # nothing answered, a bug or a cancellation: release the hold
+        raise
+    buffered, upstream = result.value
+    ctx.ttft_seconds = time.perf_counter() - ctx.started
+    return buffered[0], _tracked(ctx, buffered, upstream)
+
+
+Opened = tuple[list[ChatChunk], AsyncGenerator[ChatChunk, None]]
+
+
+def _stream_opener(
+    ctx: CallContext, request: ChatRequest
+) -> Callable[[RouteCandidate, AttemptBudget], Awaitable[Opened]]:
+    assert ctx.plan is not None
+    snapshot = ctx.plan.snapshot
+
+    async def attempt(candidate: RouteCandidate, budget: AttemptBudget) -> Opened:
+        endpoint = endpoint_for(snapshot, candidate.info)
+        request.model = endpoint.model
+        started = time.perf_counter()
+        upstream = cast(
+            AsyncGenerator[ChatChunk, None],
+            get_adapter(endpoint.kind).stream(endpoint, request, timeouts=_timeouts(budget)),
+        )
+        try:
+            # Read up to the first chunk with content: anything failing before it fails over.
+            buffered, rest = await stream_start(upstream, _has_content)
+        finally:
+            ctx.upstream_seconds += time.perf_counter() - started
+        if not buffered:
+            await upstream.aclose()
+            raise ProviderError(ErrorKind.PROTOCOL, "the stream ended before its first chunk")
+        return buffered, cast(AsyncGenerator[ChatChunk, None], rest)
+
+    return attempt
+
+
+def _has_content(chunk: ChatChunk) -> bool:
+    return chunk.usage is not None or any(
+        choice.delta.content or choice.delta.tool_calls or choice.finish_reason
+        for choice in chunk.choices
+    )
+
+
+# ---------------------------------------------------------------- failover
+
+
+def _timeouts(budget: AttemptBudget) -> Timeouts:
+    """The adapter's timeouts for one attempt: the provider defaults (PROVIDER_*), tightened
+    by the failover loop's budget (TTFT, stall, the attempt's share of the total)."""
+    base = Timeouts.default()
+    return base.with_(
+        connect=min(base.connect, budget.ttft_timeout_s),
+        first_byte=min(base.first_byte, budget.ttft_timeout_s),
+        stall=min(base.stall, budget.stall_timeout_s),
+        total=min(base.total, budget.attempt_timeout_s),
+    )
+
+
+async def _with_failover(
+    ctx: CallContext,
+    attempt: Callable[[RouteCandidate, AttemptBudget], Awaitable[T]],
+    *,
+    streaming: bool,
+) -> FailoverResult[T]:
+    """``routing.failover.run_with_failover`` over the plan: breaker-aware skips, Retry-After
+    waits, TTFT / stall / attempt deadlines, health recorded. Raises the gateway error when
+    nothing answered."""
+    assert ctx.plan is not None
+    try:
+        result = await run_with_failover(ctx.plan.candidates, attempt, streaming=streaming)
+    except FailoverExhausted as exhausted:
+        _record_attempts(ctx, exhausted.attempts)
+        last = exhausted.last if isinstance(exhausted.last, ProviderError) else None
+        raise _failed(ctx, last) from None
+    _record_attempts(ctx, result.attempts)
+    ctx.chosen = result.candidate
+    ctx.failover = result
+    if result.failovers:
+        metrics.FAILOVERS.labels(ctx.chosen.model_id, ctx.chosen.provider).inc(result.failovers)
+    return result
+
+
+def _record_attempts(ctx: CallContext, records: list[AttemptRecord]) -> None:
+    for record in records:
+        failed = record.outcome != "ok"
+        ctx.attempts.append(
+            Attempt(
+                deployment=record.deployment,
+                provider=record.provider,
+                model_id=record.model_id,
+                error=record.outcome if failed else None,
+                status=record.status,
+                retry_after=record.retry_after,
+            )
+        )
+        if failed and not record.outcome.startswith("skipped"):
+            metrics.UPSTREAM_ERRORS.labels(record.provider, record.outcome).inc()
 
 
 def _failed(ctx: CallContext, last: ProviderError | None) -> GatewayError:
-    retry_afters = [a.retry_after for a in ctx.attempts if a.retry_after is not None]
-    tried = ", ".join(
-        f"{a.deployment} ({a.error}{' ' + str(a.status) if a.status else ''})" for a in ctx.attempts
-    )
+    """The error for a request nothing answered: the provider's own refusal when it said the
+    request is wrong, else what was tried, at 429 / 502 / 503 / 504."""
     if last is not None and not last.retriable:
         if last.kind in (ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_LENGTH):
             code = "context_length_exceeded" if last.kind is ErrorKind.CONTEXT_LENGTH else None
@@ -215,9 +429,13 @@ def _failed(ctx: CallContext, last: ProviderError | None) -> GatewayError:
             return InvalidRequest(
                 "The provider's content filter refused the request.", code="content_filter"
             )
+    tried = ", ".join(
+        f"{a.deployment} ({a.error}{' ' + str(a.status) if a.status else ''})" for a in ctx.attempts
+    )
     kinds = {attempt.error for attempt in ctx.attempts}
     if kinds == {ErrorKind.RATE_LIMITED.value}:
         # Every candidate said 429: the caller should back off, like with a provider.
+        retry_afters = [a.retry_after for a in ctx.attempts if a.retry_after is not None]
         return RateLimited(
             f"Every candidate deployment is rate limited. Tried: {tried}.",
             retry_after=min(retry_afters) if retry_afters else None,
@@ -244,154 +462,7 @@ def _safe(message: str) -> str:
     return message.replace("\n", " ")[:200]
 
 
-async def chat_complete(ctx: CallContext, request: ChatRequest) -> ChatResponse:
-    return cast(ChatResponse, await _call(ctx, request, "complete"))
-
-
-async def embed(ctx: CallContext, request: EmbeddingRequest) -> EmbeddingResponse:
-    return cast(EmbeddingResponse, await _call(ctx, request, "embed"))
-
-
-async def _call(ctx: CallContext, request: ChatRequest | EmbeddingRequest, method: str) -> Any:
-    """One non-streaming call: admit, try the candidates with failover, settle.
-    ``method`` names the adapter call (``complete`` or ``embed``)."""
-    await prepare(ctx, request)
-    try:
-        return await _call_attempts(ctx, request, method)
-    except BaseException:
-        # A bug or a cancellation (client gone): release the hold now, not at reconcile.
-        await finish(ctx)
-        raise
-
-
-async def _call_attempts(
-    ctx: CallContext, request: ChatRequest | EmbeddingRequest, method: str
-) -> Any:
-    from gateway.providers.base import get_adapter
-
-    async def attempt(candidate: Candidate, budget: Any) -> Any:
-        request.model = candidate.endpoint.model
-        started = time.perf_counter()
-        try:
-            call = getattr(get_adapter(candidate.endpoint.kind), method)
-            return await call(candidate.endpoint, request, timeouts=_timeouts(budget))
-        finally:
-            ctx.upstream_seconds += time.perf_counter() - started
-
-    result = await _with_failover(ctx, attempt, streaming=False)
-    response = result.value
-    ctx.usage = response.usage
-    ctx.finished = True
-    await finish(ctx)
-    return response
-
-
-async def chat_stream(
-    ctx: CallContext, request: ChatRequest
-) -> tuple[ChatChunk, AsyncGenerator[ChatChunk, None]]:
-    """Open a stream, failing over until one deployment yields its first chunk. Returns that
-    chunk and the rest; nothing has reached the client yet, so every failure here may move on.
-    The caller must iterate the rest to the end (or close it) and then call :func:`finish`."""
-    await prepare(ctx, request)
-    try:
-        return await _stream_attempts(ctx, request)
-    except BaseException:
-        # A bug or a cancellation (client gone): release the hold now, not at reconcile.
-        await finish(ctx)
-        raise
-
-
-async def _stream_attempts(
-    ctx: CallContext, request: ChatRequest
-) -> tuple[ChatChunk, AsyncGenerator[ChatChunk, None]]:
-    from gateway.providers.base import get_adapter
-    from routing.failover import stream_start
-
-    async def attempt(
-        candidate: Candidate, budget: Any
-    ) -> tuple[list[ChatChunk], AsyncGenerator[ChatChunk, None]]:
-        request.model = candidate.endpoint.model
-        started = time.perf_counter()
-        upstream = cast(
-            AsyncGenerator[ChatChunk, None],
-            get_adapter(candidate.endpoint.kind).stream(
-                candidate.endpoint, request, timeouts=_timeouts(budget)
-            ),
-        )
-        try:
-            # Read up to the first chunk with content: anything failing before it fails over.
-            buffered, rest = await stream_start(upstream, _has_content)
-        finally:
-            ctx.upstream_seconds += time.perf_counter() - started
-        if not buffered:
-            await upstream.aclose()
-            raise ProviderError(ErrorKind.PROTOCOL, "the stream ended before its first chunk")
-        return buffered, cast(AsyncGenerator[ChatChunk, None], rest)
-
-    result = await _with_failover(ctx, attempt, streaming=True)
-    buffered, upstream = result.value
-    ctx.ttft_seconds = time.perf_counter() - ctx.started
-    return buffered[0], _tracked(ctx, buffered, upstream)
-
-
-def _has_content(chunk: ChatChunk) -> bool:
-    return chunk.usage is not None or any(
-        choice.delta.content or choice.delta.tool_calls or choice.finish_reason
-        for choice in chunk.choices
-    )
-
-
-def _timeouts(budget: Any) -> Any:
-    """The adapter's timeouts for one attempt: the provider defaults (PROVIDER_*), tightened
-    by the failover loop's budget (TTFT, stall, the attempt's share of the total)."""
-    from gateway.http import Timeouts
-
-    base = Timeouts.default()
-    return base.with_(
-        connect=min(base.connect, budget.ttft_timeout_s),
-        first_byte=min(base.first_byte, budget.ttft_timeout_s),
-        stall=min(base.stall, budget.stall_timeout_s),
-        total=min(base.total, budget.attempt_timeout_s),
-    )
-
-
-async def _with_failover(ctx: CallContext, attempt: Any, *, streaming: bool) -> Any:
-    """``routing.failover.run_with_failover`` over the plan: breaker-aware skips, Retry-After
-    waits, TTFT / stall / attempt deadlines, health recorded. Raises the gateway error when
-    nothing answered (after settling: the hold is released)."""
-    from routing.failover import FailoverExhausted, run_with_failover
-
-    assert ctx.plan is not None
-    try:
-        result = await run_with_failover(ctx.plan.candidates, attempt, streaming=streaming)
-    except FailoverExhausted as exhausted:
-        _record_attempts(ctx, exhausted.attempts)
-        await finish(ctx)
-        last = exhausted.last if isinstance(exhausted.last, ProviderError) else None
-        raise _failed(ctx, last) from None
-    _record_attempts(ctx, result.attempts)
-    ctx.chosen = result.candidate
-    ctx.failover = result
-    if result.failovers:
-        metrics.FAILOVERS.labels(ctx.chosen.model_id, ctx.chosen.provider).inc(result.failovers)
-    return result
-
-
-def _record_attempts(ctx: CallContext, records: list[Any]) -> None:
-    for record in records:
-        failed = record.outcome != "ok"
-        ctx.attempts.append(
-            Attempt(
-                deployment=record.deployment,
-                provider=record.provider,
-                model_id=record.model_id,
-                error=record.outcome if failed else None,
-                status=record.status,
-                retry_after=record.retry_after,
-            )
-        )
-        if failed and not record.outcome.startswith("skipped"):
-            metrics.UPSTREAM_ERRORS.labels(record.provider, record.outcome).inc()
+# ---------------------------------------------------------------- streams
 
 
 async def _tracked(
@@ -430,9 +501,13 @@ def _observe(ctx: CallContext, chunk: ChatChunk) -> None:
             ctx.generated_chars += len(call.arguments or "") + len(call.name or "")
 
 
+# ---------------------------------------------------------------- finish: settle or release
+
+
 async def finish(ctx: CallContext) -> None:
-    """Price what was used and run the settle step. Safe to call once per request; it runs
-    even when the client went away (shielded from cancellation)."""
+    """Record the answering deployment's outcome, then charge what was used (the hold's rest
+    released) or release the hold when nothing answered. Safe to call more than once; it
+    runs even when the client went away (shielded from cancellation)."""
     if ctx.settled:
         return
     ctx.settled = True
@@ -441,9 +516,61 @@ async def finish(ctx: CallContext) -> None:
             ctx.failover.finish(ok=True, output_tokens=ctx.generated_tokens())
         else:
             ctx.failover.finish(ok=False, error_kind=ctx.stream_error)
-    if ctx.chosen is not None:
-        usage = ctx.usage
-        if usage is None:
-            usage = Usage(completion_tokens=ctx.generated_tokens())
-        ctx.cost = ctx.chosen.cost(usage)
-    await asyncio.shield(STEPS.settle(ctx=ctx))
+    reservation = ctx.admission
+    if reservation is None:
+        return
+    if ctx.chosen is None or ctx.plan is None:
+        await asyncio.shield(admission_release(reservation))
+        return
+    if ctx.usage is None:
+        # A stream that ended early (client gone, upstream broke) without a usage report: the
+        # provider billed the prompt and what it generated; charge the same estimate.
+        ctx.usage = Usage(
+            prompt_tokens=ctx.input_tokens_estimate, completion_tokens=ctx.generated_tokens()
+        )
+    ctx.cost = await asyncio.shield(
+        admission_settle(
+            reservation,
+            snapshot=ctx.plan.snapshot,
+            model_id=ctx.chosen.model_id,
+            list_price=ctx.chosen.price,
+            usage=ctx.usage,
+            event=usage_event(ctx, ctx.usage),
+        )
+    )
+
+
+def usage_event(ctx: CallContext, usage: Usage) -> UsageEventData:
+    """The usage record's metadata (never content), with the routing decision's explanation."""
+    chosen, plan, attempts = ctx.chosen, ctx.plan, ctx.attempts
+    routing: dict[str, Any] = {
+        "strategy": plan.strategy if plan is not None else "",
+        "candidates": [c.deployment for c in (plan.candidates if plan else ())][:10],
+        "chosen": chosen.deployment if chosen else None,
+        "attempts": [
+            {"deployment": a.deployment, "error": a.error, "status": a.status} for a in attempts
+        ][:10],
+    }
+    if plan is not None:
+        routing["explain"] = plan.explain
+    return UsageEventData(
+        requested_model=ctx.requested_model,
+        model=chosen.model_id if chosen else "",
+        provider=chosen.provider if chosen else "",
+        deployment=chosen.deployment if chosen else "",
+        strategy=plan.strategy if plan is not None else "",
+        tokens_in=usage.prompt_tokens,
+        tokens_out=usage.completion_tokens,
+        tokens_cached=usage.cached_tokens,
+        latency_ms=int((time.perf_counter() - ctx.started) * 1000),
+        ttft_ms=int(ctx.ttft_seconds * 1000) if ctx.ttft_seconds is not None else None,
+        status="ok" if ctx.finished else "incomplete",
+        attempts=max(1, len(attempts)),
+        fallback_used=any(a.error for a in attempts),
+        reference_model=(
+            plan.reference_model
+            if plan and plan.reference_model
+            else str(settings.MEGAROUTER_DEFAULT_REFERENCE_MODEL)
+        ),
+        routing=routing,
+    )

@@ -14,32 +14,14 @@ from celery import shared_task
 
 from gateway.http import Timeouts, aclose_clients
 from gateway.providers.base import get_adapter
-from gateway.providers.types import ChatRequest, EmbeddingRequest, Endpoint, Message
+from gateway.providers.endpoints import endpoint_for
+from gateway.providers.types import ChatRequest, EmbeddingRequest, Message
 from routing.breaker import NOT_HEALTH_FAILURES, breaker_allow
 from routing.catalog import CatalogSnapshot, DeploymentInfo, catalog_snapshot
 from routing.health import HealthStore, health_store
 
 PROBE_TIMEOUT_S = 10.0
 PROBE_CONCURRENCY = 16
-
-
-def endpoint_for(snapshot: CatalogSnapshot, deployment: DeploymentInfo) -> Endpoint:
-    secret = (
-        snapshot.credential_secret(deployment.credential_id) if deployment.credential_id else None
-    )
-    return Endpoint(
-        kind=deployment.kind,  # type: ignore[arg-type]
-        base_url=deployment.base_url,
-        model=deployment.provider_model_name,
-        api_key=secret.api_key if secret else "",
-        api_version=deployment.api_version,
-        region=deployment.region,
-        aws_access_key_id=secret.aws_access_key_id if secret else None,
-        aws_secret_access_key=secret.aws_secret_access_key if secret else None,
-        aws_session_token=secret.aws_session_token if secret else None,
-        headers=deployment.headers,
-        deployment_id=deployment.id,
-    )
 
 
 async def probe_one(

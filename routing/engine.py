@@ -1,43 +1,30 @@
-"""The routing engine: (request, effective policy, live health) -> an ordered list of deployments.
+"""The routing service: (request, effective policy, live health) -> the ordered deployments to
+try, with the decision's explanation, or the precise error when nothing may serve it.
 
-    decision = route(request=RouteRequest(features=..., model="auto"), policy=policy)
-    decision.candidates   # the choice first, then its fallbacks (across providers if possible)
-    decision.explain      # a small dict: strategy, tier, difficulty, reason, what was considered
+The gateway calls :func:`route_call` once per request; ``manage.py routing_eval`` and the
+console's preview call :func:`route` with a policy of their own. Steps (docs/routing.md):
 
-Steps (docs/routing.md, "Routing engine"):
-
-1. Hard filters, per model then per deployment: the policy's allowed / blocked models and
-   providers, mode, streaming, tools / vision / JSON-schema support, context window (prompt +
-   max output must fit), quality floor, price cap (input and output price per million tokens),
-   max cost per request (worst case), region / data residency, zero-data-retention providers,
-   max latency (live EWMA, when known). ``auto`` leaves out models past their deprecation
-   date (a named model, or a fallback the policy names, is still served).
-2. Scoring by strategy, with the complexity estimate (``routing.complexity``):
-   - ``balanced``: ``choose`` at willingness 0.5 (predicted quality against expected cost),
-     minus penalties for live latency and error rate;
-   - ``cost``: the cheapest expected cost among models of at least the estimated tier (and the
-     quality floor); when none reaches the tier, the cheapest of the best tier available;
-   - ``latency``: the fastest deployment now (EWMA time to first token for streams, total
-     latency otherwise; a tier-based prior when a deployment has no samples yet), weighted by
-     its error rate;
-   - ``availability``: the most reliable deployments (lowest error rate, breaker closed, most
-     samples), interleaved by provider so the backups are on other providers.
-3. Deployments: within a model by breaker state, priority, weight. The policy's preferred
-   models go first, its fallbacks are appended, and if the first models are all on one
-   provider, the best model from another provider is appended. Open breakers go last (the
+1. the effective policy: organization / department / team / project / key / request, nearest
+   wins for preferences, restrictions accumulate (``routing.policies``);
+2. a named model is resolved and checked (policy, mode, capabilities, streaming, context
+   window, quality floor, price cap, worst-case cost, deployments), each failure its own error
+   naming the parameter; ``auto`` / ``auto:<strategy>`` filters every model the same way
+   (``routing.eligibility``), leaving out deprecated ones, and ranks what is left
+   (``routing.strategies``) with the complexity estimate;
+3. the policy's preferred models go first, its fallbacks are appended, and if the first
+   models are all on one provider, the best model of another provider is appended;
+4. deployments within a model by breaker state, priority, weight; open breakers last (the
    failover loop skips them without a call).
 
-A named model (not ``auto``) routes to that model's deployments, then the policy's fallback
-models, all through the same hard filters. Pure Python over the in-process catalog snapshot
-and health view: no database work and no network I/O when warm.
+Pure Python over the in-process catalog snapshot and health view: no database work and no
+network I/O when warm.
 """
 
 from __future__ import annotations
 
-import bisect
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -49,50 +36,103 @@ from routing.catalog import (
     CatalogSnapshot,
     DeploymentInfo,
     ModelInfo,
+    PriceVersion,
     UnknownModel,
+    acatalog_snapshot,
     catalog_snapshot,
 )
-from routing.complexity import TIER_PRIORS, Candidate, Estimate, RequestFeatures, choose, estimate
+from routing.complexity import Estimate, Needs, RequestFeatures, estimate
 from routing.complexity.estimator import guess_output_tokens
-from routing.health import CLOSED, HealthStore, health_store
-from routing.policies import STRATEGIES, EffectivePolicy, matches
+from routing.eligibility import (
+    CAP_JSON_SCHEMA,
+    CAP_TOOLS,
+    CAP_VISION,
+    CAPABILITIES,
+    Entry,
+    Filter,
+    Item,
+    capability_gaps,
+    dynamic,
+    eligible,
+    indexes,
+    indexes_reset,
+    mode_ok,
+)
+from routing.health import HealthStore, health_store
+from routing.policies import STRATEGIES, EffectivePolicy, PolicySpec, apolicy_for_key, matches
+from routing.strategies import LIVE, RANKERS, health_penalty, order_deployments
 
 AUTO = "auto"
 MAX_MODELS = 3  # models whose deployments become candidates (plus fallbacks, diversity)
 MAX_CANDIDATES = 8
-BALANCED_WILLINGNESS = 0.5
-DEFAULT_OUTPUT_TOKENS = 1024  # worst-case output when neither the request nor the model says
-LATENCY_PRIOR_MS = 400.0  # per quality tier, for a deployment without samples
-MILLION = Decimal(1_000_000)
-CHAT_MODES = ("chat", "responses", "completion")
+RANK_TTL = 0.25  # seconds a live-stats ranking (latency, availability) is reused
+EXPLAIN_CANDIDATES = 10  # candidates listed in the explanation (stored and sent)
+CENTS = Decimal("0.00000001")
+
+# NoRoute codes and the HTTP status they answer with (everything else is a 400).
+STATUS = {"model_not_found": 404, "model_not_allowed": 403}
 
 
 class NoRoute(Exception):
-    """No deployment fits. ``code``: model_not_found | ambiguous_model | model_not_allowed |
-    no_eligible_model; ``explain`` says what was filtered and why."""
+    """Nothing may serve the request. ``code`` (model_not_found, model_not_allowed,
+    ambiguous_model, model_not_supported, unsupported_parameter, context_length_exceeded,
+    max_cost_exceeded, no_eligible_model), ``message`` (names models and parameters, never
+    content), ``param`` (the request parameter to blame), ``explain`` (what was filtered)."""
 
-    def __init__(self, code: str, message: str, explain: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        explain: dict[str, Any] | None = None,
+        *,
+        param: str | None = "model",
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.param = param
         self.explain = explain or {}
+
+    @property
+    def status(self) -> int:
+        return STATUS.get(self.code, 400)
 
 
 @dataclass(frozen=True, slots=True)
 class RouteRequest:
     """What the engine sees of a request: features (never stored), the requested model
-    (``auto``, ``auto:<strategy>`` or a model name) and the output ceiling."""
+    (``auto``, ``auto:<strategy>`` or a model name), the output ceiling, the capabilities it
+    needs (and which parameter asked for each) and the prompt's token estimate."""
 
     features: RequestFeatures
     model: str = AUTO
     max_output_tokens: int | None = None
     stream: bool = False
     mode: str = "chat"  # chat | embedding
+    needs: frozenset[str] | None = None  # None: read from the features
+    needs_param: Mapping[str, str] = field(default_factory=dict)
+    input_tokens: int | None = None  # None: the features' estimate
+
+    @property
+    def auto(self) -> bool:
+        return self.model == AUTO or self.model.startswith(AUTO + ":")
+
+    def capability_needs(self) -> frozenset[str]:
+        if self.needs is not None:
+            return self.needs
+        f = self.features
+        wanted = ((CAP_TOOLS, f.has_tools), (CAP_VISION, f.has_images))
+        schema = f.response_format == "json_schema"
+        return frozenset(cap for cap, yes in (*wanted, (CAP_JSON_SCHEMA, schema)) if yes)
+
+    def prompt_tokens(self) -> int:
+        return self.input_tokens if self.input_tokens is not None else self.features.input_tokens
 
 
 @dataclass(frozen=True, slots=True)
 class RouteCandidate:
-    """One deployment to try. Field names match what ``routing.failover`` expects."""
+    """One deployment to try: what the failover loop keys health on, what the adapter call is
+    built from (``info``), and the model's price in force (worst case, explanation)."""
 
     deployment_id: int
     deployment: str
@@ -101,18 +141,418 @@ class RouteCandidate:
     context_window: int | None
     info: DeploymentInfo
     model: ModelInfo
-    input_per_token: Decimal
-    output_per_token: Decimal
+    price: PriceVersion | None
+
+    @property
+    def input_per_token(self) -> Decimal:
+        return self.price.input_per_token if self.price else Decimal(0)
+
+    @property
+    def output_per_token(self) -> Decimal:
+        return self.price.output_per_token if self.price else Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
-    strategy: str
+    strategy: str  # "fixed" for a named model
     candidates: tuple[RouteCandidate, ...]
     estimate: Estimate | None
     explain: dict[str, Any]
     # The canonical id this request's savings are measured against (see reference_model_for).
     reference_model: str = ""
+    policy: EffectivePolicy = field(default_factory=EffectivePolicy, compare=False)
+    # The catalog snapshot the decision was made on: the attempts build their endpoints from
+    # it and settle prices from it (the same catalog, read once per request).
+    snapshot: CatalogSnapshot | None = field(default=None, compare=False, repr=False)
+
+
+async def route_call(
+    *,
+    key: Any,
+    request: RouteRequest,
+    override: PolicySpec | None = None,
+    store: HealthStore | None = None,
+) -> RouteDecision:
+    """The gateway's call: the catalog snapshot and the policy table from their in-process
+    caches (no thread hop and no database work while fresh), then :func:`route`. ``key`` is
+    an orgs ``KeyContext``, ``override`` the request's ``megarouter`` policy."""
+    snapshot = await acatalog_snapshot()
+    policy = await apolicy_for_key(key, override)
+    return route(
+        request=request, policy=policy, snapshot=snapshot, store=store, override=override
+    )
+
+
+def route(
+    *,
+    request: RouteRequest,
+    policy: EffectivePolicy,
+    snapshot: CatalogSnapshot | None = None,
+    store: HealthStore | None = None,
+    estimate_: Estimate | None = None,
+    override: PolicySpec | None = None,
+) -> RouteDecision:
+    """Route one request (see the module docstring). Raises NoRoute when nothing fits."""
+    snapshot = snapshot or catalog_snapshot()
+    store = store or health_store()
+    flt = Filter(
+        policy=policy,
+        store=store,
+        needs=request.capability_needs(),
+        input_tokens=request.prompt_tokens(),
+        max_output=request.max_output_tokens,
+        stream=request.stream,
+        mode=request.mode,
+    )
+    if request.auto:
+        strategy, est, chosen, reason = _auto(request, policy, snapshot, store, flt, estimate_)
+    else:
+        model = _resolve(snapshot, request.model, "model")
+        strategy, est, reason = "fixed", None, "requested model"
+        chosen = [_check_named(model, snapshot, request, flt, param="model")]
+    seen = {entry.model.canonical_id for entry, _ in chosen}
+    chosen += _fallbacks(snapshot, request, flt, override, seen)
+    candidates = _candidates(strategy, chosen, store)
+    reference, note = reference_model_for(policy, snapshot)
+    explain = _explain(strategy, reason, request, est, flt, candidates, snapshot)
+    _explain_reference(explain, _tokens(request, est), snapshot, reference, note)
+    return RouteDecision(
+        strategy=strategy,
+        candidates=tuple(candidates),
+        estimate=est,
+        explain=explain,
+        reference_model=reference,
+        policy=policy,
+        snapshot=snapshot,
+    )
+
+
+def engine_cache_reset() -> None:
+    """Forget cached eligibility and rankings (tests; they also reset on a new snapshot)."""
+    indexes_reset()
+
+
+def route_timed(**kwargs: Any) -> tuple[RouteDecision, float]:
+    """``route`` and its duration in seconds (benchmarks)."""
+    start = time.perf_counter()
+    decision = route(**kwargs)
+    return decision, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- a named model
+
+
+def _resolve(snapshot: CatalogSnapshot, name: str, param: str) -> ModelInfo:
+    shown = name[:100]
+    try:
+        return snapshot.resolve(name)
+    except AmbiguousModel as error:
+        raise NoRoute(
+            "ambiguous_model",
+            f"The model name '{shown}' is ambiguous; use one of: {', '.join(error.candidates)}.",
+            param=param,
+        ) from None
+    except UnknownModel:
+        raise NoRoute(
+            "model_not_found", f"The model '{shown}' does not exist.", param=param
+        ) from None
+
+
+def _check_named(
+    model: ModelInfo, snapshot: CatalogSnapshot, request: RouteRequest, flt: Filter, *, param: str
+) -> Item:
+    """A model the caller named (or a fallback the request names): every filter in turn, the
+    first that fails raising its own error. Returns the model with its usable deployments."""
+    canonical = model.canonical_id
+    if not flt.policy.model_allowed(canonical):
+        raise _not_allowed(flt.policy, canonical, param)
+    _check_capabilities(model, request, flt, param)
+    entry = indexes(snapshot).by_id.get(canonical)
+    if entry is None:
+        raise NoRoute(
+            "model_not_found", f"The model '{canonical}' has no enabled deployment.", param=param
+        )
+    reason = flt.model_reason(entry)
+    if reason is not None:
+        flt.no(reason)
+        raise _outside_policy(entry, reason, flt, param)
+    worst = flt.worst_case(entry)
+    cap = flt.policy.max_cost_per_request_usd
+    if cap is not None and worst is not None and worst > cap:
+        raise NoRoute(
+            "max_cost_exceeded",
+            f"The worst-case cost of this request at '{canonical}' (${worst:.6f}) is above "
+            f"the routing policy's max_cost_per_request_usd (${cap.normalize():f}).",
+            param=_request_param(flt.policy, "max_cost_per_request_usd"),
+        )
+    deployments = flt.deployments(entry)
+    if not deployments:
+        raise NoRoute(
+            "no_eligible_model",
+            f"No deployment of '{canonical}' fits the routing policy "
+            f"({', '.join(sorted(flt.rejected)) or 'none enabled'}).",
+            {"rejected": dict(flt.rejected), "policy": flt.policy.summary()},
+            param=param,
+        )
+    return entry, deployments
+
+
+def _check_capabilities(model: ModelInfo, request: RouteRequest, flt: Filter, param: str) -> None:
+    canonical = model.canonical_id
+    if not mode_ok(model, flt.mode):
+        expected = "an embedding model" if flt.mode == "embedding" else "a chat model"
+        raise NoRoute(
+            "model_not_supported",
+            f"The model '{canonical}' is not {expected} (mode: {model.mode}).",
+            param=param,
+        )
+    gaps = capability_gaps(model, flt.needs)
+    if gaps:
+        raise NoRoute(
+            "unsupported_parameter",
+            f"The model '{canonical}' does not support {CAPABILITIES[gaps[0]][1]}.",
+            param=request.needs_param.get(gaps[0], param),
+        )
+    if flt.stream and not model.supports_streaming:
+        raise NoRoute(
+            "unsupported_parameter",
+            f"The model '{canonical}' does not support streaming.",
+            param="stream",
+        )
+
+
+def _not_allowed(policy: EffectivePolicy, canonical: str, param: str) -> NoRoute:
+    level = policy.denied_by(canonical)
+    if level == "request":
+        return NoRoute(
+            "invalid_request",
+            f"The model '{canonical}' is not in 'megarouter.allowed_models'.",
+            param="megarouter.allowed_models",
+        )
+    where = "" if level == "key" else f" (the {level} routing policy does not allow it)"
+    return NoRoute(
+        "model_not_allowed",
+        f"This API key may not use the model '{canonical}'{where}.",
+        param=param,
+    )
+
+
+def _outside_policy(entry: Entry, reason: str, flt: Filter, param: str) -> NoRoute:
+    m, policy = entry.model, flt.policy
+    if reason == "context_window":
+        return NoRoute(
+            "context_length_exceeded",
+            f"The request needs about {flt.input_tokens + (flt.max_output or 0)} tokens (prompt "
+            f"and max_tokens) and '{m.canonical_id}' has a context window of {m.context_window}.",
+            param="messages",
+        )
+    why = {
+        "quality_floor": f"its quality tier {m.quality_tier} is below the routing policy's "
+        f"quality_floor {policy.quality_floor}",
+        "price_cap": "its price is above the routing policy's max_price_per_million "
+        f"(${policy.max_price_per_million})",
+    }.get(reason, reason)
+    return NoRoute(
+        "no_eligible_model",
+        f"The model '{m.canonical_id}' cannot serve this request: {why}.",
+        param=param,
+    )
+
+
+def _request_param(policy: EffectivePolicy, name: str) -> str | None:
+    """The request parameter to blame for a cap: ``megarouter.<name>`` when the request set
+    it, else nothing (a policy level set it)."""
+    return f"megarouter.{name}" if policy.set_by(name) == "request" else None
+
+
+# ---------------------------------------------------------------- auto
+
+
+def _auto(
+    request: RouteRequest,
+    policy: EffectivePolicy,
+    snapshot: CatalogSnapshot,
+    store: HealthStore,
+    flt: Filter,
+    est: Estimate | None,
+) -> tuple[str, Estimate, list[Item], str]:
+    strategy = request.model.partition(":")[2] or policy.strategy
+    if strategy not in STRATEGIES:
+        raise NoRoute("model_not_found", f"Unknown routing strategy '{strategy[:40]}'.")
+    if est is None:
+        est = _estimate(request)
+    if request.mode == "embedding" and strategy == "balanced":
+        strategy = "cost"  # embeddings have no answer quality to trade against price
+    today = datetime.now(UTC).date()  # a model past its deprecation date leaves the pool
+    key, found = eligible(snapshot, flt, today, frozenset(est.model_success))
+    flt.rejected = dict(found.rejected)
+    live = strategy in LIVE
+    pool = dynamic(found.items if live else found.pruned, flt)
+    if not pool:
+        raise NoRoute(
+            "no_eligible_model",
+            f"No model this key may use fits the request for '{request.model}' "
+            f"({', '.join(sorted(flt.rejected)) or 'no deployments'}).",
+            {
+                "strategy": strategy,
+                "considered": len(snapshot.deployments),
+                "rejected": flt.rejected,
+            },
+        )
+    ordered, reason = _ranked(
+        strategy, key, pool, found.items, est, store, request.stream, snapshot
+    )
+    if policy.preferred_models:
+        preferred = policy.preferred_models
+        ordered.sort(key=lambda item: not matches(preferred, item[0].model.canonical_id))
+    return strategy, est, _diverse(ordered), reason
+
+
+def _estimate(request: RouteRequest) -> Estimate:
+    if request.mode != "embedding":
+        return estimate(request.features)
+    tokens = request.prompt_tokens()
+    return Estimate(
+        difficulty=0.0,
+        tier=1,
+        needs=Needs(),
+        language=request.features.language,
+        tier_success=(1.0, 1.0, 1.0, 1.0),
+        model_success={},
+        input_tokens=tokens,
+        output_tokens=0,
+        shared_logit=0.0,
+        shared_median=0.0,
+    )
+
+
+def _ranked(
+    strategy: str,
+    key: tuple[Any, ...],
+    pool: tuple[Item, ...],
+    everything: tuple[Item, ...],
+    est: Estimate,
+    store: HealthStore,
+    stream: bool,
+    snapshot: CatalogSnapshot,
+) -> tuple[list[Item], str]:
+    """The strategy's ranking; a live-stats ranking of the unfiltered pool is reused for
+    RANK_TTL seconds."""
+    cacheable = strategy in LIVE and pool is everything
+    ranks = indexes(snapshot).ranks
+    now = time.monotonic()
+    cached = ranks.get((key, strategy)) if cacheable else None
+    if cached is not None and now - cached[0] < RANK_TTL:
+        return list(cached[1]), cached[2]
+    ordered, reason = RANKERS[strategy](list(pool), est, store, stream)
+    if cacheable:
+        ranks[(key, strategy)] = (now, list(ordered), reason)
+    return ordered, reason
+
+
+def _diverse(ordered: list[Item]) -> list[Item]:
+    """The first MAX_MODELS models, plus the best one of another provider when they are all
+    on one."""
+    chosen = list(ordered[:MAX_MODELS])
+    providers = {d.provider for _, ds in chosen for d in ds}
+    if len(providers) == 1:
+        other = next(
+            (
+                item
+                for item in ordered[MAX_MODELS:]
+                if any(d.provider not in providers for d in item[1])
+            ),
+            None,
+        )
+        if other is not None:
+            chosen.append(other)
+    return chosen
+
+
+# ---------------------------------------------------------------- fallbacks and candidates
+
+
+def _fallbacks(
+    snapshot: CatalogSnapshot,
+    request: RouteRequest,
+    flt: Filter,
+    override: PolicySpec | None,
+    seen: set[str],
+) -> list[Item]:
+    """The policy's fallbacks (nearest level wins), after the routed models. The request's own
+    are checked like a named model, each failure naming ``megarouter.fallbacks[i]``; a policy
+    level's are skipped quietly when they cannot serve (counted in the explanation)."""
+    out: list[Item] = []
+    precise = override is not None and override.fallbacks is not None
+    for index, name in enumerate(flt.policy.fallbacks):
+        if precise:
+            param = f"megarouter.fallbacks[{index}]"
+            model = _resolve(snapshot, name, param)
+            if model.canonical_id not in seen:
+                out.append(_check_named(model, snapshot, request, flt, param=param))
+                seen.add(model.canonical_id)
+            continue
+        item = _quiet_fallback(snapshot, name, flt, seen)
+        if item is not None:
+            out.append(item)
+            seen.add(item[0].model.canonical_id)
+    return out
+
+
+def _quiet_fallback(
+    snapshot: CatalogSnapshot, name: str, flt: Filter, seen: set[str]
+) -> Item | None:
+    try:
+        model = snapshot.resolve(name)
+    except LookupError:
+        flt.no("fallback_unknown")
+        return None
+    entry = indexes(snapshot).by_id.get(model.canonical_id)
+    if entry is None or model.canonical_id in seen:
+        return None
+    if not flt.model_ok(entry) or not flt.cost_ok(entry):
+        return None
+    deployments = flt.deployments(entry)
+    return (entry, deployments) if deployments else None
+
+
+def _candidates(strategy: str, chosen: list[Item], store: HealthStore) -> list[RouteCandidate]:
+    """Deployments in the order to try them; open breakers last."""
+    candidates: list[RouteCandidate] = []
+    if strategy == "availability":
+        # interleave providers: the best deployment, then the best on another provider, ...
+        pool = [(entry, d) for entry, ds in chosen for d in order_deployments(store, ds)]
+        last_provider = None
+        while pool and len(candidates) < MAX_CANDIDATES:
+            pick = next((p for p in pool if p[1].provider != last_provider), pool[0])
+            pool.remove(pick)
+            candidates.append(_candidate(*pick))
+            last_provider = pick[1].provider
+    else:
+        for entry, ds in chosen:
+            candidates += [_candidate(entry, d) for d in order_deployments(store, ds)]
+        if strategy != "fixed":
+            candidates = candidates[:MAX_CANDIDATES]
+    open_last = sorted(
+        range(len(candidates)), key=lambda i: (health_penalty(store, candidates[i].info)[0], i)
+    )
+    return [candidates[i] for i in open_last]
+
+
+def _candidate(entry: Entry, d: DeploymentInfo) -> RouteCandidate:
+    return RouteCandidate(
+        deployment_id=d.id,
+        deployment=d.name,
+        model_id=entry.model.canonical_id,
+        provider=d.provider,
+        context_window=entry.model.context_window,
+        info=d,
+        model=entry.model,
+        price=entry.price,
+    )
+
+
+# ---------------------------------------------------------------- savings reference
 
 
 def reference_model_for(
@@ -136,633 +576,7 @@ def reference_model_for(
         return default, note  # no price known: the reference cost is the actual cost
 
 
-# ---------------------------------------------------------------- the per-snapshot index
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    model: ModelInfo
-    deployments: tuple[DeploymentInfo, ...]
-    price_in: Decimal
-    price_out: Decimal
-    price_in_f: float
-    price_out_f: float
-    priced: bool
-
-
-Item = tuple[_Entry, tuple[DeploymentInfo, ...]]  # a model and its usable deployments
-
-_index_cache: list[tuple[CatalogSnapshot, tuple[_Entry, ...]]] = []
-
-
-def _index(snapshot: CatalogSnapshot) -> tuple[_Entry, ...]:
-    """Models that have enabled deployments, with their current prices (built once per
-    snapshot object: a rebuilt snapshot is a new object even when its token is the same)."""
-    cached = _index_cache[0] if _index_cache else None
-    if cached is not None and cached[0] is snapshot:
-        return cached[1]
-    out = []
-    for model_id, deployments in snapshot.deployments.items():
-        model = snapshot.models[model_id]
-        if model.status == "retired":
-            continue
-        price = model.current_price
-        pin = price.input_per_token if price else Decimal(0)
-        pout = price.output_per_token if price else Decimal(0)
-        out.append(
-            _Entry(
-                model=model,
-                deployments=tuple(sorted(deployments, key=lambda d: (d.priority, -d.weight, d.id))),
-                price_in=pin,
-                price_out=pout,
-                price_in_f=float(pin),
-                price_out_f=float(pout),
-                priced=price is not None,
-            )
-        )
-    entries = tuple(sorted(out, key=lambda e: e.model.canonical_id))
-    _index_cache[:] = [(snapshot, entries)]  # one snapshot at a time
-    return entries
-
-
-# ---------------------------------------------------------------- filters
-
-
-class _Filter:
-    """Hard filters for one request; counts what each one removed (for the explanation)."""
-
-    __slots__ = (
-        "cost_cap",
-        "input_tokens",
-        "max_output",
-        "needs",
-        "policy",
-        "price_cap",
-        "rejected",
-        "request",
-        "store",
-    )
-
-    def __init__(
-        self,
-        request: RouteRequest,
-        policy: EffectivePolicy,
-        est: Estimate | None,
-        store: HealthStore,
-    ) -> None:
-        self.request = request
-        self.policy = policy
-        self.store = store
-        features = request.features
-        self.input_tokens = features.input_tokens
-        self.max_output = request.max_output_tokens
-        self.needs = (
-            features.has_tools,
-            features.has_images,
-            features.response_format == "json_schema",
-        )
-        self.price_cap = (
-            policy.max_price_per_million / MILLION
-            if policy.max_price_per_million is not None
-            else None
-        )
-        self.cost_cap = policy.max_cost_usd
-        self.rejected: dict[str, int] = {}
-
-    def _no(self, reason: str) -> bool:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        return False
-
-    def model_ok(self, entry: _Entry) -> bool:
-        m = entry.model
-        request = self.request
-        if request.mode == "embedding":
-            if m.mode != "embedding":
-                return self._no("mode")
-        elif m.mode not in CHAT_MODES:
-            return self._no("mode")
-        policy = self.policy
-        if (policy.blocked_models or policy.allowed_model_groups) and not policy.model_allowed(
-            m.canonical_id
-        ):
-            return self._no("policy_model")
-        tools, vision, schema = self.needs
-        if (
-            (tools and not m.supports_tools)
-            or (vision and not m.supports_vision)
-            or (schema and not m.supports_json_schema)
-        ):
-            return self._no("capability")
-        if request.stream and not m.supports_streaming:
-            return self._no("streaming")
-        if (
-            m.context_window is not None
-            and self.input_tokens + (self.max_output or 0) > m.context_window
-        ):
-            return self._no("context_window")
-        if policy.quality_floor is not None and m.quality_tier < policy.quality_floor:
-            return self._no("quality_floor")
-        if self.price_cap is not None and (
-            not entry.priced or entry.price_in > self.price_cap or entry.price_out > self.price_cap
-        ):
-            return self._no("price_cap")
-        return True
-
-    def cost_ok(self, entry: _Entry) -> bool:
-        """Per request (depends on the prompt's size): the worst-case cost cap."""
-        if self.cost_cap is None:
-            return True
-        m = entry.model
-        output = self.max_output or m.max_output_tokens or DEFAULT_OUTPUT_TOKENS
-        worst = self.input_tokens * entry.price_in + output * entry.price_out
-        if worst > self.cost_cap:
-            return self._no("max_cost")
-        return True
-
-    def latency_ok(self, d: DeploymentInfo) -> bool:
-        """Live: the deployment's EWMA latency (time to first token for streams) is known and
-        above the policy's cap."""
-        cap = self.policy.max_latency_ms
-        if cap is None:
-            return True
-        stats = self.store.view(d.id)
-        if stats is not None:
-            seen = stats.ttft_ms if self.request.stream else stats.latency_ms
-            if seen is not None and seen > cap:
-                return self._no("max_latency")
-        return True
-
-    def deployment_ok(self, d: DeploymentInfo) -> bool:
-        policy = self.policy
-        if (
-            policy.blocked_providers or policy.allowed_provider_groups
-        ) and not policy.provider_allowed(d.provider):
-            return self._no("policy_provider")
-        if policy.region_groups and not policy.region_allowed(d.region):
-            return self._no("region")
-        if policy.zero_data_retention_only and not d.zero_data_retention:
-            return self._no("zero_data_retention")
-        return True
-
-
-# ---------------------------------------------------------------- scoring helpers
-
-
-def _latency_ms(store: HealthStore, d: DeploymentInfo, tier: int, stream: bool) -> float:
-    stats = store.view(d.id)
-    if stats is not None:
-        seen = stats.ttft_ms if stream else stats.latency_ms
-        if seen is not None:
-            return seen
-    return LATENCY_PRIOR_MS * tier
-
-
-def _health_penalty(store: HealthStore, d: DeploymentInfo) -> tuple[int, float]:
-    stats = store.view(d.id)
-    if stats is None:
-        return (0, 0.0)
-    return (0 if stats.state == CLOSED else 1, stats.error_rate)
-
-
-def _order_deployments(store: HealthStore, deployments: Sequence[DeploymentInfo]) -> list[Any]:
-    if len(deployments) < 2:
-        return list(deployments)
-    return sorted(
-        deployments, key=lambda d: (_health_penalty(store, d)[0], d.priority, -d.weight, d.id)
-    )
-
-
-def _candidate(entry: _Entry, d: DeploymentInfo) -> RouteCandidate:
-    return RouteCandidate(
-        deployment_id=d.id,
-        deployment=d.name,
-        model_id=entry.model.canonical_id,
-        provider=d.provider,
-        context_window=entry.model.context_window,
-        info=d,
-        model=entry.model,
-        input_per_token=entry.price_in,
-        output_per_token=entry.price_out,
-    )
-
-
-def _expected_cost(entry: _Entry, est: Estimate) -> float:
-    return entry.price_in_f * est.input_tokens + entry.price_out_f * est.output_tokens
-
-
-# ---------------------------------------------------------------- strategies
-
-
-def _rank_models(
-    strategy: str,
-    eligible: list[Item],
-    est: Estimate,
-    store: HealthStore,
-    stream: bool,
-) -> tuple[list[Item], str]:
-    """Models best first, and a one-line reason."""
-    if strategy == "cost":
-        best_tier = max(e.model.quality_tier for e, _ in eligible)
-        tier = min(est.tier, best_tier)
-        pool = [item for item in eligible if item[0].model.quality_tier >= tier]
-        pool.sort(key=lambda item: (_expected_cost(item[0], est), -item[0].model.quality_tier))
-        rest = [item for item in eligible if item[0].model.quality_tier < tier]
-        rest.sort(key=lambda item: (-item[0].model.quality_tier, _expected_cost(item[0], est)))
-        return pool + rest, f"cheapest expected cost at quality tier >= {tier}"
-    if strategy == "latency":
-
-        def speed(item: Item) -> float:
-            entry, deployments = item
-            return min(
-                _latency_ms(store, d, entry.model.quality_tier, stream)
-                * (1 + 4 * _health_penalty(store, d)[1])
-                + 1e6 * _health_penalty(store, d)[0]
-                for d in deployments
-            )
-
-        ranked = sorted(eligible, key=lambda item: (speed(item), _expected_cost(item[0], est)))
-        return ranked, "fastest deployment now (live EWMA latency, error-weighted)"
-    if strategy == "availability":
-
-        def reliability(item: Item) -> tuple[float, ...]:
-            entry, deployments = item
-            best = min(
-                (*_health_penalty(store, d), -min((store.view(d.id) or _NO_STATS).samples, 50))
-                for d in deployments
-            )
-            return (*best, -len(deployments), _expected_cost(entry, est))
-
-        ranked = sorted(eligible, key=reliability)
-        return ranked, "most reliable deployments (error rate, breaker), backups on other providers"
-    # balanced
-    by_id = {item[0].model.canonical_id: item for item in eligible}
-    ranked_c = choose(
-        [
-            Candidate(
-                e.model.canonical_id,
-                e.price_in_f,
-                e.price_out_f,
-                TIER_PRIORS[min(max(e.model.quality_tier, 1), len(TIER_PRIORS)) - 1],
-            )
-            for e, _ in eligible
-        ],
-        est,
-        BALANCED_WILLINGNESS,
-    )
-    scored = []
-    for r in ranked_c:
-        item = by_id[r.candidate.model_id]
-        entry, deployments = item
-        fastest = min(_latency_ms(store, d, entry.model.quality_tier, stream) for d in deployments)
-        error = min(_health_penalty(store, d)[1] for d in deployments)
-        utility = r.utility - 0.05 * min(fastest / 10_000.0, 1.0) - 0.5 * error
-        scored.append((-utility, r.expected_cost, entry.model.canonical_id, item))
-    scored.sort(key=lambda t: t[:3])
-    return [t[3] for t in scored], "predicted quality vs expected cost, live latency and errors"
-
-
-class _NoStats:
-    samples = 0
-
-
-_NO_STATS = _NoStats()
-
-
-# ---------------------------------------------------------------- the engine
-
-
-def _resolve_model(snapshot: CatalogSnapshot, name: str) -> ModelInfo:
-    try:
-        return snapshot.resolve(name)
-    except AmbiguousModel as error:
-        raise NoRoute(
-            "ambiguous_model",
-            f"model name {name!r} is ambiguous: use one of {', '.join(error.candidates)}",
-        ) from None
-    except UnknownModel:
-        raise NoRoute("model_not_found", f"unknown model {name!r}") from None
-
-
-# ---------------------------------------------------------------- the eligibility cache
-
-RANK_TTL = 0.25  # seconds a live-stats ranking (latency, availability) is reused
-PARETO_LAYERS = 3
-PER_LAYER = 3
-CACHE_SIZE = 512
-
-
-@dataclass(frozen=True, slots=True)
-class _Eligible:
-    items: tuple[Item, ...]  # models passing the static hard filters, with their deployments
-    pruned: tuple[Item, ...]  # the subset price-driven strategies score (see _prune)
-    rejected: dict[str, int]
-
-
-class _Cache:
-    """Static filtering depends only on (snapshot, policy, needs, stream, mode, the context
-    bucket), so its result is computed once per combination and reused; live-stats rankings
-    are reused for RANK_TTL. Cleared when the snapshot changes."""
-
-    def __init__(self) -> None:
-        self.snapshot: CatalogSnapshot | None = None
-        self.windows: tuple[int, ...] = ()
-        self.eligible: dict[tuple[Any, ...], _Eligible] = {}
-        self.ranks: dict[tuple[Any, ...], tuple[float, list[Item], str]] = {}
-
-    def reset(self, snapshot: CatalogSnapshot) -> None:
-        self.snapshot = snapshot
-        self.windows = tuple(
-            sorted({e.model.context_window for e in _index(snapshot) if e.model.context_window})
-        )
-        self.eligible = {}
-        self.ranks = {}
-
-
-_cache = _Cache()
-
-
-def engine_cache_reset() -> None:
-    """Forget cached eligibility and rankings (tests; they also reset on a new snapshot)."""
-    _cache.snapshot = None
-
-
-def _dominates(a: Item, b: Item) -> bool:
-    ea, eb = a[0], b[0]
-    return (
-        ea.price_in_f <= eb.price_in_f
-        and ea.price_out_f <= eb.price_out_f
-        and (ea.price_in_f < eb.price_in_f or ea.price_out_f < eb.price_out_f)
-    )
-
-
-def _pareto_layers(items: list[Item], layers: int, per_layer: int) -> list[Item]:
-    """The first ``layers`` non-dominated layers by (input, output) price: the k cheapest
-    models under any positive mix of input and output tokens are in the first k layers.
-    Models with equal prices are interchangeable for scoring; a layer keeps at most
-    ``per_layer`` of them, different providers first."""
-    rest = list(items)
-    out: list[Item] = []
-    for _ in range(layers):
-        if not rest:
-            break
-        front = [p for p in rest if not any(_dominates(q, p) for q in rest)]
-        rest = [p for p in rest if p not in front]
-        front.sort(key=lambda i: (i[0].price_in_f + i[0].price_out_f, i[0].model.canonical_id))
-        providers: set[str] = set()
-        picked: list[Item] = []
-        for item in front:  # one per provider first
-            if item[0].model.provider not in providers:
-                providers.add(item[0].model.provider)
-                picked.append(item)
-        picked += [i for i in front if i not in picked]
-        out += picked[:per_layer]
-    return out
-
-
-def _prune(
-    items: tuple[Item, ...], policy: EffectivePolicy, known: frozenset[str]
-) -> tuple[Item, ...]:
-    """What cost-first and balanced need to score: per quality tier the first Pareto layers by
-    price (for unknown models, success depends only on the tier, so within a tier utility
-    falls with cost); the most expensive models (``choose`` normalizes cost by the maximum);
-    the cheapest model of each provider (for cross-provider fallbacks); models the estimator
-    knows by name; the policy's preferred models."""
-    if len(items) <= 24:
-        return items
-    keep: set[str] = set()
-    by_tier: dict[int, list[Item]] = {}
-    for item in items:
-        by_tier.setdefault(item[0].model.quality_tier, []).append(item)
-    for group in by_tier.values():
-        keep.update(
-            i[0].model.canonical_id for i in _pareto_layers(group, PARETO_LAYERS, PER_LAYER)
-        )
-    for price in (
-        lambda i: i[0].price_in_f,
-        lambda i: i[0].price_out_f,
-        lambda i: i[0].price_in_f + i[0].price_out_f,
-    ):
-        keep.add(max(items, key=price)[0].model.canonical_id)
-    cheapest: dict[str, Item] = {}
-    for item in items:
-        total = item[0].price_in_f + item[0].price_out_f
-        for d in item[1]:
-            best = cheapest.get(d.provider)
-            if best is None or total < best[0].price_in_f + best[0].price_out_f:
-                cheapest[d.provider] = item
-    keep.update(i[0].model.canonical_id for i in cheapest.values())
-    for item in items:
-        cid = item[0].model.canonical_id
-        if cid in known or (policy.preferred_models and matches(policy.preferred_models, cid)):
-            keep.add(cid)
-    return tuple(i for i in items if i[0].model.canonical_id in keep)
-
-
-def _eligible(
-    snapshot: CatalogSnapshot,
-    request: RouteRequest,
-    policy: EffectivePolicy,
-    flt: _Filter,
-    est: Estimate | None,
-) -> tuple[tuple[Any, ...], _Eligible]:
-    if _cache.snapshot is not snapshot:
-        _cache.reset(snapshot)
-    features = request.features
-    need = features.input_tokens + (request.max_output_tokens or 0)
-    bucket = bisect.bisect_left(_cache.windows, need)
-    today = datetime.now(UTC).date()  # a model past its deprecation date leaves the pool
-    key = (policy, flt.needs, request.stream, request.mode, bucket, today)
-    found = _cache.eligible.get(key)
-    if found is not None:
-        return key, found
-    items: list[Item] = []
-    for entry in _index(snapshot):
-        if entry.model.deprecated_on(today):
-            flt._no("deprecated")
-            continue
-        if not flt.model_ok(entry):
-            continue
-        deployments = tuple(d for d in entry.deployments if flt.deployment_ok(d))
-        if deployments:
-            items.append((entry, deployments))
-    known = frozenset(est.model_success) if est is not None else frozenset()
-    all_items = tuple(items)
-    found = _Eligible(all_items, _prune(all_items, policy, known), dict(flt.rejected))
-    if len(_cache.eligible) >= CACHE_SIZE:
-        _cache.eligible.clear()
-        _cache.ranks.clear()
-    _cache.eligible[key] = found
-    return key, found
-
-
-def _dynamic(items: tuple[Item, ...], flt: _Filter) -> tuple[Item, ...]:
-    """The per-request filters: worst-case cost and live latency caps."""
-    if flt.cost_cap is None and flt.policy.max_latency_ms is None:
-        return items
-    out = []
-    for entry, deployments in items:
-        if not flt.cost_ok(entry):
-            continue
-        kept = tuple(d for d in deployments if flt.latency_ok(d))
-        if kept:
-            out.append((entry, kept))
-    return tuple(out)
-
-
-# ---------------------------------------------------------------- the engine
-
-
-def route(
-    *,
-    request: RouteRequest,
-    policy: EffectivePolicy,
-    snapshot: CatalogSnapshot | None = None,
-    store: HealthStore | None = None,
-    estimate_: Estimate | None = None,
-) -> RouteDecision:
-    """Route one request (see the module docstring). Raises NoRoute when nothing fits."""
-    snapshot = snapshot or catalog_snapshot()
-    store = store or health_store()
-    fixed = not (request.model == AUTO or request.model.startswith(AUTO + ":"))
-    # The complexity estimate chooses among models: a request that names its model needs only
-    # its hard needs (read from the features) and token counts for the explanation.
-    est: Estimate | None = estimate_
-    if est is None and request.mode != "embedding" and not fixed:
-        est = estimate(request.features)
-    if fixed:
-        strategy = "fixed"
-    else:
-        strategy = request.model.partition(":")[2] or policy.strategy
-        if strategy not in STRATEGIES:
-            raise NoRoute("model_not_found", f"unknown routing strategy {strategy!r}")
-    flt = _Filter(request, policy, est, store)
-
-    def usable(entry: _Entry) -> list[DeploymentInfo] | None:
-        if not flt.model_ok(entry) or not flt.cost_ok(entry):
-            return None
-        deployments = [d for d in entry.deployments if flt.deployment_ok(d) and flt.latency_ok(d)]
-        return deployments or None
-
-    ordered: list[Any]
-    considered = len(snapshot.deployments)
-    if fixed:
-        model = _resolve_model(snapshot, request.model)
-        entry = _by_id(snapshot).get(model.canonical_id)
-        if not policy.model_allowed(model.canonical_id):
-            raise NoRoute(
-                "model_not_allowed",
-                f"the routing policy does not allow {model.canonical_id!r}",
-                {"policy": policy.summary()},
-            )
-        considered = 1
-        deployments = usable(entry) if entry is not None else None
-        ordered = [(entry, deployments)] if entry is not None and deployments else []
-        reason = "requested model"
-    else:
-        assert est is not None
-        key, eligible = _eligible(snapshot, request, policy, flt, est)
-        flt.rejected = dict(eligible.rejected)
-        live = strategy in ("latency", "availability")
-        pool = _dynamic(eligible.items if live else eligible.pruned, flt)
-        if not pool:
-            raise NoRoute(
-                "no_eligible_model",
-                "no model fits the request and the routing policy",
-                {"strategy": strategy, "considered": considered, "rejected": flt.rejected},
-            )
-        rank_key = (key, strategy)
-        cached = _cache.ranks.get(rank_key) if live and pool is eligible.items else None
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < RANK_TTL:
-            ordered, reason = list(cached[1]), cached[2]
-        else:
-            ordered, reason = _rank_models(strategy, list(pool), est, store, request.stream)
-            if live and pool is eligible.items:
-                _cache.ranks[rank_key] = (now, list(ordered), reason)
-        if policy.preferred_models:
-            preferred = policy.preferred_models
-            ordered.sort(key=lambda item: not matches(preferred, item[0].model.canonical_id))
-    chosen_models = list(ordered[:MAX_MODELS]) if not fixed else list(ordered)
-    if not fixed and chosen_models:
-        providers = {d.provider for _, ds in chosen_models for d in ds}
-        if len(providers) == 1:
-            other = next(
-                (
-                    item
-                    for item in ordered[MAX_MODELS:]
-                    if any(d.provider not in providers for d in item[1])
-                ),
-                None,
-            )
-            if other is not None:
-                chosen_models = [*chosen_models, other]
-    # explicit fallbacks (nearest level wins), after the routed models
-    seen = {e.model.canonical_id for e, _ in chosen_models}
-    for name in policy.fallbacks:
-        try:
-            fallback = snapshot.resolve(name)
-        except LookupError:
-            flt._no("fallback_unknown")
-            continue
-        entry = _by_id(snapshot).get(fallback.canonical_id)
-        if entry is None or fallback.canonical_id in seen:
-            continue
-        deployments = usable(entry)
-        if deployments:
-            chosen_models.append((entry, deployments))
-            seen.add(fallback.canonical_id)
-    candidates: list[RouteCandidate] = []
-    if strategy == "availability":
-        # interleave providers: the best deployment, then the best on another provider, ...
-        pool_d = [(entry, d) for entry, ds in chosen_models for d in _order_deployments(store, ds)]
-        last_provider = None
-        while pool_d and len(candidates) < MAX_CANDIDATES:
-            pick = next((p for p in pool_d if p[1].provider != last_provider), pool_d[0])
-            pool_d.remove(pick)
-            candidates.append(_candidate(*pick))
-            last_provider = pick[1].provider
-    else:
-        for entry, ds in chosen_models:
-            for d in _order_deployments(store, ds):
-                candidates.append(_candidate(entry, d))
-        if len(candidates) > MAX_CANDIDATES and not fixed:
-            candidates = candidates[:MAX_CANDIDATES]
-    # open breakers last (the failover loop skips them without a call)
-    open_last = sorted(
-        range(len(candidates)), key=lambda i: (_health_penalty(store, candidates[i].info)[0], i)
-    )
-    candidates = [candidates[i] for i in open_last]
-    if not candidates:
-        raise NoRoute(
-            "no_eligible_model",
-            f"no deployment of {request.model!r} fits the request and the routing policy",
-            {"strategy": strategy, "considered": considered, "rejected": flt.rejected},
-        )
-    reference, note = reference_model_for(policy, snapshot)
-    tokens: Estimate | _Tokens | None = est
-    if tokens is None and request.mode != "embedding":
-        tokens = _Tokens(request.features.input_tokens, guess_output_tokens(request.features))
-    explain = _explain(strategy, reason, tokens, considered, flt, candidates, policy, snapshot)
-    _explain_reference(explain, tokens, snapshot, reference, note)
-    return RouteDecision(
-        strategy=strategy,
-        candidates=tuple(candidates),
-        estimate=est,
-        explain=explain,
-        reference_model=reference,
-    )
-
-
-_by_id_cache: list[tuple[CatalogSnapshot, dict[str, _Entry]]] = []
-
-
-def _by_id(snapshot: CatalogSnapshot) -> dict[str, _Entry]:
-    cached = _by_id_cache[0] if _by_id_cache else None
-    if cached is not None and cached[0] is snapshot:
-        return cached[1]
-    table = {e.model.canonical_id: e for e in _index(snapshot)}
-    _by_id_cache[:] = [(snapshot, table)]
-    return table
+# ---------------------------------------------------------------- the explanation
 
 
 @dataclass(frozen=True, slots=True)
@@ -773,53 +587,65 @@ class _Tokens:
     output_tokens: int
 
 
+def _tokens(request: RouteRequest, est: Estimate | None) -> Estimate | _Tokens | None:
+    if est is not None:
+        return est
+    if request.mode == "embedding":
+        return None
+    return _Tokens(request.prompt_tokens(), guess_output_tokens(request.features))
+
+
 def _explain(
     strategy: str,
     reason: str,
-    est: Estimate | _Tokens | None,
-    considered: int,
-    flt: _Filter,
+    request: RouteRequest,
+    est: Estimate | None,
+    flt: Filter,
     candidates: list[RouteCandidate],
-    policy: EffectivePolicy,
     snapshot: CatalogSnapshot,
 ) -> dict[str, Any]:
     """Metadata only (no prompt text): small enough for a usage record and a header."""
+    listed = [
+        {"model": c.model_id, "deployment": c.deployment, "provider": c.provider}
+        for c in candidates
+    ]
     out: dict[str, Any] = {
         "strategy": strategy,
         "reason": reason,
-        "considered": considered,
+        "considered": len(snapshot.deployments) if request.auto else 1,
         "rejected": dict(flt.rejected),
-        "candidates": [
-            {"model": c.model_id, "deployment": c.deployment, "provider": c.provider}
-            for c in candidates
-        ],
-        "policy": policy.summary(),
+        "candidates": listed[:EXPLAIN_CANDIDATES],
+        "policy": flt.policy.summary(),
     }
-    if isinstance(est, Estimate):
+    if len(listed) > EXPLAIN_CANDIDATES:
+        out["candidates_omitted"] = len(listed) - EXPLAIN_CANDIDATES
+    if est is not None and request.mode != "embedding":
         out["tier"] = est.tier
         out["difficulty"] = round(est.difficulty, 3)
-    if est is not None:
+    tokens = _tokens(request, est)
+    if tokens is not None and candidates:
         chosen = candidates[0]
         cost = (
-            chosen.input_per_token * est.input_tokens + chosen.output_per_token * est.output_tokens
+            chosen.input_per_token * tokens.input_tokens
+            + chosen.output_per_token * tokens.output_tokens
         )
-        out["estimated_cost_usd"] = str(cost.quantize(Decimal("0.00000001")))
+        out["estimated_cost_usd"] = str(cost.quantize(CENTS))
     return out
 
 
 def _explain_reference(
     out: dict[str, Any],
-    est: Estimate | _Tokens | None,
+    tokens: Estimate | _Tokens | None,
     snapshot: CatalogSnapshot,
     reference: str,
     note: str | None,
 ) -> None:
-    """The reference model savings are measured against and, with an estimate, its list-price
-    cost of the estimate's tokens (the saving the route is expected to make)."""
+    """The reference model savings are measured against and, with token counts, its
+    list-price cost of them (the saving the route is expected to make)."""
     out["reference_model"] = reference
     if note:
         out["reference_model_note"] = note
-    if est is None:
+    if tokens is None:
         return
     try:
         price = snapshot.resolve(reference).current_price
@@ -827,31 +653,36 @@ def _explain_reference(
         price = None
     if price is not None:
         ref_cost = (
-            price.input_per_token * est.input_tokens + price.output_per_token * est.output_tokens
+            price.input_per_token * tokens.input_tokens
+            + price.output_per_token * tokens.output_tokens
         )
-        out["reference_cost_usd"] = str(ref_cost.quantize(Decimal("0.00000001")))
+        out["reference_cost_usd"] = str(ref_cost.quantize(CENTS))
 
 
-def route_timed(**kwargs: Any) -> tuple[RouteDecision, float]:
-    """``route`` and its duration in seconds (benchmarks, metrics)."""
-    start = time.perf_counter()
-    decision = route(**kwargs)
-    return decision, time.perf_counter() - start
+# ---------------------------------------------------------------- the models a key may call
 
 
-async def aroute_for_key(
-    *,
-    request: RouteRequest,
-    key: Any,
-    override: Any = None,
-    store: HealthStore | None = None,
-) -> tuple[RouteDecision, EffectivePolicy]:
-    """For async views: the catalog snapshot and the policy table come from their in-process
-    caches (no thread hop and no database work while fresh), then ``route``. ``key`` is an
-    orgs KeyContext, ``override`` a ``routing.policies.RequestOverride`` or None."""
-    from routing.catalog import acatalog_snapshot
-    from routing.policies import apolicy_for_key
-
+async def models_for_key(key: Any) -> list[ModelInfo]:
+    """``GET /v1/models``: every model with an enabled deployment that the key's effective
+    policy allows (organization to key), by canonical id."""
     snapshot = await acatalog_snapshot()
-    policy = await apolicy_for_key(key, override)
-    return route(request=request, policy=policy, snapshot=snapshot, store=store), policy
+    policy = await apolicy_for_key(key)
+    return [
+        snapshot.models[model_id]
+        for model_id in sorted(snapshot.deployments)
+        if policy.model_allowed(model_id)
+    ]
+
+
+async def model_for_key(key: Any, name: str) -> ModelInfo:
+    """``GET /v1/models/{id}``: one of them, else the NoRoute a call to it would get."""
+    snapshot = await acatalog_snapshot()
+    policy = await apolicy_for_key(key)
+    model = _resolve(snapshot, name, "model")
+    if not snapshot.deployments.get(model.canonical_id):
+        raise NoRoute(
+            "model_not_found", f"The model '{model.canonical_id}' has no enabled deployment."
+        )
+    if not policy.model_allowed(model.canonical_id):
+        raise _not_allowed(policy, model.canonical_id, "model")
+    return model

@@ -7,7 +7,7 @@ made (organization / department / team / project / key, nearest wins, then the r
 ``openai/gpt-4o``). Records from before the column existed ("") use that default.
 
 A record's reference price is its reference model's catalog version in force when the request
-was made, applied with the same rule as ``billing.pricing.usage_cost`` (cached prompt tokens at
+was made, applied with the same rule as ``routing.pricing.usage_cost`` (cached prompt tokens at
 the cached price where the model has one). A request older than the first price version the
 catalog knows is priced at that first version (a catalog imported today still prices last
 month's usage). When the catalog has no price at all for the reference model, the reference cost

@@ -28,11 +28,13 @@ from gateway.errors import (
     anthropic_error_json,
     describe_exception,
     error_json,
+    route_error,
 )
 from gateway.pipeline import CallContext
 from gateway.providers.types import ChatChunk, ProviderError, Usage
 from gateway.wire import anthropic, completions, embeddings, openai_chat, responses
-from gateway.wire.common import Inbound, parse_json_object
+from gateway.wire.common import ROUTING_ALIASES, Inbound, parse_json_object
+from routing.engine import NoRoute, model_for_key, models_for_key
 
 logger = logging.getLogger("megarouter.gateway")
 
@@ -417,18 +419,28 @@ async def embeddings_create(req: ApiRequest) -> ApiResponse:
     return ApiResponse.json(body, headers=_headers(ctx, with_cost=True))
 
 
-async def models_list(req: ApiRequest) -> ApiResponse:
-    from gateway.routing_interim import models_for_key
+def _model_json(model_id: str, owner: str) -> dict[str, Any]:
+    # The catalog keeps no release date; 0 says "unknown" in the integer the schema asks for.
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": owner}
 
+
+async def models_list(req: ApiRequest) -> ApiResponse:
+    """The models this key may call (enabled deployments only), then the routing aliases."""
     key = await _authenticate(req)
-    return ApiResponse.json({"object": "list", "data": await models_for_key(key)})
+    data = [_model_json(m.canonical_id, m.provider) for m in await models_for_key(key)]
+    data += [_model_json(alias, "megarouter") for alias in ROUTING_ALIASES]
+    return ApiResponse.json({"object": "list", "data": data})
 
 
 async def models_retrieve(req: ApiRequest, model_id: str) -> ApiResponse:
-    from gateway.routing_interim import model_for_key
-
     key = await _authenticate(req)
-    return ApiResponse.json(await model_for_key(key, model_id))
+    if model_id in ROUTING_ALIASES:
+        return ApiResponse.json(_model_json(model_id, "megarouter"))
+    try:
+        model = await model_for_key(key, model_id)
+    except NoRoute as exc:
+        raise route_error(exc) from None
+    return ApiResponse.json(_model_json(model.canonical_id, model.provider))
 
 
 # ---------------------------------------------------------------- dispatch

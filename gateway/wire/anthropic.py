@@ -21,9 +21,6 @@ from gateway.providers.types import (
     Usage,
 )
 from gateway.wire.common import (
-    CAP_REASONING,
-    CAP_TOOLS,
-    CAP_VISION,
     Inbound,
     as_dict,
     get_bool,
@@ -39,6 +36,7 @@ from gateway.wire.common import (
     require_str,
     type_name,
 )
+from routing.eligibility import CAP_REASONING, CAP_TOOLS, CAP_VISION
 
 STOP_REASONS = {
     "stop": "end_turn",

@@ -5,22 +5,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
 
 from gateway.errors import InvalidRequest
 from gateway.providers.types import ChatRequest
+from orgs.policy import RULES, STRATEGIES, PolicyError, PolicySpec
 
-ROUTING_ALIASES = ("auto", "auto:balanced", "auto:cost", "auto:latency", "auto:availability")
-STRATEGIES = ("balanced", "cost", "latency", "availability")
-
-# Capabilities a request may need; routing refuses (fixed model) or filters (auto) on them.
-CAP_TOOLS = "tools"
-CAP_VISION = "vision"
-CAP_JSON_SCHEMA = "json_schema"
-CAP_REASONING = "reasoning"
+ROUTING_ALIASES = ("auto", *(f"auto:{strategy}" for strategy in STRATEGIES))
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -250,89 +243,23 @@ def require_model(data: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- per-request routing override
 
 
-@dataclass(slots=True, frozen=True)
-class RoutingOverride:
-    """The optional ``"megarouter"`` body field: per-request routing constraints."""
-
-    strategy: str | None = None
-    allowed_models: tuple[str, ...] | None = None
-    fallbacks: tuple[str, ...] | None = None
-    max_cost_usd: Decimal | None = None
-    max_latency_ms: int | None = None
-    region: str | None = None
-    reference_model: str | None = None  # what this request's savings are measured against
-
-
-_OVERRIDE_KEYS = frozenset(
-    {
-        "strategy",
-        "allowed_models",
-        "fallbacks",
-        "max_cost_usd",
-        "max_latency_ms",
-        "region",
-        "reference_model",
-    }
-)
-
-
-def parse_override(data: dict[str, Any]) -> RoutingOverride | None:
+def parse_override(data: dict[str, Any]) -> PolicySpec | None:
+    """The optional ``"megarouter"`` body field: a routing policy document for this request
+    (the fields and rules every policy level has, ``orgs.policy``), the nearest level."""
     raw = get_dict(data, "megarouter")
     if raw is None:
         return None
-    reject_unknown(raw, _OVERRIDE_KEYS, "megarouter.")
-    strategy = get_choice(raw, "strategy", STRATEGIES, "megarouter.strategy")
-    allowed = _model_list(raw, "allowed_models")
-    fallbacks = _model_list(raw, "fallbacks")
-    max_cost: Decimal | None = None
-    if raw.get("max_cost_usd") is not None:
-        value = raw["max_cost_usd"]
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise _wrong("megarouter.max_cost_usd", "a number", value)
-        try:
-            # str() first: a float's repr is the short decimal the client wrote.
-            max_cost = Decimal(str(value))
-        except InvalidOperation:
-            raise _wrong("megarouter.max_cost_usd", "a number", value) from None
-        if not max_cost.is_finite() or max_cost <= 0:
-            raise InvalidRequest(
-                "'megarouter.max_cost_usd' must be a positive number.",
-                param="megarouter.max_cost_usd",
-                code="invalid_value",
-            )
-    max_latency = get_int(
-        raw, "max_latency_ms", "megarouter.max_latency_ms", minimum=1, maximum=600_000
-    )
-    region = get_str(raw, "region", "megarouter.region")
-    reference = get_str(raw, "reference_model", "megarouter.reference_model")
-    if reference is not None and not 0 < len(reference) <= 255:
+    reject_unknown(raw, frozenset(RULES), "megarouter.")
+    try:
+        spec = PolicySpec.from_document(raw)
+    except PolicyError as error:
+        name, message = next(iter(error.errors.items()))
         raise InvalidRequest(
-            "'megarouter.reference_model' must be a model id (1 to 255 characters).",
-            param="megarouter.reference_model",
+            f"Invalid 'megarouter.{name}': {message}.",
+            param=f"megarouter.{name}",
             code="invalid_value",
-        )
-    return RoutingOverride(
-        strategy=strategy,
-        allowed_models=allowed,
-        fallbacks=fallbacks,
-        max_cost_usd=max_cost,
-        max_latency_ms=max_latency,
-        region=region,
-        reference_model=reference,
-    )
-
-
-def _model_list(raw: dict[str, Any], key: str) -> tuple[str, ...] | None:
-    param = f"megarouter.{key}"
-    items = get_list(raw, key, param)
-    if items is None:
-        return None
-    if not items:
-        raise InvalidRequest(f"'{param}' must not be empty.", param=param, code="invalid_value")
-    for index, item in enumerate(items):
-        if not isinstance(item, str) or not item:
-            raise _wrong(f"{param}[{index}]", "a model id", item)
-    return tuple(items)
+        ) from None
+    return None if spec.is_empty() else spec
 
 
 # ---------------------------------------------------------------- the parsed inbound request
@@ -344,7 +271,7 @@ class Inbound:
 
     model: str  # as the client wrote it: catalog id, bare name or routing alias
     chat: ChatRequest
-    override: RoutingOverride | None = None
+    override: PolicySpec | None = None
     needs: set[str] = field(default_factory=set)  # capabilities, see CAP_*
     # Which parameter asked for each capability, so a refusal names it.
     needs_param: dict[str, str] = field(default_factory=dict)

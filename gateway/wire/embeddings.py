@@ -10,7 +10,6 @@ from typing import Any
 from gateway.errors import InvalidRequest
 from gateway.providers.types import EmbeddingRequest, EmbeddingResponse
 from gateway.wire.common import (
-    RoutingOverride,
     get_choice,
     get_int,
     get_str,
@@ -20,6 +19,7 @@ from gateway.wire.common import (
     require_model,
     type_name,
 )
+from orgs.policy import PolicySpec
 
 KNOWN = frozenset({"model", "input", "dimensions", "encoding_format", "user", "megarouter"})
 MAX_INPUTS = 2048
@@ -27,7 +27,7 @@ MAX_INPUTS = 2048
 
 def parse_embeddings(
     data: dict[str, Any],
-) -> tuple[str, EmbeddingRequest, RoutingOverride | None, str]:
+) -> tuple[str, EmbeddingRequest, PolicySpec | None, str]:
     """Returns (model, request, override, encoding_format asked by the client)."""
     reject_unknown(data, KNOWN)
     model = require_model(data)

@@ -18,10 +18,6 @@ from gateway.providers.types import (
     Usage,
 )
 from gateway.wire.common import (
-    CAP_JSON_SCHEMA,
-    CAP_REASONING,
-    CAP_TOOLS,
-    CAP_VISION,
     Inbound,
     as_dict,
     get_bool,
@@ -39,6 +35,7 @@ from gateway.wire.common import (
     require_str,
     type_name,
 )
+from routing.eligibility import CAP_JSON_SCHEMA, CAP_REASONING, CAP_TOOLS, CAP_VISION
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 

@@ -22,9 +22,6 @@ from gateway.providers.types import (
     Usage,
 )
 from gateway.wire.common import (
-    CAP_REASONING,
-    CAP_TOOLS,
-    CAP_VISION,
     Inbound,
     as_dict,
     get_bool,
@@ -42,6 +39,7 @@ from gateway.wire.common import (
     type_name,
 )
 from gateway.wire.openai_chat import parse_format_object
+from routing.eligibility import CAP_REASONING, CAP_TOOLS, CAP_VISION
 
 PASSTHROUGH = frozenset({"metadata", "service_tier", "safety_identifier", "prompt_cache_key"})
 KNOWN = frozenset(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from io import StringIO
-from types import SimpleNamespace
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -15,8 +14,9 @@ from django.db.models import Sum
 from billing.analytics.models import UsageRollupDay, UsageRollupDayNode, UsageRollupHour
 from billing.analytics.rollups import rollup_advance, rollup_watermark
 from billing.models import UsageRecord
-from billing.pricing import usage_cost
+from gateway.providers.types import Usage
 from routing.models import ModelPrice
+from routing.pricing import usage_cost
 from tests.billing.analytics_helpers import reference_catalog
 from tests.routing.factories import ModelFactory, ProviderFactory
 
@@ -49,7 +49,7 @@ def test_seed_usage_writes_exact_costs_and_rolls_up_once(scale_org):
     assert records.count() == 700
     prices = {p.model.canonical_id: p for p in ModelPrice.objects.select_related("model")}
     for r in records.order_by("id")[:50]:
-        usage = SimpleNamespace(
+        usage = Usage(
             prompt_tokens=r.tokens_in, completion_tokens=r.tokens_out, cached_tokens=r.tokens_cached
         )
         assert r.cost == usage_cost(prices[r.model], usage)

@@ -1,14 +1,10 @@
 """The admission estimates the gateway reserves with: prompt size from the request (lengths
-only) and the output ceiling."""
+only, gateway.pipeline.prompt_counts -> routing.tokens) and the output ceiling (billing)."""
 
 from __future__ import annotations
 
-import asyncio
-from types import SimpleNamespace
-
-import pytest
-
-from gateway.admission import input_tokens_estimate, output_tokens_reserve
+from billing.admission.service import output_tokens_reserve
+from gateway.pipeline import prompt_counts
 from gateway.providers.types import (
     ChatRequest,
     ContentPart,
@@ -18,8 +14,11 @@ from gateway.providers.types import (
     Tool,
     ToolCall,
 )
-from routing.catalog import catalog_snapshot_reset
-from tests.gateway import factories as f
+from routing.tokens import prompt_tokens_estimate
+
+
+def input_tokens_estimate(request):
+    return prompt_tokens_estimate(prompt_counts(request))
 
 
 def test_input_estimate_counts_text_tools_schema_and_images():
@@ -53,23 +52,17 @@ def test_input_estimate_for_embeddings():
     assert input_tokens_estimate(EmbeddingRequest(input=[[1, 2, 3], [4]])) == 4
 
 
-@pytest.mark.django_db(transaction=True)
 def test_output_reserve_max_tokens_times_n_else_declared_max_capped(settings):
     settings.MEGAROUTER_RESERVE_OUTPUT_TOKENS = 2000
-    provider = f.provider_create("openai", "openai", "http://127.0.0.1:9/openai/v1")
-    small = f.model_create(provider, "small-out", max_output_tokens=500)
-    large = f.model_create(provider, "large-out", max_output_tokens=64000)
-    silent = f.model_create(provider, "no-declared-max")
-    catalog_snapshot_reset()
 
-    def reserve(route="chat", max_tokens=None, n=1, *models):
-        ctx = SimpleNamespace(route=route, max_tokens=max_tokens, n=n)
-        plan = SimpleNamespace(candidates=[SimpleNamespace(model_id=m) for m in models])
-        return asyncio.run(output_tokens_reserve(ctx, plan))
+    def reserve(route="chat", max_tokens=None, n=1, *declared):
+        return output_tokens_reserve(
+            max_tokens=max_tokens, n=n, model_max_outputs=declared, embeddings=route == "embeddings"
+        )
 
-    assert reserve("chat", 100, 3, small.canonical_id) == 300
-    assert reserve("chat", None, 1, small.canonical_id) == 500
-    assert reserve("chat", None, 2, small.canonical_id, large.canonical_id) == 4000  # capped
-    assert reserve("chat", None, 1, silent.canonical_id) == 2000
-    assert reserve("embeddings", None, 1, small.canonical_id) == 0
-    catalog_snapshot_reset()
+    small, large, silent = 500, 64000, None  # the candidates' declared max outputs
+    assert reserve("chat", 100, 3, small) == 300
+    assert reserve("chat", None, 1, small) == 500
+    assert reserve("chat", None, 2, small, large) == 4000  # capped
+    assert reserve("chat", None, 1, silent) == 2000
+    assert reserve("embeddings", None, 1, small) == 0

@@ -147,14 +147,15 @@ def test_client_disconnect_cancels_upstream_and_settles(client, monkeypatch):
     from gateway import pipeline
 
     settled = []
-    original = pipeline.STEPS.settle
+    original = pipeline.finish
 
-    async def spy(*, ctx):
-        if ctx.chosen.deployment == "sim-slow":  # not a late settle of an earlier test's stream
+    async def spy(ctx):
+        first = not ctx.settled
+        await original(ctx)
+        if first and ctx.chosen is not None and ctx.chosen.deployment == "sim-slow":
             settled.append((ctx.finished, ctx.generated_tokens(), ctx.chosen.deployment))
-        await original(ctx=ctx)
 
-    monkeypatch.setattr(pipeline.STEPS, "settle", spy)
+    monkeypatch.setattr(pipeline, "finish", spy)
     before = metrics.STREAM_ERRORS.labels("chat", "client_disconnect")._value.get()
     # 200 tokens at 40 ms each: the stream runs for 8 s unless the client hangs up.
     started = time.monotonic()
@@ -245,10 +246,12 @@ def test_per_request_fallbacks_and_cost_cap(client):
     assert response.headers["x-megarouter-attempts"] == "3"
     capped = client.post(
         "/v1/chat/completions",
-        json=chat("openai/gpt-sim", max_tokens=1000, megarouter={"max_cost_usd": 0.0001}),
+        json=chat(
+            "openai/gpt-sim", max_tokens=1000, megarouter={"max_cost_per_request_usd": 0.0001}
+        ),
     )
     assert capped.status_code == 400
-    assert capped.json()["error"]["param"] == "megarouter.max_cost_usd"
+    assert capped.json()["error"]["param"] == "megarouter.max_cost_per_request_usd"
     assert capped.json()["error"]["code"] == "max_cost_exceeded"
 
 

@@ -19,7 +19,8 @@ from gateway.providers.types import (
     ToolCallDelta,
     Usage,
 )
-from gateway.wire.common import RoutingOverride, parse_json_object
+from gateway.wire.common import parse_json_object
+from orgs.policy import PolicySpec
 from gateway.wire.openai_chat import parse_chat, render_chat, render_chunk
 
 BASE = {"model": "openai/gpt-5", "messages": [{"role": "user", "content": "hi"}]}
@@ -164,9 +165,13 @@ def test_tool_round_trip_messages_and_json_schema():
         ({"tool_choice": "auto"}, "tool_choice", "only allowed when 'tools'"),
         ({"top_logprobs": 2}, "top_logprobs", "requires 'logprobs'"),
         ({"bogus_field": 1}, "bogus_field", "Unrecognized request argument"),
-        ({"megarouter": {"strategy": "fastest"}}, "megarouter.strategy", "expected one of"),
-        ({"megarouter": {"max_cost_usd": -1}}, "megarouter.max_cost_usd", "positive"),
-        ({"megarouter": {"allowed_models": []}}, "megarouter.allowed_models", "must not be empty"),
+        ({"megarouter": {"strategy": "fastest"}}, "megarouter.strategy", "must be one of"),
+        (
+            {"megarouter": {"max_cost_per_request_usd": -1}},
+            "megarouter.max_cost_per_request_usd",
+            "positive",
+        ),
+        ({"megarouter": {"allowed_models": "x"}}, "megarouter.allowed_models", "list of strings"),
         ({"megarouter": {"colour": "red"}}, "megarouter.colour", "Unrecognized"),
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema", "Missing"),
         ({"response_format": {"type": "xml"}}, "response_format.type", "expected one of"),
@@ -200,23 +205,25 @@ def test_override_parsed_with_decimal_cost():
                 "strategy": "cost",
                 "allowed_models": ["openai/gpt-5-mini", "anthropic/claude-haiku-4-5"],
                 "fallbacks": ["openai/gpt-4o-mini"],
-                "max_cost_usd": 0.01,
+                "max_cost_per_request_usd": 0.01,
                 "max_latency_ms": 1500,
-                "region": "eu",
-                "reference_model": "anthropic/claude-sonnet-4-5",
+                "allowed_regions": ["eu"],
+                "reference_model": "anthropic/claude-sonnet-4-6",
             },
         )
     )
-    assert inbound.override == RoutingOverride(
+    assert inbound.override == PolicySpec(
         strategy="cost",
         allowed_models=("openai/gpt-5-mini", "anthropic/claude-haiku-4-5"),
         fallbacks=("openai/gpt-4o-mini",),
-        max_cost_usd=Decimal("0.01"),
+        max_cost_per_request_usd=Decimal("0.01"),
         max_latency_ms=1500,
-        region="eu",
-        reference_model="anthropic/claude-sonnet-4-5",
+        allowed_regions=("eu",),
+        reference_model="anthropic/claude-sonnet-4-6",
     )
-    for bad in ("", 42):
+    # empty lists mean "not set", as at every policy level
+    assert parse_chat(body(model="auto", megarouter={"allowed_models": []})).override is None
+    for bad in (42, " ", "x" * 256):
         with pytest.raises(InvalidRequest) as info:
             parse_chat(body(model="auto", megarouter={"reference_model": bad}))
         assert info.value.param == "megarouter.reference_model"

@@ -154,7 +154,7 @@ def test_max_cost_per_request_uses_the_worst_case(catalog, store):
     # 9 input tokens + 1000 output: a-large costs 9 * 10e-6 + 1000 * 30e-6 = 0.03009
     decision = route(
         request=req(max_output_tokens=1000),
-        policy=policy(strategy="cost", max_cost_usd=Decimal("0.03")),
+        policy=policy(strategy="cost", max_cost_per_request_usd=Decimal("0.03")),
         store=store,
     )
     assert "alpha/a-large" not in {c.model_id for c in decision.candidates}
@@ -353,9 +353,9 @@ async def test_async_route_for_a_key_uses_every_policy_level(store):
     from orgs.keys import key_context_for_sync
     from orgs.models import Role
     from routing.catalog import catalog_snapshot
-    from routing.engine import aroute_for_key
+    from routing.engine import route_call
     from routing.policies import (
-        RequestOverride,
+        PolicySpec,
         policy_table,
         policy_table_reset,
         routing_policy_set,
@@ -382,13 +382,14 @@ async def test_async_route_for_a_key_uses_every_policy_level(store):
 
     try:
         key = await sync_to_async(setup)()
-        decision, policy = await aroute_for_key(request=req(), key=key, store=store)
+        decision = await route_call(request=req(), key=key, store=store)
+        policy = decision.policy
     finally:
         await sync_to_async(close)()  # the worker thread's connection
     assert policy.levels == ("organization", "key")
     assert decision.strategy == "cost"
     assert names(decision) == ["b-mid-eu", "b-large-us"]  # beta is the only ZDR provider
-    decision, _ = await aroute_for_key(
-        request=req(), key=key, override=RequestOverride(strategy="latency"), store=store
+    decision = await route_call(
+        request=req(), key=key, override=PolicySpec(strategy="latency"), store=store
     )
     assert decision.strategy == "latency"

@@ -5,11 +5,12 @@ from decimal import Decimal
 
 import pytest
 
-from billing.pricing import estimate_input_tokens, estimate_worst_case, usage_cost
 from gateway.providers.types import Usage
 from routing.catalog import catalog_snapshot, catalog_snapshot_reset
 from routing.models import ModelPrice
+from routing.pricing import usage_cost, worst_case_over
 from routing.selectors import price_at
+from routing.tokens import PromptCounts, prompt_tokens_estimate
 from tests.billing.factories import Price
 from tests.routing.factories import T0, ModelFactory
 
@@ -60,14 +61,29 @@ def test_fractions_of_a_cent_are_kept_to_twelve_places_and_rounded_up():
 def test_worst_case_takes_the_most_expensive_candidate():
     cheap = Price(D("0.000001"), D("0.000002"))
     dear = Price(D("0.000003"), D("0.000015"))
-    assert estimate_worst_case(prices=[cheap, dear], input_tokens=1000, max_output_tokens=200) == (
+    assert worst_case_over([cheap, dear], input_tokens=1000, output_tokens=200) == (
         D("0.003") + D("0.003")
     )
-    assert estimate_worst_case(prices=[], input_tokens=10, max_output_tokens=10) == D(0)
+    assert worst_case_over([], input_tokens=10, output_tokens=10) == D(0)
+    assert worst_case_over([None, cheap], input_tokens=1000, output_tokens=0) == D("0.001")
 
 
-def test_input_estimate_leans_high():
-    assert estimate_input_tokens(chars=300, messages=2) == 100 + 8 + 3
+def test_worst_case_takes_the_dearer_of_input_and_cache_write_and_of_output_and_reasoning():
+    price = Price(
+        D("0.000001"),
+        D("0.000002"),
+        cache_write_per_token=D("0.00000125"),
+        reasoning_per_token=D("0.000003"),
+    )
+    assert worst_case_over([price], input_tokens=1000, output_tokens=100) == (
+        D("0.00125") + D("0.0003")
+    )
+
+
+def test_prompt_estimate_is_characters_over_four_plus_framing_and_images():
+    counts = PromptCounts(chars=301, messages=2, images=1, images_low=1)
+    assert prompt_tokens_estimate(counts) == 76 + 2 * 4 + 3 + 1105 + 85
+    assert prompt_tokens_estimate(PromptCounts(chars=5, token_ids=4, framed=False)) == 2 + 4
 
 
 @pytest.mark.django_db

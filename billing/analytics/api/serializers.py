@@ -8,8 +8,7 @@ from typing import Any
 from rest_framework import serializers
 
 from billing.analytics.models import Report, ReportKind
-
-PLACES = Decimal("0.000000000001")
+from routing.pricing import PLACES
 
 
 def amount(value: Decimal) -> str:
