@@ -20,8 +20,8 @@ from gateway.providers.types import (
     Usage,
 )
 from gateway.wire.common import parse_json_object
-from orgs.policy import PolicySpec
 from gateway.wire.openai_chat import parse_chat, render_chat, render_chunk
+from orgs.policy import PolicySpec
 
 BASE = {"model": "openai/gpt-5", "messages": [{"role": "user", "content": "hi"}]}
 
