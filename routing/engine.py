@@ -178,9 +178,7 @@ async def route_call(
     an orgs ``KeyContext``, ``override`` the request's ``megarouter`` policy."""
     snapshot = await acatalog_snapshot()
     policy = await apolicy_for_key(key, override)
-    return route(
-        request=request, policy=policy, snapshot=snapshot, store=store, override=override
-    )
+    return route(request=request, policy=policy, snapshot=snapshot, store=store, override=override)
 
 
 def route(
