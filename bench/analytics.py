@@ -42,8 +42,11 @@ from django.db.models import Sum  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from billing.analytics.models import Report, UsageRollupDayNode  # noqa: E402
-from billing.models import UsageRecord  # noqa: E402
+from billing.models import (  # noqa: E402
+    Report,
+    UsageRecord,
+    UsageRollupDayNode,
+)
 from billing.reports.services import report_build  # noqa: E402
 from orgs.models import Membership, Organization, Role  # noqa: E402
 from orgs.selectors import root_node  # noqa: E402

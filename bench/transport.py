@@ -30,7 +30,7 @@ import django  # noqa: E402
 django.setup()
 
 from gateway import http  # noqa: E402
-from gateway.providers.base import get_adapter  # noqa: E402
+from gateway.providers.adapters import get_adapter  # noqa: E402
 from gateway.providers.types import ChatRequest, Endpoint, Message  # noqa: E402
 
 

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from billing.admission import get_backend
+
 
 def balance_changed(organization_id: int, delta: Decimal) -> None:
-    from billing.admission import get_backend
-
     backend = get_backend()
     if hasattr(backend, "balance_changed"):
         backend.balance_changed(organization_id, delta)
 
 
 def budgets_changed(organization_id: int) -> None:
-    from billing.admission import get_backend
-
     backend = get_backend()
     if hasattr(backend, "budgets_changed"):
         backend.budgets_changed(organization_id)

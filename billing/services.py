@@ -18,6 +18,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from billing import counters
+from billing.admission import get_backend
+from billing.admission.db import DatabaseBackend
 from billing.errors import BillingError, InvalidInput
 from billing.models import (
     AMOUNT,
@@ -33,6 +35,8 @@ from billing.models import (
     UsageEvent,
     UsageRecord,
 )
+from billing.models import Reservation as ReservationRow
+from billing.periods import period_start
 from orgs.audit import Actor, audit_event_record, diff
 from orgs.models import ApiKey, Membership, Node, NodeKind, Organization
 from routing.pricing import PLACES
@@ -617,10 +621,6 @@ def reservations_reconcile(*, now: dt.datetime | None = None) -> dict[str, int]:
     Database backend: the hold is released (settle is atomic with the usage event, so an open
     row means no usage was recorded). Redis backend: settled in Redis when the usage event
     reached the database, released otherwise; leftover rows are deleted."""
-    from billing.admission import get_backend
-    from billing.admission.db import DatabaseBackend
-    from billing.models import Reservation as ReservationRow
-
     now = now or timezone.now()
     out = {"released": 0, "settled": 0}
     db = DatabaseBackend()
@@ -638,8 +638,6 @@ def reservations_reconcile(*, now: dt.datetime | None = None) -> dict[str, int]:
 def budget_periods_roll(*, now: dt.datetime | None = None) -> int:
     """Open the current period's usage row of every budget (a new period starts from zero:
     the counters are keyed by period, so the reset needs no write to the old ones)."""
-    from billing.periods import period_start
-
     now = now or timezone.now()
     rows = [
         BudgetUsage(

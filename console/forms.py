@@ -10,6 +10,7 @@ from typing import Any
 
 from django import forms
 
+from billing.models import BudgetMode, BudgetPeriod
 from orgs.errors import InvalidInput
 from orgs.models import Node, Role
 from orgs.policy import RULES, STRATEGY_LABELS, PolicyError, PolicySpec, Rule
@@ -241,8 +242,6 @@ class BudgetCreateForm(StyledForm):
     )
 
     def __init__(self, *args: Any, targets: list[Any], **kwargs: Any) -> None:
-        from billing.models import BudgetMode, BudgetPeriod
-
         super().__init__(*args, **kwargs)
         self.fields["target"].choices = targets
         self.fields["period"].choices = BudgetPeriod.choices

@@ -13,6 +13,8 @@ from django.core.cache import cache
 
 from gateway.errors import AuthenticationFailed, PermissionDenied, RateLimited
 from megarouter import shared_cache
+from orgs.keys import KeyRejected, ip_allowed, key_context_for
+from orgs.keys import model_allowed as allowed
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +92,6 @@ guess_guard = _GuessGuard()
 
 
 async def authenticate(headers: Mapping[str, str], client_ip: str | None) -> Any:
-    from orgs.keys import KeyRejected, ip_allowed, key_context_for
-
     guess_guard.check(client_ip)
     try:
         context = await key_context_for(key_from_headers(headers))
@@ -108,6 +108,4 @@ async def authenticate(headers: Mapping[str, str], client_ip: str | None) -> Any
 
 
 def model_allowed(context: Any, model_id: str) -> bool:
-    from orgs.keys import model_allowed as allowed
-
     return allowed(context, model_id)

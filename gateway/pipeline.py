@@ -41,7 +41,7 @@ from gateway.errors import (
     route_error,
 )
 from gateway.http import Timeouts
-from gateway.providers.base import get_adapter
+from gateway.providers.adapters import get_adapter
 from gateway.providers.endpoints import endpoint_for
 from gateway.providers.types import (
     ChatChunk,

@@ -13,7 +13,7 @@ from typing import Any
 from celery import shared_task
 
 from gateway.http import Timeouts, aclose_clients
-from gateway.providers.base import get_adapter
+from gateway.providers.adapters import get_adapter
 from gateway.providers.endpoints import endpoint_for
 from gateway.providers.types import ChatRequest, EmbeddingRequest, Message
 from routing.breaker import NOT_HEALTH_FAILURES, breaker_allow

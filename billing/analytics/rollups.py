@@ -29,12 +29,6 @@ from django.db.models import BigIntegerField, Case, Count, IntegerField, Q, Sum,
 from django.db.models.functions import Coalesce, TruncDay, TruncHour
 from django.utils import timezone
 
-from billing.analytics.models import (
-    MEASURES,
-    ROLLUP_MODELS,
-    RollupMeasures,
-    RollupWatermark,
-)
 from billing.analytics.reference import (
     AMOUNT_FIELD,
     ReferencePricer,
@@ -43,7 +37,13 @@ from billing.analytics.reference import (
     reference_model_column,
     reference_models_of,
 )
-from billing.models import UsageRecord
+from billing.models import (
+    MEASURES,
+    ROLLUP_MODELS,
+    RollupMeasures,
+    RollupWatermark,
+    UsageRecord,
+)
 
 UTC = dt.UTC
 STREAM = "usage"

@@ -27,15 +27,15 @@ from typing import Any
 from django.db.models import F, Model, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour
 
-from billing.analytics.models import MEASURES, ROLLUP_MODELS
 from billing.analytics.reference import (
     reference_cost_expression,
+    reference_model,
     reference_model_column,
     reference_model_q,
     reference_models_of,
 )
 from billing.analytics.rollups import aggregate_expressions
-from billing.models import UsageRecord
+from billing.models import MEASURES, ROLLUP_MODELS, UsageRecord
 from orgs.models import ApiKey, Membership, Node
 
 # API name -> column (the same on rollups and records).
@@ -285,6 +285,4 @@ def scoped_queryset(source: type[Model], *, organization_id: int, node: Node) ->
 
 def reference_model_name() -> str:
     """The default reference model (requests whose policy names none)."""
-    from billing.analytics.reference import reference_model
-
     return reference_model()

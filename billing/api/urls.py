@@ -3,7 +3,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from billing.api import views
+from billing.api import analytics_views, views
 
 scoped = SimpleRouter()
 scoped.register("billing/ledger", views.LedgerViewSet, basename="ledger-entry")
@@ -11,6 +11,8 @@ scoped.register("billing/notifications", views.NotificationViewSet, basename="no
 scoped.register("budgets", views.BudgetViewSet, basename="budget")
 scoped.register("usage", views.UsageViewSet, basename="usage-record")
 
+analytics = analytics_views.AnalyticsViewSet
+reports = analytics_views.ReportViewSet
 balance = views.BalanceViewSet.as_view({"get": "balance"})
 topup = views.BalanceViewSet.as_view({"post": "topup"})
 refund = views.BalanceViewSet.as_view({"post": "refund"})
@@ -23,5 +25,34 @@ urlpatterns = [
     path("orgs/<slug:org_slug>/billing/refunds/", refund, name="billing-refund"),
     path("orgs/<slug:org_slug>/billing/adjustments/", adjust, name="billing-adjust"),
     path("orgs/<slug:org_slug>/", include(scoped.urls)),
-    path("", include("billing.analytics.api.urls")),
+    path(
+        "orgs/<slug:org_slug>/analytics/summary/",
+        analytics.as_view({"get": "summary"}),
+        name="analytics-summary",
+    ),
+    path(
+        "orgs/<slug:org_slug>/analytics/breakdown/",
+        analytics.as_view({"get": "breakdown"}),
+        name="analytics-breakdown",
+    ),
+    path(
+        "orgs/<slug:org_slug>/analytics/timeseries/",
+        analytics.as_view({"get": "timeseries"}),
+        name="analytics-timeseries",
+    ),
+    path(
+        "orgs/<slug:org_slug>/reports/",
+        reports.as_view({"get": "list", "post": "create"}),
+        name="report-list",
+    ),
+    path(
+        "orgs/<slug:org_slug>/reports/<int:pk>/",
+        reports.as_view({"get": "retrieve"}),
+        name="report-detail",
+    ),
+    path(
+        "orgs/<slug:org_slug>/reports/<int:pk>/download/",
+        reports.as_view({"get": "download"}),
+        name="report-download",
+    ),
 ]

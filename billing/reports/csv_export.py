@@ -6,11 +6,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from billing.analytics.models import Report
 from billing.analytics.reference import ReferencePricer, effective_reference, reference_model_q
 from billing.analytics.selectors import DIMENSIONS, scoped_queryset
-from billing.models import UsageRecord
-from billing.reports.services import report_progress
+from billing.models import Report, UsageRecord
+from billing.reports.progress import report_progress
 
 CHUNK = 5000
 PROGRESS_EVERY = 50_000

@@ -34,7 +34,6 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from billing.analytics.models import Report
 from billing.analytics.reference import reference_model
 from billing.analytics.selectors import (
     AnalyticsQuery,
@@ -46,8 +45,8 @@ from billing.analytics.selectors import (
     node_scope_column,
     scoped_queryset,
 )
-from billing.models import Budget
-from billing.reports.services import report_progress
+from billing.models import Budget, Report
+from billing.reports.progress import report_progress
 from billing.selectors import budgets_current_spend
 
 STYLES = getSampleStyleSheet()

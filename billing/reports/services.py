@@ -9,17 +9,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.core import signing
 from django.db import transaction
 from django.utils import timezone
 
-from billing.analytics.models import Report, ReportKind, ReportStatus
 from billing.errors import InvalidInput
+from billing.models import Report, ReportKind, ReportStatus
+from billing.reports.csv_export import usage_csv_write
+from billing.reports.pdf import report_pdf_write
+from billing.reports.progress import report_path
+from billing.reports.statement_pdf import statement_pdf_write
 from orgs.audit import Actor, audit_event_record
 from orgs.models import Node, Organization
 
 log = logging.getLogger(__name__)
+REPORT_BUILD_TASK = "billing.report_build"
 SALT = "billing.report.download"
 
 
@@ -39,8 +45,6 @@ def report_create(
         raise InvalidInput({"kind": "csv or pdf."})
     if node.organization_id != organization.pk:
         raise InvalidInput({"node": "Not a node of this organization."})
-    from billing.reports.tasks import report_build_task
-
     with transaction.atomic():
         report = Report.objects.create(
             organization=organization,
@@ -63,18 +67,9 @@ def report_create(
                 "to": end.isoformat(),
             },
         )
-        report_build_task.delay_on_commit(report.pk)
+        # The build task by its name (billing.reports.tasks imports this module).
+        transaction.on_commit(lambda: current_app.tasks[REPORT_BUILD_TASK].delay(report.pk))
     return report
-
-
-def report_path(report: Report) -> Path:
-    return Path(settings.REPORTS_DIR) / str(report.organization_id) / report.file_name
-
-
-def report_progress(report_id: int, progress: int) -> None:
-    Report.objects.filter(pk=report_id, status=ReportStatus.RUNNING).update(
-        progress=max(0, min(99, progress))
-    )
 
 
 def report_build(*, report_id: int) -> Report | None:
@@ -94,18 +89,12 @@ def report_build(*, report_id: int) -> Report | None:
     partial = directory / f".{name}.part"
     try:
         if report.kind == ReportKind.CSV:
-            from billing.reports.csv_export import usage_csv_write
-
             rows = usage_csv_write(report=report, path=partial)
             pages = 0
         elif report.kind == ReportKind.STATEMENT:
-            from billing.reports.statements import statement_pdf_write
-
             pages = statement_pdf_write(report=report, path=partial)
             rows = 0
         else:
-            from billing.reports.pdf import report_pdf_write
-
             pages = report_pdf_write(report=report, path=partial)
             rows = 0
         partial.replace(final)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from billing.analytics.models import Report
+from billing.models import Report
+from billing.reports.services import REPORT_BUILD_TASK, report_build, reports_housekeep
+from billing.reports.statements import statements_build_due
 
 
-@shared_task(name="billing.report_build", acks_late=True)
+@shared_task(name=REPORT_BUILD_TASK, acks_late=True)
 def report_build_task(report_id: int) -> str:
-    from billing.reports.services import report_build
-
     if not Report.objects.filter(pk=report_id).exists():
         return "gone"
     report = report_build(report_id=report_id)
@@ -19,13 +19,9 @@ def report_build_task(report_id: int) -> str:
 
 @shared_task(name="billing.statements_monthly")
 def statements_monthly() -> int:
-    from billing.reports.statements import statements_build_due
-
     return len(statements_build_due())
 
 
 @shared_task(name="billing.reports_housekeeping")
 def reports_housekeeping() -> dict[str, int]:
-    from billing.reports.services import reports_housekeep
-
     return reports_housekeep()

@@ -18,9 +18,9 @@ from django.shortcuts import redirect
 from django.utils import timezone
 
 from billing.analytics import selectors as analytics
-from billing.analytics.models import Report, ReportKind, ReportStatus
 from billing.analytics.params import analytics_query_parse
 from billing.errors import InvalidInput as BillingInvalidInput
+from billing.models import Report, ReportKind, ReportStatus
 from billing.reports import services as reports
 from console.forms import ReportCreateForm, add_service_errors
 from console.views.base import ConsoleOrgView, page_of

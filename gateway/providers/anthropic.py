@@ -26,7 +26,6 @@ from gateway.providers.base import (
     error_from_status,
     join_url,
     loads,
-    register,
 )
 from gateway.providers.types import (
     ChatChunk,
@@ -349,7 +348,6 @@ class AnthropicStreamDecoder(StreamDecoder):
         return []
 
 
-@register
 class AnthropicAdapter(Adapter):
     kind = "anthropic"
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from gateway.providers.base import join_url, register
+from gateway.providers.base import join_url
 from gateway.providers.openai import OpenAIAdapter
 from gateway.providers.types import Endpoint
 
 DEFAULT_API_VERSION = "2024-10-21"
 
 
-@register
 class AzureOpenAIAdapter(OpenAIAdapter):
     kind = "azure"
 

@@ -427,32 +427,6 @@ class Adapter:
             ) from None
 
 
-_REGISTRY: dict[str, Adapter] = {}
-
-
-def register(cls: type[Adapter]) -> type[Adapter]:
-    """Class decorator: one shared (stateless) instance per kind."""
-    _REGISTRY[cls.kind] = cls()
-    return cls
-
-
-def get_adapter(kind: str) -> Adapter:
-    """The adapter for a provider kind ("openai", "azure", "anthropic", "gemini", "bedrock")."""
-    if kind not in _REGISTRY:
-        import gateway.providers.adapters  # noqa: F401  (registers every adapter)
-    try:
-        return _REGISTRY[kind]
-    except KeyError:
-        raise ProviderError(
-            ErrorKind.BAD_REQUEST, f"no adapter for provider kind {kind!r}"
-        ) from None
-
-
-def adapter_kinds() -> list[str]:
-    get_adapter("openai")
-    return sorted(_REGISTRY)
-
-
 def join_url(base: str, path: str) -> str:
     return base.rstrip("/") + path
 

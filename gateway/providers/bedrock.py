@@ -26,7 +26,6 @@ from gateway.providers.base import (
     error_from_status,
     join_url,
     loads,
-    register,
 )
 from gateway.providers.eventstream import EventStreamDecoder, EventStreamError
 from gateway.providers.types import (
@@ -360,7 +359,6 @@ class BedrockStreamDecoder(StreamDecoder):
         return []
 
 
-@register
 class BedrockAdapter(Adapter):
     kind = "bedrock"
 

@@ -30,7 +30,6 @@ from gateway.providers.base import (
     error_from_status,
     join_url,
     loads,
-    register,
 )
 from gateway.providers.types import (
     ChatChunk,
@@ -370,7 +369,6 @@ class GeminiStreamDecoder(StreamDecoder):
         ]
 
 
-@register
 class GeminiAdapter(Adapter):
     kind = "gemini"
 

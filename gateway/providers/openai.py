@@ -21,7 +21,6 @@ from gateway.providers.base import (
     error_from_status,
     join_url,
     loads,
-    register,
 )
 from gateway.providers.types import (
     ChatChunk,
@@ -290,7 +289,6 @@ class OpenAIStreamDecoder(StreamDecoder):
         return []
 
 
-@register
 class OpenAIAdapter(Adapter):
     kind = "openai"
     supports_embeddings = True

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import GatewayError, InvalidRequest, UnsupportedParameter
+from gateway.errors import GatewayError, InvalidRequest, UnsupportedParameter, anthropic_error_json
 from gateway.providers.types import (
     ChatChunk,
     ChatRequest,
@@ -459,6 +459,4 @@ class MessagesStream:
 
 
 def error_payload(error: GatewayError) -> bytes:
-    from gateway.errors import anthropic_error_json
-
     return orjson.dumps(orjson.loads(anthropic_error_json(error))["error"])

@@ -12,18 +12,18 @@ from django.db.models import Sum
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
-from billing.analytics.models import (
+from billing.analytics.reference import ReferencePricer
+from billing.analytics.rollups import rollup_advance, rollup_rebuild, rollup_watermark
+from billing.models import (
     MEASURES,
     RollupWatermark,
+    UsageRecord,
     UsageRollupDay,
     UsageRollupDayKey,
     UsageRollupDayNode,
     UsageRollupDayTeam,
     UsageRollupHour,
 )
-from billing.analytics.reference import ReferencePricer
-from billing.analytics.rollups import rollup_advance, rollup_rebuild, rollup_watermark
-from billing.models import UsageRecord
 from orgs.models import Role
 from routing.models import ModelPrice
 from tests.billing.analytics_helpers import make_tenant, record, reference_catalog, team_lead

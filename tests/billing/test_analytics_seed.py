@@ -11,9 +11,8 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.db.models import Sum
 
-from billing.analytics.models import UsageRollupDay, UsageRollupDayNode, UsageRollupHour
 from billing.analytics.rollups import rollup_advance, rollup_watermark
-from billing.models import UsageRecord
+from billing.models import UsageRecord, UsageRollupDay, UsageRollupDayNode, UsageRollupHour
 from gateway.providers.types import Usage
 from routing.models import ModelPrice
 from routing.pricing import usage_cost

@@ -15,11 +15,12 @@ from django.db.models import Sum
 from rest_framework.test import APIClient
 
 from billing import services as billing_services
-from billing.analytics.models import Report, ReportStatus
 from billing.analytics.rollups import rollup_advance
-from billing.models import UsageRecord
+from billing.models import Report, ReportStatus, UsageRecord
 from billing.reports import services as reports
-from billing.reports.statements import ledger_movements, statements_build_due
+from billing.reports.progress import report_progress as progress_of
+from billing.reports.statement_pdf import ledger_movements
+from billing.reports.statements import statements_build_due
 from billing.reports.tasks import report_build_task, statements_monthly
 from orgs.audit import Actor
 from orgs.models import AuditEvent, Role
@@ -238,7 +239,7 @@ def test_failed_build_records_the_error_and_is_not_rerun(data, monkeypatch, sett
     def boom(**kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("billing.reports.pdf.report_pdf_write", boom)
+    monkeypatch.setattr("billing.reports.services.report_pdf_write", boom)
     with pytest.raises(RuntimeError):
         report_build_task(report.pk)
     report.refresh_from_db()
@@ -384,12 +385,12 @@ def test_csv_progress_is_recorded_while_running(data, monkeypatch):
     seen = []
 
     def spy(report_id, progress):
-        reports.report_progress(report_id, progress)
+        progress_of(report_id, progress)
         seen.append(Report.objects.values_list("status", "progress").get(pk=report_id))
 
     monkeypatch.setattr("billing.reports.csv_export.PROGRESS_EVERY", 10)
     monkeypatch.setattr("billing.reports.csv_export.report_progress", spy)
     build(report.pk)
     assert seen == [("running", 33), ("running", 66), ("running", 99)]
-    reports.report_progress(report.pk, 5)  # a finished report is left alone
+    progress_of(report.pk, 5)  # a finished report is left alone
     assert Report.objects.values_list("status", "progress").get(pk=report.pk) == ("done", 100)

@@ -15,8 +15,8 @@ import pytest
 import time_machine
 from django.test import Client
 
-from billing.analytics.models import Report
 from billing.analytics.rollups import rollup_advance
+from billing.models import Report
 from billing.reports.tasks import report_build_task
 from orgs import services
 from orgs.models import AuditEvent, Role

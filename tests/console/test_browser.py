@@ -28,9 +28,8 @@ from django.core import mail
 from django.core.management import call_command
 from django.db import connections
 
-from billing.analytics.models import Report
 from billing.analytics.tasks import analytics_rollup
-from billing.models import Budget, UsageRecord
+from billing.models import Budget, Report, UsageRecord
 from billing.reports.tasks import report_build_task
 from billing.tasks import usage_events_process
 from console.templatetags.console import usd

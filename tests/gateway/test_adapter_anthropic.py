@@ -7,12 +7,12 @@ import orjson
 import pytest
 from django.test import override_settings
 
+from gateway.providers.adapters import get_adapter
 from gateway.providers.anthropic import (
     AnthropicStreamDecoder,
     request_to_wire,
     response_from_wire,
 )
-from gateway.providers.base import get_adapter
 from gateway.providers.types import (
     ChatRequest,
     ContentPart,

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from gateway.providers import sigv4
-from gateway.providers.base import get_adapter
+from gateway.providers.adapters import get_adapter
 from gateway.providers.bedrock import BedrockStreamDecoder, request_to_wire, response_from_wire
 from gateway.providers.eventstream import EventStreamDecoder, EventStreamError, encode_message
 from gateway.providers.types import ChatRequest, ErrorKind, Message, ProviderError, ToolCall

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from gateway.http import Timeouts
-from gateway.providers.base import get_adapter
+from gateway.providers.adapters import get_adapter
 from gateway.providers.types import (
     ChatChunk,
     ChatRequest,

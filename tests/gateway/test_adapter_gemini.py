@@ -6,7 +6,7 @@ import httpx
 import orjson
 import pytest
 
-from gateway.providers.base import get_adapter
+from gateway.providers.adapters import get_adapter
 from gateway.providers.gemini import GeminiStreamDecoder, request_to_wire, response_from_wire
 from gateway.providers.types import (
     ChatRequest,

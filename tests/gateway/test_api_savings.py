@@ -19,9 +19,8 @@ import orjson
 import pytest
 from rest_framework.test import APIClient
 
-from billing.analytics.models import Report
 from billing.analytics.rollups import rollup_advance
-from billing.models import UsageRecord
+from billing.models import Report, UsageRecord
 from billing.reports import services as reports
 from billing.reports.tasks import report_build_task
 from billing.tasks import usage_events_process

@@ -11,7 +11,7 @@ import pytest
 from django.test import override_settings
 
 from gateway import http
-from gateway.providers.base import get_adapter
+from gateway.providers.adapters import get_adapter
 from tests.gateway.factories import EndpointFactory, chat
 
 

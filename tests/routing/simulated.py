@@ -12,7 +12,7 @@ import pytest
 from django.conf import settings
 
 from gateway.http import Timeouts, aclose_clients
-from gateway.providers.base import get_adapter
+from gateway.providers.adapters import get_adapter
 from gateway.providers.types import ChatChunk, ChatRequest, ChatResponse, Endpoint, Message
 from gateway.simulator.server import Options, run_in_thread
 from routing.failover import AttemptBudget, stream_start

@@ -25,9 +25,8 @@ from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from billing.analytics.models import ROLLUP_MODELS
 from billing.analytics.rollups import rollup_advance, rollup_rebuild
-from billing.models import UsageRecord
+from billing.models import ROLLUP_MODELS, UsageRecord
 from orgs.models import ApiKey, Organization
 from routing.models import Model, ModelPrice
 

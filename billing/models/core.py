@@ -370,6 +370,3 @@ class RateWindow(models.Model):
 
     def __str__(self) -> str:
         return f"key {self.key_id} @ {self.window_start}"
-
-
-from billing.analytics.models import *  # noqa: E402,F403  (analytics tables, docs/analytics.md)

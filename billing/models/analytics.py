@@ -18,11 +18,10 @@ at key level, so dashboards read coarser tables):
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.conf import settings
 from django.db import models
 
+from billing.models.core import AMOUNT
 from orgs.models import Node, Organization
 
 __all__ = [
@@ -37,7 +36,6 @@ __all__ = [
     "UsageRollupHour",
 ]
 
-AMOUNT: dict[str, Any] = {"max_digits": 24, "decimal_places": 12}
 
 # ``reference_model`` (the canonical id savings were measured against) is a dimension of every
 # table: it rarely varies inside a team, so it barely adds rows, and it lets every answer say

@@ -7,7 +7,8 @@ from typing import Any
 
 from rest_framework import serializers
 
-from billing.analytics.models import Report, ReportKind
+from billing.models import Report, ReportKind
+from billing.reports.services import report_download_url
 from routing.pricing import PLACES
 
 
@@ -65,8 +66,6 @@ class ReportOut(serializers.ModelSerializer):
         ]
 
     def get_download_url(self, report: Report) -> str | None:
-        from billing.reports.services import report_download_url
-
         user = self.context.get("user")
         if report.status != "done" or user is None:
             return None

@@ -18,11 +18,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing.analytics import selectors
-from billing.analytics.api import serializers as s
-from billing.analytics.models import Report, ReportStatus
 from billing.analytics.params import analytics_query_parse
 from billing.analytics.selectors import DIMENSIONS, ID_DIMENSIONS
+from billing.api import analytics_serializers as s
 from billing.errors import InvalidInput
+from billing.models import Report, ReportStatus
 from billing.reports import services as reports
 from orgs.api.base import OrgScopedViewSet
 from orgs.errors import NotAllowed
