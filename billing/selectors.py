@@ -67,3 +67,20 @@ def budgets_current_spend(
 
 def usage_records() -> QuerySet[UsageRecord]:
     return UsageRecord.objects.all()
+
+
+# ---------------------------------------------------------------- list filters
+# One declaration per list (orgs.filters), for the management API and the console.
+
+LEDGER_FILTERS = {
+    "kind": ("kind", str),
+    "since": ("created_at__gte", "datetime"),
+    "until": ("created_at__lt", "datetime"),
+}
+BUDGET_FILTERS = {
+    "scope": ("scope", str),
+    "scope_id": ("scope_id", int),
+    "period": ("period", str),
+    "mode": ("mode", str),
+}
+NOTIFICATION_FILTERS = {"kind": ("kind", str), "budget": ("budget_id", int)}

@@ -101,3 +101,37 @@ def has_perm_at_root(*, user_id: int, organization_id: int, perm: str) -> bool:
         .filter(content_object__parent__isnull=True)
         .exists()
     )
+
+
+# ---------------------------------------------------------------- list filters
+# One declaration per list (orgs.filters): the management API's list endpoints and the
+# console's lists filter with the same ones.
+
+NODE_FILTERS = {
+    "kind": ("kind", str),
+    "parent": ("parent_id", int),
+    "depth": ("depth", int),
+    "slug": ("slug", str),
+}
+NODE_SEARCH = ("name", "slug")
+MEMBER_FILTERS = {
+    "node": ("node_id", int),
+    "user": ("user_id", int),
+    "role": ("role", str),
+}
+MEMBER_SEARCH = ("user__username", "user__email")
+KEY_FILTERS = {
+    "project": ("project_id", int),
+    "membership": ("membership_id", int),
+    "user": ("membership__user_id", int),
+    "revoked": ("revoked_at", "present"),
+}
+KEY_SEARCH = ("name", "prefix")
+AUDIT_FILTERS = {
+    "action": ("action", str),
+    "actor": ("actor_id", int),
+    "target_type": ("target_type", str),
+    "target_id": ("target_id", str),
+    "since": ("created_at__gte", "datetime"),
+    "until": ("created_at__lt", "datetime"),
+}

@@ -132,6 +132,12 @@ def _aggregates(filtered: QuerySet[Any], reference_models: Sequence[str] | None)
     return {f"s_{m}": Sum(m) for m in MEASURES}
 
 
+def analytics_records(qs: QuerySet[Any], query: AnalyticsQuery) -> QuerySet[Any]:
+    """The usage records ``query`` covers (its period and filters) among ``qs``: what the CSV
+    export and the console's request list show, read with the same filters as the figures."""
+    return _filtered(qs, query, UsageRecord)
+
+
 def _filtered(qs: QuerySet[Any], query: AnalyticsQuery, source: type[Model]) -> QuerySet[Any]:
     tf = _time_field(source)
     qs = qs.filter(**{f"{tf}__gte": query.start, f"{tf}__lt": query.end})

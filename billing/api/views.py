@@ -98,11 +98,7 @@ class LedgerViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
     view_permission = VIEW_BILLING
     node_field = None
     lookup_value_regex = r"\d+"
-    list_filters = {
-        "kind": ("kind", str),
-        "since": ("created_at__gte", "datetime"),
-        "until": ("created_at__lt", "datetime"),
-    }
+    list_filters = selectors.LEDGER_FILTERS
 
     def get_base_queryset(self) -> QuerySet[LedgerEntry]:
         return selectors.ledger_entries()
@@ -122,12 +118,7 @@ class BudgetViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
     }
     node_field = "node"
     lookup_value_regex = r"\d+"
-    list_filters = {
-        "scope": ("scope", str),
-        "scope_id": ("scope_id", int),
-        "period": ("period", str),
-        "mode": ("mode", str),
-    }
+    list_filters = selectors.BUDGET_FILTERS
 
     def get_base_queryset(self) -> QuerySet[Budget]:
         return selectors.budgets()
@@ -182,7 +173,7 @@ class NotificationViewSet(OrgScopedViewSet, mixins.ListModelMixin):
     serializer_class = s.NotificationOut
     view_permission = VIEW_BILLING
     node_field = None
-    list_filters = {"kind": ("kind", str), "budget": ("budget_id", int)}
+    list_filters = selectors.NOTIFICATION_FILTERS
 
     def get_base_queryset(self) -> QuerySet[Notification]:
         return Notification.objects.all()

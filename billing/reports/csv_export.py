@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from billing.analytics.reference import ReferencePricer, effective_reference, reference_model_q
-from billing.analytics.selectors import DIMENSIONS, scoped_queryset
+from django.db.models import QuerySet
+
+from billing.analytics.reference import ReferencePricer, effective_reference
+from billing.analytics.selectors import AnalyticsQuery, analytics_records, scoped_queryset
 from billing.models import Report, UsageRecord
 from billing.reports.progress import report_progress
 
@@ -63,35 +67,40 @@ _FIELDS = (
 )
 
 
-def usage_records_for(report: Report):  # type: ignore[no-untyped-def]
+def usage_records_for(report: Report) -> QuerySet[UsageRecord]:
     qs = scoped_queryset(UsageRecord, organization_id=report.organization_id, node=report.node)
-    qs = qs.filter(created_at__gte=report.period_start, created_at__lt=report.period_end)
-    for name, values in (report.filters or {}).items():
-        if name == "reference_model":
-            qs = qs.filter(reference_model_q(values))  # "": the default
-        else:
-            qs = qs.filter(**{f"{DIMENSIONS[name]}__in": values})
-    return qs
+    query = AnalyticsQuery(
+        start=report.period_start, end=report.period_end, filters=dict(report.filters or {})
+    )
+    return analytics_records(qs, query)
 
 
-def usage_csv_write(*, report: Report, path: Path) -> int:
-    """Write the report's usage records to ``path``; returns the number of data rows."""
-    qs = usage_records_for(report)
-    total = qs.count()
+def usage_csv_rows(records: QuerySet[UsageRecord]) -> Iterator[tuple[Any, ...]]:
+    """One CSV row (``COLUMNS``) per record, oldest first, from a server-side cursor: the
+    report's file and the console's download write the same rows."""
     pricer = ReferencePricer()
-    rows = 0
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(COLUMNS)
-        values = qs.order_by("created_at", "id").values_list(*_FIELDS)
-        for (
-            created_at,
+    values = records.order_by("created_at", "id").values_list(*_FIELDS)
+    for row in values.iterator(chunk_size=CHUNK):
+        (created_at, request_id, dept, team, project, member, key, requested, model, provider,
+         strategy, status, tin, tout, tcached, cost, reference_model, latency, ttft, attempts,
+         fallback) = row  # fmt: skip
+        reference_model = effective_reference(reference_model)
+        reference = pricer.cost(
+            when=created_at,
+            tokens_in=tin,
+            tokens_out=tout,
+            tokens_cached=tcached,
+            actual=cost,
+            model=reference_model,
+        )
+        yield (
+            created_at.isoformat(),
             request_id,
-            dept,
-            team,
-            project,
-            member,
-            key,
+            dept or "",
+            team or "",
+            project or "",
+            member or "",
+            key or "",
             requested,
             model,
             provider,
@@ -100,49 +109,27 @@ def usage_csv_write(*, report: Report, path: Path) -> int:
             tin,
             tout,
             tcached,
-            cost,
+            f"{cost:.12f}",
             reference_model,
-            latency,
-            ttft,
+            f"{reference:.12f}",
+            f"{reference - cost:.12f}",
+            "" if latency is None else latency,
+            "" if ttft is None else ttft,
             attempts,
-            fallback,
-        ) in values.iterator(chunk_size=CHUNK):
-            reference_model = effective_reference(reference_model)
-            reference = pricer.cost(
-                when=created_at,
-                tokens_in=tin,
-                tokens_out=tout,
-                tokens_cached=tcached,
-                actual=cost,
-                model=reference_model,
-            )
-            writer.writerow(
-                (
-                    created_at.isoformat(),
-                    request_id,
-                    dept or "",
-                    team or "",
-                    project or "",
-                    member or "",
-                    key or "",
-                    requested,
-                    model,
-                    provider,
-                    strategy,
-                    status,
-                    tin,
-                    tout,
-                    tcached,
-                    f"{cost:.12f}",
-                    reference_model,
-                    f"{reference:.12f}",
-                    f"{reference - cost:.12f}",
-                    "" if latency is None else latency,
-                    "" if ttft is None else ttft,
-                    attempts,
-                    "true" if fallback else "false",
-                )
-            )
+            "true" if fallback else "false",
+        )
+
+
+def usage_csv_write(*, report: Report, path: Path) -> int:
+    """Write the report's usage records to ``path``; returns the number of data rows."""
+    records = usage_records_for(report)
+    total = records.count()
+    rows = 0
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for row in usage_csv_rows(records):
+            writer.writerow(row)
             rows += 1
             if rows % PROGRESS_EVERY == 0 and total:
                 report_progress(report.pk, rows * 100 // total)

@@ -8,9 +8,10 @@ from urllib.parse import urlencode
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 
-from console.views.base import ConsoleOrgView, page_of
+from console.views.base import ConsoleOrgView, filtered, page_of
 from orgs.models import AuditEvent
 from orgs.roles import VIEW_AUDIT
+from orgs.selectors import AUDIT_FILTERS
 
 
 def _day(raw: str) -> dt.date | None:
@@ -33,20 +34,20 @@ class AuditView(ConsoleOrgView):
             .values_list("action", flat=True)
             .distinct()
         )
+        # The API's filters (the same declaration), from the page's whole days (UTC).
         api_filters: dict[str, str] = {}
         action = request.GET.get("action", "")
         if action:
-            qs = qs.filter(action=action)
             api_filters["action"] = action
         since, until = _day(request.GET.get("since", "")), _day(request.GET.get("until", ""))
         if since:
-            start = dt.datetime.combine(since, dt.time.min, tzinfo=dt.UTC)
-            qs = qs.filter(created_at__gte=start)
-            api_filters["since"] = start.isoformat()
+            api_filters["since"] = dt.datetime.combine(
+                since, dt.time.min, tzinfo=dt.UTC
+            ).isoformat()
         if until:  # the whole day, inclusive
             end = dt.datetime.combine(until + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
-            qs = qs.filter(created_at__lt=end)
             api_filters["until"] = end.isoformat()
+        qs = filtered(request, qs, api_filters, AUDIT_FILTERS)
         page = page_of(request, qs, per_page=50)
         export = reverse("audit-event-export", kwargs={"org_slug": self.organization.slug})
         if api_filters:

@@ -5,23 +5,27 @@ scoped exactly as billing's management API (budgets by node; the rest organizati
 from __future__ import annotations
 
 import csv
-import datetime as dt
+import zoneinfo
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.db.models import Count, Q, Sum
-from django.db.models.functions import TruncDate
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect
-from django.utils import timezone
 
 from billing import selectors as billing_selectors
 from billing import services as billing_services
-from billing.models import Budget, BudgetScope, LedgerKind, Notification
+from billing.analytics import selectors as analytics
+from billing.analytics.params import analytics_query_parse
+from billing.errors import InvalidInput as BillingInvalidInput
+from billing.models import Budget, BudgetScope, LedgerKind, Notification, UsageRecord
+from billing.reports.csv_export import COLUMNS, usage_csv_rows
 from console.forms import BudgetCreateForm, BudgetUpdateForm, TopupForm, add_service_errors
-from console.views.base import ConsoleOrgView, page_of
+from console.views.analytics import period_days, scoped_rows, spend_chart
+from console.views.base import ConsoleOrgView, filtered, page_of
 from orgs.errors import InvalidInput
 from orgs.models import ApiKey, Membership, Node, NodeKind
 from orgs.roles import MANAGE_BILLING, VIEW_BILLING
@@ -134,8 +138,7 @@ class BudgetsView(_BillingBase):
             .order_by("node__path", "scope", "id")
         )
         scope_filter = self.request.GET.get("scope", "")
-        if scope_filter in BudgetScope.values:
-            qs = qs.filter(scope=scope_filter)
+        qs = filtered(self.request, qs, {"scope": scope_filter}, billing_selectors.BUDGET_FILTERS)
         page = page_of(self.request, qs)
         budgets = list(page.object_list)
         current = billing_selectors.budgets_current_spend(budgets)
@@ -282,8 +285,7 @@ class BillingView(_BillingBase):
     def _page(self, form: TopupForm, status: int = 200) -> HttpResponse:
         qs = billing_selectors.ledger_entries().filter(organization=self.organization)
         kind = self.request.GET.get("kind", "")
-        if kind in LedgerKind.values:
-            qs = qs.filter(kind=kind)
+        qs = filtered(self.request, qs, {"kind": kind}, billing_selectors.LEDGER_FILTERS)
         return self.render(
             "console/billing.html",
             {
@@ -297,178 +299,91 @@ class BillingView(_BillingBase):
         )
 
 
-def _day(raw: str) -> dt.date | None:
-    try:
-        return dt.date.fromisoformat(raw)
-    except ValueError:
-        return None
+USAGE_PARAMS = ("from", "to", "days", "project", "model")
 
 
 class UsageView(_BillingBase):
-    """Requests, tokens and cost over a date range: per day (a server-made SVG chart), per
-    model and per project, the records themselves, and a CSV download of them."""
+    """Requests, tokens and cost over a period: per day, per model and per project (the
+    analytics selectors the API and the spend page read), the records themselves, and the
+    same CSV as a report's. Query parameters are the analytics API's (``from`` / ``to`` /
+    ``days``, ``project``, ``model``), parsed by the same declaration."""
 
     permission = VIEW_BILLING
     at_root = True
     section = "usage"
-    CSV_COLUMNS = (
-        "created_at",
-        "request_id",
-        "project_id",
-        "key_id",
-        "member_id",
-        "requested_model",
-        "model",
-        "provider",
-        "deployment",
-        "tokens_in",
-        "tokens_out",
-        "tokens_cached",
-        "cost",
-        "latency_ms",
-        "status",
-        "attempts",
-    )
 
     def get(self, request: HttpRequest, org_slug: str) -> HttpResponse:
-        today = timezone.now().date()
-        until = _day(request.GET.get("until", "")) or today
-        since = _day(request.GET.get("since", "")) or (until - dt.timedelta(days=13))
-        if since > until:
-            since, until = until, since
-        start = dt.datetime.combine(since, dt.time.min, tzinfo=dt.UTC)
-        end = dt.datetime.combine(until + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
-        qs = billing_selectors.usage_records().filter(
-            organization=self.organization, created_at__gte=start, created_at__lt=end
-        )
-        project = request.GET.get("project", "")
-        if project.isdigit():
-            qs = qs.filter(project_id=int(project))
-        model = request.GET.get("model", "")
-        if model:
-            qs = qs.filter(model=model)
+        params = {k: request.GET[k] for k in USAGE_PARAMS if request.GET.get(k)}
+        errors: dict[str, str] = {}
+        try:
+            query = analytics_query_parse({"days": "14", **params}, time_zone=self._zone)
+        except BillingInvalidInput as exc:
+            errors = {name: " ".join(texts) for name, texts in exc.errors.items()}
+            query = analytics_query_parse({"days": "14"}, time_zone=self._zone)
+        records = analytics.analytics_records(scoped_rows(self, UsageRecord, None), query)
         if request.GET.get("format") == "csv":
-            return self._csv(qs, since, until)
-        totals = qs.aggregate(
-            requests=Count("id"),
-            tokens_in=Sum("tokens_in"),
-            tokens_out=Sum("tokens_out"),
-            cost=Sum("cost"),
-            errors=Count("id", filter=~Q(status="ok") & ~Q(status="")),
-        )
-        per_day = {
-            row["day"]: row
-            for row in qs.annotate(day=TruncDate("created_at", tzinfo=dt.UTC))
-            .values("day")
-            .annotate(requests=Count("id"), cost=Sum("cost"))
-            .order_by("day")
-        }
-        days = []
-        day = since
-        while day <= until:
-            row = per_day.get(day, {})
-            days.append(
-                {"day": day, "requests": row.get("requests", 0), "cost": row.get("cost") or 0}
-            )
-            day += dt.timedelta(days=1)
-        by_model = list(
-            qs.values("model", "provider")
-            .annotate(
-                requests=Count("id"), tokens=Sum("tokens_in") + Sum("tokens_out"), cost=Sum("cost")
-            )
-            .order_by("-cost", "model")[:20]
-        )
-        by_project = list(
-            qs.values("project_id")
-            .annotate(requests=Count("id"), cost=Sum("cost"))
-            .order_by("-cost")[:20]
-        )
-        names = dict(
-            Node.objects.filter(
-                organization=self.organization, pk__in=[r["project_id"] for r in by_project]
-            ).values_list("pk", "name")
-        )
-        for row in by_project:
-            row["name"] = names.get(row["project_id"], "—")
-        projects = Node.objects.filter(
-            organization=self.organization, kind=NodeKind.PROJECT
-        ).order_by("name")
+            return self._csv(records, query)
         return self.render(
             "console/usage.html",
-            {
-                "since": since,
-                "until": until,
-                "project": project,
-                "model": model,
-                "projects": projects,
-                "totals": totals,
-                "chart": bar_chart(days),
-                "days": days,
-                "by_model": by_model,
-                "by_project": by_project,
-                "page": page_of(self.request, qs.order_by("-created_at")),
-                "csv_query": self._csv_query(since, until, project, model),
-            },
-        )
+            {**self._figures(query), **self._period(query, params), "errors": errors,
+             "page": page_of(self.request, records.order_by("-created_at"))},
+            status=400 if errors else 200,
+        )  # fmt: skip
 
-    @staticmethod
-    def _csv_query(since: dt.date, until: dt.date, project: str, model: str) -> str:
-        from urllib.parse import urlencode
+    @property
+    def _zone(self) -> str:
+        return self.organization.time_zone
 
-        params = {"since": since.isoformat(), "until": until.isoformat(), "format": "csv"}
-        if project:
-            params["project"] = project
-        if model:
-            params["model"] = model
-        return urlencode(params)
+    def _figures(self, query: analytics.AnalyticsQuery) -> dict[str, Any]:
+        def rows(q: analytics.AnalyticsQuery) -> Any:
+            return scoped_rows(self, analytics.analytics_source(q), None)
 
-    def _csv(self, qs: Any, since: dt.date, until: dt.date) -> StreamingHttpResponse:
+        totals = analytics.analytics_totals(rows(query), query)
+        series = replace(query, bucket="day")
+        points = analytics.analytics_timeseries(rows(series), series)
+        days = period_days(query)
+        by_model = replace(query, group_by=("model",))
+        by_project = replace(query, group_by=("project",))
+        projects = analytics.analytics_breakdown(rows(by_project), by_project, limit=20)
+        names = analytics.dimension_labels(self.organization.pk, projects, ("project",))
+        for row in projects:
+            row["name"] = names.get("project", {}).get(row["project"], "—")
+        return {
+            "totals": totals,
+            "chart": spend_chart(points, days, zoneinfo.ZoneInfo(query.time_zone)),
+            "by_model": analytics.analytics_breakdown(rows(by_model), by_model, limit=20),
+            "by_project": projects,
+            "first_day": days[0],
+            "last_day": days[-1],
+        }
+
+    def _period(self, query: analytics.AnalyticsQuery, params: dict[str, str]) -> dict[str, Any]:
+        csv_params = {**params, "format": "csv"}
+        return {
+            "params": params,
+            "projects": Node.objects.filter(
+                organization=self.organization, kind=NodeKind.PROJECT
+            ).order_by("name"),
+            "csv_query": urlencode(csv_params),
+        }
+
+    def _csv(self, records: Any, query: analytics.AnalyticsQuery) -> StreamingHttpResponse:
         class Echo:
             def write(self, value: str) -> str:
                 return value
 
         writer = csv.writer(Echo())
-        columns = self.CSV_COLUMNS
 
-        def rows() -> Iterator[str]:
-            yield writer.writerow(columns)
-            for record in qs.order_by("created_at", "id").iterator(chunk_size=2000):
-                values = []
-                for name in columns:
-                    value = getattr(record, name)
-                    values.append(value.isoformat() if isinstance(value, dt.datetime) else value)
-                yield writer.writerow(["" if v is None else v for v in values])
+        def lines() -> Iterator[str]:
+            yield writer.writerow(COLUMNS)
+            for row in usage_csv_rows(records):
+                yield writer.writerow(row)
 
-        response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
-        name = f"usage-{self.organization.slug}-{since:%Y%m%d}-{until:%Y%m%d}.csv"
+        response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+        days = period_days(query)
+        name = f"usage-{self.organization.slug}-{days[0]:%Y%m%d}-{days[-1]:%Y%m%d}.csv"
         response["Content-Disposition"] = f'attachment; filename="{name}"'
         return response
-
-
-def bar_chart(days: list[dict[str, Any]], *, width: int = 720, height: int = 180) -> dict[str, Any]:
-    """Geometry of a per-day cost bar chart, drawn as inline SVG by the template (no JS)."""
-    top = max((Decimal(d["cost"]) for d in days), default=Decimal(0))
-    n = max(len(days), 1)
-    slot = width / n
-    bar = max(slot * 0.7, 1.0)
-    bars = []
-    for i, d in enumerate(days):
-        cost = Decimal(d["cost"])
-        h = float(cost / top * (height - 20)) if top > 0 else 0.0
-        bars.append(
-            {
-                "x": round(i * slot + (slot - bar) / 2, 2),
-                "y": round(height - h, 2),
-                "w": round(bar, 2),
-                "h": round(h, 2),
-                "day": d["day"],
-                "cost": cost,
-                "requests": d["requests"],
-                "label": i % max(n // 7, 1) == 0,
-                "lx": round(i * slot + slot / 2, 2),
-            }
-        )
-    return {"width": width, "height": height, "bars": bars, "max": top}
 
 
 class NotificationsView(_BillingBase):

@@ -6,17 +6,17 @@ import datetime as dt
 from typing import Any
 
 from django.contrib import messages
-from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.utils import timezone
 
 from console.forms import ApiKeyCreateForm, ApiKeyRotateForm, ApiKeyUpdateForm, add_service_errors
-from console.views.base import ConsoleOrgView, page_of
+from console.views.base import ConsoleOrgView, filtered, page_of
 from orgs import services
 from orgs.errors import InvalidInput
 from orgs.models import ApiKey, Node, NodeKind
 from orgs.roles import CREATE_KEYS, MANAGE_KEYS, VIEW_KEYS
+from orgs.selectors import KEY_FILTERS, KEY_SEARCH
 
 
 def key_status(api_key: ApiKey, now: dt.datetime) -> str:
@@ -76,19 +76,15 @@ class KeysView(_KeyBase):
             .select_related("project", "membership__user")
             .order_by("-id")
         )
-        q = request.GET.get("q", "").strip()
-        if q:
-            qs = qs.filter(Q(name__icontains=q) | Q(prefix__icontains=q))
         status = request.GET.get("status", "active")
-        if status == "active":
-            qs = qs.filter(revoked_at__isnull=True)
-        elif status == "revoked":
-            qs = qs.filter(revoked_at__isnull=False)
-        else:
+        if status not in ("active", "revoked"):
             status = "all"
-        project = request.GET.get("project", "")
-        if project.isdigit():
-            qs = qs.filter(project_id=int(project))
+        params = {
+            "q": request.GET.get("q", "").strip(),
+            "project": request.GET.get("project", ""),
+            "revoked": {"active": "false", "revoked": "true"}.get(status, ""),
+        }
+        qs = filtered(request, qs, params, KEY_FILTERS, KEY_SEARCH)
         page = page_of(request, qs)
         now = timezone.now()
         rows = [{"key": k, "status": key_status(k, now)} for k in page.object_list]
@@ -102,9 +98,9 @@ class KeysView(_KeyBase):
             {
                 "page": page,
                 "rows": rows,
-                "q": q,
+                "q": params["q"],
                 "status": status,
-                "project": project,
+                "project": params["project"],
                 "projects": projects,
                 "can_create": self.scope.can(CREATE_KEYS),
             },

@@ -7,18 +7,18 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
-from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils import timezone
 
 from console.forms import InvitationForm, MemberAddForm, MemberRoleForm, add_service_errors
-from console.views.base import ConsoleOrgView, page_of
+from console.views.base import ConsoleOrgView, filtered, page_of
 from orgs import services
 from orgs.errors import InvalidInput
 from orgs.models import Invitation, Membership, Node, Role
 from orgs.roles import MANAGE_MEMBERS, VIEW_MEMBERS
+from orgs.selectors import MEMBER_FILTERS, MEMBER_SEARCH
 
 
 class _MemberBase(ConsoleOrgView):
@@ -76,12 +76,8 @@ class MembersView(_MemberBase):
             .select_related("user", "node")
             .order_by("user__username", "node__path")
         )
-        q = request.GET.get("q", "").strip()
-        if q:
-            qs = qs.filter(Q(user__username__icontains=q) | Q(user__email__icontains=q))
-        role = request.GET.get("role", "")
-        if role in Role.values:
-            qs = qs.filter(role=role)
+        params = {"q": request.GET.get("q", "").strip(), "role": request.GET.get("role", "")}
+        qs = filtered(request, qs, params, MEMBER_FILTERS, MEMBER_SEARCH)
         page = page_of(request, qs)
         manageable = (
             self.scope.visible_id_set(MANAGE_MEMBERS) if self.scope.can(MANAGE_MEMBERS) else set()
@@ -100,8 +96,8 @@ class MembersView(_MemberBase):
                 "page": page,
                 "rows": rows,
                 "form": form,
-                "q": q,
-                "role": role,
+                "q": params["q"],
+                "role": params["role"],
                 "roles": Role.choices,
                 "tab": "members",
             },

@@ -39,7 +39,17 @@ from orgs.roles import (
     VIEW_MEMBERS,
     VIEW_NODE,
 )
-from orgs.selectors import has_perm_at_root, organizations_for_user
+from orgs.selectors import (
+    AUDIT_FILTERS,
+    KEY_FILTERS,
+    KEY_SEARCH,
+    MEMBER_FILTERS,
+    MEMBER_SEARCH,
+    NODE_FILTERS,
+    NODE_SEARCH,
+    has_perm_at_root,
+    organizations_for_user,
+)
 
 
 def _with_root(qs: QuerySet[Organization]) -> QuerySet[Organization]:
@@ -134,13 +144,8 @@ class NodeViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelM
     }
     node_field = "pk"
     lookup_value_regex = r"\d+"
-    list_filters = {
-        "kind": ("kind", str),
-        "parent": ("parent_id", int),
-        "depth": ("depth", int),
-        "slug": ("slug", str),
-    }
-    search_fields = ("name", "slug")
+    list_filters = NODE_FILTERS
+    search_fields = NODE_SEARCH
 
     def get_base_queryset(self) -> QuerySet[Node]:
         qs = Node.objects.all()
@@ -200,12 +205,8 @@ class MemberViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
     }
     node_field = "node"
     lookup_value_regex = r"\d+"
-    list_filters = {
-        "node": ("node_id", int),
-        "user": ("user_id", int),
-        "role": ("role", str),
-    }
-    search_fields = ("user__username", "user__email")
+    list_filters = MEMBER_FILTERS
+    search_fields = MEMBER_SEARCH
 
     def get_base_queryset(self) -> QuerySet[Membership]:
         qs = Membership.objects.select_related("user", "node")
@@ -298,13 +299,8 @@ class ApiKeyViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
     }
     node_field = "project"
     lookup_value_regex = r"\d+"
-    list_filters = {
-        "project": ("project_id", int),
-        "membership": ("membership_id", int),
-        "user": ("membership__user_id", int),
-        "revoked": ("revoked_at", "present"),
-    }
-    search_fields = ("name", "prefix")
+    list_filters = KEY_FILTERS
+    search_fields = KEY_SEARCH
 
     def get_base_queryset(self) -> QuerySet[ApiKey]:
         return ApiKey.objects.select_related("membership", "project")
@@ -369,14 +365,7 @@ class AuditEventViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.Retrieve
     action_permissions = {"export": VIEW_AUDIT}
     node_field = None
     lookup_value_regex = r"\d+"
-    list_filters = {
-        "action": ("action", str),
-        "actor": ("actor_id", int),
-        "target_type": ("target_type", str),
-        "target_id": ("target_id", str),
-        "since": ("created_at__gte", "datetime"),
-        "until": ("created_at__lt", "datetime"),
-    }
+    list_filters = AUDIT_FILTERS
 
     def get_base_queryset(self) -> QuerySet[AuditEvent]:
         return AuditEvent.objects.all()
