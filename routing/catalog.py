@@ -186,9 +186,34 @@ class CatalogSnapshot:
 
 
 def catalog_snapshot_build() -> CatalogSnapshot:
-    """Build a snapshot from the database: five queries, whatever the catalog's size."""
+    """Build a snapshot from the database: six queries, whatever the catalog's size.
+
+    1. the version token (the snapshot is rebuilt when it changes);
+    2. providers; 3. price versions; 4. models, and the bare names that resolve to them;
+    5. enabled deployments of enabled providers; 6. credential ciphertexts (decrypted lazily).
+    """
     version, token = catalog_version_token()
-    providers = {
+    providers = _providers()
+    models = _models({p.id: p for p in providers.values()}, _prices())
+    aliases, ambiguous = _bare_names(models)
+    deployments, by_id = _deployments()
+    ciphertexts = dict(Credential.objects.values_list("id", "ciphertext"))
+    return CatalogSnapshot(
+        token=token,
+        version=version,
+        built_at=time.monotonic(),
+        providers=MappingProxyType(providers),
+        models=MappingProxyType(models),
+        aliases=MappingProxyType(aliases),
+        ambiguous=MappingProxyType(ambiguous),
+        deployments=MappingProxyType({k: tuple(v) for k, v in deployments.items()}),
+        deployments_by_id=MappingProxyType(by_id),
+        _ciphertexts=MappingProxyType(ciphertexts),
+    )
+
+
+def _providers() -> dict[str, ProviderInfo]:
+    return {
         p.slug: ProviderInfo(
             id=p.pk,
             slug=p.slug,
@@ -202,7 +227,9 @@ def catalog_snapshot_build() -> CatalogSnapshot:
         )
         for p in Provider.objects.all()
     }
-    provider_by_id = {p.id: p for p in providers.values()}
+
+
+def _prices() -> dict[int, list[PriceVersion]]:
     prices: dict[int, list[PriceVersion]] = defaultdict(list)
     for row in ModelPrice.objects.order_by("model_id", "effective_from").values_list(
         "model_id",
@@ -215,37 +242,49 @@ def catalog_snapshot_build() -> CatalogSnapshot:
         "reasoning_per_token",
     ):
         prices[row[0]].append(PriceVersion(*row[1:]))
+    return prices
+
+
+_MODEL_FIELDS = (
+    "id",
+    "canonical_id",
+    "provider_id",
+    "provider_model_name",
+    "display_name",
+    "family",
+    "mode",
+    "context_window",
+    "max_output_tokens",
+    "supports_tools",
+    "supports_vision",
+    "supports_json_schema",
+    "supports_reasoning",
+    "supports_streaming",
+    "supports_prompt_caching",
+    "quality_tier",
+    "status",
+    "deprecation_date",
+)
+
+
+def _models(
+    provider_by_id: dict[int, ProviderInfo], prices: dict[int, list[PriceVersion]]
+) -> dict[str, ModelInfo]:
     models: dict[str, ModelInfo] = {}
-    by_bare_name: dict[str, list[str]] = defaultdict(list)
-    for m in Model.objects.order_by("canonical_id").values(
-        "id",
-        "canonical_id",
-        "provider_id",
-        "provider_model_name",
-        "display_name",
-        "family",
-        "mode",
-        "context_window",
-        "max_output_tokens",
-        "supports_tools",
-        "supports_vision",
-        "supports_json_schema",
-        "supports_reasoning",
-        "supports_streaming",
-        "supports_prompt_caching",
-        "quality_tier",
-        "status",
-        "deprecation_date",
-    ):
+    for m in Model.objects.order_by("canonical_id").values(*_MODEL_FIELDS):
         fields: dict[str, Any] = dict(m)
         provider = provider_by_id[fields.pop("provider_id")]
         versions = tuple(prices.get(fields["id"], ()))
-        model = ModelInfo(
-            provider=provider.slug,
-            prices=versions,
-            **fields,
-        )
+        model = ModelInfo(provider=provider.slug, prices=versions, **fields)
         models[model.canonical_id] = model
+    return models
+
+
+def _bare_names(models: dict[str, ModelInfo]) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """Bare provider model names: (aliases, ambiguous). A name at one provider is an alias;
+    at several, the family's maker's copy, else the one first-party copy; else ambiguous."""
+    by_bare_name: dict[str, list[str]] = defaultdict(list)
+    for model in models.values():
         by_bare_name[model.provider_model_name].append(model.canonical_id)
     aliases = {}
     ambiguous = {}
@@ -262,6 +301,10 @@ def catalog_snapshot_build() -> CatalogSnapshot:
             aliases[bare] = origins[0]
         else:
             ambiguous[bare] = tuple(sorted(ids))
+    return aliases, ambiguous
+
+
+def _deployments() -> tuple[dict[str, list[DeploymentInfo]], dict[int, DeploymentInfo]]:
     deployments: dict[str, list[DeploymentInfo]] = defaultdict(list)
     by_id: dict[int, DeploymentInfo] = {}
     for d in (
@@ -290,19 +333,7 @@ def catalog_snapshot_build() -> CatalogSnapshot:
         )
         deployments[info.model].append(info)
         by_id[info.id] = info
-    ciphertexts = dict(Credential.objects.values_list("id", "ciphertext"))
-    return CatalogSnapshot(
-        token=token,
-        version=version,
-        built_at=time.monotonic(),
-        providers=MappingProxyType(providers),
-        models=MappingProxyType(models),
-        aliases=MappingProxyType(aliases),
-        ambiguous=MappingProxyType(ambiguous),
-        deployments=MappingProxyType({k: tuple(v) for k, v in deployments.items()}),
-        deployments_by_id=MappingProxyType(by_id),
-        _ciphertexts=MappingProxyType(ciphertexts),
-    )
+    return deployments, by_id
 
 
 def _maker(family: str) -> str | None:

@@ -347,84 +347,83 @@ def _parse_openrouter(items: list[Any], text: str, today: date) -> ParsedCatalog
     skipped: Counter[str] = Counter()
     entries: dict[str, CatalogEntry] = {}
     for index, item in enumerate(items):
-        path = f"data[{index}]"
-        if not isinstance(item, dict):
-            errors.append(f"{path}: expected an object")
-            continue
-        model_id = item.get("id")
-        if not isinstance(model_id, str) or not model_id.strip():
-            errors.append(f"{path}.id: expected a model id string, got {model_id!r}")
-            continue
-        path = f"{path} ({model_id!r}, line {_id_line(text, model_id)})"
-        pricing = item.get("pricing")
-        if not isinstance(pricing, dict):
-            errors.append(f"{path}.pricing: expected an object")
-            continue
-        if str(pricing.get("prompt")) == "-1" or str(pricing.get("completion")) == "-1":
-            skipped["variable price (router)"] += 1
-            continue
-        architecture = item.get("architecture") or {}
-        if not isinstance(architecture, dict):
-            errors.append(f"{path}.architecture: expected an object")
-            continue
-        outputs = architecture.get("output_modalities") or ["text"]
-        inputs = architecture.get("input_modalities") or ["text"]
-        if "text" not in outputs:
-            skipped["output is not text"] += 1
-            continue
-        before = len(errors)
-        prompt = _openrouter_price(pricing.get("prompt"), f"{path}.pricing.prompt", errors, True)
-        completion = _openrouter_price(
-            pricing.get("completion"), f"{path}.pricing.completion", errors, True
-        )
-        cache_read = _openrouter_price(
-            pricing.get("input_cache_read"), f"{path}.pricing.input_cache_read", errors, False
-        )
-        cache_write = _openrouter_price(
-            pricing.get("input_cache_write"), f"{path}.pricing.input_cache_write", errors, False
-        )
-        reasoning = _openrouter_price(
-            pricing.get("internal_reasoning"), f"{path}.pricing.internal_reasoning", errors, False
-        )
-        context = _int(item.get("context_length"), f"{path}.context_length", errors)
-        top = item.get("top_provider") or {}
-        max_output = _int(
-            top.get("max_completion_tokens") if isinstance(top, dict) else None,
-            f"{path}.top_provider.max_completion_tokens",
-            errors,
-        )
-        params = item.get("supported_parameters") or []
-        if not isinstance(params, list):
-            errors.append(f"{path}.supported_parameters: expected a list")
-        if len(errors) > before:
-            continue
-        raw_name = item.get("name")
-        name = raw_name if isinstance(raw_name, str) else model_id
-        entries[f"openrouter/{model_id}"] = CatalogEntry(
-            provider_slug="openrouter",
-            provider_model_name=model_id,
-            source_key=model_id,
-            mode=ModelMode.CHAT,
-            display_name=name,
-            family=model_family(model_id),
-            price=PriceInput(
-                input_per_token=prompt or Decimal(0),
-                output_per_token=completion or Decimal(0),
-                cached_input_per_token=cache_read or None,
-                cache_write_per_token=cache_write or None,
-                reasoning_per_token=reasoning or None,
-            ),
-            context_window=context,
-            max_output_tokens=max_output,
-            supports_tools="tools" in params,
-            supports_vision="image" in inputs,
-            supports_json_schema="structured_outputs" in params,
-            supports_reasoning="reasoning" in params or "include_reasoning" in params,
-            supports_prompt_caching=cache_read is not None and cache_read > 0,
-        )
+        entry = _openrouter_entry(item, f"data[{index}]", text, errors, skipped)
+        if entry is not None:
+            entries[entry.canonical_id] = entry
     if errors:
         raise CatalogFormatError(errors)
     return ParsedCatalog("openrouter", list(entries.values()), skipped)
+
+
+def _openrouter_entry(
+    item: Any, path: str, text: str, errors: list[str], skipped: Counter[str]
+) -> CatalogEntry | None:
+    """One model of OpenRouter's list, or None (its errors appended, or counted as skipped)."""
+    if not isinstance(item, dict):
+        errors.append(f"{path}: expected an object")
+        return None
+    model_id = item.get("id")
+    if not isinstance(model_id, str) or not model_id.strip():
+        errors.append(f"{path}.id: expected a model id string, got {model_id!r}")
+        return None
+    path = f"{path} ({model_id!r}, line {_id_line(text, model_id)})"
+    pricing = item.get("pricing")
+    architecture = item.get("architecture") or {}
+    if not isinstance(pricing, dict) or not isinstance(architecture, dict):
+        errors.append(f"{path}.{'pricing' if not isinstance(pricing, dict) else 'architecture'}"
+                      ": expected an object")  # fmt: skip
+        return None
+    if str(pricing.get("prompt")) == "-1" or str(pricing.get("completion")) == "-1":
+        skipped["variable price (router)"] += 1
+        return None
+    if "text" not in (architecture.get("output_modalities") or ["text"]):
+        skipped["output is not text"] += 1
+        return None
+    before = len(errors)
+    price = _openrouter_prices(pricing, path, errors)
+    context = _int(item.get("context_length"), f"{path}.context_length", errors)
+    top = item.get("top_provider") or {}
+    max_output = _int(
+        top.get("max_completion_tokens") if isinstance(top, dict) else None,
+        f"{path}.top_provider.max_completion_tokens",
+        errors,
+    )
+    params = item.get("supported_parameters") or []
+    if not isinstance(params, list):
+        errors.append(f"{path}.supported_parameters: expected a list")
+    if len(errors) > before:
+        return None
+    raw_name = item.get("name")
+    inputs = architecture.get("input_modalities") or ["text"]
+    return CatalogEntry(
+        provider_slug="openrouter",
+        provider_model_name=model_id,
+        source_key=model_id,
+        mode=ModelMode.CHAT,
+        display_name=raw_name if isinstance(raw_name, str) else model_id,
+        family=model_family(model_id),
+        price=price,
+        context_window=context,
+        max_output_tokens=max_output,
+        supports_tools="tools" in params,
+        supports_vision="image" in inputs,
+        supports_json_schema="structured_outputs" in params,
+        supports_reasoning="reasoning" in params or "include_reasoning" in params,
+        supports_prompt_caching=bool(price.cached_input_per_token),
+    )
+
+
+def _openrouter_prices(pricing: dict[str, Any], path: str, errors: list[str]) -> PriceInput:
+    def read(name: str, required: bool = False) -> Decimal | None:
+        return _openrouter_price(pricing.get(name), f"{path}.pricing.{name}", errors, required)
+
+    return PriceInput(
+        input_per_token=read("prompt", True) or Decimal(0),
+        output_per_token=read("completion", True) or Decimal(0),
+        cached_input_per_token=read("input_cache_read") or None,
+        cache_write_per_token=read("input_cache_write") or None,
+        reasoning_per_token=read("internal_reasoning") or None,
+    )
 
 
 def _id_line(text: str, model_id: str) -> int | None:
@@ -586,82 +585,110 @@ def catalog_entries_import(
 ) -> ImportResult:
     """Write parsed entries in one transaction: new models get a first price version; changed
     ones are updated (fields an operator overrode are left alone) and get a new price version
-    when the price changed. A constant number of queries per batch, not per model."""
+    when the price changed. A constant number of queries per batch, not per model.
+
+    1. lock the catalog, create the providers it does not have yet;
+    2. compare every entry with its model and latest price (``_plan``);
+    3. write the new models, the changed ones and the new price versions in bulk; bump the
+       catalog version when anything changed.
+    """
     now = now or timezone.now()
-    today = now.date()
     result = ImportResult(skipped=sum(parsed.skipped.values()))
     result.skipped_reasons = dict(parsed.skipped)
     slugs = sorted({entry.provider_slug for entry in parsed.entries})
     with transaction.atomic():
         catalog_write_lock()
-        providers = {p.slug: p for p in Provider.objects.filter(slug__in=slugs)}
-        new_providers = [
-            _provider_from_spec(PROVIDERS_BY_SLUG[slug]) for slug in slugs if slug not in providers
-        ]
-        if new_providers:
-            Provider.objects.bulk_create(new_providers)
-            providers = {p.slug: p for p in Provider.objects.filter(slug__in=slugs)}
-        existing = {
-            m.canonical_id: m
-            for m in Model.objects.filter(provider__slug__in=slugs).select_related("provider")
-        }
-        latest: dict[int, ModelPrice] = {}
-        for price in ModelPrice.objects.filter(
-            model__provider__slug__in=slugs, effective_from__lte=now
-        ).order_by("model_id", "effective_from"):
-            latest[price.model_id] = price
-        to_create: list[tuple[Model, CatalogEntry]] = []
-        to_update: list[Model] = []
-        new_prices: list[ModelPrice] = []
-        for entry in parsed.entries:
-            values = _entry_values(entry, today)
-            model = existing.get(entry.canonical_id)
-            if model is None:
-                model = Model(
-                    canonical_id=entry.canonical_id,
-                    provider=providers[entry.provider_slug],
-                    provider_model_name=entry.provider_model_name,
-                    source=parsed.format,
-                    **values,
-                )
-                to_create.append((model, entry))
-                continue
-            locked = set(model.operator_overrides)
-            changed = False
-            for name, value in values.items():
-                if name in locked or getattr(model, name) == value:
-                    continue
-                setattr(model, name, value)
-                changed = True
-            if changed:
-                model.updated_at = now
-                to_update.append(model)
-            if "price" not in locked and not entry.price.same_as(latest.get(model.pk)):
-                new_prices.append(_price_row(model, entry.price, now, source))
-                changed = True
-            if changed:
-                result.updated += 1
-            else:
-                result.unchanged += 1
-        if to_create:
-            Model.objects.bulk_create([model for model, _ in to_create], batch_size=500)
+        providers, added_providers = _providers_for(slugs)
+        plan = _plan(parsed, providers, slugs, now, source, result)
+        new_prices = plan.new_prices
+        if plan.to_create:
+            Model.objects.bulk_create([model for model, _ in plan.to_create], batch_size=500)
             created = {
                 m.canonical_id: m
                 for m in Model.objects.filter(
-                    canonical_id__in=[model.canonical_id for model, _ in to_create]
+                    canonical_id__in=[model.canonical_id for model, _ in plan.to_create]
                 ).only("pk", "canonical_id")
             }
-            for model, entry in to_create:
+            for model, entry in plan.to_create:
                 new_prices.append(_price_row(created[model.canonical_id], entry.price, now, source))
-            result.added = len(to_create)
-        if to_update:
-            Model.objects.bulk_update(to_update, [*_IMPORTED_FIELDS, "updated_at"], batch_size=500)
+            result.added = len(plan.to_create)
+        if plan.to_update:
+            fields = [*_IMPORTED_FIELDS, "updated_at"]
+            Model.objects.bulk_update(plan.to_update, fields, batch_size=500)
         if new_prices:
             ModelPrice.objects.bulk_create(new_prices, batch_size=500)
         result.price_versions = len(new_prices)
-        if to_create or to_update or new_prices or new_providers:
+        if plan.to_create or plan.to_update or new_prices or added_providers:
             catalog_version_bump()
     return result
+
+
+def _providers_for(slugs: list[str]) -> tuple[dict[str, Provider], bool]:
+    """The providers of ``slugs``, the missing ones created; and whether any was."""
+    providers = {p.slug: p for p in Provider.objects.filter(slug__in=slugs)}
+    missing = [_provider_from_spec(PROVIDERS_BY_SLUG[s]) for s in slugs if s not in providers]
+    if missing:
+        Provider.objects.bulk_create(missing)
+        providers = {p.slug: p for p in Provider.objects.filter(slug__in=slugs)}
+    return providers, bool(missing)
+
+
+@dataclass
+class _ImportPlan:
+    to_create: list[tuple[Model, CatalogEntry]] = field(default_factory=list)
+    to_update: list[Model] = field(default_factory=list)
+    new_prices: list[ModelPrice] = field(default_factory=list)
+
+
+def _plan(
+    parsed: ParsedCatalog,
+    providers: dict[str, Provider],
+    slugs: list[str],
+    now: datetime,
+    source: str,
+    result: ImportResult,
+) -> _ImportPlan:
+    """What each entry changes: a new model, new field values, a new price version."""
+    existing = {
+        m.canonical_id: m
+        for m in Model.objects.filter(provider__slug__in=slugs).select_related("provider")
+    }
+    latest: dict[int, ModelPrice] = {}
+    for price in ModelPrice.objects.filter(
+        model__provider__slug__in=slugs, effective_from__lte=now
+    ).order_by("model_id", "effective_from"):
+        latest[price.model_id] = price
+    plan = _ImportPlan()
+    for entry in parsed.entries:
+        values = _entry_values(entry, now.date())
+        model = existing.get(entry.canonical_id)
+        if model is None:
+            model = Model(
+                canonical_id=entry.canonical_id,
+                provider=providers[entry.provider_slug],
+                provider_model_name=entry.provider_model_name,
+                source=parsed.format,
+                **values,
+            )
+            plan.to_create.append((model, entry))
+            continue
+        locked = set(model.operator_overrides)
+        changed = False
+        for name, value in values.items():
+            if name not in locked and getattr(model, name) != value:
+                setattr(model, name, value)
+                changed = True
+        if changed:
+            model.updated_at = now
+            plan.to_update.append(model)
+        if "price" not in locked and not entry.price.same_as(latest.get(model.pk)):
+            plan.new_prices.append(_price_row(model, entry.price, now, source))
+            changed = True
+        if changed:
+            result.updated += 1
+        else:
+            result.unchanged += 1
+    return plan
 
 
 def _price_row(model: Model, price: PriceInput, now: datetime, source: str) -> ModelPrice:

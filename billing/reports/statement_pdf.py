@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -69,26 +69,12 @@ def ledger_movements(*, organization_id: int, start: dt.datetime, end: dt.dateti
 
 
 def statement_pdf_write(*, report: Report, path: Path) -> int:
+    """Write the statement's PDF: 1. the balance's movements from the ledger; 2. the usage and
+    savings totals; 3. usage by model. Returns the number of pages."""
     org = report.organization
     zone = zoneinfo.ZoneInfo(org.time_zone)
-    moves = ledger_movements(
-        organization_id=org.pk, start=report.period_start, end=report.period_end
-    )
-    query = AnalyticsQuery(
-        start=report.period_start, end=report.period_end, time_zone=org.time_zone
-    )
-    source = analytics_source(query)
-    qs = scoped_queryset(source, organization_id=org.pk, node=report.node)
-    references = analytics_reference_models(qs, query)
-    totals = analytics_totals(qs, query, reference_models=references)
-    models = analytics_breakdown(
-        qs,
-        AnalyticsQuery(
-            start=query.start, end=query.end, group_by=("model",), time_zone=org.time_zone
-        ),
-    )
-    body, h1, h2 = STYLES["BodyText"], STYLES["Title"], STYLES["Heading2"]
     month = report.period_start.astimezone(zone)
+    body, h1 = STYLES["BodyText"], STYLES["Title"]
     story: list[Any] = [
         Paragraph(f"Statement {month:%B %Y}", h1),
         Paragraph(f"Organization: {org.name} ({org.slug})", body),
@@ -98,7 +84,26 @@ def statement_pdf_write(*, report: Report, path: Path) -> int:
             body,
         ),
         Spacer(1, 6 * mm),
-        Paragraph("Balance", h2),
+        *_balance_section(report),
+        *_usage_sections(report),
+    ]
+    pages = {"n": 0}
+
+    def page(canvas: Any, doc: Any) -> None:
+        pages["n"] = doc.page
+
+    SimpleDocTemplate(str(path), pagesize=A4, title=f"Statement {org.slug} {month:%Y-%m}").build(
+        story, onFirstPage=page, onLaterPages=page
+    )
+    return pages["n"]
+
+
+def _balance_section(report: Report) -> list[Any]:
+    moves = ledger_movements(
+        organization_id=report.organization_id, start=report.period_start, end=report.period_end
+    )
+    return [
+        Paragraph("Balance", STYLES["Heading2"]),
         _table(
             ["Line", "Entries", "USD"],
             [
@@ -112,6 +117,20 @@ def statement_pdf_write(*, report: Report, path: Path) -> int:
             [70 * mm, 30 * mm, 60 * mm],
         ),
         Spacer(1, 6 * mm),
+    ]
+
+
+def _usage_sections(report: Report) -> list[Any]:
+    org = report.organization
+    query = AnalyticsQuery(
+        start=report.period_start, end=report.period_end, time_zone=org.time_zone
+    )
+    qs = scoped_queryset(analytics_source(query), organization_id=org.pk, node=report.node)
+    references = analytics_reference_models(qs, query)
+    totals = analytics_totals(qs, query, reference_models=references)
+    models = analytics_breakdown(qs, replace(query, group_by=("model",)))
+    body, h2 = STYLES["BodyText"], STYLES["Heading2"]
+    return [
         Paragraph("Usage", h2),
         _table(
             ["Measure", "Value"],
@@ -142,12 +161,3 @@ def statement_pdf_write(*, report: Report, path: Path) -> int:
             [80 * mm, 25 * mm, 30 * mm, 30 * mm],
         ),
     ]
-    pages = {"n": 0}
-
-    def page(canvas: Any, doc: Any) -> None:
-        pages["n"] = doc.page
-
-    SimpleDocTemplate(str(path), pagesize=A4, title=f"Statement {org.slug} {month:%Y-%m}").build(
-        story, onFirstPage=page, onLaterPages=page
-    )
-    return pages["n"]

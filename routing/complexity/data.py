@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from routing.complexity.features import CHARS_PER_TOKEN
 from routing.complexity.model import DATA_DIR
+from routing.tokens import tokens_for_chars
 
 DEFAULT_TRAIN_FILE = DATA_DIR / "train.jsonl.gz"
 HOLDOUT_EVERY = 5  # 1 record in 5 (20%) of every task is held out
@@ -49,7 +49,7 @@ class Record:
 
     @property
     def input_tokens(self) -> int:
-        return max(1, (len(self.prompt) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
+        return max(1, tokens_for_chars(len(self.prompt)))
 
 
 def _parse(line: str, where: str) -> Record:

@@ -15,11 +15,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from routing.tokens import tokens_for_chars
+
 # How many characters of the prompt feed the word n-grams: the first HEAD and last TAIL.
 NGRAM_HEAD_CHARS = 800
 NGRAM_TAIL_CHARS = 700
 # Characters per token, the usual rough rule for English text with GPT-style tokenizers.
-CHARS_PER_TOKEN = 4
 LONG_CONTEXT_TOKENS = 16_000
 # Regular expressions scan at most this many characters (two thirds head, one third tail).
 SCAN_CHARS = 2000
@@ -274,6 +275,31 @@ def _latin_language(sample: str) -> str:
     return lang if hits >= 2 and hits > scores["en"] else "en"
 
 
+_COUNTED = (_NUMBER_RE, _SENTENCE_RE, _DECIMAL_RE)
+_WORD_CLASSES = (
+    _CODE_MARKS, _CODE_WORDS, _CODE_ASK_WORDS, _MATH_WORDS, _REASONING_WORDS, _WRITING_WORDS
+)  # fmt: skip
+
+
+def _word_counts(words: Sequence[str]) -> list[int]:
+    """How many words fall in each of ``_WORD_CLASSES`` (the first class a word is in)."""
+    counts = [0] * len(_WORD_CLASSES)
+    for word in words:
+        for i, vocabulary in enumerate(_WORD_CLASSES):
+            if word in vocabulary:
+                counts[i] += 1
+                break
+    return counts
+
+
+def _scan_slice(text: str) -> str:
+    """Ratios and regular expressions look at a bounded slice: the head and tail of long
+    prompts."""
+    if len(text) <= SCAN_CHARS:
+        return text
+    return text[: SCAN_CHARS * 2 // 3] + "\n" + text[-(SCAN_CHARS // 3) :]
+
+
 def _build(
     text: str,
     *,
@@ -290,29 +316,14 @@ def _build(
     n_words = text.count(" ") + text.count("\n") + (1 if text.strip() else 0)
     n_lines = text.count("\n") + 1
     non_ascii = n_chars - len(text.encode("ascii", "ignore"))
-    # Ratios and regular expressions look at a bounded slice: the head and tail of long prompts.
-    if n_chars <= SCAN_CHARS:
-        scan = text
-    else:
-        scan = text[: SCAN_CHARS * 2 // 3] + "\n" + text[-(SCAN_CHARS // 3) :]
+    scan = _scan_slice(text)
     scan_len = max(len(scan), 1)
     digits = sum(scan.count(d) for d in "0123456789")
     punct = sum(scan.count(p) for p in ".,;:!?()[]{}")
     words = tokenize(ngram_slice(text))
-    code_words = code_marks = code_ask = math_words = reasoning_score = writing_score = 0
-    for word in words:
-        if word in _CODE_MARKS:
-            code_marks += 1
-        elif word in _CODE_WORDS:
-            code_words += 1
-        elif word in _CODE_ASK_WORDS:
-            code_ask += 1
-        elif word in _MATH_WORDS:
-            math_words += 1
-        elif word in _REASONING_WORDS:
-            reasoning_score += 1
-        elif word in _WRITING_WORDS:
-            writing_score += 1
+    code_marks, code_words, code_ask, math_words, reasoning_score, writing_score = _word_counts(
+        words
+    )
     fences = scan.count("```")
     code_score = code_words + fences * 3 + (code_marks // 4)
     upper = len(_UPPER_RE.findall(scan[:1000]))
@@ -324,9 +335,7 @@ def _build(
     few_shot = scan.count("Answer:") + scan.count("answer:")
     tail = text.rstrip()[-40:].lower()
     ends_with_answer = 1.0 if tail.endswith(("answer:", "a:", "answer")) else 0.0
-    numbers = len(_NUMBER_RE.findall(scan))
-    sentences = len(_SENTENCE_RE.findall(scan))
-    decimals = len(_DECIMAL_RE.findall(scan))
+    numbers, sentences, decimals = (len(r.findall(scan)) for r in _COUNTED)
     sample_len = max(min(n_chars, 1000), 1)
     dense = (
         math.log1p(n_chars),
@@ -359,7 +368,7 @@ def _build(
         text=text,
         dense=dense,
         ngrams=_ngrams(words),
-        input_tokens=max(1, (total_chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN),
+        input_tokens=max(1, tokens_for_chars(total_chars)),
         language=detect_language(text),
         has_tools=has_tools,
         has_images=has_images,

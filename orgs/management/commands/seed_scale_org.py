@@ -93,69 +93,9 @@ class Command(BaseCommand):
         team_nodes = self._level(org, depts, NodeKind.TEAM, "team", teams)
         project_nodes = self._level(org, team_nodes, NodeKind.PROJECT, "project", projects)
 
-        user_model = get_user_model()
-        unusable = make_password(None)  # nobody logs in as a scale-test user
-        users = user_model.objects.bulk_create(
-            [
-                user_model(
-                    username=f"{slug}-user-{i}",
-                    email=f"{slug}-user-{i}@example.com",
-                    password=unusable,
-                )
-                for i in range(members)
-            ],
-            batch_size=BATCH,
-        )
-        admins = max(1, members // 100)
-        rows = []
-        for i, user in enumerate(users):
-            if i == 0:
-                rows.append(Membership(organization=org, user=user, node=root, role=Role.OWNER))
-            elif i <= admins:
-                rows.append(Membership(organization=org, user=user, node=root, role=Role.ADMIN))
-            else:
-                team = team_nodes[(i - admins - 1) % len(team_nodes)]
-                rows.append(Membership(organization=org, user=user, node=team, role=Role.DEVELOPER))
-        memberships = Membership.objects.bulk_create(rows, batch_size=BATCH)
-
-        node_type = ContentType.objects.get_for_model(Node)
-        perms = {p.codename: p for p in Permission.objects.filter(content_type=node_type)}
-        grants = [
-            NodeUserPermission(user_id=m.user_id, permission=perms[code], content_object=m.node)
-            for m in memberships
-            for code in sorted(permissions_for(m.role))
-        ]
-        NodeUserPermission.objects.bulk_create(grants, batch_size=BATCH * 5)
-
-        developers_by_team: dict[int, list[Membership]] = {}
-        for m in memberships:
-            if m.role == Role.DEVELOPER:
-                developers_by_team.setdefault(m.node_id, []).append(m)
-        owner = memberships[0]
-        api_keys = []
-        raws: list[secrets.NewSecret] = []
-        for i in range(keys):
-            project = project_nodes[i % len(project_nodes)]
-            devs = developers_by_team.get(project.parent_id or 0) or [owner]
-            new = secrets.new_secret(secrets.GATEWAY_KEY)
-            raws.append(new)
-            api_keys.append(
-                ApiKey(
-                    organization=org,
-                    project=project,
-                    membership=devs[i % len(devs)],
-                    name=f"key-{i}",
-                    prefix=new.prefix,
-                )
-            )
-        api_keys = ApiKey.objects.bulk_create(api_keys, batch_size=BATCH)
-        ApiKeySecret.objects.bulk_create(
-            [
-                ApiKeySecret(api_key=k, prefix=new.prefix, digest=new.digest)
-                for k, new in zip(api_keys, raws, strict=True)
-            ],
-            batch_size=BATCH,
-        )
+        users, memberships = self._members(org, root, team_nodes, slug, members)
+        grants = self._grants(memberships)
+        api_keys, raws = self._keys(org, memberships, project_nodes, keys)
         audit_event_record(
             organization=org,
             actor=Actor.system(),
@@ -186,6 +126,84 @@ class Command(BaseCommand):
             "sample_api_key": raws[0].raw,
             "sample_project": sample.project_id,
         }
+
+    @staticmethod
+    def _members(
+        org: Organization, root: Node, teams: list[Node], slug: str, count: int
+    ) -> tuple[list[Any], list[Membership]]:
+        """``count`` users: an owner and 1 % admins at the root, developers spread over teams."""
+        user_model = get_user_model()
+        unusable = make_password(None)  # nobody logs in as a scale-test user
+        users = user_model.objects.bulk_create(
+            [
+                user_model(
+                    username=f"{slug}-user-{i}",
+                    email=f"{slug}-user-{i}@example.com",
+                    password=unusable,
+                )
+                for i in range(count)
+            ],
+            batch_size=BATCH,
+        )
+        admins = max(1, count // 100)
+        rows = []
+        for i, user in enumerate(users):
+            if i == 0:
+                rows.append(Membership(organization=org, user=user, node=root, role=Role.OWNER))
+            elif i <= admins:
+                rows.append(Membership(organization=org, user=user, node=root, role=Role.ADMIN))
+            else:
+                team = teams[(i - admins - 1) % len(teams)]
+                rows.append(Membership(organization=org, user=user, node=team, role=Role.DEVELOPER))
+        return users, Membership.objects.bulk_create(rows, batch_size=BATCH)
+
+    @staticmethod
+    def _grants(memberships: list[Membership]) -> list[NodeUserPermission]:
+        node_type = ContentType.objects.get_for_model(Node)
+        perms = {p.codename: p for p in Permission.objects.filter(content_type=node_type)}
+        grants = [
+            NodeUserPermission(user_id=m.user_id, permission=perms[code], content_object=m.node)
+            for m in memberships
+            for code in sorted(permissions_for(m.role))
+        ]
+        NodeUserPermission.objects.bulk_create(grants, batch_size=BATCH * 5)
+        return grants
+
+    @staticmethod
+    def _keys(
+        org: Organization, memberships: list[Membership], projects: list[Node], count: int
+    ) -> tuple[list[ApiKey], list[secrets.NewSecret]]:
+        """``count`` keys spread over the projects, each a developer's of the project's team."""
+        developers_by_team: dict[int, list[Membership]] = {}
+        for m in memberships:
+            if m.role == Role.DEVELOPER:
+                developers_by_team.setdefault(m.node_id, []).append(m)
+        owner = memberships[0]
+        api_keys = []
+        raws: list[secrets.NewSecret] = []
+        for i in range(count):
+            project = projects[i % len(projects)]
+            devs = developers_by_team.get(project.parent_id or 0) or [owner]
+            new = secrets.new_secret(secrets.GATEWAY_KEY)
+            raws.append(new)
+            api_keys.append(
+                ApiKey(
+                    organization=org,
+                    project=project,
+                    membership=devs[i % len(devs)],
+                    name=f"key-{i}",
+                    prefix=new.prefix,
+                )
+            )
+        api_keys = ApiKey.objects.bulk_create(api_keys, batch_size=BATCH)
+        ApiKeySecret.objects.bulk_create(
+            [
+                ApiKeySecret(api_key=k, prefix=new.prefix, digest=new.digest)
+                for k, new in zip(api_keys, raws, strict=True)
+            ],
+            batch_size=BATCH,
+        )
+        return api_keys, raws
 
     @staticmethod
     def _level(
