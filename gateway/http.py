@@ -12,9 +12,8 @@ between two stream chunks) and ``total`` (a whole non-streaming call: its header
 when the whole answer is ready). Adapters enforce them with ``asyncio.timeout``; httpx's own
 timeouts are only a backstop.
 
-The transport is httpx's default one (httpcore). It was measured against the aiohttp transport
-(``httpx-aiohttp``) on this machine with ``bench/transport.py``; see docs/providers.md for the
-figures and the reason for the choice.
+The transport is ``PROVIDER_HTTP_TRANSPORT``: httpx-aiohttp by default, chosen over httpx's own
+httpcore transport by measurement (``bench/transport.py``, docs/providers.md).
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from typing import Any
 
 import httpx
 from django.conf import settings
+from httpx_aiohttp import AiohttpTransport
 
 logger = logging.getLogger(__name__)
 
@@ -73,24 +73,19 @@ _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient
 
 def _limits() -> httpx.Limits:
     return httpx.Limits(
-        max_connections=int(getattr(settings, "PROVIDER_MAX_CONNECTIONS", 512)),
-        max_keepalive_connections=int(getattr(settings, "PROVIDER_MAX_KEEPALIVE", 128)),
-        keepalive_expiry=float(getattr(settings, "PROVIDER_KEEPALIVE_EXPIRY", 30.0)),
+        max_connections=settings.PROVIDER_MAX_CONNECTIONS,
+        max_keepalive_connections=settings.PROVIDER_MAX_KEEPALIVE,
+        keepalive_expiry=settings.PROVIDER_KEEPALIVE_EXPIRY,
     )
 
 
 def make_transport(name: str | None = None) -> httpx.AsyncBaseTransport | None:
     """The transport named by ``name`` or setting ``PROVIDER_HTTP_TRANSPORT``: ``httpx`` (the
     default httpcore transport; returns None) or ``aiohttp`` (needs ``httpx-aiohttp``)."""
-    name = name or str(getattr(settings, "PROVIDER_HTTP_TRANSPORT", "httpx"))
+    name = name or settings.PROVIDER_HTTP_TRANSPORT
     if name == "httpx":
         return None
     if name == "aiohttp":
-        try:
-            from httpx_aiohttp import AiohttpTransport
-        except ImportError:  # not installed: the default transport still works, only slower
-            logger.warning("httpx-aiohttp is not installed; using the default httpx transport")
-            return None
         return AiohttpTransport(limits=_limits(), trust_env=False)
     raise ValueError(f"unknown PROVIDER_HTTP_TRANSPORT {name!r} (use httpx or aiohttp)")
 
