@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _running: dict[Any, asyncio.Future[Any]] = {}
 # Single flight per key bounds what can hang here to one thread per cache; two threads are
@@ -61,3 +64,46 @@ def _finished(key: Any, task: asyncio.Future[Any]) -> None:
             "background refresh failed; serving the cached value",
             extra={"fields": {"cache": str(key), "error": type(exc).__name__}},
         )
+
+
+class Versioned(Generic[T]):
+    """A value built from the database and kept in the process, re-checked at most once per
+    ``max_age`` seconds: ``is_stale(value)`` asks the version counter (shared cache, else the
+    database) whether it changed, and a changed value is rebuilt. ``get`` is the sync read
+    (a check blocks the caller); ``aget`` the hot path's (the check runs in the background,
+    stale-while-revalidate). The catalog snapshot and the policy table are two of these."""
+
+    def __init__(self, name: str, build: Callable[[], T], is_stale: Callable[[T], bool]) -> None:
+        self.name = name
+        self.build = build
+        self.is_stale = is_stale
+        self.value: T | None = None
+        self.checked_at = 0.0
+        self.lock = threading.Lock()
+
+    def get(self, max_age: float) -> T:
+        value = self.value
+        if value is not None and time.monotonic() - self.checked_at < max_age:
+            return value
+        with self.lock:
+            value = self.value
+            if value is not None and time.monotonic() - self.checked_at < max_age:
+                return value
+            if value is None or self.is_stale(value):
+                value = self.build()
+                self.value = value
+            self.checked_at = time.monotonic()
+            return value
+
+    async def aget(self, max_age: float) -> T:
+        value = self.value
+        if value is None:
+            return await sync_to_async(self.get)(max_age)
+        if time.monotonic() - self.checked_at >= max_age:
+            in_background(self.name, lambda: self.get(max_age))
+        return value
+
+    def reset(self) -> None:
+        with self.lock:
+            self.value = None
+            self.checked_at = 0.0

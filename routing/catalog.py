@@ -13,7 +13,6 @@ held encrypted and decrypted on first use (``snapshot.credential_secret(id)``).
 from __future__ import annotations
 
 import bisect
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -23,7 +22,6 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
@@ -342,16 +340,6 @@ def _maker(family: str) -> str | None:
     return FAMILY_MAKERS.get(family)
 
 
-class _Holder:
-    def __init__(self) -> None:
-        self.snapshot: CatalogSnapshot | None = None
-        self.checked_at = 0.0
-        self.lock = threading.Lock()
-
-
-_holder = _Holder()
-
-
 def _cache_is_shared() -> bool:
     backend = settings.CACHES["default"]["BACKEND"]
     return not backend.endswith(("LocMemCache", "DummyCache"))
@@ -360,18 +348,7 @@ def _cache_is_shared() -> bool:
 def catalog_snapshot(*, max_age: float = CHECK_INTERVAL) -> CatalogSnapshot:
     """The current snapshot; checks the version when the last check is older than
     ``max_age`` seconds (0 forces a check) and rebuilds if it changed."""
-    snapshot = _holder.snapshot
-    if snapshot is not None and time.monotonic() - _holder.checked_at < max_age:
-        return snapshot
-    with _holder.lock:
-        snapshot = _holder.snapshot
-        if snapshot is not None and time.monotonic() - _holder.checked_at < max_age:
-            return snapshot
-        if snapshot is None or _version_changed(snapshot.token):
-            snapshot = catalog_snapshot_build()
-            _holder.snapshot = snapshot
-        _holder.checked_at = time.monotonic()
-        return snapshot
+    return _holder.get(max_age)
 
 
 def _version_changed(token: str) -> bool:
@@ -384,20 +361,18 @@ def _version_changed(token: str) -> bool:
     return db_token != token
 
 
+_holder: refresh.Versioned[CatalogSnapshot] = refresh.Versioned(
+    "catalog", catalog_snapshot_build, lambda snapshot: _version_changed(snapshot.token)
+)
+
+
 async def acatalog_snapshot(*, max_age: float = CHECK_INTERVAL) -> CatalogSnapshot:
     """``catalog_snapshot`` for async code: no thread hop and no I/O once a snapshot exists;
     after ``max_age`` the version check runs in the background (stale-while-revalidate), so a
     request never waits for it."""
-    snapshot = _holder.snapshot
-    if snapshot is None:
-        return await sync_to_async(catalog_snapshot)(max_age=max_age)
-    if time.monotonic() - _holder.checked_at >= max_age:
-        refresh.in_background("catalog", lambda: catalog_snapshot(max_age=max_age))
-    return snapshot
+    return await _holder.aget(max_age)
 
 
 def catalog_snapshot_reset() -> None:
     """Forget the snapshot (tests; after restoring a database)."""
-    with _holder.lock:
-        _holder.snapshot = None
-        _holder.checked_at = 0.0
+    _holder.reset()

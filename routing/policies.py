@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import threading
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -211,16 +209,6 @@ class PolicyTable:
     by_node: Mapping[int, PolicySpec]
 
 
-class _Holder:
-    def __init__(self) -> None:
-        self.table: PolicyTable | None = None
-        self.checked_at = 0.0
-        self.lock = threading.Lock()
-
-
-_holder = _Holder()
-
-
 def _policy_version() -> int:
     return RoutingPolicyVersion.objects.filter(pk=1).values_list("version", flat=True).first() or 0
 
@@ -252,39 +240,27 @@ def _current_version() -> int:
     return _policy_version()
 
 
+_holder: refresh.Versioned[PolicyTable] = refresh.Versioned(
+    "policies", lambda: policy_table_build(), lambda table: _current_version() != table.version
+)
+
+
 def policy_table(*, max_age: float = CHECK_INTERVAL) -> PolicyTable:
-    table = _holder.table
-    if table is not None and time.monotonic() - _holder.checked_at < max_age:
-        return table
-    with _holder.lock:
-        table = _holder.table
-        if table is not None and time.monotonic() - _holder.checked_at < max_age:
-            return table
-        if table is None or _current_version() != table.version:
-            table = policy_table_build()
-            _holder.table = table
-        _holder.checked_at = time.monotonic()
-        return table
+    """Every policy row, re-checked against the version at most every ``max_age`` seconds."""
+    return _holder.get(max_age)
 
 
 async def apolicy_table(*, max_age: float = CHECK_INTERVAL) -> PolicyTable:
     """``policy_table`` for async code: once loaded, the version check runs in the background
     after ``max_age`` (stale-while-revalidate); a request never waits for it."""
-    table = _holder.table
-    if table is None:
-        return await sync_to_async(policy_table)(max_age=max_age)
-    if time.monotonic() - _holder.checked_at >= max_age:
-        refresh.in_background("policies", lambda: policy_table(max_age=max_age))
-    return table
+    return await _holder.aget(max_age)
 
 
 def policy_table_reset() -> None:
     """Forget the table, the cached version and the organizations' root ids (tests; after
     restoring a database)."""
-    with _holder.lock:
-        _holder.table = None
-        _holder.checked_at = 0.0
-        _roots.clear()
+    _holder.reset()
+    _roots.clear()
     cache.delete(POLICY_VERSION_CACHE_KEY)
 
 

@@ -68,14 +68,15 @@ def test_a_stale_catalog_snapshot_is_served_at_once(pool, monkeypatch):
     release = threading.Event()
     fresh = object()
 
-    def slow_check(*, max_age):
+    def slow_check(snapshot):
         release.wait(5)
-        return fresh
+        return True
 
     stale = object()
-    monkeypatch.setattr(catalog._holder, "snapshot", stale)
+    monkeypatch.setattr(catalog._holder, "value", stale)
     monkeypatch.setattr(catalog._holder, "checked_at", time.monotonic() - 60)
-    monkeypatch.setattr(catalog, "catalog_snapshot", slow_check)
+    monkeypatch.setattr(catalog._holder, "is_stale", slow_check)
+    monkeypatch.setattr(catalog._holder, "build", lambda: fresh)
 
     async def go():
         started = time.perf_counter()
