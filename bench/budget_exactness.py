@@ -96,7 +96,7 @@ def main() -> None:
         )
         return key.pk
 
-    services.balance_topup(actor=system, organization=org, amount="1000", reference="bench")
+    services.transfer_record(actor=system, organization=org, amount="1000", reference="bench")
     key_id = key_with_budget(args.limit, "exactness")
     latency_key = key_with_budget("1000", "latency")
 

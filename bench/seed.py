@@ -123,7 +123,7 @@ def seed(simulator_url: str, run_id: str) -> dict[str, Any]:
 
     from billing import services as billing
 
-    billing.balance_topup(
+    billing.transfer_record(
         actor=actor, organization=org, amount="1000000", reference=f"bench {run_id}"
     )
     budgets: list[str] = []

@@ -7,12 +7,14 @@ ledger insert in one transaction. Everything else calls it.
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -29,6 +31,8 @@ from billing.models import (
     BudgetPeriod,
     BudgetScope,
     BudgetUsage,
+    Checkout,
+    CheckoutStatus,
     LedgerEntry,
     LedgerKind,
     PaymentEvent,
@@ -38,6 +42,7 @@ from billing.models import (
 from billing.models import Reservation as ReservationRow
 from billing.periods import period_start
 from orgs.audit import Actor, audit_event_record, diff
+from orgs.errors import NotAllowed
 from orgs.models import ApiKey, Membership, Node, NodeKind, Organization
 from routing.pricing import PLACES
 
@@ -134,37 +139,67 @@ def _balance_changed(organization_id: int, delta: Decimal) -> None:
     transaction.on_commit(lambda: counters.balance_changed(organization_id, delta))
 
 
-def balance_topup(
-    *, actor: Actor, organization: Organization, amount: Any, reference: str
+# ---------------------------------------------------------------- credit: only real money
+
+
+def operator_required(actor: Actor) -> None:
+    """Credit, refunds and adjustments are platform operators' (the people running this
+    installation: staff with ``billing.credit_balance``, or the system itself), never a tenant
+    role's. Raises NotAllowed otherwise."""
+    user = actor.user
+    if user is None:
+        return  # the system: migrations, seeds, the payment webhook
+    if not (user.is_active and user.is_staff and user.has_perm("billing.credit_balance")):
+        raise NotAllowed(
+            "Only a platform operator may credit, refund or adjust a balance; buy credit with "
+            "a checkout instead.",
+        )
+
+
+def transfer_record(
+    *, actor: Actor, organization: Organization, amount: Any, reference: str, reason: str = ""
 ) -> LedgerEntry:
-    """An enterprise transfer recorded by an admin: ``amount`` (USD) and the bank reference."""
+    """An enterprise bank transfer a platform operator received: ``amount`` (USD) credited
+    against the transfer's bank ``reference``, which can be credited only once."""
+    operator_required(actor)
     value = parse_amount(amount)
     ref = _clean_text(reference, field="reference", required=True, max_length=200)
-    with transaction.atomic():
-        entry = ledger_post(
-            organization_id=organization.pk,
-            kind=LedgerKind.TOPUP,
-            amount=value,
-            reference=ref,
-            reason="enterprise transfer",
-            created_by=actor.user,
-        )
-        audit_event_record(
-            organization=organization,
-            actor=actor,
-            action="billing.topup",
-            target=entry,
-            changes={"amount": value, "reference": ref, "balance_after": entry.balance_after},
-        )
-        _balance_changed(organization.pk, entry.amount)
+    why = _clean_text(reason, field="reason", required=False, max_length=500)
+    try:
+        with transaction.atomic():
+            entry = ledger_post(
+                organization_id=organization.pk,
+                kind=LedgerKind.TOPUP,
+                amount=value,
+                reference=ref,
+                reason=why or "enterprise transfer",
+                idempotency_key=f"transfer:{ref.casefold()}",
+                created_by=actor.user,
+            )
+            audit_event_record(
+                organization=organization,
+                actor=actor,
+                action="billing.transfer",
+                target=entry,
+                changes={
+                    "amount": value,
+                    "reference": ref,
+                    "reason": why,
+                    "balance_after": entry.balance_after,
+                },
+            )
+            _balance_changed(organization.pk, entry.amount)
+    except IntegrityError:
+        raise InvalidInput({"reference": ["This bank reference was already credited."]}) from None
     return entry
 
 
 def balance_refund(
     *, actor: Actor, organization: Organization, amount: Any, reason: str
 ) -> LedgerEntry:
-    """Pay ``amount`` of the prepaid balance back to the customer (lowers the balance; refused
-    beyond what is available)."""
+    """A platform operator pays ``amount`` of the prepaid balance back to the customer (lowers
+    the balance; refused beyond what is available)."""
+    operator_required(actor)
     value = parse_amount(amount)
     why = _clean_text(reason, field="reason", required=True, max_length=500)
     with transaction.atomic():
@@ -190,8 +225,9 @@ def balance_refund(
 def balance_adjust(
     *, actor: Actor, organization: Organization, amount: Any, reason: str
 ) -> LedgerEntry:
-    """A signed correction by an admin (credit > 0, debit < 0; a debit may not take the
-    available balance below zero)."""
+    """A signed correction by a platform operator (credit > 0, debit < 0; a debit may not take
+    the available balance below zero)."""
+    operator_required(actor)
     value = parse_amount(amount, allow_negative=True)
     why = _clean_text(reason, field="reason", required=True, max_length=500)
     with transaction.atomic():
@@ -214,9 +250,54 @@ def balance_adjust(
     return entry
 
 
+MIN_CHECKOUT = Decimal("5")
+
+
+def checkout_create(*, actor: Actor, organization: Organization, amount: Any) -> Checkout:
+    """A card purchase of ``amount`` USD started by someone who manages billing (the caller
+    checked ``manage_billing``). Nothing is credited until the payment provider's signed
+    webhook says it was paid."""
+    value = parse_amount(amount)
+    if value < MIN_CHECKOUT or value != value.quantize(Decimal("0.01")):
+        raise InvalidInput({"amount": [f"At least {MIN_CHECKOUT} USD, in whole cents."]})
+    with transaction.atomic():
+        checkout = Checkout.objects.create(
+            public_id=f"co_{secrets.token_hex(12)}",
+            organization=organization,
+            amount=value,
+            created_by=actor.user,
+        )
+        audit_event_record(
+            organization=organization,
+            actor=actor,
+            action="billing.checkout",
+            target=checkout,
+            target_repr=checkout.public_id,
+            changes={"amount": value},
+        )
+    return checkout
+
+
+def checkout_pay_url(checkout: Checkout) -> str:
+    """Where the buyer pays: ``BILLING_CHECKOUT_URL`` with the checkout's id, amount and
+    organization filled in ("" when no payment provider is configured)."""
+    template = settings.BILLING_CHECKOUT_URL
+    if not template:
+        return ""
+    return template.format(
+        id=checkout.public_id,
+        amount=format(checkout.amount, "f"),
+        cents=int(checkout.amount * 100),
+        organization=checkout.organization.slug,
+    )
+
+
 def payment_event_apply(*, provider: str, event: dict[str, Any]) -> PaymentEvent:
-    """Apply a verified payment provider event (see billing.webhooks). Idempotent by event id:
-    a second delivery returns the stored row and changes nothing."""
+    """Apply a verified payment provider event (see billing.webhooks). Only a completed
+    checkout credits: ``checkout.session.completed`` naming an open checkout of the
+    organization (``client_reference_id``, ``metadata.organization``) credits the amount paid,
+    once (the checkout is claimed with a conditional update; the event id is unique too).
+    Idempotent: a second delivery returns the stored row and changes nothing."""
     event_id = str(event.get("id") or "")
     if not event_id or len(event_id) > 255:
         raise InvalidInput({"id": ["The event has no valid id."]})
@@ -227,7 +308,7 @@ def payment_event_apply(*, provider: str, event: dict[str, Any]) -> PaymentEvent
     obj = (event.get("data") or {}).get("object") or {}
     try:
         with transaction.atomic():
-            if event_type not in ("checkout.session.completed", "payment_intent.succeeded"):
+            if event_type != "checkout.session.completed":
                 return PaymentEvent.objects.create(
                     provider=provider,
                     event_id=event_id,
@@ -235,46 +316,80 @@ def payment_event_apply(*, provider: str, event: dict[str, Any]) -> PaymentEvent
                     status="ignored",
                     detail="event type not handled",
                 )
-            cents = obj.get("amount_total", obj.get("amount_received"))
-            currency = str(obj.get("currency") or "").lower()
-            org_ref = (obj.get("metadata") or {}).get("organization")
-            if isinstance(cents, bool) or not isinstance(cents, int) or cents <= 0:
-                raise InvalidInput({"amount": ["The event has no positive amount in cents."]})
-            if currency != "usd":
-                raise InvalidInput({"currency": ["Only USD payments are accepted."]})
-            org = Organization.objects.filter(slug=str(org_ref or "")).first()
-            if org is None:
-                raise InvalidInput({"metadata.organization": ["Unknown organization."]})
-            amount = Decimal(cents) / 100
+            checkout, amount = _paid_checkout(obj)
+            if checkout.status != CheckoutStatus.OPEN:  # paid by an earlier event
+                return PaymentEvent.objects.create(
+                    provider=provider,
+                    event_id=event_id,
+                    type=event_type,
+                    organization_id=checkout.organization_id,
+                    status="ignored",
+                    detail=f"checkout {checkout.public_id} was already paid",
+                )
             entry = ledger_post(
-                organization_id=org.pk,
+                organization_id=checkout.organization_id,
                 kind=LedgerKind.TOPUP,
                 amount=amount,
-                reference=f"{provider}:{event_id}",
-                reason="card payment",
+                reference=f"{provider}:{obj.get('payment_intent') or event_id}",
+                reason=f"card payment, checkout {checkout.public_id}",
                 idempotency_key=f"payment:{provider}:{event_id}",
+                created_by=checkout.created_by,
             )
+            claimed = Checkout.objects.filter(pk=checkout.pk, status=CheckoutStatus.OPEN).update(
+                status=CheckoutStatus.PAID,
+                paid_at=timezone.now(),
+                payment_reference=f"{provider}:{event_id}"[:255],
+                ledger_entry=entry,
+            )
+            if claimed != 1:
+                raise InvalidInput({"client_reference_id": ["The checkout is already paid."]})
             payment = PaymentEvent.objects.create(
                 provider=provider,
                 event_id=event_id,
                 type=event_type,
-                organization=org,
+                organization_id=checkout.organization_id,
                 amount=amount,
                 status="applied",
                 ledger_entry=entry,
             )
             audit_event_record(
-                organization=org,
+                organization=checkout.organization,
                 actor=Actor.system(),
                 action="billing.payment",
                 target=entry,
-                changes={"amount": amount, "event_id": event_id, "provider": provider},
+                changes={
+                    "amount": amount,
+                    "checkout": checkout.public_id,
+                    "event_id": event_id,
+                    "provider": provider,
+                },
             )
-            _balance_changed(org.pk, amount)
+            _balance_changed(checkout.organization_id, amount)
             return payment
     except IntegrityError:
         # A concurrent delivery of the same event won the race: it is applied once.
         return PaymentEvent.objects.get(event_id=event_id)
+
+
+def _paid_checkout(obj: dict[str, Any]) -> tuple[Checkout, Decimal]:
+    """The open checkout a completed session pays, and the amount paid (USD)."""
+    cents = obj.get("amount_total")
+    currency = str(obj.get("currency") or "").lower()
+    org_ref = (obj.get("metadata") or {}).get("organization")
+    if isinstance(cents, bool) or not isinstance(cents, int) or cents <= 0:
+        raise InvalidInput({"amount": ["The event has no positive amount in cents."]})
+    if currency != "usd":
+        raise InvalidInput({"currency": ["Only USD payments are accepted."]})
+    if obj.get("payment_status", "paid") != "paid":
+        raise InvalidInput({"payment_status": ["The session is not paid."]})
+    checkout = (
+        Checkout.objects.select_related("organization")
+        .filter(public_id=str(obj.get("client_reference_id") or ""))
+        .first()
+    )
+    if checkout is None or checkout.organization.slug != str(org_ref or ""):
+        raise InvalidInput({"client_reference_id": ["No checkout of this organization."]})
+    return checkout, Decimal(cents) / 100
 
 
 # ---------------------------------------------------------------- budgets
@@ -386,6 +501,12 @@ def _clean_budget_fields(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _budgets_changed(organization_id: int) -> None:
+    """In the change's transaction: raise the definitions' version; after commit, push them to
+    the counters' store (a failed push is repeated by reconciliation, which compares versions)."""
+    account_for(organization_id)
+    BillingAccount.objects.filter(organization_id=organization_id).update(
+        budgets_version=F("budgets_version") + 1
+    )
     transaction.on_commit(lambda: counters.budgets_changed(organization_id))
 
 
@@ -564,6 +685,7 @@ def _record_from_event(event: UsageEvent, entry: LedgerEntry) -> UsageRecord:
         cost=event.cost,
         ledger_entry=entry,
         created_at=event.created_at,
+        budget_periods=event.budget_periods,
         **fields,
     )
 
@@ -616,18 +738,17 @@ RECONCILE_GRACE = dt.timedelta(seconds=60)
 
 
 def reservations_reconcile(*, now: dt.datetime | None = None) -> dict[str, int]:
-    """Close reservations left open past their deadline by a process that died mid-request.
-
-    Database backend: the hold is released (settle is atomic with the usage event, so an open
-    row means no usage was recorded). Redis backend: settled in Redis when the usage event
-    reached the database, released otherwise; leftover rows are deleted."""
+    """Close the holds nobody will finish: past their deadline, or made by a process whose
+    heartbeat stopped (a crashed or killed worker; billing.admission.heartbeat). A stream's
+    relayed output is charged from its last checkpoint; a hold whose usage event reached the
+    database is settled from it; the rest is released. Runs every 15 s (Celery beat)."""
     now = now or timezone.now()
-    out = {"released": 0, "settled": 0}
-    db = DatabaseBackend()
-    for row in ReservationRow.objects.filter(backend="db", deadline__lt=now).order_by("id")[:5000]:
-        out["released"] += int(db.release_row(row))
+    out = DatabaseBackend().reconcile_sync(now=now)
     backend = get_backend()
     if getattr(backend, "name", "") == "redis":
+        pushed = backend.budget_definitions_sync()
+        if pushed:  # a push that failed after its budget change committed
+            out["budget_definitions_pushed"] = pushed
         counts = backend.reconcile_sync(now=now)
         out["released"] += counts["released"]
         out["settled"] += counts["settled"]

@@ -12,7 +12,7 @@ from django import forms
 
 from billing.models import BudgetMode, BudgetPeriod
 from orgs.errors import InvalidInput
-from orgs.models import Node, Role
+from orgs.models import Node, Organization, Role
 from orgs.policy import RULES, STRATEGY_LABELS, PolicyError, PolicySpec, Rule
 
 
@@ -273,11 +273,37 @@ class BudgetUpdateForm(BudgetCreateForm):
         del self.fields["period"]
 
 
-class TopupForm(StyledForm):
+class CheckoutForm(StyledForm):
+    """Buy credit by card: the amount the buyer will pay at the payment provider."""
+
     amount = forms.DecimalField(
-        label="Amount (USD)", min_value=Decimal("0.01"), max_digits=18, decimal_places=6
+        label="Amount (USD)", min_value=Decimal("5"), max_digits=12, decimal_places=2
     )
-    reference = forms.CharField(max_length=200, help_text="The bank transfer's reference.")
+
+
+class OperatorCreditForm(StyledForm):
+    """A platform operator's movement of one organization's balance."""
+
+    KINDS = (
+        ("transfer", "Enterprise transfer received"),
+        ("refund", "Refund to the customer"),
+        ("adjust", "Adjustment (signed)"),
+    )
+    organization = forms.ModelChoiceField(queryset=Organization.objects.none())
+    kind = forms.ChoiceField(choices=KINDS)
+    amount = forms.DecimalField(label="Amount (USD)", max_digits=18, decimal_places=6)
+    reference = forms.CharField(
+        max_length=200, required=False, help_text="The transfer's bank reference (transfers)."
+    )
+    reason = forms.CharField(
+        max_length=500, required=False, help_text="Why (refunds, adjustments)."
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["organization"]
+        assert isinstance(field, forms.ModelChoiceField)
+        field.queryset = Organization.objects.filter(archived_at__isnull=True).order_by("name")
 
 
 def _policy_form_field(rule: Rule) -> forms.Field:

@@ -3,7 +3,18 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
-from console.views import account, analytics, audit, billing, catalog, keys, members, org, routing
+from console.views import (
+    account,
+    analytics,
+    audit,
+    billing,
+    catalog,
+    keys,
+    members,
+    org,
+    platform,
+    routing,
+)
 
 app_name = "console"
 
@@ -87,6 +98,7 @@ urlpatterns = [
         name="password-reset-complete",
     ),
     path("orgs/", account.org_list, name="org-list"),
+    path("platform/billing/", platform.PlatformBillingView.as_view(), name="platform-billing"),
     path("invitations/accept/", account.invitation_accept, name="invitation-accept"),
     path("static/<path:path>", account.static, name="static"),
     path("o/<slug:org_slug>/", include(org_urls)),

@@ -2,6 +2,7 @@
 
     prepare  -> routing.engine.route_call (the plan) -> billing's admission_reserve (the hold)
     attempts -> routing.failover.run_with_failover over the plan, each an adapter call
+    relay    -> (streams) admission_progress checkpoints what was relayed on the hold
     finish   -> billing's admission_settle (the charge), or admission_release (nothing answered)
 
 Every function is called by name; there is no step table and no configuration in which a
@@ -12,6 +13,7 @@ character counts of the prompt estimate.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -24,10 +26,11 @@ from django.conf import settings
 
 from billing.admission import Reservation, UsageEventData
 from billing.admission.service import (
+    admission_progress,
     admission_release,
     admission_reserve,
     admission_settle,
-    output_tokens_reserve,
+    output_tokens_wanted,
 )
 from billing.errors import AdmissionRefused
 from gateway import metrics
@@ -47,6 +50,8 @@ from gateway.providers.types import (
     ChatChunk,
     ChatRequest,
     ChatResponse,
+    ChunkChoice,
+    Delta,
     EmbeddingRequest,
     EmbeddingResponse,
     ErrorKind,
@@ -65,10 +70,12 @@ from routing.failover import (
     run_with_failover,
     stream_start,
 )
-from routing.tokens import PromptCounts, prompt_tokens_estimate
+from routing.tokens import PromptCounts, prompt_tokens_bound, prompt_tokens_estimate
 
+logger = logging.getLogger("megarouter.gateway")
 ZERO = Decimal(0)
 T = TypeVar("T")
+PROGRESS_EVERY_S = 0.5  # a stream's relayed output is checkpointed on its hold this often
 
 
 @dataclass(slots=True)
@@ -95,8 +102,10 @@ class CallContext:
     max_tokens: int | None = None
     n: int = 1  # choices requested (the output reservation scales with it)
     stream: bool = False
-    # Admission: the prompt-size estimate and the output tokens reserved.
+    # Admission: the prompt's estimate (routing, a stream's charge without usage) and upper
+    # bound (the hold), and the output tokens held: the most the provider may produce.
     input_tokens_estimate: int = 0
+    input_tokens_bound: int = 0
     output_tokens_reserve: int = 0
     # The id billing keys the reservation and usage record by: the request id when the gateway
     # made it, a fresh one when the caller chose it (callers' ids need not be unique).
@@ -116,6 +125,8 @@ class CallContext:
     # Streaming: output seen so far, for settling a stream that ended early (client gone,
     # upstream broke). A rough token estimate (characters / 4) when no usage was reported.
     generated_chars: int = 0
+    content_chunks: int = 0  # chunks with content: at least one token each
+    choices_done: set[int] = field(default_factory=set)
     finished: bool = False
     cost: Decimal = ZERO
     settled: bool = False
@@ -144,8 +155,9 @@ class CallContext:
 
 async def prepare(ctx: CallContext, request: ChatRequest | EmbeddingRequest) -> None:
     """Route and admit. Raises GatewayError (404 / 403 / 400 / 402 / 429 / 503) before any
-    provider is called."""
-    ctx.input_tokens_estimate = prompt_tokens_estimate(prompt_counts(request))
+    provider is called. A request that set no output limit gets the one admission held."""
+    counts = prompt_counts(request)
+    ctx.input_tokens_estimate = prompt_tokens_estimate(counts)
     if isinstance(request, ChatRequest):
         ctx.n = max(1, request.n or 1)
     try:
@@ -155,12 +167,7 @@ async def prepare(ctx: CallContext, request: ChatRequest | EmbeddingRequest) -> 
     except NoRoute as exc:
         raise route_error(exc) from None
     candidates = ctx.plan.candidates
-    ctx.output_tokens_reserve = output_tokens_reserve(
-        max_tokens=ctx.max_tokens,
-        n=ctx.n,
-        model_max_outputs=(c.model.max_output_tokens for c in candidates),
-        embeddings=ctx.route == "embeddings",
-    )
+    ctx.input_tokens_bound = prompt_tokens_bound(counts, {c.info.kind for c in candidates})
     if not ctx.charge_id:
         ctx.charge_id = uuid.uuid4().hex if ctx.client_request_id else ctx.request_id
     try:
@@ -168,45 +175,86 @@ async def prepare(ctx: CallContext, request: ChatRequest | EmbeddingRequest) -> 
             charge_id=ctx.charge_id,
             key=ctx.key,
             prices=(c.price for c in candidates),
-            input_tokens=ctx.input_tokens_estimate,
-            output_tokens=ctx.output_tokens_reserve,
+            input_tokens=ctx.input_tokens_bound,
+            output_tokens=output_tokens_wanted(
+                max_tokens=ctx.max_tokens,
+                n=ctx.n,
+                model_max_outputs=(c.model.max_output_tokens for c in candidates),
+                embeddings=ctx.route == "embeddings",
+            ),
+            exact=ctx.max_tokens is not None,
+            n=ctx.n,
         )
     except AdmissionRefused as exc:
         metrics.BUDGET_REFUSALS.labels(refusal_layer(exc)).inc()
         raise refusal_error(exc) from None
+    ctx.output_tokens_reserve = ctx.admission.output_tokens
+
+
+def _output_limit(ctx: CallContext, candidate: RouteCandidate, asked: int | None) -> int | None:
+    """The output limit an attempt sends upstream: the caller's, else what admission held
+    (per choice), within the model's maximum output."""
+    if asked is not None or ctx.route == "embeddings":
+        return asked
+    limit = max(1, ctx.output_tokens_reserve // ctx.n)
+    declared = candidate.model.max_output_tokens
+    return min(limit, declared) if declared else limit
 
 
 def prompt_counts(request: ChatRequest | EmbeddingRequest) -> PromptCounts:
     """What the prompt is made of (lengths only): message text, tool calls, tool definitions,
-    the response schema and images; for embeddings, the inputs."""
+    the response schema and images, in characters and UTF-8 bytes; for embeddings, the
+    inputs."""
     if isinstance(request, EmbeddingRequest):
-        chars = sum(len(item) for item in request.input if isinstance(item, str))
+        texts = [item for item in request.input if isinstance(item, str)]
         ids = sum(len(item) for item in request.input if not isinstance(item, str))
-        return PromptCounts(chars=chars, token_ids=ids, framed=False)
-    chars = images = images_low = 0
+        return PromptCounts(
+            chars=sum(map(len, texts)), utf8_bytes=sum(map(_bytes, texts)), token_ids=ids,
+            framed=False,
+        )  # fmt: skip
+    chars = nbytes = images = images_low = 0
+
+    def add(text: str | None) -> None:
+        nonlocal chars, nbytes
+        if text:
+            chars += len(text)
+            nbytes += _bytes(text)
+
     for message in request.messages:
         content = message.content
         if isinstance(content, str):
-            chars += len(content)
+            add(content)
         elif content:
             for part in content:
                 if part.type == "image":
                     images_low += part.detail == "low"
                     images += part.detail != "low"
-                elif part.text:
-                    chars += len(part.text)
-        chars += len(message.name or "") + len(message.refusal or "")
+                else:
+                    add(part.text)
+        add(message.name)
+        add(message.refusal)
         for call in message.tool_calls or ():
-            chars += len(call.name) + len(call.arguments or "")
+            add(call.name)
+            add(call.arguments)
     for tool in request.tools or ():
-        chars += len(tool.name) + len(tool.description or "")
+        add(tool.name)
+        add(tool.description)
         if tool.parameters:
-            chars += len(orjson.dumps(tool.parameters))
+            add(orjson.dumps(tool.parameters).decode())
     if request.response_format is not None and request.response_format.schema:
-        chars += len(orjson.dumps(request.response_format.schema))
+        add(orjson.dumps(request.response_format.schema).decode())
     return PromptCounts(
-        chars=chars, messages=len(request.messages), images=images, images_low=images_low
+        chars=chars,
+        utf8_bytes=nbytes,
+        tools=len(request.tools or ()),
+        messages=len(request.messages),
+        images=images,
+        images_low=images_low,
     )
+
+
+def _bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _route_request(ctx: CallContext, request: ChatRequest | EmbeddingRequest) -> RouteRequest:
@@ -249,16 +297,19 @@ def _features(request: ChatRequest | EmbeddingRequest) -> RequestFeatures:
 
 
 async def chat_complete(ctx: CallContext, request: ChatRequest) -> ChatResponse:
-    return await _call(ctx, request, _completion(request))
+    return await _call(ctx, request, _completion(ctx, request))
 
 
 async def embed(ctx: CallContext, request: EmbeddingRequest) -> EmbeddingResponse:
     return await _call(ctx, request, _embedding(request))
 
 
-def _completion(request: ChatRequest) -> Callable[..., Awaitable[ChatResponse]]:
+def _completion(ctx: CallContext, request: ChatRequest) -> Callable[..., Awaitable[ChatResponse]]:
+    asked = request.max_tokens
+
     def call(candidate: RouteCandidate, endpoint: Any, timeouts: Timeouts) -> Any:
         request.model = endpoint.model
+        request.max_tokens = _output_limit(ctx, candidate, asked)
         return get_adapter(endpoint.kind).complete(endpoint, request, timeouts=timeouts)
 
     return call
@@ -331,10 +382,12 @@ def _stream_opener(
 ) -> Callable[[RouteCandidate, AttemptBudget], Awaitable[Opened]]:
     assert ctx.plan is not None
     snapshot = ctx.plan.snapshot
+    asked = request.max_tokens
 
     async def attempt(candidate: RouteCandidate, budget: AttemptBudget) -> Opened:
         endpoint = endpoint_for(snapshot, candidate.info)
         request.model = endpoint.model
+        request.max_tokens = _output_limit(ctx, candidate, asked)
         started = time.perf_counter()
         upstream = cast(
             AsyncGenerator[ChatChunk, None],
@@ -469,9 +522,12 @@ async def _tracked(
     ctx: CallContext, buffered: list[ChatChunk], upstream: AsyncGenerator[ChatChunk, None]
 ) -> AsyncGenerator[ChatChunk, None]:
     """The rest of the stream (after ``buffered[0]``, which the caller relays first),
-    counting what was generated and the time spent upstream."""
+    counting what was generated and the time spent upstream, checkpointing it on the hold and
+    stopping the stream at the hold's output limit should the provider go past it."""
     for chunk in buffered:
         _observe(ctx, chunk)
+    checkpoints = _Checkpoints(ctx)
+    checkpoints.tick()
     for chunk in buffered[1:]:
         yield chunk
     waited_from = time.perf_counter()
@@ -479,7 +535,12 @@ async def _tracked(
         async for chunk in upstream:
             ctx.upstream_seconds += time.perf_counter() - waited_from
             _observe(ctx, chunk)
+            if _past_hold(ctx):
+                yield _cut(ctx, chunk)
+                ctx.finished = True
+                return
             yield chunk
+            checkpoints.tick()
             waited_from = time.perf_counter()
         ctx.finished = True
     except ProviderError as error:
@@ -495,10 +556,86 @@ def _observe(ctx: CallContext, chunk: ChatChunk) -> None:
         ctx.usage = chunk.usage
     for choice in chunk.choices:
         delta = choice.delta
+        if delta.content or delta.tool_calls:
+            ctx.content_chunks += 1
         if delta.content:
             ctx.generated_chars += len(delta.content)
         for call in delta.tool_calls or ():
             ctx.generated_chars += len(call.arguments or "") + len(call.name or "")
+        if choice.finish_reason is not None:
+            ctx.choices_done.add(choice.index)
+
+
+def _past_hold(ctx: CallContext) -> bool:
+    """Has the provider produced more output than the hold covers? Counted from below (each
+    chunk with content carries at least one token, and the provider's own count when it
+    reports one as it goes), so an answer within its limit is never cut."""
+    limit = ctx.output_tokens_reserve
+    if limit <= 0 or ctx.route == "embeddings":
+        return False
+    reported = ctx.usage.completion_tokens if ctx.usage is not None else 0
+    return max(ctx.content_chunks, reported) > limit
+
+
+def _cut(ctx: CallContext, last: ChatChunk) -> ChatChunk:
+    """The stream's end when the provider went past the hold: the open choices finish with
+    "length" and the usage is what the hold covers (the charge cannot exceed it)."""
+    logger.warning(
+        "provider exceeded the output limit; stream stopped",
+        extra={"fields": {"request_id": ctx.request_id, "limit": ctx.output_tokens_reserve}},
+    )
+    ctx.usage = Usage(
+        prompt_tokens=ctx.input_tokens_estimate,
+        completion_tokens=min(ctx.generated_tokens(), ctx.output_tokens_reserve),
+    )
+    open_choices = [i for i in range(ctx.n) if i not in ctx.choices_done]
+    return ChatChunk(
+        id=last.id,
+        model=last.model,
+        created=last.created,
+        choices=[ChunkChoice(index=i, delta=Delta(), finish_reason="length") for i in open_choices],
+        usage=ctx.usage,
+    )
+
+
+_IN_FLIGHT: set[asyncio.Task[None]] = set()  # checkpoint writes (a reference until done)
+
+
+class _Checkpoints:
+    """A stream's progress on its hold: at once (with the terms to charge it by), then every
+    ``PROGRESS_EVERY_S``, one write in flight at a time, off the relay's path. Reconciliation
+    charges a dead process's stream from the last one."""
+
+    __slots__ = ("ctx", "due", "task")
+
+    def __init__(self, ctx: CallContext) -> None:
+        self.ctx = ctx
+        self.due = 0.0
+        self.task: asyncio.Task[None] | None = None
+
+    def tick(self) -> None:
+        ctx = self.ctx
+        now = time.monotonic()
+        if ctx.admission is None or now < self.due:
+            return
+        if self.task is not None and not self.task.done():
+            return
+        first = self.due == 0.0
+        self.due = now + PROGRESS_EVERY_S
+        tokens = min(ctx.generated_tokens(), ctx.output_tokens_reserve)
+        terms = {}
+        if first and ctx.chosen is not None:
+            terms = {
+                "event": usage_event(
+                    ctx, Usage(prompt_tokens=ctx.input_tokens_estimate, completion_tokens=0)
+                ),
+                "price": ctx.chosen.price,
+            }
+        self.task = asyncio.create_task(
+            admission_progress(ctx.admission, output_tokens=tokens, **terms)
+        )
+        _IN_FLIGHT.add(self.task)
+        self.task.add_done_callback(_IN_FLIGHT.discard)
 
 
 # ---------------------------------------------------------------- finish: settle or release

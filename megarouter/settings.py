@@ -227,9 +227,15 @@ if BILLING_ADMISSION_BACKEND == "redis" and not REDIS_URL:
 MEGAROUTER_REFRESH_POOL = True
 BILLING_USAGE_WRITE = env.choice("BILLING_USAGE_WRITE", "behind", ("behind", "inline"))
 BILLING_RESERVATION_TTL = env.int("BILLING_RESERVATION_TTL", 900, min_value=30)
+# Gateway processes beat every 5 s; reconciliation closes the holds of a process silent for
+# 15 s (billing.admission.heartbeat). Off: holds are closed by their deadline only.
+BILLING_HEARTBEATS = env.bool("BILLING_HEARTBEATS", True)
 # Payment provider webhooks (Stripe-style signatures); unset: the receiver refuses everything.
 BILLING_PAYMENT_WEBHOOK_SECRET = env.str("BILLING_PAYMENT_WEBHOOK_SECRET", "")
 BILLING_PAYMENT_WEBHOOK_TOLERANCE = env.int("BILLING_PAYMENT_WEBHOOK_TOLERANCE", 300, min_value=1)
+# The payment provider's page for a checkout: {id}, {amount}, {cents}, {organization} filled in
+# (e.g. a hosted payment link that sends checkout.session.completed with client_reference_id).
+BILLING_CHECKOUT_URL = env.str("BILLING_CHECKOUT_URL", "")
 # Key prefix of the Redis admission counters (tests use their own).
 BILLING_REDIS_PREFIX = env.str("BILLING_REDIS_PREFIX", "mr:b")
 # Signs the budget alert webhooks we send (header X-MegaRouter-Signature).
@@ -237,7 +243,7 @@ BILLING_ALERT_WEBHOOK_SECRET = env.str("BILLING_ALERT_WEBHOOK_SECRET", SECRET_KE
 CELERY_BEAT_SCHEDULE.update(
     {
         "billing-usage-events": {"task": "billing.usage_events_process", "schedule": 5.0},
-        "billing-reconcile": {"task": "billing.reservations_reconcile", "schedule": 60.0},
+        "billing-reconcile": {"task": "billing.reservations_reconcile", "schedule": 15.0},
         "billing-alerts": {"task": "billing.budget_alerts_check", "schedule": 60.0},
         "billing-periods": {"task": "billing.budget_periods_roll", "schedule": 300.0},
     }
@@ -342,7 +348,11 @@ MEGAROUTER_MAX_BODY_BYTES = env.int(
     "MEGAROUTER_MAX_BODY_BYTES", 20 * 1024 * 1024, min_value=1024, max_value=1024**3
 )
 MEGAROUTER_METRICS_TOKEN = env.optional_str("MEGAROUTER_METRICS_TOKEN")
-# Admission: output tokens reserved when a request sets no max_tokens (docs/integration.md).
-MEGAROUTER_RESERVE_OUTPUT_TOKENS = env.int(
-    "MEGAROUTER_RESERVE_OUTPUT_TOKENS", 4096, min_value=1, max_value=1_000_000
+# A request that sets no max_tokens may produce its model's maximum output, lowered to what the
+# tightest budget or the balance pays for; the gateway sends that limit upstream, so the hold
+# is the ceiling of the charge (docs/billing.md). The operator may cap it (0: no cap).
+MEGAROUTER_MAX_OUTPUT_TOKENS = env.int(
+    "MEGAROUTER_MAX_OUTPUT_TOKENS", 0, min_value=0, max_value=10_000_000
 )
+# Fewer output tokens than this (per choice) left to pay for: the request is refused.
+MEGAROUTER_MIN_OUTPUT_TOKENS = env.int("MEGAROUTER_MIN_OUTPUT_TOKENS", 64, min_value=1)

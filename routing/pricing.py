@@ -79,6 +79,18 @@ def worst_case_cost(price: PriceLike, *, input_tokens: int, output_tokens: int) 
     return quantize(Decimal(input_tokens * in_price + output_tokens * out_price))
 
 
+def worst_case_prices(prices: Iterable[PriceLike | None]) -> tuple[Decimal, Decimal]:
+    """(input, output) price per token of the worst case over ``prices``: the dearest input
+    (or cache-write) and the dearest output (or reasoning) price among them."""
+    in_price = out_price = ZERO
+    for p in prices:
+        if p is None:
+            continue
+        in_price = max(in_price, p.input_per_token, _or(p.cache_write_per_token, ZERO))
+        out_price = max(out_price, p.output_per_token, _or(p.reasoning_per_token, ZERO))
+    return in_price, out_price
+
+
 def worst_case_over(
     prices: Iterable[PriceLike | None], *, input_tokens: int, output_tokens: int
 ) -> Decimal:

@@ -15,6 +15,14 @@ def redis_url() -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _no_heartbeat_thread():
+    """Gateway processes' heartbeats are a thread of their own writing every few seconds; the
+    tests that need them beat by hand (tests/billing/test_crash.py)."""
+    settings.BILLING_HEARTBEATS = False
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _refresh_on_the_test_thread():
     """Background cache refreshes run where the test's transaction is (megarouter/refresh.py);
     tests/megarouter/test_refresh.py covers the thread pool."""

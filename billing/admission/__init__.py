@@ -15,6 +15,7 @@ from django.conf import settings
 from billing.admission.base import (
     AdmissionBackend,
     AdmissionContext,
+    HoldRequest,
     Reservation,
     UsageEventData,
 )
@@ -22,6 +23,7 @@ from billing.admission.base import (
 __all__ = [
     "AdmissionBackend",
     "AdmissionContext",
+    "HoldRequest",
     "Reservation",
     "UsageEventData",
     "get_backend",

@@ -1,12 +1,11 @@
 """Admission types shared by both backends, and the database writes they share.
 
-The gateway, per request::
+Per request (``billing.admission.service`` is what the gateway calls)::
 
     backend = get_backend()
     ctx = AdmissionContext.from_key_context(key_ctx)
-    amount = estimate_worst_case(prices=[...], input_tokens=n, max_output_tokens=m)
-    reservation = await backend.reserve(request_id, ctx, amount, n + m)   # or a refusal
-    ...call the provider...
+    reservation = await backend.reserve(request_id, ctx, HoldRequest(...))  # or a refusal
+    ...call the provider (reservation.output_tokens is the most it may produce)...
     await backend.settle(reservation, usage_cost(price, usage), UsageEventData(...))
     # or, when nothing was produced (every deployment failed): await backend.release(reservation)
 """
@@ -16,14 +15,17 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 
-from billing.models import Budget, BudgetMode, BudgetScope, UsageEvent
+from billing.admission.heartbeat import current
+from billing.models import BillingAccount, Budget, BudgetMode, BudgetScope, UsageEvent
 from billing.periods import period_start
+from routing.pricing import usage_cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,29 @@ class AdmissionContext:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldRequest:
+    """What to hold, in money and tokens. The backend holds the input bound and as many output
+    tokens as asked (``exact``: all of them or a refusal), else as many as the tightest layer
+    (a budget's room or the balance) pays for, at most ``output_tokens`` and at least
+    ``min_output``; the reservation says how many (``Reservation.output_tokens``)."""
+
+    input_amount: Decimal  # the prompt's bound at the dearest candidate's input price
+    output_price: Decimal  # per output token, the dearest candidate's (reasoning included)
+    output_tokens: int
+    exact: bool
+    input_tokens: int
+    min_output: int = 0
+
+    @classmethod
+    def fixed(cls, amount: Decimal, tokens: int) -> HoldRequest:
+        """Exactly ``amount`` (and ``tokens`` against the key's token limit)."""
+        return cls(amount, Decimal(0), 0, True, tokens)
+
+    def amount_for(self, output_tokens: int) -> Decimal:
+        return self.input_amount + self.output_price * output_tokens
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetInfo:
     id: int
     scope: str
@@ -88,6 +113,16 @@ def budgets_load(organization_id: int) -> tuple[BudgetInfo, ...]:
         "id", "scope", "scope_id", "period", "limit_usd", "mode"
     )
     return tuple(BudgetInfo(*row) for row in rows)
+
+
+def budgets_version(organization_id: int) -> int:
+    """The version of the organization's budget definitions (raised by every change)."""
+    value = (
+        BillingAccount.objects.filter(organization_id=organization_id)
+        .values_list("budgets_version", flat=True)
+        .first()
+    )
+    return int(value or 0)
 
 
 def budgets_applicable(ctx: AdmissionContext, budgets: tuple[BudgetInfo, ...]) -> list[BudgetInfo]:
@@ -151,22 +186,23 @@ class Reservation:
     backend: str
     created_at: dt.datetime
     deadline: dt.datetime
-    # (budget id, period start ISO, scope, limit) for every budget it counts against
-    budgets: tuple[tuple[int, str, str, Decimal], ...]
+    # (budget id, period start ISO, scope) for every budget it counts against
+    budgets: tuple[tuple[int, str, str], ...]
     rate_window: dt.datetime | None = None
+    output_tokens: int = 0  # the most the provider may produce (sent upstream as its limit)
     closed: bool = False
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def budget_periods(self) -> list[list[Any]]:
-        return [[b, start] for b, start, _scope, _limit in self.budgets]
+        return [[b, start] for b, start, _scope in self.budgets]
 
 
 class AdmissionBackend(Protocol):
     name: str
 
     async def reserve(
-        self, request_id: str, ctx: AdmissionContext, amount: Decimal, tokens: int
+        self, request_id: str, ctx: AdmissionContext, hold: HoldRequest
     ) -> Reservation: ...
 
     async def settle(
@@ -178,10 +214,9 @@ class AdmissionBackend(Protocol):
 
 def reservation_periods(
     ctx: AdmissionContext, budgets: list[BudgetInfo], now: dt.datetime
-) -> tuple[tuple[int, str, str, Decimal], ...]:
+) -> tuple[tuple[int, str, str], ...]:
     return tuple(
-        (b.id, period_start(b.period, now, ctx.time_zone).isoformat(), b.scope, b.limit_usd)
-        for b in budgets
+        (b.id, period_start(b.period, now, ctx.time_zone).isoformat(), b.scope) for b in budgets
     )
 
 
@@ -202,6 +237,8 @@ def reservation_row(res: Reservation) -> dict[str, Any]:
         "rate_window": res.rate_window,
         "created_at": res.created_at,
         "deadline": res.deadline,
+        "process": current(),
+        "progress": {},
     }
 
 
@@ -261,3 +298,75 @@ def check_open(res: Reservation) -> None:
     if res.closed:
         raise RuntimeError(f"reservation {res.request_id} was already settled or released")
     res.closed = True
+
+
+# ---------------------------------------------------------------- a dead process's streams
+
+PRICE_FIELDS = (
+    "input_per_token",
+    "output_per_token",
+    "cached_input_per_token",
+    "cache_write_per_token",
+    "reasoning_per_token",
+)
+
+
+def progress_terms(
+    res: Reservation, data: UsageEventData, price: Any, *, db_held: bool
+) -> dict[str, Any]:
+    """How to charge a stream if its process dies: the usage event it would have written
+    (metadata only) and the price it is charged at. Kept on the hold (the first checkpoint)."""
+    row = usage_event_row(res, Decimal(0), data, db_held=db_held)
+    return {
+        "organization_id": row["organization_id"],
+        "backend": row["backend"],
+        "db_held": db_held,
+        "budget_periods": row["budget_periods"],
+        "created_at": res.created_at.isoformat(),
+        "data": row["data"],
+        "reference_model": row["reference_model"],
+        "price": {
+            name: (str(getattr(price, name)) if getattr(price, name, None) is not None else None)
+            for name in PRICE_FIELDS
+        },
+    }
+
+
+def usage_event_from_progress(request_id: str, bill: dict[str, Any], output_tokens: int) -> Decimal:
+    """Write the usage event of a stream whose process died, charged for the prompt estimate
+    and the ``output_tokens`` it relayed (its last checkpoint); returns the cost. A usage event
+    the process did write first wins (nothing is written twice)."""
+    data = dict(bill["data"])
+    data.update(tokens_out=output_tokens, status="incomplete")
+    data["routing"] = {
+        **(data.get("routing") or {}),
+        "reconciled": "the process answering it stopped",
+    }
+    price = SimpleNamespace(
+        **{k: (Decimal(v) if v is not None else None) for k, v in bill["price"].items()}
+    )
+    usage = SimpleNamespace(
+        prompt_tokens=int(data.get("tokens_in") or 0),
+        completion_tokens=output_tokens,
+        cached_tokens=int(data.get("tokens_cached") or 0),
+        cache_write_tokens=0,
+        reasoning_tokens=0,
+    )
+    cost = usage_cost(price, usage)
+    UsageEvent.objects.bulk_create(
+        [
+            UsageEvent(
+                request_id=request_id,
+                organization_id=bill["organization_id"],
+                backend=bill["backend"],
+                db_held=bill["db_held"],
+                cost=cost,
+                budget_periods=bill["budget_periods"],
+                data=data,
+                reference_model=bill["reference_model"],
+                created_at=dt.datetime.fromisoformat(bill["created_at"]),
+            )
+        ],
+        ignore_conflicts=True,
+    )
+    return UsageEvent.objects.filter(request_id=request_id).values_list("cost", flat=True).get()

@@ -13,14 +13,19 @@ from __future__ import annotations
 import datetime as dt
 import math
 from decimal import Decimal
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import connection, transaction
 from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from billing.admission import heartbeat
 from billing.admission.base import (
     AdmissionContext,
+    BudgetInfo,
+    HoldRequest,
     Reservation,
     UsageEventData,
     budgets_query,
@@ -29,10 +34,13 @@ from billing.admission.base import (
     reservation_insert,
     reservation_periods,
     settle_rows,
+    usage_event_from_progress,
 )
+from billing.admission.heartbeat import HEARTBEAT_TTL
 from billing.errors import BalanceExhausted, BudgetExceeded, RateLimited
-from billing.models import BillingAccount, BudgetUsage, RateWindow
+from billing.models import BillingAccount, BudgetUsage, ProcessHeartbeat, RateWindow
 from billing.models import Reservation as ReservationRow
+from routing.pricing import quantize
 
 # SQLite keeps decimals as floating point; comparisons get half a unit of the 12th place of
 # slack so float noise never refuses an exact fit (PostgreSQL compares exact numerics).
@@ -56,15 +64,19 @@ def _retry_after(now: dt.datetime) -> int:
     return max(1, math.ceil(60 - now.second - now.microsecond / 1e6))
 
 
+def _budget_refusal(budget: BudgetInfo) -> BudgetExceeded:
+    return BudgetExceeded(layer=budget.scope, scope_id=budget.scope_id, budget_id=budget.id)
+
+
 class DatabaseBackend:
     name = "db"
 
     # -- reserve ------------------------------------------------------------------------
     def reserve_sync(
-        self, request_id: str, ctx: AdmissionContext, amount: Decimal, tokens: int
+        self, request_id: str, ctx: AdmissionContext, hold: HoldRequest
     ) -> Reservation:
-        if amount < 0 or tokens < 0:
-            raise ValueError("amount and tokens cannot be negative")
+        if hold.input_amount < 0 or hold.output_price < 0 or hold.output_tokens < 0:
+            raise ValueError("amounts and tokens cannot be negative")
         now = timezone.now()
         budgets = budgets_query(ctx)
         periods = reservation_periods(ctx, budgets, now)
@@ -77,20 +89,12 @@ class DatabaseBackend:
             RateWindow.objects.bulk_create(
                 [RateWindow(key_id=ctx.key_id, window_start=window)], ignore_conflicts=True
             )
-        res = Reservation(
-            request_id=request_id,
-            ctx=ctx,
-            amount=amount,
-            tokens=tokens,
-            backend=self.name,
-            created_at=now,
-            deadline=deadline_for(now),
-            budgets=periods,
-            rate_window=window,
-        )
         slack = _slack()
         try:
             with transaction.atomic():
+                out = self._affordable(ctx, hold, list(zip(usage_ids, budgets, strict=True)))
+                amount = quantize(hold.amount_for(out))
+                tokens = hold.input_tokens + out
                 if window is not None:
                     self._rate_take(ctx, window, tokens, now)
                 # budget rows in id order (the fixed lock order), then the account
@@ -99,27 +103,64 @@ class DatabaseBackend:
                     if budget.blocks:
                         rows = rows.filter(spent__lte=budget.limit_usd - amount + slack - F("held"))
                     if rows.update(held=F("held") + amount) != 1:
-                        raise _Refused(
-                            BudgetExceeded(
-                                layer=budget.scope, scope_id=budget.scope_id, budget_id=budget.id
-                            )
-                        )
+                        raise _Refused(_budget_refusal(budget))
                 ok = BillingAccount.objects.filter(
                     organization_id=ctx.organization_id, balance__gte=F("held") + (amount - slack)
                 ).update(held=F("held") + amount)
                 if ok != 1:
                     raise _Refused(BalanceExhausted(organization_id=ctx.organization_id))
+                res = Reservation(
+                    request_id=request_id,
+                    ctx=ctx,
+                    amount=amount,
+                    tokens=tokens,
+                    backend=self.name,
+                    created_at=now,
+                    deadline=deadline_for(now),
+                    budgets=periods,
+                    rate_window=window,
+                    output_tokens=out,
+                )
                 reservation_insert(res)
         except _Refused as refused:
             raise refused.error from None
         res.extra["usage_ids"] = usage_ids
+        heartbeat.start(self)
         return res
 
     @staticmethod
-    def _usage_rows(periods: tuple[tuple[int, str, str, Decimal], ...]) -> list[int]:
+    def _affordable(
+        ctx: AdmissionContext, hold: HoldRequest, budgets: list[tuple[int, BudgetInfo]]
+    ) -> int:
+        """How many output tokens to hold: all that were asked when the tightest layer (a
+        blocking budget's room or the balance) pays for them, else as many as it pays for
+        (never below ``min_output``); an exact request is all or nothing."""
+        if hold.output_price == 0:
+            return hold.output_tokens
+        account = BillingAccount.objects.filter(organization_id=ctx.organization_id).first()
+        room = (account.balance - account.held) if account is not None else Decimal(0)
+        tightest: Exception = BalanceExhausted(organization_id=ctx.organization_id)
+        rows = dict(
+            BudgetUsage.objects.filter(pk__in=[u for u, _ in budgets]).values_list(
+                "pk", Coalesce(F("spent"), Decimal(0)) + F("held")
+            )
+        )
+        for usage_id, budget in budgets:
+            left = budget.limit_usd - rows.get(usage_id, Decimal(0))
+            if budget.blocks and left < room:
+                room, tightest = left, _budget_refusal(budget)
+        affordable = math.floor((room - hold.input_amount) / hold.output_price)
+        if affordable >= hold.output_tokens:
+            return hold.output_tokens
+        if hold.exact or affordable < max(hold.min_output, 0) or affordable < 0:
+            raise _Refused(tightest)
+        return affordable
+
+    @staticmethod
+    def _usage_rows(periods: tuple[tuple[int, str, str], ...]) -> list[int]:
         if not periods:
             return []
-        wanted = [(b, dt.datetime.fromisoformat(start)) for b, start, _s, _l in periods]
+        wanted = [(b, dt.datetime.fromisoformat(start)) for b, start, _scope in periods]
         q = Q()
         for budget_id, start in wanted:
             q |= Q(budget_id=budget_id, period_start=start)
@@ -193,7 +234,7 @@ class DatabaseBackend:
                 tokens=F("tokens") + token_delta
             )
         if delta:
-            for budget_id, start, _scope, _limit in sorted(res.budgets):
+            for budget_id, start, _scope in sorted(res.budgets):
                 BudgetUsage.objects.filter(
                     budget_id=budget_id, period_start=dt.datetime.fromisoformat(start)
                 ).update(held=F("held") + delta)
@@ -203,11 +244,9 @@ class DatabaseBackend:
 
     # -- async interface -----------------------------------------------------------------
     async def reserve(
-        self, request_id: str, ctx: AdmissionContext, amount: Decimal, tokens: int
+        self, request_id: str, ctx: AdmissionContext, hold: HoldRequest
     ) -> Reservation:
-        return await sync_to_async(self.reserve_sync, thread_sensitive=True)(
-            request_id, ctx, amount, tokens
-        )
+        return await sync_to_async(self.reserve_sync, thread_sensitive=True)(request_id, ctx, hold)
 
     async def settle(
         self, reservation: Reservation, actual_cost: Decimal, usage_event: UsageEventData
@@ -219,10 +258,74 @@ class DatabaseBackend:
     async def release(self, reservation: Reservation) -> None:
         await sync_to_async(self.release_sync, thread_sensitive=True)(reservation)
 
+    # -- liveness and stream progress -----------------------------------------------------
+    def heartbeat_sync(self, process: str) -> None:
+        ProcessHeartbeat.objects.update_or_create(
+            process=process, defaults={"seen_at": timezone.now()}
+        )
+
+    async def progress(
+        self, reservation: Reservation, output_tokens: int, bill: dict[str, Any] | None
+    ) -> None:
+        """Checkpoint a stream's relayed output on its hold's row (``bill`` the first time)."""
+
+        def write() -> None:
+            row = ReservationRow.objects.filter(request_id=reservation.request_id)
+            current = row.values_list("progress", flat=True).first()
+            if current is None:
+                return  # settled or released meanwhile
+            row.update(
+                progress={**current, "out": output_tokens, **({"bill": bill} if bill else {})}
+            )
+
+        await sync_to_async(write, thread_sensitive=True)()
+
     # -- reconciliation ------------------------------------------------------------------
+    def reconcile_sync(self, *, now: dt.datetime | None = None) -> dict[str, int]:
+        """Close the holds nobody will finish: past their deadline, or of a process whose
+        heartbeat is older than ``HEARTBEAT_TTL``: charge what a stream relayed when it
+        checkpointed, release the rest."""
+        now = now or timezone.now()
+        stale = now - dt.timedelta(seconds=HEARTBEAT_TTL)
+        alive = set(
+            ProcessHeartbeat.objects.filter(seen_at__gte=stale).values_list("process", flat=True)
+        )
+        out = {"released": 0, "settled": 0}
+        rows = ReservationRow.objects.filter(backend=self.name).filter(
+            Q(deadline__lt=now) | (Q(created_at__lt=stale) & ~Q(process__in=alive))
+        )
+        for row in rows.order_by("id")[:5000]:
+            bill = (row.progress or {}).get("bill")
+            if bill:
+                out["settled"] += int(self._charge_row(row, bill))
+            else:
+                out["released"] += int(self.release_row(row))
+        ProcessHeartbeat.objects.filter(seen_at__lt=now - dt.timedelta(days=1)).delete()
+        return out
+
+    def _charge_row(self, row: ReservationRow, bill: dict[str, Any]) -> bool:
+        """A dead process's stream: its usage event from the last checkpoint, the hold moved to
+        that cost, the row gone, in one transaction."""
+        res = self._from_row(row)
+        with transaction.atomic():
+            deleted, _ = ReservationRow.objects.filter(pk=row.pk).delete()
+            if not deleted:
+                return False
+            cost = usage_event_from_progress(row.request_id, bill, int(row.progress.get("out", 0)))
+            self._move(res, cost - res.amount, 0)
+        return True
+
     def release_row(self, row: ReservationRow) -> bool:
         """Release an abandoned reservation row (reconciliation). True when this call freed it."""
-        res = Reservation(
+        res = self._from_row(row)
+        with transaction.atomic():
+            deleted, _ = ReservationRow.objects.filter(pk=row.pk).delete()
+            if deleted:
+                self._move(res, -res.amount, -res.tokens)
+        return bool(deleted)
+
+    def _from_row(self, row: ReservationRow) -> Reservation:
+        return Reservation(
             request_id=row.request_id,
             ctx=AdmissionContext(organization_id=row.organization_id, key_id=row.key_id),
             amount=row.amount,
@@ -230,14 +333,9 @@ class DatabaseBackend:
             backend=self.name,
             created_at=row.created_at,
             deadline=row.deadline,
-            budgets=tuple((b, s, "", Decimal(0)) for b, s in row.budget_periods),
+            budgets=tuple((b, s, "") for b, s in row.budget_periods),
             rate_window=row.rate_window,
         )
-        with transaction.atomic():
-            deleted, _ = ReservationRow.objects.filter(pk=row.pk).delete()
-            if deleted:
-                self._move(res, -res.amount, -res.tokens)
-        return bool(deleted)
 
     def invalidate(self, organization_id: int) -> None:
         """Nothing is cached: every reserve reads the budgets in its transaction."""

@@ -48,26 +48,38 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from billing.admission import heartbeat
 from billing.admission import writer as usage_writer
 from billing.admission.base import (
+    LAYER_ORDER,
     AdmissionContext,
     BudgetInfo,
+    HoldRequest,
     Reservation,
     UsageEventData,
-    budgets_applicable,
     budgets_load,
+    budgets_version,
     check_open,
     deadline_for,
     reservation_insert,
     reservation_row,
     settle_rows,
+    usage_event_from_progress,
     usage_event_row,
 )
+from billing.admission.heartbeat import HEARTBEAT_TTL
 from billing.errors import AdmissionUnavailable, BalanceExhausted, BudgetExceeded, RateLimited
-from billing.models import BillingAccount, BudgetUsage, UsageEvent, UsageRecord
+from billing.models import (
+    BillingAccount,
+    Budget,
+    BudgetPeriod,
+    BudgetUsage,
+    UsageEvent,
+    UsageRecord,
+)
 from billing.models import Reservation as ReservationRow
 from billing.periods import period_bounds
-from megarouter import refresh, shared_cache
+from megarouter import shared_cache
 from orgs.models import Organization
 
 logger = logging.getLogger(__name__)
@@ -79,7 +91,6 @@ _COUNTER_ERRORS = shared_cache.ERRORS
 
 LUA_DIR = Path(__file__).with_name("lua")
 NANO = Decimal(10) ** 9
-BUDGET_CACHE_TTL = 1.0  # seconds a process trusts its copy of an organization's budgets
 REBUILD_WAIT = 3.0  # seconds a reserve waits for another process's rebuild
 MAX_CONNECTIONS = 50  # per process and event loop; callers wait for a free connection
 
@@ -96,6 +107,62 @@ def _script(name: str) -> str:
     return (LUA_DIR / f"{name}.lua").read_text()
 
 
+def budget_definition(b: BudgetInfo) -> str:
+    """A budget as the reserve script reads it: scope|scope id|period|limit (nano)|mode."""
+    return f"{b.scope}|{b.scope_id}|{b.period}|{nano_floor(b.limit_usd)}|{b.mode}"
+
+
+def _scope_ids(ctx: AdmissionContext) -> tuple[int | None, ...]:
+    """The request's department, team, project, member and key ids (the reserve script's
+    ARGV order after the organization)."""
+    return (ctx.department_id, ctx.team_id, ctx.project_id, ctx.member_id, ctx.key_id)
+
+
+_PERIODS = (BudgetPeriod.DAILY, BudgetPeriod.WEEKLY, BudgetPeriod.MONTHLY)
+_period_cache: dict[str, tuple[float, list[tuple[int, int]]]] = {}
+
+
+def period_args(time_zone: str, now: dt.datetime) -> list[str]:
+    """The current daily, weekly and monthly periods in ``time_zone``: each start (unix
+    seconds, the counter key's suffix) and a counter ttl (the period's end plus a day).
+    Computed once per zone until the nearest period ends."""
+    ts = now.timestamp()
+    cached = _period_cache.get(time_zone)
+    if cached is None or ts >= cached[0]:
+        bounds = [period_bounds(p, now, time_zone) for p in _PERIODS]
+        pairs = [(int(start.timestamp()), int(end.timestamp())) for start, end in bounds if end]
+        cached = (min(end for _, end in pairs), pairs)
+        _period_cache[time_zone] = cached
+    out: list[str] = []
+    for start, end in cached[1]:
+        out += [str(start), str(int(end - ts) + 86400)]
+    return out
+
+
+def _raise_refusal(
+    result: list[Any], ctx: AdmissionContext, epoch_seconds: float, request_id: str
+) -> None:
+    status = result[0]
+    if status == "ok":
+        return
+    if status == "rate":
+        retry = max(1, math.ceil(60 - epoch_seconds % 60))  # the minute window's end
+        raise RateLimited(limit=result[1], retry_after=retry)
+    if status == "budget":
+        scope_id = int(result[3]) if len(result) > 3 and result[3] else 0
+        raise BudgetExceeded(layer=result[2], scope_id=scope_id, budget_id=int(result[1]))
+    if status == "balance":
+        raise BalanceExhausted(organization_id=ctx.organization_id)
+    if status == "duplicate":
+        raise ValueError(f"request id {request_id} already holds a reservation")
+    raise AdmissionUnavailable()
+
+
+def _layer_then_id(item: str) -> tuple[int, int]:
+    budget_id, _start, scope = item.split("|")
+    return LAYER_ORDER.get(scope, 99), int(budget_id)
+
+
 class Keys:
     def __init__(self, prefix: str, organization_id: int) -> None:
         self.base = f"{prefix}:{{o{organization_id}}}"
@@ -103,6 +170,9 @@ class Keys:
         self.bal = f"{self.base}:bal"
         self.open = f"{self.base}:open"
         self.lock = f"{self.base}:rebuild"
+        self.defs = f"{self.base}:defs"
+        self.defs_version = f"{self.base}:defs-v"
+        self.budget_prefix = f"{self.base}:bud:"
         self.deadlines = f"{prefix}:deadlines"
         self.res_prefix = f"{self.base}:res:"
 
@@ -110,7 +180,7 @@ class Keys:
         return f"{self.res_prefix}{request_id}"
 
     def budget(self, budget_id: int, start: dt.datetime) -> str:
-        return f"{self.base}:bud:{budget_id}:{int(start.timestamp())}"
+        return f"{self.budget_prefix}{budget_id}:{int(start.timestamp())}"
 
     def rate(self, key_id: int, minute: int) -> tuple[str, str]:
         return f"{self.base}:rl:{key_id}:{minute}:r", f"{self.base}:rl:{key_id}:{minute}:t"
@@ -124,9 +194,10 @@ class RedisBackend:
         self.prefix = prefix or settings.BILLING_REDIS_PREFIX
         self._sync: redis_sync.Redis | None = None
         self._async: weakref.WeakKeyDictionary[Any, redis_async.Redis] = weakref.WeakKeyDictionary()
-        self._budgets: dict[int, tuple[float, tuple[BudgetInfo, ...], str]] = {}
         self._lock = threading.Lock()
-        self._sources = {n: _script(n) for n in ("reserve", "settle", "rebuild", "credit")}
+        self._sources = {
+            n: _script(n) for n in ("reserve", "settle", "rebuild", "credit", "defs", "progress")
+        }
         self.rebuilds = 0  # for tests and metrics
         self.usage_stream = UsageStream(self)  # ``P:usage``, shared by every organization
 
@@ -157,80 +228,73 @@ class RedisBackend:
     def keys(self, organization_id: int) -> Keys:
         return Keys(self.prefix, organization_id)
 
-    # -- budgets (cached per process for BUDGET_CACHE_TTL) ---------------------------------
-    def _cached_budgets(self, organization_id: int) -> tuple[tuple[BudgetInfo, ...], str] | None:
-        hit = self._budgets.get(organization_id)
-        if hit is None or hit[0] < time.monotonic():
-            return None
-        return hit[1], hit[2]
-
-    def _load_budgets(self, organization_id: int) -> tuple[tuple[BudgetInfo, ...], str]:
-        budgets = budgets_load(organization_id)
-        tz = (
-            Organization.objects.filter(pk=organization_id)
-            .values_list("time_zone", flat=True)
-            .first()
-        ) or "UTC"
-        with self._lock:
-            self._budgets[organization_id] = (time.monotonic() + BUDGET_CACHE_TTL, budgets, tz)
-        return budgets, tz
-
-    async def _budgets_for(self, organization_id: int) -> tuple[tuple[BudgetInfo, ...], str]:
-        """Past ``BUDGET_CACHE_TTL``: the copy this process has, with a reload scheduled in
-        the background (stale-while-revalidate), so a request never waits for the database;
-        the first reserve of an organization (or after ``budgets_changed``) loads them."""
-        stale = self._budgets.get(organization_id)
-        if stale is None:
-            return await sync_to_async(self._load_budgets, thread_sensitive=True)(organization_id)
-        refresh.in_background(
-            ("budgets", id(self), organization_id), lambda: self._load_budgets(organization_id)
-        )
-        return stale[1], stale[2]
-
+    # -- budget definitions (beside the counters, read by the reserve script) ----------------
     def budgets_changed(self, organization_id: int) -> None:
-        with self._lock:
-            self._budgets.pop(organization_id, None)
+        """After a budget of the organization was created, changed or deleted (committed):
+        its definitions in Redis become the database's, so the next admission of every
+        process applies them. Budgets not yet enforced are marked as enforced from now."""
+        version = budgets_version(organization_id)  # read first: the definitions are as new
+        budgets = budgets_load(organization_id)
+        k = self.keys(organization_id)
+        args = [str(version)]
+        for b in budgets:
+            args += [str(b.id), budget_definition(b)]
+        self._sync_script("defs")(keys=[k.defs, k.defs_version], args=args)
+        Budget.objects.filter(organization_id=organization_id, enforced_at__isnull=True).update(
+            enforced_at=timezone.now()
+        )
+
+    def budget_definitions_sync(self) -> int:
+        """Push the definitions of every organization whose version in Redis is behind the
+        database's (a push that failed after its change committed). Returns how many."""
+        rows = list(
+            BillingAccount.objects.filter(budgets_version__gt=0).values_list(
+                "organization_id", "budgets_version"
+            )
+        )
+        pushed = 0
+        for start in range(0, len(rows), 1000):
+            batch = rows[start : start + 1000]
+            held = self.sync.mget([self.keys(org).defs_version for org, _ in batch])
+            for (org, version), in_redis in zip(batch, held, strict=True):
+                if int(in_redis or 0) < version:
+                    self.budgets_changed(org)
+                    pushed += 1
+        return pushed
 
     # -- reserve ---------------------------------------------------------------------------
     async def reserve(
-        self, request_id: str, ctx: AdmissionContext, amount: Decimal, tokens: int
+        self, request_id: str, ctx: AdmissionContext, hold: HoldRequest
     ) -> Reservation:
-        if amount < 0 or tokens < 0:
-            raise ValueError("amount and tokens cannot be negative")
-        cached = self._cached_budgets(ctx.organization_id)
-        if cached is None:
-            cached = await self._budgets_for(ctx.organization_id)
-        all_budgets, _tz = cached
-        budgets = budgets_applicable(ctx, all_budgets)
+        if hold.input_amount < 0 or hold.output_price < 0 or hold.output_tokens < 0:
+            raise ValueError("amounts and tokens cannot be negative")
         now = timezone.now()
         k = self.keys(ctx.organization_id)
         limited = ctx.key_id is not None and (
             ctx.rpm_limit is not None or ctx.tpm_limit is not None
         )
         epoch_seconds = now.timestamp()
-        minute = int(epoch_seconds // 60)
-        rate_r, rate_t = k.rate(ctx.key_id or 0, minute)
-        counter_keys, limits, ttls, periods = [], [], [], []
-        for b in budgets:
-            start, end = period_bounds(b.period, now, ctx.time_zone)
-            counter_keys.append(k.budget(b.id, start))
-            limits.append(str(nano_floor(b.limit_usd)) if b.blocks else "-1")
-            ttls.append(str(int((end - now).total_seconds()) + 86400) if end else "0")
-            periods.append((b.id, start.isoformat(), b.scope, b.limit_usd))
+        rate_r, rate_t = k.rate(ctx.key_id or 0, int(epoch_seconds // 60))
         deadline = deadline_for(now)
-        member = f"{ctx.organization_id}|{request_id}"
-        keys = [k.epoch, k.bal, k.res(request_id), k.deadlines, k.open, rate_r, rate_t]
-        keys += counter_keys
+        keys = [k.epoch, k.bal, k.res(request_id), k.deadlines, k.open, rate_r, rate_t, k.defs]
         args = [
-            str(nano_ceil(amount)),
-            str(tokens),
+            str(nano_ceil(hold.input_amount)),
+            format((hold.output_price * NANO).normalize(), "f"),
+            str(hold.output_tokens),
+            "1" if hold.exact else "0",
+            str(hold.min_output),
+            str(hold.input_tokens),
             str(ctx.rpm_limit if limited and ctx.rpm_limit is not None else -1),
             str(ctx.tpm_limit if limited and ctx.tpm_limit is not None else -1),
             str(int(deadline.timestamp())),
-            member,
+            f"{ctx.organization_id}|{request_id}",
             "120",
-            *limits,
-            *ttls,
+            k.budget_prefix,
+            heartbeat.current(),
+            str(int(epoch_seconds * 1000)),
+            "",  # the organization scope applies to every request of the organization
+            *(str(i) if i is not None else "" for i in _scope_ids(ctx)),
+            *period_args(ctx.time_zone, now),
         ]
         client, scripts = self._client()
         result = await scripts["reserve"](keys=keys, args=args, client=client)
@@ -239,30 +303,32 @@ class RedisBackend:
             result = await scripts["reserve"](keys=keys, args=args, client=client)
             if result[0] == "rebuild":
                 raise AdmissionUnavailable()
-        status = result[0]
-        if status == "rate":
-            retry = max(1, math.ceil(60 - epoch_seconds % 60))  # the minute window's end
-            raise RateLimited(limit=result[1], retry_after=retry)
-        if status == "budget":
-            b = budgets[int(result[1]) - 1]
-            raise BudgetExceeded(layer=b.scope, scope_id=b.scope_id, budget_id=b.id)
-        if status == "balance":
-            raise BalanceExhausted(organization_id=ctx.organization_id)
-        if status == "duplicate":
-            raise ValueError(f"request id {request_id} already holds a reservation")
+        _raise_refusal(result, ctx, epoch_seconds, request_id)
+        _, _epoch, out_tokens, amount_nano, *matched = result
+        periods = []
+        counter_keys = []
+        # in layer order, then by id (as the database backend lists them)
+        for item in sorted(matched, key=_layer_then_id):
+            budget_id, start, scope = item.split("|")
+            start_at = dt.datetime.fromtimestamp(int(start), tz=dt.UTC)
+            periods.append((int(budget_id), start_at.isoformat(), scope))
+            counter_keys.append(k.budget(int(budget_id), start_at))
+        out = int(out_tokens)
         res = Reservation(
             request_id=request_id,
             ctx=ctx,
-            amount=amount,
-            tokens=tokens,
+            amount=Decimal(int(amount_nano)) / NANO,
+            tokens=hold.input_tokens + out,
             backend=self.name,
             created_at=now,
             deadline=deadline,
             budgets=tuple(periods),
             rate_window=now.replace(second=0, microsecond=0) if limited else None,
+            output_tokens=out,
         )
         res.extra["counter_keys"] = counter_keys
         res.extra["rate_key"] = rate_t if limited else ""
+        heartbeat.start(self)
         if self.write_behind:
             # Durable copy, committed by the writer's next batch (nothing here waits for it).
             self.writer().reserve(reservation_row(res))
@@ -408,7 +474,6 @@ class RedisBackend:
     def invalidate(self, organization_id: int) -> None:
         """Drop the organization's epoch: the next reserve rebuilds its counters."""
         self.sync.delete(self.keys(organization_id).epoch)
-        self.budgets_changed(organization_id)
 
     def rebuild_sync(self, organization_id: int, *, force: bool = False) -> bool:
         """Recompute the organization's counters from the database. False when another process
@@ -421,13 +486,18 @@ class RedisBackend:
             if not force and self.sync.exists(k.epoch):
                 return True  # another caller rebuilt while we waited for the lock
 
+            defs_version = budgets_version(organization_id)  # before the read, as above
             payload = self.snapshot(organization_id)
             payload["epoch"] = uuid.uuid4().hex
+            payload["defs_version"] = defs_version
             self._sync_script("rebuild")(
-                keys=[k.epoch, k.bal, k.open, k.deadlines], args=[json.dumps(payload)]
+                keys=[k.epoch, k.bal, k.open, k.deadlines, k.defs, k.defs_version],
+                args=[json.dumps(payload)],
             )
             self.rebuilds += 1
-            self.budgets_changed(organization_id)
+            Budget.objects.filter(organization_id=organization_id, enforced_at__isnull=True).update(
+                enforced_at=timezone.now()
+            )
             return True
         finally:
             if self.sync.get(k.lock) == token:
@@ -509,6 +579,7 @@ class RedisBackend:
             counters[k.budget(b.id, start)] = [str(nano_ceil(used[(b.id, start.isoformat())])), ttl]
         return {
             "balance": str(nano_floor(balance) - nano_ceil(pending)),
+            "defs": {str(b.id): budget_definition(b) for b in budgets},
             "counters": counters or {},
             "reservations": reservations,
             "hash_prefix": k.res_prefix,
@@ -522,52 +593,106 @@ class RedisBackend:
             found[key] = self.sync.get(key)
         return {"epoch": self.sync.get(k.epoch), "balance": self.sync.get(k.bal), "budgets": found}
 
+    # -- liveness and stream progress -----------------------------------------------------------
+    def heartbeat_sync(self, process: str) -> None:
+        self.sync.set(f"{self.prefix}:proc:{process}", "1", ex=HEARTBEAT_TTL)
+
+    async def progress(
+        self, reservation: Reservation, output_tokens: int, bill: dict[str, Any] | None
+    ) -> None:
+        """Checkpoint a stream's relayed output on its hold (``bill`` the first time)."""
+        client, scripts = self._client()
+        k = self.keys(reservation.ctx.organization_id)
+        terms = json.dumps(bill, default=str) if bill else ""
+        try:
+            await scripts["progress"](
+                keys=[k.res(reservation.request_id)],
+                args=[str(output_tokens), terms],
+                client=client,
+            )
+        except _COUNTER_ERRORS as exc:
+            _counters_unreachable("progress", reservation, exc)
+
     # -- reconciliation -------------------------------------------------------------------------
     def reconcile_sync(self, *, now: dt.datetime | None = None) -> dict[str, int]:
-        """Close reservations past their deadline (a process died mid-request): settle them
-        in Redis when their usage event reached the database, release them otherwise."""
+        """Close the holds nobody will finish: past their deadline, or made by a process whose
+        heartbeat stopped (``HEARTBEAT_TTL``): settle them in Redis when their usage event
+        reached the database, charge what a stream relayed when it checkpointed, release them
+        otherwise."""
         now = now or timezone.now()
-        cutoff = now.timestamp()
         settled = released = 0
         # usage events a dead process appended to the stream but never committed
         usage_writer.drain_orphans(self.usage_stream)
-        members = self.sync.zrangebyscore(
-            f"{self.prefix}:deadlines", "-inf", cutoff, start=0, num=1000
-        )
-        for member in members:
-            org_text, request_id = member.split("|", 1)
-            organization_id = int(org_text)
-            k = self.keys(organization_id)
-            held = self.sync.hgetall(k.res(request_id))
-            cost = (
-                UsageEvent.objects.filter(request_id=request_id)
-                .values_list("cost", flat=True)
-                .first()
-            )
-            if cost is None:
-                cost = (
-                    UsageRecord.objects.filter(request_id=request_id)
-                    .values_list("cost", flat=True)
-                    .first()
-                )
-            ReservationRow.objects.filter(request_id=request_id).delete()
-            rate = held.get("rate", "")
-            keys = [k.epoch, k.bal, k.res(request_id), k.deadlines, k.open, rate, ""]
-            keys += [key for key in held.get("keys", "").split(" ") if key]
-            if not held:
-                self.sync.zrem(k.deadlines, member)
-                continue
-            args = (
-                ["0", member, "0", "release", ""]
-                if cost is None
-                else [str(nano_ceil(cost)), member, held.get("tok", "0"), "reconcile", ""]
-            )
-            if self._sync_script("settle")(keys=keys, args=args):
-                if cost is None:
-                    released += 1
-                else:
-                    settled += 1
+        for member, held in self._abandoned(now):
+            outcome = self._close(member, held)
+            settled += outcome == "settled"
+            released += outcome == "released"
         return {"settled": settled, "released": released}
+
+    def _abandoned(self, now: dt.datetime) -> list[tuple[str, dict[str, str]]]:
+        """(member, hold) of every hold past its deadline or of a dead process."""
+        cutoff = now.timestamp()
+        members = self.sync.zrange(f"{self.prefix}:deadlines", 0, 9999, withscores=True)
+        if not members:
+            return []
+        pipe = self.sync.pipeline(transaction=False)
+        for member, _ in members:
+            org_text, request_id = member.split("|", 1)
+            pipe.hgetall(self.keys(int(org_text)).res(request_id))
+        holds = pipe.execute()
+        processes = sorted({h.get("proc", "") for h in holds if h.get("proc")})
+        alive = dict(
+            zip(
+                processes,
+                self.sync.mget([f"{self.prefix}:proc:{p}" for p in processes]) if processes else [],
+                strict=True,
+            )
+        )
+        out = []
+        for (member, deadline), held in zip(members, holds, strict=True):
+            age = cutoff - int(held.get("at", "0") or 0) / 1000
+            dead = bool(held.get("proc")) and alive.get(held["proc"]) is None
+            if deadline < cutoff or (dead and age > HEARTBEAT_TTL):
+                out.append((member, held))
+        return out
+
+    def _close(self, member: str, held: dict[str, str]) -> str:
+        org_text, request_id = member.split("|", 1)
+        k = self.keys(int(org_text))
+        cost = _recorded_cost(request_id)
+        if cost is None and held.get("bill") and held.get("settled") != "1":
+            cost = _usage_event_from_checkpoint(request_id, held)
+        ReservationRow.objects.filter(request_id=request_id).delete()
+        if not held:
+            self.sync.zrem(k.deadlines, member)
+            return ""
+        keys = [k.epoch, k.bal, k.res(request_id), k.deadlines, k.open, held.get("rate", ""), ""]
+        keys += [key for key in held.get("keys", "").split(" ") if key]
+        args = (
+            ["0", member, "0", "release", ""]
+            if cost is None
+            else [str(nano_ceil(cost)), member, held.get("tok", "0"), "reconcile", ""]
+        )
+        if not self._sync_script("settle")(keys=keys, args=args):
+            return ""
+        return "released" if cost is None else "settled"
+
+
+def _recorded_cost(request_id: str) -> Decimal | None:
+    """The cost of a request whose usage event (or record) reached the database."""
+    cost = UsageEvent.objects.filter(request_id=request_id).values_list("cost", flat=True).first()
+    if cost is None:
+        cost = (
+            UsageRecord.objects.filter(request_id=request_id).values_list("cost", flat=True).first()
+        )
+    return cost
+
+
+def _usage_event_from_checkpoint(request_id: str, held: dict[str, str]) -> Decimal:
+    """A stream whose process died after relaying some output: its usage event, charged for
+    the prompt estimate and the output its last checkpoint counted."""
+    bill = json.loads(held["bill"])
+    return usage_event_from_progress(request_id, bill, int(held.get("out", "0") or 0))
 
 
 class UsageStream:

@@ -7,7 +7,8 @@ from typing import Any
 
 from rest_framework import serializers
 
-from billing.models import Budget, LedgerEntry, Notification, UsageRecord
+from billing.models import Budget, Checkout, LedgerEntry, Notification, UsageRecord
+from billing.services import checkout_pay_url
 
 # --- input ----------------------------------------------------------------------------------
 
@@ -15,14 +16,22 @@ from billing.models import Budget, LedgerEntry, Notification, UsageRecord
 MAX_ID = 2**63 - 1
 
 
-class TopupIn(serializers.Serializer):
-    amount = serializers.JSONField(help_text='USD as a decimal string, e.g. "2500.00".')
-    reference = serializers.CharField(max_length=200, help_text="The transfer's bank reference.")
+class CheckoutIn(serializers.Serializer):
+    amount = serializers.JSONField(help_text='USD as a decimal string, e.g. "100.00".')
 
 
-class ReasonIn(serializers.Serializer):
-    amount = serializers.JSONField(help_text="USD as a decimal string.")
-    reason = serializers.CharField(max_length=500)
+class CheckoutOut(serializers.ModelSerializer):
+    id = serializers.IntegerField(read_only=True)
+    checkout = serializers.CharField(source="public_id", read_only=True)
+    amount = serializers.DecimalField(max_digits=24, decimal_places=12, read_only=True)
+    pay_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Checkout
+        fields = ["id", "checkout", "amount", "status", "created_at", "paid_at", "pay_url"]
+
+    def get_pay_url(self, obj: Checkout) -> str:
+        return checkout_pay_url(obj) if obj.status == "open" else ""
 
 
 class BudgetCreateIn(serializers.Serializer):

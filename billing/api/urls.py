@@ -7,6 +7,7 @@ from billing.api import analytics_views, views
 
 scoped = SimpleRouter()
 scoped.register("billing/ledger", views.LedgerViewSet, basename="ledger-entry")
+scoped.register("billing/checkouts", views.CheckoutViewSet, basename="checkout")
 scoped.register("billing/notifications", views.NotificationViewSet, basename="notification")
 scoped.register("budgets", views.BudgetViewSet, basename="budget")
 scoped.register("usage", views.UsageViewSet, basename="usage-record")
@@ -14,16 +15,10 @@ scoped.register("usage", views.UsageViewSet, basename="usage-record")
 analytics = analytics_views.AnalyticsViewSet
 reports = analytics_views.ReportViewSet
 balance = views.BalanceViewSet.as_view({"get": "balance"})
-topup = views.BalanceViewSet.as_view({"post": "topup"})
-refund = views.BalanceViewSet.as_view({"post": "refund"})
-adjust = views.BalanceViewSet.as_view({"post": "adjust"})
 
 urlpatterns = [
     path("billing/webhooks/payments/", views.PaymentWebhookView.as_view(), name="payment-webhook"),
     path("orgs/<slug:org_slug>/billing/balance/", balance, name="billing-balance"),
-    path("orgs/<slug:org_slug>/billing/topups/", topup, name="billing-topup"),
-    path("orgs/<slug:org_slug>/billing/refunds/", refund, name="billing-refund"),
-    path("orgs/<slug:org_slug>/billing/adjustments/", adjust, name="billing-adjust"),
     path("orgs/<slug:org_slug>/", include(scoped.urls)),
     path(
         "orgs/<slug:org_slug>/analytics/summary/",

@@ -1,4 +1,4 @@
-"""Billing management API: balance, ledger, top-ups / refunds / adjustments, budgets,
+"""Billing management API: balance, checkouts, ledger, budgets,
 notifications and usage, all behind the orgs tenancy choke point (``OrgScopedViewSet``); and the
 payment provider webhook receiver."""
 
@@ -19,7 +19,14 @@ from rest_framework.views import APIView
 from billing import selectors, services, webhooks
 from billing.api import serializers as s
 from billing.errors import BillingError, InvalidInput
-from billing.models import Budget, LedgerEntry, Notification, PaymentEvent, UsageRecord
+from billing.models import (
+    Budget,
+    Checkout,
+    LedgerEntry,
+    Notification,
+    PaymentEvent,
+    UsageRecord,
+)
 from orgs.api.base import OrgScopedViewSet
 from orgs.roles import MANAGE_BILLING, VIEW_BILLING
 
@@ -32,62 +39,46 @@ def _valid(serializer_class: type[Any], data: Any) -> dict[str, Any]:
 
 @extend_schema(tags=["billing"])
 class BalanceViewSet(OrgScopedViewSet):
-    """The organization's prepaid balance and the admin operations that move it."""
+    """The organization's prepaid balance. Only real money raises it: a card payment through a
+    checkout (``checkouts``), or an enterprise transfer a platform operator records; no tenant
+    role can credit, refund or adjust (docs/billing.md, "Credit")."""
 
     view_permission = VIEW_BILLING
-    action_permissions = {
-        "balance": VIEW_BILLING,
-        "topup": MANAGE_BILLING,
-        "refund": MANAGE_BILLING,
-        "adjust": MANAGE_BILLING,
-    }
+    action_permissions = {"balance": VIEW_BILLING}
     node_field = None
     serializer_class = s.BalanceOut
 
     def get_base_queryset(self) -> QuerySet[LedgerEntry]:
         return selectors.ledger_entries()
 
-    def _balance(self) -> Response:
+    @extend_schema(responses={200: s.BalanceOut})
+    def balance(self, request: Request, org_slug: str) -> Response:
         return Response(
             s.BalanceOut(selectors.balance_summary(organization=self.organization)).data
         )
 
-    @extend_schema(responses={200: s.BalanceOut})
-    def balance(self, request: Request, org_slug: str) -> Response:
-        return self._balance()
 
-    @extend_schema(request=s.TopupIn, responses={201: s.LedgerEntryOut})
-    def topup(self, request: Request, org_slug: str) -> Response:
-        data = _valid(s.TopupIn, request.data)
-        entry = services.balance_topup(
-            actor=self.actor,
-            organization=self.organization,
-            amount=data["amount"],
-            reference=data["reference"],
-        )
-        return Response(s.LedgerEntryOut(entry).data, status=status.HTTP_201_CREATED)
+@extend_schema(tags=["billing"])
+class CheckoutViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
+    """Card purchases of credit: anyone who manages billing starts one (``pay_url`` is the
+    payment provider's page); the provider's signed webhook credits it when paid."""
 
-    @extend_schema(request=s.ReasonIn, responses={201: s.LedgerEntryOut})
-    def refund(self, request: Request, org_slug: str) -> Response:
-        data = _valid(s.ReasonIn, request.data)
-        entry = services.balance_refund(
-            actor=self.actor,
-            organization=self.organization,
-            amount=data["amount"],
-            reason=data["reason"],
-        )
-        return Response(s.LedgerEntryOut(entry).data, status=status.HTTP_201_CREATED)
+    serializer_class = s.CheckoutOut
+    view_permission = VIEW_BILLING
+    action_permissions = {"create": MANAGE_BILLING}
+    node_field = None
+    lookup_value_regex = r"\d+"
 
-    @extend_schema(request=s.ReasonIn, responses={201: s.LedgerEntryOut})
-    def adjust(self, request: Request, org_slug: str) -> Response:
-        data = _valid(s.ReasonIn, request.data)
-        entry = services.balance_adjust(
-            actor=self.actor,
-            organization=self.organization,
-            amount=data["amount"],
-            reason=data["reason"],
+    def get_base_queryset(self) -> QuerySet[Checkout]:
+        return Checkout.objects.select_related("organization")
+
+    @extend_schema(request=s.CheckoutIn, responses={201: s.CheckoutOut})
+    def create(self, request: Request, org_slug: str) -> Response:
+        data = _valid(s.CheckoutIn, request.data)
+        checkout = services.checkout_create(
+            actor=self.actor, organization=self.organization, amount=data["amount"]
         )
-        return Response(s.LedgerEntryOut(entry).data, status=status.HTTP_201_CREATED)
+        return Response(s.CheckoutOut(checkout).data, status=status.HTTP_201_CREATED)
 
 
 @extend_schema(tags=["billing"])

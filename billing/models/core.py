@@ -38,10 +38,51 @@ class BillingAccount(models.Model):
     balance = models.DecimalField(**ZERO_DEFAULT)
     held = models.DecimalField(**ZERO_DEFAULT)
     currency = models.CharField(max_length=3, default="USD")
+    # Raised with every budget change in its transaction: the version of the organization's
+    # budget definitions the counters' store must hold (a lagging copy is pushed again).
+    budgets_version = models.PositiveBigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        # Platform operators (the people running the installation, never a tenant role):
+        # enterprise transfers against a bank reference, refunds and adjustments.
+        permissions = [("credit_balance", "Can record transfers, refunds and adjustments")]
 
     def __str__(self) -> str:
         return f"account of {self.organization_id}: {self.balance}"
+
+
+class CheckoutStatus(models.TextChoices):
+    OPEN = "open", "Waiting for payment"
+    PAID = "paid", "Paid"
+
+
+class Checkout(models.Model):
+    """A card purchase of credit a billing manager started: the payment provider's signed
+    ``checkout.session.completed`` webhook naming it (``client_reference_id``) credits the
+    amount paid, once."""
+
+    public_id = models.CharField(max_length=40, unique=True)  # co_<hex>, what the provider sees
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    amount = models.DecimalField(**AMOUNT)  # what the buyer asked to pay (USD)
+    status = models.CharField(
+        max_length=8, choices=CheckoutStatus.choices, default=CheckoutStatus.OPEN
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    payment_reference = models.CharField(max_length=255, blank=True, default="")
+    ledger_entry = models.OneToOneField(
+        "LedgerEntry", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return self.public_id
 
 
 class LedgerKind(models.TextChoices):
@@ -140,6 +181,10 @@ class Budget(models.Model):
     webhook_url = models.URLField(max_length=500, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # When every process began applying it: set once its definition is beside the counters
+    # (Redis), or at creation (the database backend reads budgets in each admission). The
+    # requests admitted from then on are counted against it (billing_check verifies that).
+    enforced_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]
@@ -240,12 +285,27 @@ class Reservation(models.Model):
     rate_window = models.DateTimeField(null=True)
     created_at = models.DateTimeField()
     deadline = models.DateTimeField(db_index=True)
+    # The process answering it (billing.admission.heartbeat) and, for a stream, what it has
+    # relayed so far and how to charge that: a dead process's hold is charged from it.
+    process = models.CharField(max_length=100, blank=True, default="")
+    progress = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["id"]
 
     def __str__(self) -> str:
         return self.request_id
+
+
+class ProcessHeartbeat(models.Model):
+    """A gateway process's last sign of life (the database admission backend's heartbeats;
+    the Redis backend keeps them in Redis)."""
+
+    process = models.CharField(max_length=100, unique=True)
+    seen_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return self.process
 
 
 class UsageEvent(models.Model):
@@ -300,6 +360,8 @@ class UsageRecord(models.Model):
     attempts = models.PositiveSmallIntegerField(default=1)
     fallback_used = models.BooleanField(default=False)
     routing = models.JSONField(default=dict, blank=True)
+    # [[budget id, period start ISO], ...] the request was admitted against (its spend)
+    budget_periods = models.JSONField(default=list, blank=True)
     # The canonical catalog id savings are measured against: the effective routing policy's
     # ``reference_model`` when the request was made (nearest level wins, the request's own
     # override included). "" (records from before it was recorded, and loaders that do not

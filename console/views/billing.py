@@ -21,9 +21,9 @@ from billing import services as billing_services
 from billing.analytics import selectors as analytics
 from billing.analytics.params import analytics_query_parse
 from billing.errors import InvalidInput as BillingInvalidInput
-from billing.models import Budget, BudgetScope, LedgerKind, Notification, UsageRecord
+from billing.models import Budget, BudgetScope, Checkout, LedgerKind, Notification, UsageRecord
 from billing.reports.csv_export import COLUMNS, usage_csv_rows
-from console.forms import BudgetCreateForm, BudgetUpdateForm, TopupForm, add_service_errors
+from console.forms import BudgetCreateForm, BudgetUpdateForm, CheckoutForm, add_service_errors
 from console.views.analytics import period_days, scoped_rows, spend_chart
 from console.views.base import ConsoleOrgView, filtered, page_of
 from orgs.errors import InvalidInput
@@ -252,46 +252,55 @@ class BudgetDetailView(_BillingBase):
 
 
 class BillingView(_BillingBase):
-    """Balance, top-ups and the append-only ledger (organization-wide, as the API)."""
+    """Balance, card purchases of credit (checkouts) and the append-only ledger
+    (organization-wide, as the API). Nobody here can credit the balance: a checkout is paid
+    at the payment provider, whose signed webhook credits it."""
 
     permission = VIEW_BILLING
     post_permission = MANAGE_BILLING
     at_root = True
 
     def get(self, request: HttpRequest, org_slug: str) -> HttpResponse:
-        return self._page(TopupForm())
+        return self._page(CheckoutForm())
 
     def post(self, request: HttpRequest, org_slug: str) -> HttpResponse:
-        form = TopupForm(request.POST)
+        form = CheckoutForm(request.POST)
         if form.is_valid():
             try:
-                entry = billing_services.balance_topup(
+                checkout = billing_services.checkout_create(
                     actor=self.scope.actor,
                     organization=self.organization,
-                    amount=form.cleaned_data["amount"],
-                    reference=form.cleaned_data["reference"],
+                    amount=str(form.cleaned_data["amount"]),
                 )
             except InvalidInput as exc:
                 add_service_errors(form, exc)
             else:
-                messages.success(
+                url = billing_services.checkout_pay_url(checkout)
+                if url:
+                    return redirect(url)
+                messages.warning(
                     request,
-                    f"Top-up of ${entry.amount.quantize(CENT)} recorded; "
-                    f"balance ${entry.balance_after.quantize(CENT)}.",
+                    f"Checkout {checkout.public_id} created, but this installation has no "
+                    "payment provider configured (BILLING_CHECKOUT_URL): ask its operator.",
                 )
                 return redirect("console:billing", org_slug=org_slug)
         return self._page(form, status=400)
 
-    def _page(self, form: TopupForm, status: int = 200) -> HttpResponse:
+    def _page(self, form: CheckoutForm, status: int = 200) -> HttpResponse:
         qs = billing_selectors.ledger_entries().filter(organization=self.organization)
         kind = self.request.GET.get("kind", "")
         qs = filtered(self.request, qs, {"kind": kind}, billing_selectors.LEDGER_FILTERS)
+        checkouts = [
+            {"c": c, "pay_url": billing_services.checkout_pay_url(c)}
+            for c in Checkout.objects.filter(organization=self.organization)[:10]
+        ]
         return self.render(
             "console/billing.html",
             {
                 "summary": billing_selectors.balance_summary(organization=self.organization),
                 "page": page_of(self.request, qs),
                 "form": form,
+                "checkouts": checkouts,
                 "kinds": LedgerKind.choices,
                 "kind": kind,
             },

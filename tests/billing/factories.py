@@ -57,7 +57,7 @@ def make_world(slug: str = "acme", *, balance: str | None = "100.00") -> World:
     dev = add_member(tree.project, Role.DEVELOPER)
     created = make_key(tree.project, dev)
     if balance is not None:
-        services.balance_topup(
+        services.transfer_record(
             actor=SYSTEM, organization=tree.org, amount=balance, reference=f"wire-{slug}"
         )
     return World(tree=tree, member_id=dev.pk, key_id=created.api_key.pk, raw_key=created.raw_key)

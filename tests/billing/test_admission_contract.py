@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 
 from billing import services
-from billing.admission import UsageEventData
+from billing.admission import HoldRequest, UsageEventData
 from billing.admission.base import settle_rows
 from billing.errors import BalanceExhausted, BudgetExceeded, RateLimited
 from billing.models import (
@@ -68,7 +68,7 @@ def test_reserve_then_settle_charges_the_actual_cost_everywhere(backend, world):
     request_id = rid()
 
     async def scenario():
-        res = await backend.reserve(request_id, world.ctx(), D("0.5"), 1500)
+        res = await backend.reserve(request_id, world.ctx(), HoldRequest.fixed(D("0.5"), 1500))
         if "persist" in res.extra:
             await res.extra["persist"]  # the durable copy, written while the provider answers
         return res
@@ -138,11 +138,11 @@ def test_each_layer_refuses_and_names_itself_changing_nothing(backend, world, la
     others = [budget(world, s, "50") for s in ("organization", "team", "key") if s != layer]
     tight = budget(world, layer, "0.30")
     budgets = [*others, tight]
-    first = run(backend.reserve, rid(), world.ctx(), D("0.25"), 10)
+    first = run(backend.reserve, rid(), world.ctx(), HoldRequest.fixed(D("0.25"), 10))
     before = observed(backend, world.org, budgets)
     rows = open_reservations(world.org)
     with pytest.raises(BudgetExceeded) as err:
-        run(backend.reserve, rid(), world.ctx(), D("0.06"), 10)
+        run(backend.reserve, rid(), world.ctx(), HoldRequest.fixed(D("0.06"), 10))
     assert (err.value.layer, err.value.budget_id, err.value.code) == (
         layer,
         tight.pk,
@@ -153,7 +153,7 @@ def test_each_layer_refuses_and_names_itself_changing_nothing(backend, world, la
     assert observed(backend, world.org, budgets) == before
     assert open_reservations(world.org) == rows
     # an exact fit is admitted (no false refusal)
-    run(backend.reserve, rid(), world.ctx(), D("0.05"), 10)
+    run(backend.reserve, rid(), world.ctx(), HoldRequest.fixed(D("0.05"), 10))
     assert observed(backend, world.org, [tight])[tight.pk] == D("0.30")
     run(backend.release, first)
 
@@ -161,31 +161,31 @@ def test_each_layer_refuses_and_names_itself_changing_nothing(backend, world, la
 def test_balance_refuses_with_402_changing_nothing(backend):
     w = make_world("poor", balance="1.00")
     b = budget(w, "organization", "100")
-    run(backend.reserve, rid(), w.ctx(), D("0.75"), 10)
+    run(backend.reserve, rid(), w.ctx(), HoldRequest.fixed(D("0.75"), 10))
     before = observed(backend, w.org, [b])
     with pytest.raises(BalanceExhausted) as err:
-        run(backend.reserve, rid(), w.ctx(), D("0.26"), 10)
+        run(backend.reserve, rid(), w.ctx(), HoldRequest.fixed(D("0.26"), 10))
     assert (err.value.http_status, err.value.code) == (402, "insufficient_balance")
     assert observed(backend, w.org, [b]) == before
-    run(backend.reserve, rid(), w.ctx(), D("0.25"), 10)
+    run(backend.reserve, rid(), w.ctx(), HoldRequest.fixed(D("0.25"), 10))
 
 
 def test_no_balance_at_all_is_refused(backend):
     w = make_world("empty", balance=None)
     with pytest.raises(BalanceExhausted):
-        run(backend.reserve, rid(), w.ctx(), D("0.000001"), 1)
+        run(backend.reserve, rid(), w.ctx(), HoldRequest.fixed(D("0.000001"), 1))
 
 
 def test_alert_only_budget_counts_but_never_blocks(backend, world):
     soft = budget(world, "project", "0.10", mode="alert")
-    run(backend.reserve, rid(), world.ctx(), D("0.25"), 10)
+    run(backend.reserve, rid(), world.ctx(), HoldRequest.fixed(D("0.25"), 10))
     assert observed(backend, world.org, [soft])[soft.pk] == D("0.25")
 
 
 def test_release_returns_everything(backend, world):
     b = budget(world, "key", "1")
     before = observed(backend, world.org, [b])
-    res = run(backend.reserve, rid(), world.ctx(), D("0.4"), 10)
+    res = run(backend.reserve, rid(), world.ctx(), HoldRequest.fixed(D("0.4"), 10))
     run(backend.release, res)
     assert observed(backend, world.org, [b]) == before
     assert open_reservations(world.org) == 0
@@ -197,9 +197,9 @@ def test_release_returns_everything(backend, world):
 def test_rate_limits_per_key(backend, world):
     ctx = world.ctx(rpm_limit=3, tpm_limit=1000)
     for _ in range(3):
-        run(backend.reserve, rid(), ctx, D("0.001"), 100)
+        run(backend.reserve, rid(), ctx, HoldRequest.fixed(D("0.001"), 100))
     with pytest.raises(RateLimited) as err:
-        run(backend.reserve, rid(), ctx, D("0.001"), 100)
+        run(backend.reserve, rid(), ctx, HoldRequest.fixed(D("0.001"), 100))
     assert (err.value.limit, err.value.http_status, err.value.code) == (
         "requests",
         429,
@@ -208,11 +208,11 @@ def test_rate_limits_per_key(backend, world):
     assert 1 <= err.value.retry_after <= 60
     # tokens: another key's window is separate
     tctx = world.ctx(key_id=world.key_id + 1000, rpm_limit=None, tpm_limit=1000)
-    run(backend.reserve, rid(), tctx, D("0.001"), 900)
+    run(backend.reserve, rid(), tctx, HoldRequest.fixed(D("0.001"), 900))
     with pytest.raises(RateLimited) as err:
-        run(backend.reserve, rid(), tctx, D("0.001"), 101)
+        run(backend.reserve, rid(), tctx, HoldRequest.fixed(D("0.001"), 101))
     assert err.value.limit == "tokens"
-    run(backend.reserve, rid(), tctx, D("0.001"), 100)
+    run(backend.reserve, rid(), tctx, HoldRequest.fixed(D("0.001"), 100))
 
 
 def test_abandoned_reservation_is_released_by_reconciliation(backend, world):
@@ -220,7 +220,7 @@ def test_abandoned_reservation_is_released_by_reconciliation(backend, world):
     before = observed(backend, world.org, [b])
 
     async def crash():
-        res = await backend.reserve(rid(), world.ctx(), D("0.4"), 10)
+        res = await backend.reserve(rid(), world.ctx(), HoldRequest.fixed(D("0.4"), 10))
         if "persist" in res.extra:
             await res.extra["persist"]
         return res  # the process "dies": never settles
@@ -245,7 +245,7 @@ def test_reconciliation_settles_when_the_usage_event_was_written(backend, world)
     b = budget(world, "key", "1")
 
     async def crash_mid_settle():
-        res = await backend.reserve(rid(), world.ctx(), D("0.4"), 10)
+        res = await backend.reserve(rid(), world.ctx(), HoldRequest.fixed(D("0.4"), 10))
         if "persist" in res.extra:
             await res.extra["persist"]
         return res
@@ -273,7 +273,7 @@ def test_concurrent_reservations_never_exceed_the_limit(backend):
 
     async def one():
         try:
-            res = await backend.reserve(rid(), w.ctx(), cost, 10)
+            res = await backend.reserve(rid(), w.ctx(), HoldRequest.fixed(cost, 10))
         except BudgetExceeded:
             return None
         await backend.settle(res, cost, usage(tokens_in=5, tokens_out=5))
@@ -293,7 +293,7 @@ def test_concurrent_reservations_never_exceed_the_limit(backend):
 
 
 def test_posting_is_idempotent_by_request_id(backend, world):
-    res = run(backend.reserve, "req-dup", world.ctx(), D("0.1"), 10)
+    res = run(backend.reserve, "req-dup", world.ctx(), HoldRequest.fixed(D("0.1"), 10))
     run(backend.settle, res, D("0.1"), usage())
     services.usage_events_post()
     # a duplicate event for an already recorded request is consumed without a second charge

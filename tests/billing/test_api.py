@@ -14,6 +14,7 @@ from billing import services
 from billing.models import (
     BillingAccount,
     Budget,
+    Checkout,
     LedgerEntry,
     Notification,
     UsageRecord,
@@ -53,7 +54,17 @@ def worlds():
     return {"a": a, "b": b, "b_budget": b_budget}
 
 
-def test_balance_topup_refund_adjust_and_ledger(worlds):
+ROLES_AT_ROOT = (Role.OWNER, Role.ADMIN, Role.BILLING_MANAGER, Role.VIEWER)
+CREDIT_CALLS = (
+    ("/api/orgs/{org}/billing/topups/", {"amount": "1000000.00", "reference": "MINT-1"}),
+    ("/api/orgs/{org}/billing/refunds/", {"amount": "-1000000", "reason": "mint"}),
+    ("/api/orgs/{org}/billing/adjustments/", {"amount": "1000000.00", "reason": "mint"}),
+)
+
+
+def test_balance_and_ledger_read_and_no_tenant_role_can_credit(worlds):
+    """Only real money raises a balance: no tenant role (the owner included) has an endpoint
+    that credits, refunds or adjusts, in its own organization or another's."""
     a = worlds["a"]
     client = login(a.tree.owner)
     response = client.get("/api/orgs/alpha/billing/balance/")
@@ -65,48 +76,67 @@ def test_balance_topup_refund_adjust_and_ledger(worlds):
         "pending": "0.000000000000",
         "available": "100.000000000000",
     }
-    r = client.post(
-        "/api/orgs/alpha/billing/topups/",
-        {"amount": "250.00", "reference": "WIRE-77"},
-        format="json",
-    )
-    assert r.status_code == 201
-    assert (r.json()["kind"], r.json()["amount"], r.json()["balance_after"]) == (
-        "topup",
-        "250.000000000000",
-        "350.000000000000",
-    )
-    assert r.json()["created_by"] == "alpha-owner"
-    r = client.post(
-        "/api/orgs/alpha/billing/refunds/",
-        {"amount": "50", "reason": "unused credit"},
-        format="json",
-    )
-    assert r.status_code == 201
-    r = client.post(
-        "/api/orgs/alpha/billing/adjustments/", {"amount": "-0.5", "reason": "fix"}, format="json"
-    )
-    assert r.json()["balance_after"] == "299.500000000000"
+    users = [a.tree.owner] + [add_member(a.tree.root, r).user for r in ROLES_AT_ROOT[1:]]
+    users.append(add_member(a.tree.team, Role.DEVELOPER).user)
+    before = snapshot()
+    for user in users:
+        c = login(user)
+        for org in ("alpha", "beta"):
+            for url, body in CREDIT_CALLS:
+                r = c.post(url.format(org=org), body, format="json")
+                assert r.status_code in (404, 405), (user.username, url, r.status_code)
+    assert snapshot() == before
     ledger = client.get("/api/orgs/alpha/billing/ledger/").json()
-    assert [(e["kind"], e["amount"]) for e in ledger["results"]] == [
-        ("adjustment", "-0.500000000000"),
-        ("refund", "-50.000000000000"),
-        ("topup", "250.000000000000"),
-        ("topup", "100.000000000000"),
-    ]
+    assert [(e["kind"], e["amount"]) for e in ledger["results"]] == [("topup", "100.000000000000")]
     only = client.get("/api/orgs/alpha/billing/ledger/?kind=refund").json()
-    assert only["count"] == 1
+    assert only["count"] == 0
     assert services.account_check() == []
+
+
+def test_billing_managers_start_checkouts_nothing_is_credited_until_paid(worlds, settings):
+    settings.BILLING_CHECKOUT_URL = "https://pay.example/{id}?amount={cents}&org={organization}"
+    a = worlds["a"]
+    manager = add_member(a.tree.root, Role.BILLING_MANAGER).user
+    viewer = add_member(a.tree.root, Role.VIEWER).user
+    developer = add_member(a.tree.team, Role.DEVELOPER).user
+    before = snapshot()
+    for user, expected in ((viewer, 403), (developer, 403)):
+        r = login(user).post("/api/orgs/alpha/billing/checkouts/", {"amount": "100"}, format="json")
+        assert r.status_code == expected
+    assert snapshot() == before
+    for user in (a.tree.owner, manager):
+        r = login(user).post("/api/orgs/alpha/billing/checkouts/", {"amount": "100"}, format="json")
+        assert r.status_code == 201, r.content
+        body = r.json()
+        assert (body["status"], body["amount"]) == ("open", "100.000000000000")
+        assert body["pay_url"] == f"https://pay.example/{body['checkout']}?amount=10000&org=alpha"
+    after = snapshot()
+    assert (after["accounts"], after["ledger"]) == (before["accounts"], before["ledger"])
+    assert login(viewer).get("/api/orgs/alpha/billing/checkouts/").json()["count"] == 2
+    bad = login(manager).post("/api/orgs/alpha/billing/checkouts/", {"amount": "1"}, format="json")
+    assert bad.status_code == 400 and "amount" in bad.json()
+    # another organization's owner sees and starts nothing here
+    other = login(worlds["b"].tree.owner)
+    assert other.get("/api/orgs/alpha/billing/checkouts/").status_code == 404
+    assert (
+        other.post("/api/orgs/alpha/billing/checkouts/", {"amount": "9"}, format="json").status_code
+        == 404
+    )
+    checkout = Checkout.objects.filter(organization=a.org).first()
+    assert (
+        login(a.tree.owner).get(f"/api/orgs/alpha/billing/checkouts/{checkout.pk}/").status_code
+        == 200
+    )
+    assert other.get(f"/api/orgs/beta/billing/checkouts/{checkout.pk}/").status_code == 404
 
 
 def test_bad_amounts_are_400_and_change_nothing(worlds):
     client = login(worlds["a"].tree.owner)
     before = snapshot()
     for url, body, field in [
-        ("/api/orgs/alpha/billing/topups/", {"amount": "-10", "reference": "X"}, "amount"),
-        ("/api/orgs/alpha/billing/topups/", {"amount": 10.5, "reference": "X"}, "amount"),
-        ("/api/orgs/alpha/billing/topups/", {"amount": "10"}, "reference"),
-        ("/api/orgs/alpha/billing/refunds/", {"amount": "0", "reason": "x"}, "amount"),
+        ("/api/orgs/alpha/billing/checkouts/", {"amount": "-10"}, "amount"),
+        ("/api/orgs/alpha/billing/checkouts/", {"amount": 10.5}, "amount"),
+        ("/api/orgs/alpha/billing/checkouts/", {}, "amount"),
         (
             "/api/orgs/alpha/budgets/",
             {"scope": "team", "scope_id": 0, "period": "daily", "limit_usd": "1"},
@@ -126,10 +156,6 @@ def test_bad_amounts_are_400_and_change_nothing(worlds):
         r = client.post(url, body, format="json")
         assert r.status_code == 400, (url, body, r.content)
         assert field in r.json(), r.json()
-    r = client.post(
-        "/api/orgs/alpha/billing/refunds/", {"amount": "1000", "reason": "x"}, format="json"
-    )
-    assert (r.status_code, r.json()["code"]) == (400, "insufficient_balance")
     assert snapshot() == before
 
 
@@ -190,7 +216,7 @@ def test_roles_viewer_reads_billing_manager_writes_developer_neither(worlds):
     v = login(viewer)
     assert v.get("/api/orgs/alpha/billing/balance/").status_code == 200
     assert v.get("/api/orgs/alpha/billing/ledger/").status_code == 200
-    r = v.post("/api/orgs/alpha/billing/topups/", {"amount": "1", "reference": "x"}, format="json")
+    r = v.post("/api/orgs/alpha/billing/checkouts/", {"amount": "10"}, format="json")
     assert r.status_code == 403
     r = v.post(
         "/api/orgs/alpha/budgets/",
@@ -203,7 +229,7 @@ def test_roles_viewer_reads_billing_manager_writes_developer_neither(worlds):
     assert d.get("/api/orgs/alpha/billing/ledger/").status_code == 403
     assert snapshot() == before
     m = login(manager)
-    r = m.post("/api/orgs/alpha/billing/topups/", {"amount": "1", "reference": "x"}, format="json")
+    r = m.post("/api/orgs/alpha/billing/checkouts/", {"amount": "10"}, format="json")
     assert r.status_code == 201
 
 
@@ -241,9 +267,8 @@ def test_org_a_gets_404_for_everything_of_org_b(worlds):
     before = snapshot()
     calls = [
         ("get", "/api/orgs/beta/billing/balance/", None),
-        ("post", "/api/orgs/beta/billing/topups/", {"amount": "1", "reference": "x"}),
-        ("post", "/api/orgs/beta/billing/refunds/", {"amount": "1", "reason": "x"}),
-        ("post", "/api/orgs/beta/billing/adjustments/", {"amount": "1", "reason": "x"}),
+        ("get", "/api/orgs/beta/billing/checkouts/", None),
+        ("post", "/api/orgs/beta/billing/checkouts/", {"amount": "10"}),
         ("get", "/api/orgs/beta/billing/ledger/", None),
         ("get", f"/api/orgs/beta/billing/ledger/{entry}/", None),
         ("get", "/api/orgs/beta/billing/notifications/", None),

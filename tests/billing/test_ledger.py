@@ -28,7 +28,7 @@ def state(org):
 def test_topup_refund_adjust_move_balance_with_ledger_and_audit():
     w = make_world("acme", balance=None)
     org = w.org
-    e1 = services.balance_topup(actor=SYSTEM, organization=org, amount="250.00", reference="W-1")
+    e1 = services.transfer_record(actor=SYSTEM, organization=org, amount="250.00", reference="W-1")
     e2 = services.balance_refund(actor=SYSTEM, organization=org, amount="100.5", reason="unused")
     e3 = services.balance_adjust(
         actor=SYSTEM, organization=org, amount="-0.000000000001", reason="rounding"
@@ -51,7 +51,7 @@ def test_topup_refund_adjust_move_balance_with_ledger_and_audit():
         .values_list("action", "changes")
     )
     assert [a for a, _ in actions] == [
-        "billing.topup",
+        "billing.transfer",
         "billing.refund",
         "billing.adjust",
         "billing.adjust",
@@ -59,9 +59,51 @@ def test_topup_refund_adjust_move_balance_with_ledger_and_audit():
     assert actions[0][1] == {
         "amount": "250.00",
         "reference": "W-1",
+        "reason": "",
         "balance_after": "250.000000000000",
     }
     assert actions[1][1]["reason"] == "unused"
+
+
+def test_only_platform_operators_move_a_balance_and_a_reference_is_credited_once():
+    from django.contrib.auth.models import Permission
+
+    from orgs.audit import Actor
+    from orgs.errors import NotAllowed
+    from tests.orgs.factories import UserFactory
+
+    w = make_world("acme")
+    owner = Actor(user=w.tree.owner)
+    staff_without_permission = Actor(user=UserFactory(username="ops-new", is_staff=True))
+    operator_user = UserFactory(username="ops", is_staff=True)
+    operator_user.user_permissions.add(Permission.objects.get(codename="credit_balance"))
+    operator = Actor(user=operator_user)
+    before = state(w.org)
+    for actor in (owner, staff_without_permission):
+        with pytest.raises(NotAllowed):
+            services.transfer_record(actor=actor, organization=w.org, amount="5", reference="R")
+        with pytest.raises(NotAllowed):
+            services.balance_adjust(actor=actor, organization=w.org, amount="5", reason="x")
+        with pytest.raises(NotAllowed):
+            services.balance_refund(actor=actor, organization=w.org, amount="5", reason="x")
+    assert state(w.org) == before
+    entry = services.transfer_record(
+        actor=operator, organization=w.org, amount="500", reference="BANK-2026-77", reason="PO 9"
+    )
+    assert (entry.created_by, entry.reference, entry.reason) == (
+        operator_user,
+        "BANK-2026-77",
+        "PO 9",
+    )
+    after = state(w.org)
+    with pytest.raises(InvalidInput) as err:  # the same bank reference, any case
+        services.transfer_record(
+            actor=operator, organization=w.org, amount="500", reference="bank-2026-77"
+        )
+    assert err.value.errors == {"reference": ["This bank reference was already credited."]}
+    assert state(w.org) == after
+    event = AuditEvent.objects.filter(action="billing.transfer", organization=w.org).latest("id")
+    assert (event.actor, event.changes["reference"]) == (operator_user, "BANK-2026-77")
 
 
 @pytest.mark.parametrize(
@@ -80,7 +122,7 @@ def test_bad_topups_are_refused_and_change_nothing(amount, field_message):
     w = make_world("acme")
     before = state(w.org)
     with pytest.raises(InvalidInput) as err:
-        services.balance_topup(actor=SYSTEM, organization=w.org, amount=amount, reference="X")
+        services.transfer_record(actor=SYSTEM, organization=w.org, amount=amount, reference="X")
     assert err.value.errors == {"amount": [field_message]}
     assert state(w.org) == before
 
@@ -89,7 +131,7 @@ def test_topup_needs_a_reference_and_refund_a_reason():
     w = make_world("acme")
     before = state(w.org)
     with pytest.raises(InvalidInput) as err:
-        services.balance_topup(actor=SYSTEM, organization=w.org, amount="5", reference="  ")
+        services.transfer_record(actor=SYSTEM, organization=w.org, amount="5", reference="  ")
     assert err.value.errors == {"reference": ["This field is required."]}
     with pytest.raises(InvalidInput) as err:
         services.balance_refund(actor=SYSTEM, organization=w.org, amount="5", reason="")

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connection
 
 from billing import services
-from billing.admission import UsageEventData
+from billing.admission import HoldRequest, UsageEventData
 from billing.errors import AdmissionUnavailable
 from billing.models import LedgerEntry, UsageRecord
 from tests.billing.admission_helpers import observed, reserve_held, run
@@ -40,7 +40,7 @@ def test_counters_lost_are_rebuilt_from_the_database(rbackend):
 
     async def traffic():
         # one settled and posted, one settled not posted, one still open (persisted)
-        a = await rbackend.reserve(rid(), w.ctx(), D("0.5"), 10)
+        a = await rbackend.reserve(rid(), w.ctx(), HoldRequest.fixed(D("0.5"), 10))
         await rbackend.settle(a, D("0.3"), UsageEventData())
         return a
 
@@ -48,9 +48,9 @@ def test_counters_lost_are_rebuilt_from_the_database(rbackend):
     services.usage_events_post()
 
     async def more():
-        b = await rbackend.reserve(rid(), w.ctx(), D("0.4"), 10)
+        b = await rbackend.reserve(rid(), w.ctx(), HoldRequest.fixed(D("0.4"), 10))
         await rbackend.settle(b, D("0.25"), UsageEventData())
-        c = await rbackend.reserve(rid(), w.ctx(), D("0.7"), 10)
+        c = await rbackend.reserve(rid(), w.ctx(), HoldRequest.fixed(D("0.7"), 10))
         await c.extra["persist"]
         return c
 
@@ -63,7 +63,7 @@ def test_counters_lost_are_rebuilt_from_the_database(rbackend):
     rbackend.sync.delete(*keys)
     assert rbackend.sync.get(rbackend.keys(w.org.pk).epoch) is None
     # the next reserve rebuilds before admitting; the rebuilt state equals what was lost
-    run(rbackend.reserve, rid(), w.ctx(), D("0.05"), 10)
+    run(rbackend.reserve, rid(), w.ctx(), HoldRequest.fixed(D("0.05"), 10))
     assert rbackend.rebuilds >= 1
     assert observed(rbackend, w.org, budgets) == {
         "available": D("18.70"),
@@ -79,7 +79,7 @@ def test_counters_lost_are_rebuilt_from_the_database(rbackend):
 def test_epoch_bump_rebuilds_to_the_database_state(rbackend):
     w = make_world("acme", balance="5")
     b = budget(w, "team", "3")
-    reserve_held(rbackend, rid(), w.ctx(), D("1"), 10)
+    reserve_held(rbackend, rid(), w.ctx(), HoldRequest.fixed(D("1"), 10))
     k = rbackend.keys(w.org.pk)
     before = observed(rbackend, w.org, [b])
     # counters drift (e.g. an operator poked them); dropping the epoch restores the truth
@@ -104,7 +104,7 @@ def test_fails_closed_while_another_process_rebuilds(rbackend, monkeypatch):
     rbackend.sync.set(k.lock, "another-process", px=30_000)
     monkeypatch.setattr("billing.admission.redis.REBUILD_WAIT", 0.2)
     with pytest.raises(AdmissionUnavailable) as err:
-        run(rbackend.reserve, rid(), w.ctx(), D("0.01"), 10)
+        run(rbackend.reserve, rid(), w.ctx(), HoldRequest.fixed(D("0.01"), 10))
     assert err.value.http_status == 503
     assert rbackend.sync.get(k.epoch) is None
     assert observed_nothing_held(w)
@@ -180,7 +180,7 @@ def test_a_settle_racing_a_restart_is_counted_exactly_once(rbackend):
         rbackend.sync.delete(*rbackend.sync.scan_iter(match=f"{rbackend.prefix}:*"))
 
     # 1. the usage event reached the database, then Redis restarted before the Redis half
-    a = reserve_held(rbackend, rid(), w.ctx(), D("0.5"), 10)
+    a = reserve_held(rbackend, rid(), w.ctx(), HoldRequest.fixed(D("0.5"), 10))
     settle_rows(a, D("0.2"), UsageEventData(), db_held=False)
     restart()
     assert rbackend.rebuild_sync(w.org.pk)
@@ -189,7 +189,7 @@ def test_a_settle_racing_a_restart_is_counted_exactly_once(rbackend):
     assert observed(rbackend, w.org, [b])[b.pk] == D("0.2")  # not twice
 
     # 2. Redis restarted while the request was in flight: the rebuild holds its reservation
-    c = reserve_held(rbackend, rid(), w.ctx(), D("0.4"), 10)
+    c = reserve_held(rbackend, rid(), w.ctx(), HoldRequest.fixed(D("0.4"), 10))
     restart()
     assert rbackend.rebuild_sync(w.org.pk)
     assert observed(rbackend, w.org, [b])[b.pk] == D("0.6")
@@ -198,7 +198,7 @@ def test_a_settle_racing_a_restart_is_counted_exactly_once(rbackend):
     assert observed(rbackend, w.org, [b])[b.pk] == D("0.3")
 
     # 3. the Redis half arrives while the counters are gone: it waits for (runs) the rebuild
-    d = reserve_held(rbackend, rid(), w.ctx(), D("0.3"), 10)
+    d = reserve_held(rbackend, rid(), w.ctx(), HoldRequest.fixed(D("0.3"), 10))
     settle_rows(d, D("0.3"), UsageEventData(), db_held=False)
     restart()
     assert run(rbackend.settle_counters, d, D("0.3"), 0)
@@ -223,7 +223,7 @@ def test_settle_with_redis_unreachable_keeps_the_event_and_reconcile_finishes_it
     key_b = budget(w, "key", "2", period="daily")
 
     async def reserve():
-        res = await rbackend.reserve(rid(), w.ctx(), D("0.5"), 10)
+        res = await rbackend.reserve(rid(), w.ctx(), HoldRequest.fixed(D("0.5"), 10))
         await res.extra["persist"]
         return res
 

@@ -292,7 +292,7 @@ def test_monthly_statement_is_built_once_and_emailed_to_billing_managers(data):
     a = data["a"]
     manager = add_member(a.tree.root, Role.BILLING_MANAGER)
     add_member(a.tree.team, Role.VIEWER)  # not a recipient
-    billing_services.balance_topup(
+    billing_services.transfer_record(
         actor=Actor.system(), organization=a.org, amount="25.00", reference="wire-2"
     )
     now = dt.datetime.now(UTC)

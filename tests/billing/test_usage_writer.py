@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 
 from billing import services
-from billing.admission import UsageEventData, writer
+from billing.admission import HoldRequest, UsageEventData, writer
 from billing.admission.base import usage_event_row
 from billing.admission.redis import UsageStream
 from billing.models import LedgerEntry, Reservation, UsageEvent, UsageRecord
@@ -45,7 +45,7 @@ async def append_only(backend, res, cost: Decimal) -> None:
 
 def settle_without_writer(backend, w, cost: Decimal):
     async def go():
-        res = await backend.reserve(uuid.uuid4().hex, w.ctx(), D("0.05"), 100)
+        res = await backend.reserve(uuid.uuid4().hex, w.ctx(), HoldRequest.fixed(D("0.05"), 100))
         await append_only(backend, res, cost)
         return res
 
@@ -58,7 +58,7 @@ def test_settle_counts_at_once_and_the_rows_follow_in_batches(behind):
 
     async def go() -> list[str]:
         async def one() -> str:
-            res = await behind.reserve(uuid.uuid4().hex, w.ctx(), D("0.05"), 100)
+            res = await behind.reserve(uuid.uuid4().hex, w.ctx(), HoldRequest.fixed(D("0.05"), 100))
             await behind.settle(res, D("0.01"), event())
             return res.request_id
 
@@ -89,8 +89,8 @@ def test_open_holds_reach_the_database_and_releases_remove_them(behind):
     w = make_world("wb-hold", balance="10")
 
     async def hold():
-        held = await behind.reserve(uuid.uuid4().hex, w.ctx(), D("0.05"), 100)
-        dropped = await behind.reserve(uuid.uuid4().hex, w.ctx(), D("0.05"), 100)
+        held = await behind.reserve(uuid.uuid4().hex, w.ctx(), HoldRequest.fixed(D("0.05"), 100))
+        dropped = await behind.reserve(uuid.uuid4().hex, w.ctx(), HoldRequest.fixed(D("0.05"), 100))
         await behind.flush_writes()
         return held, dropped
 
@@ -158,7 +158,7 @@ def test_a_database_outage_delays_the_rows_and_loses_none(behind, monkeypatch):
     async def go():
         ids = []
         for _ in range(5):
-            res = await behind.reserve(uuid.uuid4().hex, w.ctx(), D("0.05"), 100)
+            res = await behind.reserve(uuid.uuid4().hex, w.ctx(), HoldRequest.fixed(D("0.05"), 100))
             await behind.settle(res, D("0.01"), event())
             ids.append(res.request_id)
         await behind.flush_writes()
@@ -184,7 +184,7 @@ def test_reserve_and_settle_make_no_query_on_the_request_path(behind, monkeypatc
     budget(w, "key", "5")
 
     async def one():
-        res = await behind.reserve(uuid.uuid4().hex, w.ctx(), D("0.05"), 100)
+        res = await behind.reserve(uuid.uuid4().hex, w.ctx(), HoldRequest.fixed(D("0.05"), 100))
         await behind.settle(res, D("0.01"), event())
 
     run(one)  # the organization's first request builds its counters (then drops the budgets)
@@ -212,7 +212,7 @@ def test_a_hold_open_long_enough_gets_its_row_and_settle_deletes_it(behind, monk
     w = make_world("wb-long", balance="10")
 
     async def reserve():
-        return await behind.reserve(uuid.uuid4().hex, w.ctx(), D("0.05"), 100)
+        return await behind.reserve(uuid.uuid4().hex, w.ctx(), HoldRequest.fixed(D("0.05"), 100))
 
     async def settle(res):
         await behind.settle(res, D("0.01"), event())

@@ -1,4 +1,5 @@
-"""The payment webhook receiver: Stripe-style signatures, tolerance window, idempotency."""
+"""The payment webhook receiver: Stripe-style signatures, tolerance window, idempotency; only a
+completed checkout of the organization credits, once."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from rest_framework.test import APIClient
 
 from billing import webhooks
 from billing.errors import WebhookRejected
-from billing.models import BillingAccount, LedgerEntry, PaymentEvent
+from billing.models import BillingAccount, Checkout, LedgerEntry, PaymentEvent
 from orgs.models import AuditEvent
 from tests.billing.factories import make_world
 
@@ -33,6 +34,16 @@ def post(body: bytes, header: str | None):
     return APIClient().post(URL, data=body, content_type="application/json", **headers)
 
 
+def checkout(world, public_id="co_fixture0000000000000000", amount="50"):
+    """The open checkout the fixture's session pays (as a billing manager would start it)."""
+    return Checkout.objects.create(public_id=public_id, organization=world.org, amount=amount)
+
+
+def signed(event: dict) -> tuple[bytes, str]:
+    body = json.dumps(event).encode()
+    return body, webhooks.sign(payload=body, secret=SECRET)
+
+
 def books(org):
     return (
         BillingAccount.objects.filter(organization=org).values_list("balance", flat=True).first(),
@@ -42,8 +53,9 @@ def books(org):
     )
 
 
-def test_signed_event_tops_up_once():
+def test_a_paid_checkout_credits_once():
     w = make_world("acme", balance="10")
+    co = checkout(w)
     response = post(FIXTURE, webhooks.sign(payload=FIXTURE, secret=SECRET))
     assert response.status_code == 200
     assert response.json() == {"status": "applied", "event": "evt_1QmegaRouterTopup0001"}
@@ -52,13 +64,35 @@ def test_signed_event_tops_up_once():
     assert (entry.kind, entry.amount, entry.reference) == (
         "topup",
         Decimal("50"),
-        "stripe:evt_1QmegaRouterTopup0001",
+        "stripe:pi_3QmegaRouter0001",
     )
+    co.refresh_from_db()
+    assert (co.status, co.ledger_entry_id) == ("paid", entry.pk)
     # the provider retries the same event (fresh signature): applied once
     again = post(FIXTURE, webhooks.sign(payload=FIXTURE, secret=SECRET))
     assert again.status_code == 200
     assert again.json()["status"] == "duplicate"
-    assert books(w.org) == (Decimal("60"), 2, 1, 1)
+    # another event for the same, already paid checkout credits nothing
+    event = json.loads(FIXTURE)
+    event["id"] = "evt_1QmegaRouterTopup0002"
+    body, header = signed(event)
+    assert post(body, header).json() == {"status": "ignored", "event": "evt_1QmegaRouterTopup0002"}
+    assert books(w.org)[:2] == (Decimal("60"), 2)
+
+
+def test_a_payment_without_a_checkout_of_that_organization_credits_nothing():
+    w = make_world("acme", balance="10")
+    other = make_world("beta", balance="10")
+    checkout(other)  # the session names beta's checkout but acme as the organization
+    before, other_before = books(w.org), books(other.org)
+    response = post(FIXTURE, webhooks.sign(payload=FIXTURE, secret=SECRET))
+    assert response.status_code == 400
+    assert "client_reference_id" in response.json()["errors"]
+    event = json.loads(FIXTURE)
+    event["data"]["object"].pop("client_reference_id")
+    body, header = signed(event)
+    assert post(body, header).status_code == 400
+    assert (books(w.org), books(other.org)) == (before, other_before)
 
 
 @pytest.mark.parametrize(
@@ -118,7 +152,7 @@ def test_rotated_secrets_any_v1_matches():
     [
         (
             lambda e: e["data"]["object"].update(metadata={"organization": "nobody"}),
-            "metadata.organization",
+            "client_reference_id",
         ),
         (lambda e: e["data"]["object"].update(currency="eur"), "currency"),
         (lambda e: e["data"]["object"].update(amount_total=-5), "amount"),
@@ -126,6 +160,7 @@ def test_rotated_secrets_any_v1_matches():
 )
 def test_valid_signature_but_bad_event_changes_nothing(mutate, field):
     w = make_world("acme", balance="10")
+    checkout(w)
     before = books(w.org)
     event = json.loads(FIXTURE)
     mutate(event)

@@ -11,7 +11,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 
 from billing import services as billing_services
-from billing.admission import AdmissionContext, UsageEventData
+from billing.admission import AdmissionContext, HoldRequest, UsageEventData
 from billing.admission.db import DatabaseBackend
 from orgs import services
 from orgs.models import Invitation, Membership, Node, Role
@@ -67,7 +67,7 @@ def make_tenant(slug: str = "acme") -> Tenant:
     invitation = services.invitation_create(
         actor=SYSTEM, node=tree.team, email=f"new@{slug}.example", role=Role.DEVELOPER
     ).invitation
-    billing_services.balance_topup(
+    billing_services.transfer_record(
         actor=SYSTEM, organization=tree.org, amount="100.00", reference=f"wire-{slug}"
     )
     budget = billing_services.budget_create(
@@ -120,7 +120,9 @@ def spend(
     backend = DatabaseBackend()
     request_id = uuid.uuid4().hex
     amount = Decimal(cost)
-    reservation = async_to_sync(backend.reserve)(request_id, ctx, amount, sum(tokens))
+    reservation = async_to_sync(backend.reserve)(
+        request_id, ctx, HoldRequest.fixed(amount, sum(tokens))
+    )
     data = UsageEventData(
         model=model,
         requested_model=model,

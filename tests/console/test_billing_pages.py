@@ -11,7 +11,7 @@ from django.test import Client
 
 from billing.alerts import budget_alerts_evaluate
 from billing.analytics.rollups import rollup_advance
-from billing.models import Budget, LedgerEntry, Notification
+from billing.models import Budget, Checkout, LedgerEntry, Notification
 from billing.reports.csv_export import COLUMNS
 from console.views.billing import spend_bar
 from tests.console.factories import Tenant, make_tenant, spend
@@ -152,35 +152,77 @@ def test_budget_field_errors_change_nothing(acme):
     )
 
 
-def test_balance_topup_and_ledger(acme):
+def test_balance_ledger_and_buying_credit_starts_a_checkout_that_credits_nothing(acme, settings):
+    settings.BILLING_CHECKOUT_URL = "https://pay.example/{id}?cents={cents}"
     spend(acme.tree.project, acme.developer_membership, acme.developer_key, "1.5")
     client = login(acme.tree.owner)
-    response = client.post(
-        "/o/acme/billing/", {"amount": "40", "reference": "wire-77"}, follow=True
-    )
-    assert [str(m) for m in response.context["messages"]] == [
-        "Top-up of $40.00 recorded; balance $138.50."
-    ]
-    summary = response.context["summary"]
+    page = client.get("/o/acme/billing/")
+    summary = page.context["summary"]
     assert (summary["balance"], summary["pending"], summary["available"]) == (
-        D("138.5"),
+        D("98.5"),
         D("0"),
-        D("138.5"),
+        D("98.5"),
     )
-    entries = [(e.kind, e.amount, e.balance_after) for e in response.context["page"].object_list]
-    assert entries == [
-        ("topup", D("40"), D("138.5")),
-        ("usage", D("-1.5"), D("98.5")),
-        ("topup", D("100"), D("100")),
+    assert "Record a top-up" not in page.content.decode()  # no tenant form credits
+    entries = [(e.kind, e.amount, e.balance_after) for e in page.context["page"].object_list]
+    assert entries == [("usage", D("-1.5"), D("98.5")), ("topup", D("100"), D("100"))]
+    response = client.post("/o/acme/billing/", {"amount": "40"})
+    checkout = Checkout.objects.get(organization=acme.tree.org)
+    assert response["Location"] == f"https://pay.example/{checkout.public_id}?cents=4000"
+    assert (checkout.status, checkout.amount, checkout.created_by) == (
+        "open",
+        D("40"),
+        acme.tree.owner,
+    )
+    assert LedgerEntry.objects.filter(organization=acme.tree.org).count() == 2  # nothing credited
+    listed = client.get("/o/acme/billing/").context["checkouts"]
+    assert [(r["c"].public_id, r["pay_url"]) for r in listed] == [
+        (checkout.public_id, response["Location"])
     ]
     response = client.get("/o/acme/billing/?kind=topup")
-    assert [e.reference for e in response.context["page"].object_list] == ["wire-77", "wire-acme"]
-    bad = client.post("/o/acme/billing/", {"amount": "0", "reference": ""})
+    assert [e.reference for e in response.context["page"].object_list] == ["wire-acme"]
+    bad = client.post("/o/acme/billing/", {"amount": "1"})
     assert bad.status_code == 400
-    assert set(bad.context["form"].errors) == {"amount", "reference"}
-    assert LedgerEntry.objects.filter(organization=acme.tree.org).count() == 3
-    # a developer has no billing role: the page is refused
+    assert set(bad.context["form"].errors) == {"amount"}
+    # a viewer sees the balance but cannot start a purchase; a developer sees nothing
+    assert login(acme.viewer).post("/o/acme/billing/", {"amount": "40"}).status_code == 403
+    assert Checkout.objects.count() == 1
     assert login(acme.developer).get("/o/acme/billing/").status_code == 403
+
+
+def test_the_platform_section_is_for_operators_only(acme):
+    from django.contrib.auth.models import Permission
+
+    from tests.console.factories import UserFactory
+
+    before = list(LedgerEntry.objects.order_by("id").values_list("id", "amount"))
+    body = {"organization": acme.tree.org.pk, "kind": "transfer", "amount": "1000000",
+            "reference": "MINT", "reason": ""}  # fmt: skip
+    for user in (acme.tree.owner, UserFactory(username="staff-no-perm", is_staff=True)):
+        client = login(user)
+        assert client.get("/platform/billing/").status_code == 403
+        assert client.post("/platform/billing/", body).status_code == 403
+    assert list(LedgerEntry.objects.order_by("id").values_list("id", "amount")) == before
+    operator = UserFactory(username="ops", is_staff=True)
+    operator.user_permissions.add(Permission.objects.get(codename="credit_balance"))
+    client = login(operator)
+    assert client.get("/platform/billing/").status_code == 200
+    body = {**body, "amount": "250", "reference": "BANK-1"}
+    response = client.post("/platform/billing/", body, follow=True)
+    assert response.status_code == 200
+    entry = LedgerEntry.objects.filter(organization=acme.tree.org).first()
+    assert (entry.kind, entry.amount, entry.reference, entry.created_by) == (
+        "topup",
+        D("250"),
+        "BANK-1",
+        operator,
+    )
+    again = client.post("/platform/billing/", body)  # a reference is credited once
+    assert again.status_code == 400
+    assert again.context["form"].errors == {
+        "reference": ["This bank reference was already credited."]
+    }
+    assert LedgerEntry.objects.filter(organization=acme.tree.org).count() == 2
 
 
 def test_usage_dashboard_totals_chart_and_csv(acme):

@@ -23,11 +23,14 @@ from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 from django.core import mail
 from django.core.management import call_command
 from django.db import connections
 
+from billing import webhooks
 from billing.analytics.tasks import analytics_rollup
 from billing.models import Budget, Report, UsageRecord
 from billing.reports.tasks import report_build_task
@@ -274,12 +277,44 @@ def test_new_admin_walkthrough(browser, stack, tmp_path, monkeypatch, settings):
     budget = Budget.objects.get(name="Forecasting monthly")
     assert (budget.scope, budget.scope_id, budget.limit_usd) == ("project", project.pk, D("2"))
 
-    # -- fund the organization: an enterprise transfer recorded by the admin ----------------
+    # -- fund the organization: a card purchase. The console starts the checkout and sends
+    # the buyer to the payment provider's page (here: back to the console); the provider's
+    # signed webhook, not anyone in the console, credits the balance.
+    org_slug = "demo"
+    settings.BILLING_PAYMENT_WEBHOOK_SECRET = "whsec_walk"
+    settings.BILLING_CHECKOUT_URL = f"{base}/o/{org_slug}/billing/?paying={{id}}&cents={{cents}}"
     w.nav("Balance and ledger")
     page.get_by_label("Amount (USD)").fill("250")
-    page.get_by_label("Reference").fill("WIRE-2026-11")
-    w.navigate(page.get_by_role("button", name="Record top-up"))
-    assert w.flash() == "Top-up of $250.00 recorded; balance $250.00."
+    w.navigate(page.get_by_role("button", name="Continue to payment"))
+    assert "paying=co_" in page.url and "cents=25000" in page.url
+    checkout_id = page.url.split("paying=")[1].split("&")[0]
+    assert "$0.00" in page.locator(".stat").first.inner_text()  # not credited yet
+    event = orjson.dumps(
+        {
+            "id": "evt_walk_1",
+            "type": "checkout.session.completed",
+            "data": {
+                "object": {
+                    "client_reference_id": checkout_id,
+                    "amount_total": 25000,
+                    "currency": "usd",
+                    "payment_status": "paid",
+                    "metadata": {"organization": org_slug},
+                }
+            },
+        }
+    )
+    paid = httpx.post(
+        f"{base}/api/billing/webhooks/payments/",
+        content=event,
+        headers={
+            "content-type": "application/json",
+            "stripe-signature": webhooks.sign(payload=event, secret="whsec_walk"),
+        },
+    )
+    assert paid.json() == {"status": "applied", "event": "evt_walk_1"}
+    w.nav("Balance and ledger")
+    assert "$250.00" in page.locator(".stat").first.inner_text()
 
     # -- a request with the new key through the official OpenAI SDK, to the real gateway ------
     import openai
@@ -377,7 +412,8 @@ def test_new_admin_walkthrough(browser, stack, tmp_path, monkeypatch, settings):
 
     w.nav("Balance and ledger")
     assert "$248.80" in page.locator(".stat").first.inner_text()
-    assert page.locator("tbody tr").count() == 2  # the top-up, the request's charge
+    ledger = page.locator("section[aria-labelledby=ledger-h] tbody tr")
+    assert ledger.count() == 2  # the card payment, the request's charge
     w.shot("billing")
     w.nav("Notifications")
     assert page.locator(".activity li").count() == 1  # 60 % crossed the 50 % threshold

@@ -103,7 +103,7 @@ class Tenant:
 def tenant_create(slug: str | None = None, *, balance: str | None = "1000") -> Tenant:
     """An organization with a department > team > project chain and, unless ``balance`` is
     None, a prepaid balance (admission refuses requests an empty balance cannot cover)."""
-    from billing.services import balance_topup
+    from billing.services import transfer_record
     from orgs import services
     from orgs.audit import Actor
     from orgs.models import Membership, Node
@@ -120,7 +120,7 @@ def tenant_create(slug: str | None = None, *, balance: str | None = "1000") -> T
             actor=actor, parent=node, name=f"{level} {n}", slug=f"{level}-{n}"
         )
     if balance is not None:
-        balance_topup(actor=actor, organization=org, amount=balance, reference=f"test-{slug}")
+        transfer_record(actor=actor, organization=org, amount=balance, reference=f"test-{slug}")
     return Tenant(organization=org, project=node, membership=membership)
 
 

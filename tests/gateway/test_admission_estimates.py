@@ -3,7 +3,7 @@ only, gateway.pipeline.prompt_counts -> routing.tokens) and the output ceiling (
 
 from __future__ import annotations
 
-from billing.admission.service import output_tokens_reserve
+from billing.admission.service import UNDECLARED_MAX_OUTPUT, output_tokens_wanted
 from gateway.pipeline import prompt_counts
 from gateway.providers.types import (
     ChatRequest,
@@ -14,7 +14,8 @@ from gateway.providers.types import (
     Tool,
     ToolCall,
 )
-from routing.tokens import prompt_tokens_estimate
+from gateway.simulator.engine import count_tokens
+from routing.tokens import prompt_tokens_bound, prompt_tokens_estimate
 
 
 def input_tokens_estimate(request):
@@ -52,17 +53,58 @@ def test_input_estimate_for_embeddings():
     assert input_tokens_estimate(EmbeddingRequest(input=[[1, 2, 3], [4]])) == 4
 
 
-def test_output_reserve_max_tokens_times_n_else_declared_max_capped(settings):
-    settings.MEGAROUTER_RESERVE_OUTPUT_TOKENS = 2000
+def test_output_wanted_is_max_tokens_times_n_else_the_largest_declared_max(settings):
+    settings.MEGAROUTER_MAX_OUTPUT_TOKENS = 0  # the default: the model's own maximum
 
-    def reserve(route="chat", max_tokens=None, n=1, *declared):
-        return output_tokens_reserve(
+    def wanted(route="chat", max_tokens=None, n=1, *declared):
+        return output_tokens_wanted(
             max_tokens=max_tokens, n=n, model_max_outputs=declared, embeddings=route == "embeddings"
         )
 
     small, large, silent = 500, 64000, None  # the candidates' declared max outputs
-    assert reserve("chat", 100, 3, small) == 300
-    assert reserve("chat", None, 1, small) == 500
-    assert reserve("chat", None, 2, small, large) == 4000  # capped
-    assert reserve("chat", None, 1, silent) == 2000
-    assert reserve("embeddings", None, 1, small) == 0
+    assert wanted("chat", 100, 3, small) == 300
+    assert wanted("chat", None, 1, small) == 500
+    assert wanted("chat", None, 2, small, large) == 128000
+    assert wanted("chat", None, 1, silent) == UNDECLARED_MAX_OUTPUT
+    assert wanted("embeddings", None, 1, small) == 0
+    settings.MEGAROUTER_MAX_OUTPUT_TOKENS = 2000  # an operator's cap
+    assert wanted("chat", None, 2, small, large) == 4000
+    assert wanted("chat", 3000, 1, large) == 3000  # the caller's own limit is not capped
+
+
+def _bound(request, kinds=("openai",)):
+    return prompt_tokens_bound(prompt_counts(request), kinds)
+
+
+def test_input_bound_is_above_what_the_simulator_counts_where_chars_over_4_is_not():
+    # 40,000 "!" are 40,000 tokens to the simulator (one per punctuation mark): the estimate
+    # (characters / 4) says 10,000, the bound (UTF-8 bytes plus framing) is above the count.
+    text = "!" * 40_000
+    request = ChatRequest(messages=[Message(role="user", content=text)])
+    counted = count_tokens(text) + 3  # the simulator's rule: text tokens + 3 per message
+    assert input_tokens_estimate(request) < counted
+    assert _bound(request) >= counted
+    for kinds in (("anthropic",), ("gemini",), ("bedrock", "azure")):
+        assert _bound(request, kinds) >= counted
+
+
+def test_input_bound_counts_multibyte_text_tools_and_images_per_provider():
+    cjk = "\u8def\u7531" * 100  # 200 characters, 600 UTF-8 bytes
+    request = ChatRequest(
+        messages=[
+            Message(
+                role="user",
+                content=[
+                    ContentPart(type="text", text=cjk),
+                    ContentPart(type="image", image_url="data:image/png;base64,AAAA"),
+                ],
+            ),
+        ],
+        tools=[Tool(name="get", description="d", parameters={"type": "object"})],
+    )
+    tools_json = len('{"type": "object"}') + len("get") + len("d")
+    openai = _bound(request, ("openai",))
+    anthropic = _bound(request, ("anthropic",))
+    assert openai >= 600 + tools_json + 1105
+    assert anthropic > openai  # Anthropic's largest image costs more than OpenAI's
+    assert _bound(request, ("openai", "anthropic")) == anthropic  # the worst of the set

@@ -38,7 +38,7 @@ def _setup():
     key = key_context_for_sync(created.raw_key)
     from billing import services as billing
 
-    billing.balance_topup(actor=SYSTEM, organization=tree.org, amount="10", reference="t-1")
+    billing.transfer_record(actor=SYSTEM, organization=tree.org, amount="10", reference="t-1")
     catalog_snapshot(max_age=0)
     policy_table(max_age=0)
     return key

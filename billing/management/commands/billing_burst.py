@@ -21,7 +21,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand, CommandError
 
-from billing.admission import AdmissionContext, UsageEventData, get_backend
+from billing.admission import AdmissionContext, HoldRequest, UsageEventData, get_backend
 from billing.errors import AdmissionRefused
 from orgs.models import ApiKey
 
@@ -64,7 +64,7 @@ async def burst(
         nonlocal admitted
         t0 = time.perf_counter()
         try:
-            res = await backend.reserve(uuid.uuid4().hex, ctx, cost, 20)
+            res = await backend.reserve(uuid.uuid4().hex, ctx, HoldRequest.fixed(cost, 20))
         except AdmissionRefused as exc:
             refused[exc.code] += 1
             return

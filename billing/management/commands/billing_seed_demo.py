@@ -33,7 +33,7 @@ class Command(BaseCommand):
             return
         actor = Actor.system()
         if not LedgerEntry.objects.filter(organization=org, reference=DEMO_REFERENCE).exists():
-            services.balance_topup(
+            services.transfer_record(
                 actor=actor, organization=org, amount=opts["credit"], reference=DEMO_REFERENCE
             )
         if not Budget.objects.filter(organization=org, scope="organization").exists():

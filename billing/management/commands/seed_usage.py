@@ -70,6 +70,7 @@ COLUMNS = (
     "attempts",
     "fallback_used",
     "routing",
+    "budget_periods",
     "created_at",
     "recorded_at",
 )
@@ -259,6 +260,7 @@ class Command(BaseCommand):
                     2 if fallback[i] else 1,
                     bool(fallback[i]),
                     "{}",
+                    "[]",  # seeded history was admitted against no budget
                     created,
                     created + dt.timedelta(seconds=2),
                 )
@@ -278,6 +280,7 @@ class Command(BaseCommand):
         for row in rows:
             values = dict(zip(COLUMNS, row, strict=True))
             values["routing"] = {}
+            values["budget_periods"] = []
             values["cost"] = Decimal(values["cost"])
             objs.append(UsageRecord(**values))
         UsageRecord.objects.bulk_create(objs, batch_size=2000)
