@@ -76,6 +76,7 @@ logger = logging.getLogger("megarouter.gateway")
 ZERO = Decimal(0)
 T = TypeVar("T")
 PROGRESS_EVERY_S = 0.5  # a stream's relayed output is checkpointed on its hold this often
+CHECKPOINT_AHEAD = 64  # output tokens a checkpoint covers beyond what was relayed, at least
 
 
 @dataclass(slots=True)
@@ -193,12 +194,20 @@ async def prepare(ctx: CallContext, request: ChatRequest | EmbeddingRequest) -> 
 
 def _output_limit(ctx: CallContext, candidate: RouteCandidate, asked: int | None) -> int | None:
     """The output limit an attempt sends upstream: the caller's, else what admission held
-    (per choice), within the model's maximum output."""
+    (per choice), within the model's maximum output and what its context window leaves after
+    the prompt (providers reject a prompt plus limit above the window)."""
     if asked is not None or ctx.route == "embeddings":
         return asked
     limit = max(1, ctx.output_tokens_reserve // ctx.n)
-    declared = candidate.model.max_output_tokens
-    return min(limit, declared) if declared else limit
+    model = candidate.model
+    if model.max_output_tokens:
+        limit = min(limit, model.max_output_tokens)
+    if model.context_window:
+        room = model.context_window - ctx.input_tokens_bound
+        if room < 1:  # the bound is above the window: leave what the estimate leaves
+            room = model.context_window - ctx.input_tokens_estimate
+        limit = min(limit, max(1, room))
+    return limit
 
 
 def prompt_counts(request: ChatRequest | EmbeddingRequest) -> PromptCounts:
@@ -526,8 +535,8 @@ async def _tracked(
     stopping the stream at the hold's output limit should the provider go past it."""
     for chunk in buffered:
         _observe(ctx, chunk)
-    checkpoints = _Checkpoints(ctx)
-    checkpoints.tick()
+    checkpoints = _Checkpoints(ctx)  # the first chunk went out already: cover it at once
+    await checkpoints.cover()
     for chunk in buffered[1:]:
         yield chunk
     waited_from = time.perf_counter()
@@ -539,8 +548,8 @@ async def _tracked(
                 yield _cut(ctx, chunk)
                 ctx.finished = True
                 return
+            await checkpoints.cover()
             yield chunk
-            checkpoints.tick()
             waited_from = time.perf_counter()
         ctx.finished = True
     except ProviderError as error:
@@ -601,41 +610,74 @@ def _cut(ctx: CallContext, last: ChatChunk) -> ChatChunk:
 _IN_FLIGHT: set[asyncio.Task[None]] = set()  # checkpoint writes (a reference until done)
 
 
-class _Checkpoints:
-    """A stream's progress on its hold: at once (with the terms to charge it by), then every
-    ``PROGRESS_EVERY_S``, one write in flight at a time, off the relay's path. Reconciliation
-    charges a dead process's stream from the last one."""
+def _relayed_tokens(ctx: CallContext) -> int:
+    """Output tokens relayed so far, counted from above: the larger of the chunks with content
+    (one token or more each) and the characters / 4 estimate a stream without usage is
+    charged by."""
+    return max(ctx.content_chunks, ctx.generated_tokens())
 
-    __slots__ = ("ctx", "due", "task")
+
+class _Checkpoints:
+    """What a stream relays is checkpointed on its hold before it goes out. Each write covers
+    the tokens relayed so far and an allowance ahead (``CHECKPOINT_AHEAD`` tokens, or twice
+    what the last interval relayed); it is renewed in the background every
+    ``PROGRESS_EVERY_S`` or when the relay has used half of it, and the relay waits for it only
+    when it caught up with the allowance (the first chunks, or a burst). Should the process
+    die, reconciliation charges the last write: never less than what was relayed, at most the
+    allowance more (output the provider had produced anyway). The first write also says how
+    to charge it (the usage event's metadata and the price). A failed write is logged and the
+    relay no longer waits for the next ones (the store is down: settle will tell)."""
+
+    __slots__ = ("covered", "ctx", "due", "task", "waits", "written_at")
 
     def __init__(self, ctx: CallContext) -> None:
         self.ctx = ctx
         self.due = 0.0
         self.task: asyncio.Task[None] | None = None
+        self.covered = 0  # tokens the last successful write covers
+        self.written_at = 0  # tokens relayed when it was made
+        self.waits = True
 
-    def tick(self) -> None:
+    async def cover(self) -> None:
+        """Call before relaying a chunk."""
         ctx = self.ctx
-        now = time.monotonic()
-        if ctx.admission is None or now < self.due:
+        if ctx.admission is None or ctx.output_tokens_reserve <= 0:
             return
+        relayed = _relayed_tokens(ctx)
+        behind = self.waits and relayed > self.covered
         if self.task is not None and not self.task.done():
+            if behind:
+                await asyncio.shield(self.task)
             return
-        first = self.due == 0.0
+        now = time.monotonic()
+        half = self.written_at + (self.covered - self.written_at) // 2
+        if not (behind or now >= self.due or relayed > half):
+            return
         self.due = now + PROGRESS_EVERY_S
-        tokens = min(ctx.generated_tokens(), ctx.output_tokens_reserve)
-        terms = {}
-        if first and ctx.chosen is not None:
+        ahead = max(CHECKPOINT_AHEAD, 2 * (relayed - self.written_at))
+        target = min(relayed + ahead, ctx.output_tokens_reserve)
+        self.task = asyncio.create_task(self._write(relayed, target))
+        _IN_FLIGHT.add(self.task)
+        self.task.add_done_callback(_IN_FLIGHT.discard)
+        if behind:
+            await asyncio.shield(self.task)
+
+    async def _write(self, relayed: int, target: int) -> None:
+        ctx = self.ctx
+        assert ctx.admission is not None
+        terms: dict[str, Any] = {}
+        if self.covered == 0 and ctx.chosen is not None:
             terms = {
                 "event": usage_event(
                     ctx, Usage(prompt_tokens=ctx.input_tokens_estimate, completion_tokens=0)
                 ),
                 "price": ctx.chosen.price,
             }
-        self.task = asyncio.create_task(
-            admission_progress(ctx.admission, output_tokens=tokens, **terms)
-        )
-        _IN_FLIGHT.add(self.task)
-        self.task.add_done_callback(_IN_FLIGHT.discard)
+        if await admission_progress(ctx.admission, output_tokens=target, **terms):
+            self.covered = max(self.covered, target)
+            self.written_at = relayed
+        else:
+            self.waits = False
 
 
 # ---------------------------------------------------------------- finish: settle or release

@@ -332,10 +332,13 @@ def progress_terms(
     }
 
 
-def usage_event_from_progress(request_id: str, bill: dict[str, Any], output_tokens: int) -> Decimal:
+def usage_event_from_progress(
+    request_id: str, bill: dict[str, Any], output_tokens: int, held: Decimal
+) -> Decimal:
     """Write the usage event of a stream whose process died, charged for the prompt estimate
-    and the ``output_tokens`` it relayed (its last checkpoint); returns the cost. A usage event
-    the process did write first wins (nothing is written twice)."""
+    and the ``output_tokens`` it relayed (its last checkpoint), at most its hold ``held``;
+    returns the cost. A usage event the process did write first wins (nothing is written
+    twice)."""
     data = dict(bill["data"])
     data.update(tokens_out=output_tokens, status="incomplete")
     data["routing"] = {
@@ -352,7 +355,7 @@ def usage_event_from_progress(request_id: str, bill: dict[str, Any], output_toke
         cache_write_tokens=0,
         reasoning_tokens=0,
     )
-    cost = usage_cost(price, usage)
+    cost = min(usage_cost(price, usage), held)
     UsageEvent.objects.bulk_create(
         [
             UsageEvent(

@@ -311,7 +311,9 @@ class DatabaseBackend:
             deleted, _ = ReservationRow.objects.filter(pk=row.pk).delete()
             if not deleted:
                 return False
-            cost = usage_event_from_progress(row.request_id, bill, int(row.progress.get("out", 0)))
+            cost = usage_event_from_progress(
+                row.request_id, bill, int(row.progress.get("out", 0)), res.amount
+            )
             self._move(res, cost - res.amount, 0)
         return True
 

@@ -600,18 +600,14 @@ class RedisBackend:
     async def progress(
         self, reservation: Reservation, output_tokens: int, bill: dict[str, Any] | None
     ) -> None:
-        """Checkpoint a stream's relayed output on its hold (``bill`` the first time)."""
+        """Checkpoint a stream's relayed output on its hold (``bill`` the first time). Raises
+        when Redis cannot be reached (the admission service logs it)."""
         client, scripts = self._client()
         k = self.keys(reservation.ctx.organization_id)
         terms = json.dumps(bill, default=str) if bill else ""
-        try:
-            await scripts["progress"](
-                keys=[k.res(reservation.request_id)],
-                args=[str(output_tokens), terms],
-                client=client,
-            )
-        except _COUNTER_ERRORS as exc:
-            _counters_unreachable("progress", reservation, exc)
+        await scripts["progress"](
+            keys=[k.res(reservation.request_id)], args=[str(output_tokens), terms], client=client
+        )
 
     # -- reconciliation -------------------------------------------------------------------------
     def reconcile_sync(self, *, now: dt.datetime | None = None) -> dict[str, int]:
@@ -692,7 +688,8 @@ def _usage_event_from_checkpoint(request_id: str, held: dict[str, str]) -> Decim
     """A stream whose process died after relaying some output: its usage event, charged for
     the prompt estimate and the output its last checkpoint counted."""
     bill = json.loads(held["bill"])
-    return usage_event_from_progress(request_id, bill, int(held.get("out", "0") or 0))
+    amount = Decimal(int(held.get("amt", "0") or 0)) / NANO
+    return usage_event_from_progress(request_id, bill, int(held.get("out", "0") or 0), amount)
 
 
 class UsageStream:

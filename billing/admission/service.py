@@ -100,20 +100,23 @@ async def admission_progress(
     output_tokens: int,
     event: UsageEventData | None = None,
     price: PriceVersion | None = None,
-) -> None:
+) -> bool:
     """Checkpoint a stream's relayed output on its hold; the first checkpoint also says how
-    to charge it (``event``, ``price``) should the process die before it settles."""
+    to charge it (``event``, ``price``) should the process die before it settles. False when
+    the write failed (logged: a missed checkpoint only makes a crash charge less)."""
     backend = get_backend()
     terms = None
     if event is not None and price is not None:
         terms = progress_terms(reservation, event, price, db_held=backend.name == "db")
     try:
         await backend.progress(reservation, output_tokens, terms)
-    except Exception as exc:  # a missed checkpoint only makes a crash charge less
+    except Exception as exc:
         logger.warning(
             "progress checkpoint failed",
             extra={"fields": {"request_id": reservation.request_id, "error": type(exc).__name__}},
         )
+        return False
+    return True
 
 
 async def admission_settle(

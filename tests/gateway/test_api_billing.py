@@ -587,3 +587,42 @@ def test_failover_deadlines_end_hung_and_stalled_calls_and_bill_only_what_was_se
     assert (record.status, record.tokens_out) == ("incomplete", out)
     assert record.cost == cost == record.tokens_in * f.PRICE_IN + out * f.PRICE_OUT
     assert tenant.charged() == cost
+
+
+def test_a_streams_checkpoint_stays_ahead_of_what_it_relayed(gateway_server, world):
+    """Before a chunk goes out, the hold's checkpoint covers it: a process killed at any
+    moment is charged at least what its clients received (reconciliation charges the
+    checkpoint; tests/billing/test_crash.py)."""
+    from billing.admission import get_backend
+
+    tenant = Tenant()
+    body = chat("openai/gpt-slow", stream=True)
+
+    def checkpoint(request_id: str) -> int:
+        backend = get_backend()
+        if backend.name == "redis":
+            held = backend.sync.hget(backend.keys(tenant.org.pk).res(request_id), "out")
+            return int(held or 0)
+        row = Reservation.objects.filter(request_id=request_id).first()
+        return int((row.progress or {}).get("out", 0)) if row else 0
+
+    seen_at: list[tuple[int, int]] = []
+    with (
+        httpx.Client(base_url=gateway_server.url, headers=tenant.headers, timeout=15) as http,
+        http.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        usage_id = response.headers["x-megarouter-usage-id"]
+        received = 0
+        for line in response.iter_lines():
+            if line.startswith("data: ") and '"content"' in line:
+                received += 1
+                if received % 20 == 0:
+                    seen_at.append((received, checkpoint(usage_id)))
+            if received == 120:
+                break
+    assert len(seen_at) == 6
+    assert all(covered >= received for received, covered in seen_at), seen_at
+    deadline = time.monotonic() + 10  # the abandoned stream settles (the server writes)
+    while not UsageEvent.objects.filter(request_id=usage_id).exists():
+        assert time.monotonic() < deadline, "the abandoned stream was never settled"
+        time.sleep(0.05)
