@@ -5,8 +5,10 @@ Translation: system / developer messages become the top-level ``system``; tool c
 ``tool_use`` blocks and tool results ``tool_result`` blocks in a user turn (consecutive turns
 of one role are merged, as the API requires alternation); images become ``image`` blocks
 (base64 for ``data:`` URIs, ``url`` sources otherwise). ``max_tokens`` is required by Anthropic:
-when the request has none, :data:`DEFAULT_MAX_TOKENS` (setting ``ANTHROPIC_DEFAULT_MAX_TOKENS``)
-is sent. Usage: ``prompt_tokens`` = input + cache read + cache creation tokens (Anthropic's
+the gateway always sends one (the caller's, else the output admission held, see
+``gateway.pipeline._output_limit``); the adapter used on its own (probes, tests) sends
+:data:`DEFAULT_MAX_TOKENS` when the request has none.
+Usage: ``prompt_tokens`` = input + cache read + cache creation tokens (Anthropic's
 ``input_tokens`` excludes both), ``cached_tokens`` = cache read, ``cache_write_tokens`` = cache
 creation. ``stop_reason`` ``refusal`` maps to finish reason ``content_filter``.
 """
@@ -17,7 +19,6 @@ from typing import Any
 
 import httpx
 import orjson
-from django.conf import settings
 
 from gateway.providers.base import (
     Adapter,
@@ -45,7 +46,7 @@ from gateway.providers.types import (
 )
 
 API_VERSION = "2023-06-01"
-DEFAULT_MAX_TOKENS = 4096
+DEFAULT_MAX_TOKENS = 4096  # used only when the adapter is called without a limit
 
 _STOP: dict[str | None, FinishReason | None] = {
     None: None,
@@ -147,7 +148,7 @@ def request_to_wire(request: ChatRequest, model: str, *, stream: bool) -> dict[s
 
     max_tokens = request.max_tokens
     if max_tokens is None:
-        max_tokens = int(getattr(settings, "ANTHROPIC_DEFAULT_MAX_TOKENS", DEFAULT_MAX_TOKENS))
+        max_tokens = DEFAULT_MAX_TOKENS
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": turns}
     if system:
         body["system"] = "\n\n".join(system)

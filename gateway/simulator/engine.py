@@ -98,7 +98,8 @@ MESSAGE_OVERHEAD = 3
 ERROR_FAULTS = {"429", "500", "502", "503", "529", "401", "403", "400", "context", "filter"}
 TRANSPORT_FAULTS = {"reset", "hang"}
 STREAM_FAULTS = {"cut", "stall", "malformed", "no_done"}
-FAULTS = ERROR_FAULTS | TRANSPORT_FAULTS | STREAM_FAULTS
+ANSWER_FAULTS = {"overrun"}  # a wrong answer with a success status
+FAULTS = ERROR_FAULTS | TRANSPORT_FAULTS | STREAM_FAULTS | ANSWER_FAULTS
 
 
 def count_tokens(text: str) -> int:
@@ -321,7 +322,7 @@ def generate(request: SimRequest, choice_index: int = 0) -> Generation:
     id_hash = seed.hex()[:24]
     prompt = prompt_tokens(request)
     cached = min(knobs.cached, prompt)
-    limit = request.max_tokens
+    limit = None if knobs.fault == "overrun" else request.max_tokens  # ignores the limit
     if knobs.fault == "filter" or FILTER_TRIGGER in request.last_user:
         return Generation(id_hash, None, [], "content_filter", prompt, 0, cached)
 

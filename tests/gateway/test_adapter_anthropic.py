@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import orjson
 import pytest
-from django.test import override_settings
 
 from gateway.providers.adapters import get_adapter
 from gateway.providers.anthropic import (
+    DEFAULT_MAX_TOKENS,
     AnthropicStreamDecoder,
     request_to_wire,
     response_from_wire,
@@ -140,10 +140,11 @@ def test_request_translation() -> None:
             Message(role="tool", content="18C", tool_call_id="toolu_2"),
         ],
         tools=[WEATHER_TOOL], tool_choice="required", parallel_tool_calls=False, stop=["END"], user="u-1",
+        max_tokens=512,
     )  # fmt: skip
     body = request_to_wire(request, "claude-3-5-haiku", stream=True)
     assert body["system"] == "Be brief.\n\nUse metric units."
-    assert body["max_tokens"] == 4096  # Anthropic requires it; the documented default
+    assert body["max_tokens"] == 512
     assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
     assert body["messages"][0]["content"][1] == {
         "type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}
@@ -164,10 +165,9 @@ def test_request_translation() -> None:
     assert body["stream"] is True
 
 
-def test_default_max_tokens_setting() -> None:
+def test_max_tokens_is_always_sent() -> None:
     request = ChatRequest(messages=[Message(role="user", content="hi")])
-    with override_settings(ANTHROPIC_DEFAULT_MAX_TOKENS=1024):
-        assert request_to_wire(request, "m", stream=False)["max_tokens"] == 1024
+    assert request_to_wire(request, "m", stream=False)["max_tokens"] == DEFAULT_MAX_TOKENS
     request.max_tokens = 77
     assert request_to_wire(request, "m", stream=False)["max_tokens"] == 77
 
@@ -175,7 +175,7 @@ def test_default_max_tokens_setting() -> None:
 def test_headers_and_url() -> None:
     ep = EndpointFactory(kind="anthropic", base_url="https://api.anthropic.com", api_key="sk-ant")
     url, headers, _ = get_adapter("anthropic").build(
-        ep, ChatRequest(messages=[Message(role="user", content="hi")]), stream=False
+        ep, ChatRequest(messages=[Message(role="user", content="hi")], max_tokens=9), stream=False
     )
     assert url == "https://api.anthropic.com/v1/messages"
     assert headers["x-api-key"] == "sk-ant"
@@ -195,7 +195,10 @@ def test_invalid_tool_arguments_are_bad_request() -> None:
 def test_tool_choice_none_keeps_tool_definitions() -> None:
     """History with tool_use blocks needs the tools defined, even when no call is wanted."""
     request = ChatRequest(
-        messages=[Message(role="user", content="hi")], tools=[WEATHER_TOOL], tool_choice="none"
+        messages=[Message(role="user", content="hi")],
+        tools=[WEATHER_TOOL],
+        tool_choice="none",
+        max_tokens=9,
     )
     body = request_to_wire(request, "m", stream=False)
     assert [t["name"] for t in body["tools"]] == ["get_weather"]
