@@ -4,6 +4,9 @@ JSON summary: how many were admitted or refused (by code) and reserve latency pe
     manage.py billing_burst --key-id 12 --requests 500 --cost 0.00003 [--no-settle] [--sequential]
 
 Each admitted request is settled at ``--cost`` (so it is charged), unless ``--no-settle``.
+With ``--hold-seconds`` each waits between reserve and settle, having checkpointed
+``--progress-tokens`` relayed output tokens on its hold as a stream does (tests kill the
+process then).
 Used by bench/budget_exactness.py and the two-process test; also a quick load check.
 """
 
@@ -16,14 +19,25 @@ import time
 import uuid
 from collections import Counter
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand, CommandError
 
 from billing.admission import AdmissionContext, HoldRequest, UsageEventData, get_backend
+from billing.admission.service import admission_progress
 from billing.errors import AdmissionRefused
 from orgs.models import ApiKey
+
+# The price a checkpointed burst request is charged at ($1 / $2 per million tokens)
+BURST_PRICE = SimpleNamespace(
+    input_per_token=Decimal("0.000001"),
+    output_per_token=Decimal("0.000002"),
+    cached_input_per_token=None,
+    cache_write_per_token=None,
+    reasoning_per_token=None,
+)
 
 
 def context_for_key(key_id: int) -> AdmissionContext:
@@ -53,6 +67,7 @@ async def burst(
     start_at: float,
     sequential: bool = False,
     hold_seconds: float = 0.0,
+    progress_tokens: int = 0,
 ) -> dict[str, Any]:
     backend = get_backend()
     latencies: list[float] = []
@@ -76,6 +91,13 @@ async def burst(
                 await res.extra["persist"]
             if hasattr(backend, "flush_writes"):
                 await backend.flush_writes()  # the durable copy is in the database
+            if progress_tokens:
+                await admission_progress(
+                    res,
+                    output_tokens=progress_tokens,
+                    event=UsageEventData(model="openai/gpt-4o-mini", tokens_in=10),
+                    price=BURST_PRICE,
+                )
             held.append(res.request_id)
             if len(held) == requests:
                 print(json.dumps({"held": held}), flush=True)
@@ -122,6 +144,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--hold-seconds", type=float, default=0.0, help="wait between reserve and settle"
         )
+        parser.add_argument(
+            "--progress-tokens", type=int, default=0, help="checkpoint this output on each hold"
+        )
 
     def handle(self, *args: Any, **opts: Any) -> None:
         ctx = context_for_key(opts["key_id"])
@@ -133,5 +158,6 @@ class Command(BaseCommand):
             start_at=opts["start_at"],
             sequential=opts["sequential"],
             hold_seconds=opts["hold_seconds"],
+            progress_tokens=opts["progress_tokens"],
         )
         self.stdout.write(json.dumps(result))
