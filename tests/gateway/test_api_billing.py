@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from django.db import OperationalError
 from prometheus_client import REGISTRY
 
 from billing import services as billing
@@ -163,6 +164,28 @@ def chat(model: str = "openai/gpt-sim", **kw: Any) -> dict[str, Any]:
 
 def refusals(layer: str) -> float:
     return REGISTRY.get_sample_value("megarouter_budget_refusals_total", {"layer": layer}) or 0.0
+
+
+def read_beside_server(query: Any) -> Any:
+    """Run a test-side read while the server thread may be writing. The embedded test
+    database is SQLite's shared-cache memory database, where a reader meets a writer's table
+    lock as an immediate "database table is locked" instead of waiting: retry it briefly."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            return query()
+        except OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def wait_settled(request_id: str) -> None:
+    """Wait until the server has written the usage event of a stream the client left."""
+    deadline = time.monotonic() + 10
+    while not read_beside_server(UsageEvent.objects.filter(request_id=request_id).exists):
+        assert time.monotonic() < deadline, "the abandoned stream was never settled"
+        time.sleep(0.05)
 
 
 def wait_for_admission_writes() -> None:
@@ -505,10 +528,7 @@ def test_a_stream_the_client_abandons_is_charged_what_was_generated(gateway_serv
                 seen += 1
             if seen == 5:
                 break  # leave mid-stream: the connection closes
-    deadline = time.monotonic() + 10
-    while not UsageEvent.objects.filter(request_id=usage_id).exists():
-        assert time.monotonic() < deadline, "the abandoned stream was never settled"
-        time.sleep(0.05)
+    wait_settled(usage_id)
     usage_events_process()
     record = UsageRecord.objects.get(request_id=usage_id)
     assert record.status == "incomplete"
@@ -603,7 +623,7 @@ def test_a_streams_checkpoint_stays_ahead_of_what_it_relayed(gateway_server, wor
         if backend.name == "redis":
             held = backend.sync.hget(backend.keys(tenant.org.pk).res(request_id), "out")
             return int(held or 0)
-        row = Reservation.objects.filter(request_id=request_id).first()
+        row = read_beside_server(Reservation.objects.filter(request_id=request_id).first)
         return int((row.progress or {}).get("out", 0)) if row else 0
 
     seen_at: list[tuple[int, int]] = []
@@ -622,7 +642,4 @@ def test_a_streams_checkpoint_stays_ahead_of_what_it_relayed(gateway_server, wor
                 break
     assert len(seen_at) == 6
     assert all(covered >= received for received, covered in seen_at), seen_at
-    deadline = time.monotonic() + 10  # the abandoned stream settles (the server writes)
-    while not UsageEvent.objects.filter(request_id=usage_id).exists():
-        assert time.monotonic() < deadline, "the abandoned stream was never settled"
-        time.sleep(0.05)
+    wait_settled(usage_id)
