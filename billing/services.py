@@ -646,6 +646,18 @@ def usage_events_post(*, limit: int = 2000) -> PostResult:
                 by_org[event.organization_id].append(event)
         spend: dict[tuple[int, str], list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
         db_held_by_org: dict[int, Decimal] = defaultdict(Decimal)
+        for org_id, org_events in by_org.items():
+            for e in org_events:
+                for budget_id, start in e.budget_periods:
+                    acc = spend[(budget_id, start)]
+                    acc[0] += e.cost
+                    if e.db_held:
+                        acc[1] += e.cost
+                if e.db_held:
+                    db_held_by_org[org_id] += e.cost
+        # The lock order of every writer of these rows (reserve, settle, this): budget usage
+        # rows by budget id, then accounts. Another order deadlocks against a reserve.
+        _budget_spend_apply(spend)
         for org_id, org_events in sorted(by_org.items()):
             total = sum((e.cost for e in org_events), Decimal(0))
             entry = ledger_post(
@@ -656,20 +668,13 @@ def usage_events_post(*, limit: int = 2000) -> PostResult:
                 reason="usage",
                 idempotency_key=f"usage:{org_events[0].request_id}:{org_events[-1].request_id}",
             )
+            if db_held_by_org.get(org_id):
+                BillingAccount.objects.filter(organization_id=org_id).update(
+                    held=F("held") - db_held_by_org[org_id]
+                )
             UsageRecord.objects.bulk_create(
                 [_record_from_event(e, entry) for e in org_events], batch_size=500
             )
-            for e in org_events:
-                for budget_id, start in e.budget_periods:
-                    acc = spend[(budget_id, start)]
-                    acc[0] += e.cost
-                    if e.db_held:
-                        acc[1] += e.cost
-                if e.db_held:
-                    db_held_by_org[org_id] += e.cost
-        _budget_spend_apply(spend)
-        for org_id, amount in sorted(db_held_by_org.items()):
-            BillingAccount.objects.filter(organization_id=org_id).update(held=F("held") - amount)
         UsageEvent.objects.filter(pk__in=[e.pk for e in events]).delete()
     return PostResult(events=len(events), budget_ids={b for b, _ in spend})
 

@@ -97,8 +97,10 @@ class DatabaseBackend:
                 tokens = hold.input_tokens + out
                 if window is not None:
                     self._rate_take(ctx, window, tokens, now)
-                # budget rows in id order (the fixed lock order), then the account
-                for usage_id, budget in sorted(zip(usage_ids, budgets, strict=True)):
+                # budget usage rows by budget id, then the account: the lock order of every
+                # writer of these rows (settle, usage_events_post)
+                pairs = sorted(zip(usage_ids, budgets, strict=True), key=lambda p: p[1].id)
+                for usage_id, budget in pairs:
                     rows = BudgetUsage.objects.filter(pk=usage_id)
                     if budget.blocks:
                         rows = rows.filter(spent__lte=budget.limit_usd - amount + slack - F("held"))

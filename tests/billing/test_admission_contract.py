@@ -310,3 +310,29 @@ def test_posting_is_idempotent_by_request_id(backend, world):
     assert LedgerEntry.objects.filter(kind="usage").count() == 1
     assert UsageRecord.objects.filter(request_id="req-dup").count() == 1
     assert Reservation.objects.count() == 0
+
+
+def test_posting_locks_budget_rows_before_accounts(backend):
+    """Posting takes its row locks in the order every reserve and settle does (budget usage
+    rows by budget id, then accounts): the other order deadlocked against a concurrent reserve
+    on PostgreSQL (found by bench/budget_exactness.py --admission db)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    worlds = [make_world(f"order{i}", balance="10") for i in range(2)]
+    for w in worlds:
+        budget(w, "organization", "5")
+        budget(w, "key", "5")
+        res = run(backend.reserve, rid(), w.ctx(), HoldRequest.fixed(D("0.1"), 10))
+        run(backend.settle, res, D("0.05"), usage())
+    with CaptureQueriesContext(connection) as queries:
+        assert services.usage_events_post().events == 2
+    writes = [
+        q["sql"].split('"')[1]
+        for q in queries.captured_queries
+        if q["sql"].startswith("UPDATE") or "FOR UPDATE" in q["sql"]
+    ]
+    budget_rows = [i for i, table in enumerate(writes) if table == "billing_budgetusage"]
+    accounts = [i for i, table in enumerate(writes) if table == "billing_billingaccount"]
+    assert budget_rows and accounts
+    assert max(budget_rows) < min(accounts), writes
