@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck lock clean install bench chaos api-fuzz profile
+.PHONY: run test lint typecheck lock clean install bench chaos budget-exactness api-fuzz profile
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ bench: $(STAMP) bench/litellm-venv/bin/litellm
 
 chaos: $(STAMP)
 	$(PY) bench/chaos.py $(CHAOS_ARGS)
+
+budget-exactness: $(STAMP)
+	$(PY) bench/budget_exactness.py $(BUDGET_ARGS)
 
 api-fuzz: $(STAMP)
 	$(PY) bench/api_fuzz.py $(FUZZ_ARGS)

@@ -234,25 +234,7 @@ class Stack:
         self.started.append(self.worker)
 
     def celery_worker(self) -> h.Service:
-        return h.Service(
-            "celery",
-            [
-                h.PY,
-                "-m",
-                "celery",
-                "-A",
-                "megarouter",
-                "worker",
-                "--concurrency",
-                "1",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "WARNING",
-            ],
-            self.server_env,
-            log=self.tmp / "celery.log",
-        )
+        return h.celery_service(self.server_env, self.tmp / "celery.log")
 
     @property
     def key(self) -> str:

@@ -378,6 +378,15 @@ def gateway_service(port: int, env: dict[str, str], workers: int, log: Path | No
     )
 
 
+def celery_service(env: dict[str, str], log: Path | None, *, beat: bool = False) -> Service:
+    """A Celery worker (one process), with the beat scheduler inside it when ``beat``."""
+    argv = [PY, "-m", "celery", "-A", "megarouter", "worker", "--concurrency", "1"]
+    argv += ["--without-gossip", "--without-mingle", "--loglevel", "WARNING"]
+    if beat:
+        argv += ["--beat", "--schedule", str(Path(env["MEGAROUTER_DATA_DIR"]) / "beat-schedule")]
+    return Service("celery", argv, env, log=log)
+
+
 def seed(env: dict[str, str], simulator_url: str, run_id: str) -> dict[str, Any]:
     """Migrate and seed (bench/seed.py) in a subprocess with the server's environment."""
     done = subprocess.run(
@@ -485,6 +494,7 @@ class Connection:
                 name, value = line.split(":", 1)
                 headers[name.strip().lower()] = value.strip()
         reply = Reply(status, headers, b"", 0.0)
+        stream = stream and status == 200  # an error answer is one JSON body
         buffer = b""
         parts: list[bytes] = []
 

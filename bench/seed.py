@@ -46,80 +46,110 @@ FAULTS = {
 CREDENTIAL_SECRET = "sk-bench-credential-canary-7f3a"  # noqa: S105 (a canary, checked in logs)
 
 
-def seed(simulator_url: str, run_id: str) -> dict[str, Any]:
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
+class Simulator:
+    """The provider ``benchsim`` on the simulator with its credential; ``model()`` adds a
+    catalog model ``benchsim/<name>`` with one deployment per upstream (priority in order)."""
 
-    from orgs import services
-    from orgs.audit import Actor
-    from orgs.models import Membership, Node
-    from routing.crypto import CredentialSecret
-    from routing.services import (
-        PriceInput,
-        credential_upsert,
-        deployment_upsert,
-        model_create,
-        provider_upsert,
-    )
+    def __init__(self, simulator_url: str) -> None:
+        from routing.crypto import CredentialSecret
+        from routing.services import credential_upsert, provider_upsert
 
-    call_command("migrate", verbosity=0, interactive=False)
-    actor = Actor.system()
-    user = get_user_model().objects.create_user(
-        username=f"bench-{run_id}", password=f"bench-{run_id}-pw"
-    )
-    org = services.organization_create(
-        actor=actor, name=f"Bench {run_id}", slug=f"bench-{run_id}", owner=user
-    )
-    node = Node.objects.get(organization=org, parent__isnull=True)
-    membership = Membership.objects.get(user=user, node=node)
-    for level in ("dept", "team", "proj"):
-        node = services.node_create(actor=actor, parent=node, name=level, slug=f"{level}")
-    created = services.api_key_create(
-        actor=actor, project=node, membership=membership, name="bench"
-    )
+        self.base = simulator_url + "/openai/v1"
+        self.provider, _ = provider_upsert(
+            slug="benchsim",
+            name="Bench simulator",
+            kind="openai",
+            base_url=self.base,
+            auth_style="bearer",
+        )
+        # Named after the encryption key in use: a bench database seeded earlier under another
+        # key (another checkout's var/bench-fernet.key) keeps a credential this run could not
+        # decrypt.
+        tag = hashlib.sha256(os.environ.get("MEGAROUTER_ENCRYPTION_KEYS", "").encode()).hexdigest()
+        self.credential, _ = credential_upsert(
+            name=f"benchsim-{tag[:12]}",
+            kind="api_key",
+            secret=CredentialSecret(api_key=CREDENTIAL_SECRET),
+        )
 
-    base = simulator_url + "/openai/v1"
-    provider, _ = provider_upsert(
-        slug="benchsim", name="Bench simulator", kind="openai", base_url=base, auth_style="bearer"
-    )
-    # Named after the encryption key in use: a bench database seeded earlier under another key
-    # (another checkout's var/bench-fernet.key) keeps a credential this run could not decrypt.
-    key_tag = hashlib.sha256(os.environ.get("MEGAROUTER_ENCRYPTION_KEYS", "").encode()).hexdigest()
-    credential, _ = credential_upsert(
-        name=f"benchsim-{key_tag[:12]}",
-        kind="api_key",
-        secret=CredentialSecret(api_key=CREDENTIAL_SECRET),
-    )
-    from routing.models import Model
+    def model(
+        self,
+        name: str,
+        *upstreams: str,
+        price_in: str = "0.000002",
+        price_out: str = "0.000008",
+        **fields: Any,
+    ) -> Any:
+        from routing.models import Model
+        from routing.services import PriceInput, deployment_upsert, model_create
 
-    def model(name: str, *upstreams: str) -> None:
-        existing = Model.objects.filter(provider=provider, provider_model_name=name).first()
-        found = existing or model_create(
-            provider=provider,
+        found = Model.objects.filter(provider=self.provider, provider_model_name=name).first()
+        found = found or model_create(
+            provider=self.provider,
             provider_model_name=name,
             price=PriceInput(
-                input_per_token=Decimal("0.000002"), output_per_token=Decimal("0.000008")
+                input_per_token=Decimal(price_in), output_per_token=Decimal(price_out)
             ),
-            fields={"mode": "chat", "supports_tools": True, "quality_tier": 3},
+            fields={"mode": "chat", "supports_tools": True, "quality_tier": 3, **fields},
         )
         for priority, upstream in enumerate(upstreams):
             deployment_upsert(
                 name=f"benchsim-{name}-{priority}",
                 model=found,
-                base_url=base,
+                base_url=self.base,
                 provider_model_name=upstream,
-                credential=credential,
+                credential=self.credential,
                 priority=priority,
             )
+        return found
 
-    model("bench-fast", "gpt-4o-mini")
-    model("bench-20ms", "gpt-4o-mini~ttft_ms=20")
-    model("bench-ttft", "gpt-4o-mini~tokens=16")
-    model("bench-stream", "gpt-4o-mini~tokens=64~token_ms=20")
+
+class Tenant:
+    """An organization ``slug`` (Org > dept > team > proj) with its owner (password
+    ``<slug>-pw``), the owner's membership at the root and one API key on the project."""
+
+    def __init__(self, slug: str) -> None:
+        from django.contrib.auth import get_user_model
+
+        from orgs import services
+        from orgs.audit import Actor
+        from orgs.models import Membership, Node
+
+        actor = Actor.system()
+        self.user = get_user_model().objects.create_user(username=slug, password=f"{slug}-pw")
+        self.org = services.organization_create(
+            actor=actor, name=slug.title(), slug=slug, owner=self.user
+        )
+        node = Node.objects.get(organization=self.org, parent__isnull=True)
+        self.membership = Membership.objects.get(user=self.user, node=node)
+        self.nodes = {}
+        for level in ("dept", "team", "proj"):
+            node = services.node_create(actor=actor, parent=node, name=level, slug=level)
+            self.nodes[level] = node
+        self.key = services.api_key_create(
+            actor=actor, project=node, membership=self.membership, name="bench"
+        )
+
+
+def seed(simulator_url: str, run_id: str) -> dict[str, Any]:
+    from django.core.management import call_command
+
+    from orgs.audit import Actor
+
+    call_command("migrate", verbosity=0, interactive=False)
+    actor = Actor.system()
+    t = Tenant(f"bench-{run_id}")
+    org, membership, created = t.org, t.membership, t.key
+
+    sim = Simulator(simulator_url)
+    sim.model("bench-fast", "gpt-4o-mini")
+    sim.model("bench-20ms", "gpt-4o-mini~ttft_ms=20")
+    sim.model("bench-ttft", "gpt-4o-mini~tokens=16")
+    sim.model("bench-stream", "gpt-4o-mini~tokens=64~token_ms=20")
     for name, knobs in FAULTS.items():
         healthy = "gpt-4o-mini~tokens=16" if "tokens=16" in knobs else "gpt-4o-mini"
-        model(f"chaos-{name}", f"gpt-4o-mini~{knobs}~id=chaos-{name}-{run_id}", healthy)
-    model("chaos-all503", "gpt-4o-mini~fault=503~id=a503", "gpt-4o-mini~fault=503~id=b503")
+        sim.model(f"chaos-{name}", f"gpt-4o-mini~{knobs}~id=chaos-{name}-{run_id}", healthy)
+    sim.model("chaos-all503", "gpt-4o-mini~fault=503~id=a503", "gpt-4o-mini~fault=503~id=b503")
 
     from billing import services as billing
 
