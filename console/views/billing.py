@@ -1,6 +1,7 @@
-"""Budgets (every scope, spend against limit), balance and ledger with top-ups, usage, and
-budget-alert notifications. Reads through billing.selectors, writes through billing.services,
-scoped exactly as billing's management API (budgets by node; the rest organization-wide)."""
+"""Budgets (every scope, spend against limit), balance and ledger with card checkouts ("Buy
+credit"), usage, and budget-alert notifications. Reads through billing.selectors, writes
+through billing.services, scoped exactly as billing's management API (budgets by node; the
+rest organization-wide)."""
 
 from __future__ import annotations
 
