@@ -224,149 +224,239 @@ async def run_with_failover(
 ) -> FailoverResult[T]:
     """Try ``candidates`` (objects with ``deployment_id``, ``deployment``, ``model_id``,
     ``provider``, ``context_window``) in order. Returns the first answer with the attempts
-    trail, or raises FailoverExhausted. See the module docstring for the rules."""
+    trail, or raises FailoverExhausted. See the module docstring for the rules.
+
+    1. stop once the attempts or the total time are used up;
+    2. pass over (and record) a candidate that is not to be called: too small a context window
+       after a ``context_length`` failure, or an open breaker (``_skipped``);
+    3. call it within its budget; an answer is recorded and returned (``_call``, ``_answered``);
+    4. a failure is recorded, then stops the loop (non-retriable), retries the same deployment
+       once or moves to the next candidate (``_failed``, ``_retry_wait``);
+    5. with no candidate left, raise FailoverExhausted.
+    """
     config = config or FailoverConfig.from_settings()
     store = store or health_store()
     loop = asyncio.get_running_loop()
-    started = loop.time()
-    deadline = started + config.max_total_s
-    attempts: list[AttemptRecord] = []
-    last: BaseException | None = None
-    context_floor: int | None = None
-    failed_model: str | None = None
-    calls = 0
-    index = 0
-    retried: set[int] = set()
-    waited = 0.0
-    while index < len(candidates):
-        candidate = candidates[index]
-        if calls >= config.max_attempts or loop.time() >= deadline:
+    state = _LoopState(candidates, config, store, loop, deadline=loop.time() + config.max_total_s)
+    while state.index < len(candidates):
+        candidate = candidates[state.index]
+        if state.calls >= config.max_attempts or loop.time() >= state.deadline:
             break
-        skip = None
-        if index not in retried:  # a Retry-After retry goes back to the same deployment
-            skip = _usable(candidate, store, context_floor, failed_model)
-            if skip is None and not breaker_allow(candidate.deployment_id, store=store):
-                skip = "skipped_breaker_open"
-        if skip is not None:
-            attempts.append(
-                AttemptRecord(
-                    candidate.deployment_id,
-                    candidate.deployment,
-                    candidate.model_id,
-                    candidate.provider,
-                    skip,
-                )
-            )
-            index += 1
+        if _skipped(state, candidate):
             continue
-        calls += 1
-        remaining = deadline - loop.time()
-        attempt_deadline = loop.time() + min(config.attempt_timeout_s, remaining)
-        budget = AttemptBudget(
-            number=calls,
-            ttft_timeout_s=min(config.ttft_timeout_s, remaining),
-            stall_timeout_s=config.stall_timeout_s,
-            attempt_timeout_s=min(config.attempt_timeout_s, remaining),
-            remaining_s=remaining,
+        result = await _call(state, candidate, attempt, streaming=streaming)
+        if result is not None:
+            return result
+    raise FailoverExhausted(state.attempts, state.last, stopped=False)
+
+
+@dataclass(slots=True)
+class _LoopState:
+    """Where one ``run_with_failover`` loop stands."""
+
+    candidates: Sequence[CandidateLike]
+    config: FailoverConfig
+    store: HealthStore
+    loop: asyncio.AbstractEventLoop
+    deadline: float  # loop time
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    last: BaseException | None = None
+    context_floor: int | None = None  # after a context_length failure: the window to exceed
+    failed_model: str | None = None  # ... and the model that failed with it
+    calls: int = 0
+    index: int = 0  # into candidates
+    retried: set[int] = field(default_factory=set)  # indexes already retried at the same place
+    waited: float = 0.0  # seconds spent waiting out Retry-After
+
+
+def _skipped(state: _LoopState, candidate: CandidateLike) -> bool:
+    """Record and pass over ``candidate`` when it is not to be called (True). A retry at the
+    same place goes back to the same deployment without the checks."""
+    if state.index in state.retried:
+        return False
+    skip = _usable(candidate, state.store, state.context_floor, state.failed_model)
+    if skip is None and not breaker_allow(candidate.deployment_id, store=state.store):
+        skip = "skipped_breaker_open"
+    if skip is None:
+        return False
+    state.attempts.append(
+        AttemptRecord(
+            candidate.deployment_id,
+            candidate.deployment,
+            candidate.model_id,
+            candidate.provider,
+            skip,
         )
-        deployment_id = candidate.deployment_id
-        stats = store.view(deployment_id)
-        trial = stats is not None and stats.state != CLOSED
-        store.started(deployment_id)
-        t0 = time.perf_counter()
-        try:
-            async with asyncio.timeout_at(attempt_deadline):
-                value = await attempt(candidate, budget)
-        except TimeoutError:
-            exc: BaseException = _Timeout("the attempt ran out of time")
-        except Exception as error:
-            if getattr(error, "kind", None) is None:
-                store.finished(deployment_id)
-                raise
-            exc = error
-        except BaseException:
+    )
+    state.index += 1
+    return True
+
+
+def _budget(state: _LoopState) -> tuple[AttemptBudget, float]:
+    """The next attempt's budget and its deadline (loop time): its share of the time left."""
+    config = state.config
+    remaining = state.deadline - state.loop.time()
+    attempt_deadline = state.loop.time() + min(config.attempt_timeout_s, remaining)
+    budget = AttemptBudget(
+        number=state.calls,
+        ttft_timeout_s=min(config.ttft_timeout_s, remaining),
+        stall_timeout_s=config.stall_timeout_s,
+        attempt_timeout_s=min(config.attempt_timeout_s, remaining),
+        remaining_s=remaining,
+    )
+    return budget, attempt_deadline
+
+
+async def _call(
+    state: _LoopState,
+    candidate: CandidateLike,
+    attempt: Callable[[Any, AttemptBudget], Awaitable[T]],
+    *,
+    streaming: bool,
+) -> FailoverResult[T] | None:
+    """One attempt at ``candidate``: the answer, or None once the failure is recorded and the
+    loop moved on. An exception without ``kind`` is a bug and propagates."""
+    state.calls += 1
+    budget, attempt_deadline = _budget(state)
+    store = state.store
+    deployment_id = candidate.deployment_id
+    stats = store.view(deployment_id)
+    trial = stats is not None and stats.state != CLOSED
+    store.started(deployment_id)
+    t0 = time.perf_counter()
+    try:
+        async with asyncio.timeout_at(attempt_deadline):
+            value = await attempt(candidate, budget)
+    except TimeoutError:
+        exc: Exception = _Timeout("the attempt ran out of time")
+    except Exception as error:
+        if getattr(error, "kind", None) is None:
             store.finished(deployment_id)
             raise
-        else:
-            elapsed = time.perf_counter() - t0
-            record = AttemptRecord(
-                deployment_id,
-                candidate.deployment,
-                candidate.model_id,
-                candidate.provider,
-                "ok",
-                elapsed_ms=elapsed * 1000,
-                waited_ms=waited * 1000,
-            )
-            attempts.append(record)
-            if streaming:
-                store.record(
-                    deployment_id, ok=True if trial else None, ttft_ms=elapsed * 1000, urgent=trial
-                )
-            else:
-                store.record(deployment_id, ok=True, latency_ms=elapsed * 1000, urgent=trial)
-                store.finished(deployment_id)
-            return FailoverResult(
-                value=value,
-                candidate=candidate,
-                attempts=attempts,
-                ttft_s=elapsed,
-                streaming=streaming,
-                _started=t0,
-                _store=store,
-            )
-        # -- a failure
-        elapsed = time.perf_counter() - t0
-        kind = _kind(exc)
-        retry_after = getattr(exc, "retry_after", None)
-        attempts.append(
-            AttemptRecord(
-                deployment_id,
-                candidate.deployment,
-                candidate.model_id,
-                candidate.provider,
-                kind,
-                status=getattr(exc, "status", None),
-                retry_after=retry_after,
-                elapsed_ms=elapsed * 1000,
-            )
-        )
+        exc = error
+    except BaseException:
         store.finished(deployment_id)
-        if kind not in NOT_HEALTH_FAILURES:
-            store.record(deployment_id, ok=False, urgent=True)
-        last = exc
-        if kind == "context_length":
-            window = candidate.context_window or 0
-            context_floor = max(context_floor or 0, window)
-            failed_model = candidate.model_id
-            index += 1
-            continue
-        if not getattr(exc, "retriable", False):
-            raise FailoverExhausted(attempts, last, stopped=True) from exc
-        if kind in RETRY_SAME_KINDS and index not in retried and calls < config.max_attempts:
-            wait = retry_after or 0.0
-            if wait <= config.max_retry_wait_s and loop.time() + wait < deadline:
-                following = next(
-                    (
-                        c
-                        for c in candidates[index + 1 :]
-                        if _usable(c, store, context_floor, failed_model) is None
-                    ),
-                    None,
-                )
-                # Retry the same deployment once when nothing else is left, or when the
-                # provider asked for a short wait and the next candidate is another model.
-                if following is None or (
-                    retry_after is not None and following.model_id != candidate.model_id
-                ):
-                    retried.add(index)
-                    if wait:
-                        await asyncio.sleep(wait)
-                        waited += wait
-                        attempts[-1].waited_ms = wait * 1000
-                    continue
-        index += 1
-    raise FailoverExhausted(attempts, last, stopped=False)
+        raise
+    else:
+        return _answered(state, candidate, value, t0, trial=trial, streaming=streaming)
+    await _failed(state, candidate, exc, t0)
+    return None
+
+
+def _answered(
+    state: _LoopState,
+    candidate: CandidateLike,
+    value: T,
+    t0: float,
+    *,
+    trial: bool,
+    streaming: bool,
+) -> FailoverResult[T]:
+    """Record the answer (a stream's TTFT, a whole call's latency) and wrap it. A stream's
+    deployment stays in flight until ``FailoverResult.finish``."""
+    elapsed = time.perf_counter() - t0
+    store = state.store
+    deployment_id = candidate.deployment_id
+    state.attempts.append(
+        AttemptRecord(
+            deployment_id,
+            candidate.deployment,
+            candidate.model_id,
+            candidate.provider,
+            "ok",
+            elapsed_ms=elapsed * 1000,
+            waited_ms=state.waited * 1000,
+        )
+    )
+    if streaming:
+        store.record(
+            deployment_id, ok=True if trial else None, ttft_ms=elapsed * 1000, urgent=trial
+        )
+    else:
+        store.record(deployment_id, ok=True, latency_ms=elapsed * 1000, urgent=trial)
+        store.finished(deployment_id)
+    return FailoverResult(
+        value=value,
+        candidate=candidate,
+        attempts=state.attempts,
+        ttft_s=elapsed,
+        streaming=streaming,
+        _started=t0,
+        _store=store,
+    )
+
+
+async def _failed(state: _LoopState, candidate: CandidateLike, exc: Exception, t0: float) -> None:
+    """Record the failure, then move the loop: past ``candidate`` (to a larger context window
+    after ``context_length``), or back to it once after a short wait (``_retry_wait``). Raises
+    FailoverExhausted when the failure is not retriable."""
+    elapsed = time.perf_counter() - t0
+    kind = _kind(exc)
+    retry_after = getattr(exc, "retry_after", None)
+    deployment_id = candidate.deployment_id
+    state.attempts.append(
+        AttemptRecord(
+            deployment_id,
+            candidate.deployment,
+            candidate.model_id,
+            candidate.provider,
+            kind,
+            status=getattr(exc, "status", None),
+            retry_after=retry_after,
+            elapsed_ms=elapsed * 1000,
+        )
+    )
+    state.store.finished(deployment_id)
+    if kind not in NOT_HEALTH_FAILURES:
+        state.store.record(deployment_id, ok=False, urgent=True)
+    state.last = exc
+    if kind == "context_length":
+        window = candidate.context_window or 0
+        state.context_floor = max(state.context_floor or 0, window)
+        state.failed_model = candidate.model_id
+        state.index += 1
+        return
+    if not getattr(exc, "retriable", False):
+        raise FailoverExhausted(state.attempts, state.last, stopped=True) from exc
+    wait = _retry_wait(state, candidate, kind, retry_after)
+    if wait is None:
+        state.index += 1
+        return
+    state.retried.add(state.index)
+    if wait:
+        await asyncio.sleep(wait)
+        state.waited += wait
+        state.attempts[-1].waited_ms = wait * 1000
+
+
+def _retry_wait(
+    state: _LoopState, candidate: CandidateLike, kind: str, retry_after: float | None
+) -> float | None:
+    """Seconds to wait before retrying ``candidate`` once more (0.0: at once), or None to move
+    on. No I/O."""
+    config = state.config
+    if (
+        kind in RETRY_SAME_KINDS
+        and state.index not in state.retried
+        and state.calls < config.max_attempts
+    ):
+        wait = retry_after or 0.0
+        if wait <= config.max_retry_wait_s and state.loop.time() + wait < state.deadline:
+            following = next(
+                (
+                    c
+                    for c in state.candidates[state.index + 1 :]
+                    if _usable(c, state.store, state.context_floor, state.failed_model) is None
+                ),
+                None,
+            )
+            # Retry the same deployment once when nothing else is left, or when the
+            # provider asked for a short wait and the next candidate is another model.
+            if following is None or (
+                retry_after is not None and following.model_id != candidate.model_id
+            ):
+                return wait
+    return None
 
 
 async def stream_start(
