@@ -112,50 +112,30 @@ def _json_or_text(text: str) -> list[dict[str, Any]]:
     return [{"json": value}] if isinstance(value, dict) else [{"text": text}]
 
 
-def request_to_wire(request: ChatRequest) -> dict[str, Any]:
-    system: list[dict[str, Any]] = []
-    messages: list[dict[str, Any]] = []
+def _add(messages: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
+    """Append blocks to the conversation, merged into the last message if it has the role."""
+    if messages and messages[-1]["role"] == role:
+        messages[-1]["content"].extend(blocks)
+    else:
+        messages.append({"role": role, "content": blocks})
 
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": role, "content": blocks})
 
-    for message in request.messages:
-        if message.role in ("system", "developer"):
-            system.append({"text": message.text()})
-        elif message.role == "tool":
-            add(
-                "user",
-                [
-                    {
-                        "toolResult": {
-                            "toolUseId": message.tool_call_id or "",
-                            "content": _json_or_text(message.text()),
-                        }
-                    }
-                ],
-            )
-        elif message.role == "assistant":
-            blocks = _content(message)
-            for call in message.tool_calls or ():
-                try:
-                    arguments = orjson.loads(call.arguments or "{}")
-                except orjson.JSONDecodeError:
-                    raise ProviderError(
-                        ErrorKind.BAD_REQUEST, "tool call arguments are not valid JSON"
-                    ) from None
-                blocks.append(
-                    {"toolUse": {"toolUseId": call.id, "name": call.name, "input": arguments}}
-                )
-            add("assistant", blocks)
-        else:
-            add("user", _content(message))
+def _assistant_blocks(message: Message) -> list[dict[str, Any]]:
+    """An assistant turn's content blocks, its tool calls as ``toolUse`` blocks."""
+    blocks = _content(message)
+    for call in message.tool_calls or ():
+        try:
+            arguments = orjson.loads(call.arguments or "{}")
+        except orjson.JSONDecodeError:
+            raise ProviderError(
+                ErrorKind.BAD_REQUEST, "tool call arguments are not valid JSON"
+            ) from None
+        blocks.append({"toolUse": {"toolUseId": call.id, "name": call.name, "input": arguments}})
+    return blocks
 
-    body: dict[str, Any] = {"messages": messages}
-    if system:
-        body["system"] = system
+
+def _inference_config(request: ChatRequest) -> dict[str, Any]:
+    """``inferenceConfig``: the sampling settings the request sets (empty if none)."""
     config: dict[str, Any] = {}
     if request.max_tokens is not None:
         config["maxTokens"] = request.max_tokens
@@ -165,32 +145,68 @@ def request_to_wire(request: ChatRequest) -> dict[str, Any]:
         config["topP"] = request.top_p
     if request.stop:
         config["stopSequences"] = request.stop
+    return config
+
+
+def _tool_config(request: ChatRequest) -> dict[str, Any] | None:
+    """``toolConfig``, or None when the request sends no tools.
+
+    Converse has no "none" choice: tools are left out, unless the history holds toolUse /
+    toolResult blocks, which Bedrock accepts only with a toolConfig."""
+    if not request.tools:
+        return None
+    if request.tool_choice == "none" and not any(
+        m.tool_calls or m.role == "tool" for m in request.messages
+    ):
+        return None
+    tool_config: dict[str, Any] = {
+        "tools": [
+            {
+                "toolSpec": {
+                    "name": tool.name,
+                    **({"description": tool.description} if tool.description else {}),
+                    "inputSchema": {
+                        "json": tool.parameters or {"type": "object", "properties": {}}
+                    },
+                }
+            }
+            for tool in request.tools
+        ]
+    }
+    if isinstance(request.tool_choice, dict):
+        tool_config["toolChoice"] = {"tool": {"name": request.tool_choice["name"]}}
+    elif request.tool_choice == "required":
+        tool_config["toolChoice"] = {"any": {}}
+    elif request.tool_choice == "auto":
+        tool_config["toolChoice"] = {"auto": {}}
+    return tool_config
+
+
+def request_to_wire(request: ChatRequest) -> dict[str, Any]:
+    """The Converse / ConverseStream request body."""
+    system: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
+    for message in request.messages:
+        if message.role in ("system", "developer"):
+            system.append({"text": message.text()})
+        elif message.role == "tool":
+            result = {
+                "toolUseId": message.tool_call_id or "",
+                "content": _json_or_text(message.text()),
+            }
+            _add(messages, "user", [{"toolResult": result}])
+        elif message.role == "assistant":
+            _add(messages, "assistant", _assistant_blocks(message))
+        else:
+            _add(messages, "user", _content(message))
+    body: dict[str, Any] = {"messages": messages}
+    if system:
+        body["system"] = system
+    config = _inference_config(request)
     if config:
         body["inferenceConfig"] = config
-    # Converse has no "none" choice: tools are left out, unless the history holds toolUse /
-    # toolResult blocks, which Bedrock accepts only with a toolConfig.
-    history_has_tools = any(m.tool_calls or m.role == "tool" for m in request.messages)
-    if request.tools and (request.tool_choice != "none" or history_has_tools):
-        tool_config: dict[str, Any] = {
-            "tools": [
-                {
-                    "toolSpec": {
-                        "name": tool.name,
-                        **({"description": tool.description} if tool.description else {}),
-                        "inputSchema": {
-                            "json": tool.parameters or {"type": "object", "properties": {}}
-                        },
-                    }
-                }
-                for tool in request.tools
-            ]
-        }
-        if isinstance(request.tool_choice, dict):
-            tool_config["toolChoice"] = {"tool": {"name": request.tool_choice["name"]}}
-        elif request.tool_choice == "required":
-            tool_config["toolChoice"] = {"any": {}}
-        elif request.tool_choice == "auto":
-            tool_config["toolChoice"] = {"auto": {}}
+    tool_config = _tool_config(request)
+    if tool_config is not None:
         body["toolConfig"] = tool_config
     if request.extra:
         body.update(request.extra)

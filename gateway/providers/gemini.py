@@ -43,6 +43,7 @@ from gateway.providers.types import (
     FinishReason,
     Message,
     ProviderError,
+    Tool,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -113,40 +114,26 @@ def _json_or_text(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"content": value}
 
 
-def request_to_wire(request: ChatRequest) -> dict[str, Any]:
-    system: list[dict[str, Any]] = []
-    contents: list[dict[str, Any]] = []
-    call_names: dict[str, str] = {}
+def _add(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any]]) -> None:
+    """Append parts to the conversation, merged into the last content if it has the role."""
+    if contents and contents[-1]["role"] == role:
+        contents[-1]["parts"].extend(parts)
+    else:
+        contents.append({"role": role, "parts": parts})
 
-    def add(role: str, parts: list[dict[str, Any]]) -> None:
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
 
-    for message in request.messages:
-        if message.role in ("system", "developer"):
-            system.append({"text": message.text()})
-        elif message.role == "assistant":
-            parts = _parts(message)
-            for call in message.tool_calls or ():
-                call_names[call.id] = call.name
-                parts.append(
-                    {"functionCall": {"name": call.name, "args": _json_or_text(call.arguments)}}
-                )
-            add("model", parts)
-        elif message.role == "tool":
-            name = call_names.get(message.tool_call_id or "", message.name or "tool")
-            add(
-                "user",
-                [{"functionResponse": {"name": name, "response": _json_or_text(message.text())}}],
-            )
-        else:
-            add("user", _parts(message))
+def _model_parts(message: Message, call_names: dict[str, str]) -> list[dict[str, Any]]:
+    """An assistant turn's parts, its tool calls as ``functionCall`` parts (their names
+    recorded by call id for the results that follow)."""
+    parts = _parts(message)
+    for call in message.tool_calls or ():
+        call_names[call.id] = call.name
+        parts.append({"functionCall": {"name": call.name, "args": _json_or_text(call.arguments)}})
+    return parts
 
-    body: dict[str, Any] = {"contents": contents}
-    if system:
-        body["systemInstruction"] = {"parts": system}
+
+def _generation_config(request: ChatRequest) -> dict[str, Any]:
+    """``generationConfig``: the sampling and output settings the request sets (empty if none)."""
     config: dict[str, Any] = {}
     if request.max_tokens is not None:
         config["maxOutputTokens"] = request.max_tokens
@@ -165,32 +152,58 @@ def request_to_wire(request: ChatRequest) -> dict[str, Any]:
         config["responseMimeType"] = "application/json"
         if fmt.type == "json_schema" and fmt.schema:
             config["responseSchema"] = clean_schema(fmt.schema)
+    return config
+
+
+def _function_declarations(tools: list[Tool]) -> list[dict[str, Any]]:
+    """``tools``: the request's tools as one ``functionDeclarations`` entry."""
+    return [
+        {
+            "functionDeclarations": [
+                {
+                    "name": tool.name,
+                    **({"description": tool.description} if tool.description else {}),
+                    **({"parameters": clean_schema(tool.parameters)} if tool.parameters else {}),
+                }
+                for tool in tools
+            ]
+        }
+    ]
+
+
+def _calling_mode(tool_choice: str | dict[str, str]) -> dict[str, Any]:
+    """``toolConfig.functionCallingConfig`` for a tool choice."""
+    if isinstance(tool_choice, dict):
+        return {"mode": "ANY", "allowedFunctionNames": [tool_choice["name"]]}
+    return {"mode": {"required": "ANY", "none": "NONE"}.get(tool_choice, "AUTO")}
+
+
+def request_to_wire(request: ChatRequest) -> dict[str, Any]:
+    """The ``generateContent`` / ``streamGenerateContent`` request body."""
+    system: list[dict[str, Any]] = []
+    contents: list[dict[str, Any]] = []
+    call_names: dict[str, str] = {}
+    for message in request.messages:
+        if message.role in ("system", "developer"):
+            system.append({"text": message.text()})
+        elif message.role == "assistant":
+            _add(contents, "model", _model_parts(message, call_names))
+        elif message.role == "tool":
+            name = call_names.get(message.tool_call_id or "", message.name or "tool")
+            response = {"name": name, "response": _json_or_text(message.text())}
+            _add(contents, "user", [{"functionResponse": response}])
+        else:
+            _add(contents, "user", _parts(message))
+    body: dict[str, Any] = {"contents": contents}
+    if system:
+        body["systemInstruction"] = {"parts": system}
+    config = _generation_config(request)
     if config:
         body["generationConfig"] = config
     if request.tools:  # with tool_choice "none" too (mode NONE below)
-        body["tools"] = [
-            {
-                "functionDeclarations": [
-                    {
-                        "name": tool.name,
-                        **({"description": tool.description} if tool.description else {}),
-                        **(
-                            {"parameters": clean_schema(tool.parameters)} if tool.parameters else {}
-                        ),
-                    }
-                    for tool in request.tools
-                ]
-            }
-        ]
-    if request.tools and request.tool_choice is not None:
-        if isinstance(request.tool_choice, dict):
-            mode: dict[str, Any] = {
-                "mode": "ANY",
-                "allowedFunctionNames": [request.tool_choice["name"]],
-            }
-        else:
-            mode = {"mode": {"required": "ANY", "none": "NONE"}.get(request.tool_choice, "AUTO")}
-        body["toolConfig"] = {"functionCallingConfig": mode}
+        body["tools"] = _function_declarations(request.tools)
+        if request.tool_choice is not None:
+            body["toolConfig"] = {"functionCallingConfig": _calling_mode(request.tool_choice)}
     if request.extra:
         body.update(request.extra)
     return body

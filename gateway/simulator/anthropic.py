@@ -123,7 +123,58 @@ def message_reply(request: SimRequest) -> Reply:
     )
 
 
+def _block_start(index: int, block: dict[str, Any]) -> bytes:
+    """A ``content_block_start`` event."""
+    return sse(
+        {"type": "content_block_start", "index": index, "content_block": block},
+        "content_block_start",
+    )
+
+
+def _block_delta(index: int, delta: dict[str, Any]) -> bytes:
+    """A ``content_block_delta`` event."""
+    return sse(
+        {"type": "content_block_delta", "index": index, "delta": delta}, "content_block_delta"
+    )
+
+
+def _block_stop(index: int) -> bytes:
+    """A ``content_block_stop`` event."""
+    return sse({"type": "content_block_stop", "index": index}, "content_block_stop")
+
+
+def _tool_use_events(gen: Generation) -> list[bytes]:
+    """One ``tool_use`` block per call (a ping after the first start), input as JSON pieces."""
+    events: list[bytes] = []
+    for index, call in enumerate(gen.tool_calls):
+        block = {
+            "type": "tool_use",
+            "id": "toolu_" + call.id[5:],
+            "name": call.name,
+            "input": {},
+        }
+        events.append(_block_start(index, block))
+        if index == 0:
+            events.append(sse({"type": "ping"}, "ping"))
+        events.extend(
+            _block_delta(index, {"type": "input_json_delta", "partial_json": piece})
+            for piece in pieces(call.arguments)
+        )
+        events.append(_block_stop(index))
+    return events
+
+
+def _text_events(gen: Generation) -> list[bytes]:
+    """One text block (the refusal for a filtered answer), a ping after its start."""
+    text = REFUSAL if gen.finish == "content_filter" else gen.text or ""
+    events = [_block_start(0, {"type": "text", "text": ""}), sse({"type": "ping"}, "ping")]
+    events.extend(_block_delta(0, {"type": "text_delta", "text": piece}) for piece in pieces(text))
+    events.append(_block_stop(0))
+    return events
+
+
 def message_stream(request: SimRequest) -> StreamReply:
+    """The Messages stream: message_start, the content blocks, message_delta, message_stop."""
     gen = generate(request)
     start = {
         "type": "message_start",
@@ -139,59 +190,7 @@ def message_stream(request: SimRequest) -> StreamReply:
         },
     }
     events = [sse(start, "message_start")]
-    if gen.tool_calls:
-        for index, call in enumerate(gen.tool_calls):
-            block = {
-                "type": "tool_use",
-                "id": "toolu_" + call.id[5:],
-                "name": call.name,
-                "input": {},
-            }
-            events.append(
-                sse(
-                    {"type": "content_block_start", "index": index, "content_block": block},
-                    "content_block_start",
-                )
-            )
-            if index == 0:
-                events.append(sse({"type": "ping"}, "ping"))
-            events.extend(
-                sse(
-                    {
-                        "type": "content_block_delta",
-                        "index": index,
-                        "delta": {"type": "input_json_delta", "partial_json": piece},
-                    },
-                    "content_block_delta",
-                )
-                for piece in pieces(call.arguments)
-            )
-            events.append(sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
-    else:
-        text = REFUSAL if gen.finish == "content_filter" else gen.text or ""
-        events.append(
-            sse(
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-                "content_block_start",
-            )
-        )
-        events.append(sse({"type": "ping"}, "ping"))
-        events.extend(
-            sse(
-                {
-                    "type": "content_block_delta",
-                    "index": 0,
-                    "delta": {"type": "text_delta", "text": piece},
-                },
-                "content_block_delta",
-            )
-            for piece in pieces(text)
-        )
-        events.append(sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
+    events.extend(_tool_use_events(gen) if gen.tool_calls else _text_events(gen))
     events.append(
         sse(
             {

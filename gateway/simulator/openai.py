@@ -288,9 +288,96 @@ def models_reply() -> Reply:
 
 # ---------------------------------------------------------------- errors
 
+# Faults answered with a plain error object: fault -> (status, message, type, retry headers?).
+_SERVER_ERRORS: dict[str, tuple[int, str, str, bool]] = {
+    "529": (529, "Overloaded", "overloaded_error", True),
+    "503": (
+        503,
+        "The engine is currently overloaded, please try again later",
+        "server_error",
+        True,
+    ),
+    "502": (502, "Bad gateway.", "server_error", False),
+}
+_INTERNAL_ERROR = (
+    500,
+    "The server had an error while processing your request. Sorry about that!",
+    "server_error",
+    False,
+)
+
 
 def _error(message: str, err_type: str, code: str | None, param: str | None = None) -> dict:
     return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+
+
+def _rate_limit_body(azure: bool) -> dict[str, Any]:
+    """The 429 body: Azure's bare ``code`` / ``message`` object, or OpenAI's error."""
+    if azure:
+        return {
+            "error": {
+                "code": "429",
+                "message": "Requests to the ChatCompletions_Create Operation under Azure "
+                "OpenAI API have exceeded call rate limit of your current pricing tier. "
+                "Please retry after a moment.",
+            }
+        }
+    return _error(
+        "Rate limit reached for requests per min (RPM). Please try again later.",
+        "requests",
+        "rate_limit_exceeded",
+    )
+
+
+def _auth_body(azure: bool, detail: str) -> dict[str, Any]:
+    """The 401 / 403 body: Azure's subscription-key message, or OpenAI's invalid_api_key."""
+    if azure:
+        return {
+            "error": {
+                "code": "401",
+                "message": "Access denied due to invalid subscription key or wrong API "
+                "endpoint. Make sure to provide a valid key for an active subscription "
+                "and use a correct regional API endpoint for your resource.",
+            }
+        }
+    message = (
+        detail
+        or "Incorrect API key provided. You can find your API key at "
+        "https://platform.openai.com/account/api-keys."
+    )
+    return _error(message, "invalid_request_error", "invalid_api_key")
+
+
+def _context_body(prompt_tokens: int, window: int) -> dict[str, Any]:
+    """The 400 context_length_exceeded body."""
+    return _error(
+        f"This model's maximum context length is {window} tokens. However, your "
+        f"messages resulted in {prompt_tokens} tokens. Please reduce the length of "
+        "the messages.",
+        "invalid_request_error",
+        "context_length_exceeded",
+        "messages",
+    )
+
+
+def _filter_body() -> dict[str, Any]:
+    """Azure's 400 for a prompt its content filter rejects."""
+    return {
+        "error": {
+            "message": "The response was filtered due to the prompt triggering Azure "
+            "OpenAI's content management policy.",
+            "type": None,
+            "param": "prompt",
+            "code": "content_filter",
+            "status": 400,
+            "innererror": {
+                "code": "ResponsibleAIPolicyViolation",
+                "content_filter_result": {
+                    "hate": {"filtered": True, "severity": "high"},
+                },
+            },
+        }
+    }
 
 
 def error_reply(
@@ -302,97 +389,21 @@ def error_reply(
     window: int = 0,
     detail: str = "",
 ) -> Reply:
+    """The OpenAI (or Azure OpenAI) error reply for an error fault."""
     if fault == "429":
-        if azure:
-            body: dict[str, Any] = {
-                "error": {
-                    "code": "429",
-                    "message": "Requests to the ChatCompletions_Create Operation under Azure "
-                    "OpenAI API have exceeded call rate limit of your current pricing tier. "
-                    "Please retry after a moment.",
-                }
-            }
-        else:
-            body = _error(
-                "Rate limit reached for requests per min (RPM). Please try again later.",
-                "requests",
-                "rate_limit_exceeded",
-            )
-        return json_reply(429, body, retry_headers)
+        return json_reply(429, _rate_limit_body(azure), retry_headers)
     if fault in ("401", "403"):
-        if azure:
-            body = {
-                "error": {
-                    "code": "401",
-                    "message": "Access denied due to invalid subscription key or wrong API "
-                    "endpoint. Make sure to provide a valid key for an active subscription "
-                    "and use a correct regional API endpoint for your resource.",
-                }
-            }
-        else:
-            message = (
-                detail
-                or "Incorrect API key provided. You can find your API key at "
-                "https://platform.openai.com/account/api-keys."
-            )
-            body = _error(message, "invalid_request_error", "invalid_api_key")
-        return json_reply(int(fault), body)
+        return json_reply(int(fault), _auth_body(azure, detail))
     if fault == "context":
-        return json_reply(
-            400,
-            _error(
-                f"This model's maximum context length is {window} tokens. However, your "
-                f"messages resulted in {prompt_tokens} tokens. Please reduce the length of "
-                "the messages.",
-                "invalid_request_error",
-                "context_length_exceeded",
-                "messages",
-            ),
-        )
+        return json_reply(400, _context_body(prompt_tokens, window))
     if fault == "filter":  # Azure rejects a filtered prompt with 400
-        return json_reply(
-            400,
-            {
-                "error": {
-                    "message": "The response was filtered due to the prompt triggering Azure "
-                    "OpenAI's content management policy.",
-                    "type": None,
-                    "param": "prompt",
-                    "code": "content_filter",
-                    "status": 400,
-                    "innererror": {
-                        "code": "ResponsibleAIPolicyViolation",
-                        "content_filter_result": {
-                            "hate": {"filtered": True, "severity": "high"},
-                        },
-                    },
-                }
-            },
-        )
+        return json_reply(400, _filter_body())
     if fault == "400":
         return json_reply(
             400, _error(detail or "Invalid request (simulated).", "invalid_request_error", None)
         )
-    if fault == "529":
-        return json_reply(529, _error("Overloaded", "overloaded_error", None), retry_headers)
-    if fault == "503":
-        return json_reply(
-            503,
-            _error(
-                "The engine is currently overloaded, please try again later", "server_error", None
-            ),
-            retry_headers,
-        )
-    if fault == "502":
-        return json_reply(502, _error("Bad gateway.", "server_error", None))
-    return json_reply(
-        500,
-        _error(
-            "The server had an error while processing your request. Sorry about that!",
-            "server_error",
-            None,
-        ),
-    )
+    status, message, err_type, retries = _SERVER_ERRORS.get(fault, _INTERNAL_ERROR)
+    return json_reply(status, _error(message, err_type, None), retry_headers if retries else None)
 
 
 def not_found(path: str) -> Reply:

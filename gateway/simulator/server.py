@@ -186,6 +186,7 @@ class Simulator:
         headers: dict[str, str],
         raw: bytes,
     ) -> Plan:
+        """Decode the JSON body and hand it to the provider's route."""
         header_spec = headers.get("x-sim-fault")
         if provider == "openai" and rest == "/models" and method == "GET":
             return Plan(openai.models_reply())
@@ -194,75 +195,93 @@ class Simulator:
         body = orjson.loads(raw) if raw else {}
         if not isinstance(body, dict):
             raise ValueError("the body must be a JSON object")
-
         if provider == "openai":
-            model, spec = split_model(str(body.get("model") or ""))
-            if not model:
-                raise ValueError("you must provide a model parameter")
-            knobs = parse_knobs(spec, header_spec)
-            if rest == "/chat/completions":
-                return self._chat(provider, openai.parse_chat(provider, model, knobs, body))
-            if rest == "/embeddings":
-                return self._simple(
-                    provider, knobs, lambda: openai.embeddings_reply(model, knobs, body)
-                )
-            if rest == "/completions":
-                return self._simple(
-                    provider, knobs, lambda: openai.completion_reply(model, knobs, body)
-                )
-            return Plan(openai.not_found(rest))
-
+            return self._route_openai(rest, body, header_spec)
         if provider == "azure":
-            parts = rest.split("/")  # /openai/deployments/{deployment}/{operation...}
-            if len(parts) < 5 or parts[1] != "openai" or parts[2] != "deployments":
-                return Plan(openai.not_found(rest))
-            if not query.get("api-version"):
-                return Plan(
-                    json_reply(404, {"error": {"code": "404", "message": "Resource not found"}})
-                )
-            model, spec = split_model(parts[3])
-            knobs = parse_knobs(spec, header_spec)
-            operation = "/".join(parts[4:])
-            if operation == "chat/completions":
-                return self._chat(provider, openai.parse_chat(provider, model, knobs, body))
-            if operation == "embeddings":
-                return self._simple(
-                    provider, knobs, lambda: openai.embeddings_reply(model, knobs, body)
-                )
-            return Plan(openai.not_found(rest))
-
+            return self._route_azure(rest, query, body, header_spec)
         if provider == "anthropic":
-            if rest != "/v1/messages":
-                return Plan(self._error(provider, "400", Knobs(), detail=f"unknown path {rest}"))
-            model, spec = split_model(str(body.get("model") or ""))
-            knobs = parse_knobs(spec, header_spec)
-            return self._chat(provider, anthropic.parse(model, knobs, body))
-
+            return self._route_anthropic(rest, body, header_spec)
         if provider == "gemini":
-            prefix = "/v1beta/models/"
-            if not rest.startswith(prefix) or ":" not in rest:
-                return Plan(self._error(provider, "400", Knobs(), detail=f"unknown path {rest}"))
-            name, _, operation = rest[len(prefix) :].rpartition(":")
-            model, spec = split_model(name)
-            knobs = parse_knobs(spec, header_spec)
-            if operation == "generateContent":
-                return self._chat(provider, gemini.parse(model, knobs, body, stream=False))
-            if operation == "streamGenerateContent":
-                return self._chat(provider, gemini.parse(model, knobs, body, stream=True))
-            return Plan(self._error(provider, "400", Knobs(), detail=f"unknown method {operation}"))
+            return self._route_gemini(rest, body, header_spec)
+        return self._route_bedrock(rest, body, header_spec)
 
-        # bedrock: /model/{modelId}/converse | /converse-stream
+    def _route_openai(self, rest: str, body: dict[str, Any], header_spec: str | None) -> Plan:
+        """``/openai/v1/{chat/completions,embeddings,completions}``; the model is in the body."""
+        model, spec = split_model(str(body.get("model") or ""))
+        if not model:
+            raise ValueError("you must provide a model parameter")
+        knobs = parse_knobs(spec, header_spec)
+        if rest == "/chat/completions":
+            return self._chat("openai", openai.parse_chat("openai", model, knobs, body))
+        if rest == "/embeddings":
+            return self._simple(
+                "openai", knobs, lambda: openai.embeddings_reply(model, knobs, body)
+            )
+        if rest == "/completions":
+            return self._simple(
+                "openai", knobs, lambda: openai.completion_reply(model, knobs, body)
+            )
+        return Plan(openai.not_found(rest))
+
+    def _route_azure(
+        self,
+        rest: str,
+        query: dict[str, list[str]],
+        body: dict[str, Any],
+        header_spec: str | None,
+    ) -> Plan:
+        """``/azure/openai/deployments/{deployment}/{operation}?api-version=...``."""
+        parts = rest.split("/")  # /openai/deployments/{deployment}/{operation...}
+        if len(parts) < 5 or parts[1] != "openai" or parts[2] != "deployments":
+            return Plan(openai.not_found(rest))
+        if not query.get("api-version"):
+            return Plan(
+                json_reply(404, {"error": {"code": "404", "message": "Resource not found"}})
+            )
+        model, spec = split_model(parts[3])
+        knobs = parse_knobs(spec, header_spec)
+        operation = "/".join(parts[4:])
+        if operation == "chat/completions":
+            return self._chat("azure", openai.parse_chat("azure", model, knobs, body))
+        if operation == "embeddings":
+            return self._simple("azure", knobs, lambda: openai.embeddings_reply(model, knobs, body))
+        return Plan(openai.not_found(rest))
+
+    def _route_anthropic(self, rest: str, body: dict[str, Any], header_spec: str | None) -> Plan:
+        """``/anthropic/v1/messages``."""
+        if rest != "/v1/messages":
+            return Plan(self._error("anthropic", "400", Knobs(), detail=f"unknown path {rest}"))
+        model, spec = split_model(str(body.get("model") or ""))
+        knobs = parse_knobs(spec, header_spec)
+        return self._chat("anthropic", anthropic.parse(model, knobs, body))
+
+    def _route_gemini(self, rest: str, body: dict[str, Any], header_spec: str | None) -> Plan:
+        """``/gemini/v1beta/models/{model}:{generateContent,streamGenerateContent}``."""
+        prefix = "/v1beta/models/"
+        if not rest.startswith(prefix) or ":" not in rest:
+            return Plan(self._error("gemini", "400", Knobs(), detail=f"unknown path {rest}"))
+        name, _, operation = rest[len(prefix) :].rpartition(":")
+        model, spec = split_model(name)
+        knobs = parse_knobs(spec, header_spec)
+        if operation == "generateContent":
+            return self._chat("gemini", gemini.parse(model, knobs, body, stream=False))
+        if operation == "streamGenerateContent":
+            return self._chat("gemini", gemini.parse(model, knobs, body, stream=True))
+        return Plan(self._error("gemini", "400", Knobs(), detail=f"unknown method {operation}"))
+
+    def _route_bedrock(self, rest: str, body: dict[str, Any], header_spec: str | None) -> Plan:
+        """``/bedrock/model/{modelId}/converse`` and ``/converse-stream``."""
         parts = rest.split("/")
         if (
             len(parts) != 4
             or parts[1] != "model"
             or parts[3] not in ("converse", "converse-stream")
         ):
-            return Plan(self._error(provider, "400", Knobs(), detail=f"unknown path {rest}"))
+            return Plan(self._error("bedrock", "400", Knobs(), detail=f"unknown path {rest}"))
         model, spec = split_model(parts[2])
         knobs = parse_knobs(spec, header_spec)
         stream = parts[3] == "converse-stream"
-        return self._chat(provider, bedrock.parse(model, knobs, body, stream=stream))
+        return self._chat("bedrock", bedrock.parse(model, knobs, body, stream=stream))
 
     # ------------------------------------------------------------ faults and replies
 

@@ -5,7 +5,7 @@ objects and the Messages streaming events."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -109,16 +109,9 @@ def parse_messages(data: dict[str, Any]) -> Inbound:
 
 
 def _message(raw: Any, param: str, inbound: Inbound) -> None:
+    """Parse one ``messages[i]`` entry into the chat's messages."""
     raw = as_dict(raw, param)
-    role = raw.get("role")
-    if role is None:
-        raise missing(f"{param}.role")
-    if role not in ("user", "assistant"):
-        raise InvalidRequest(
-            f"Invalid value for '{param}.role': expected user or assistant.",
-            param=f"{param}.role",
-            code="invalid_value",
-        )
+    role = _role(raw, param)
     content = raw.get("content")
     if content is None:
         raise missing(f"{param}.content")
@@ -147,28 +140,9 @@ def _message(raw: Any, param: str, inbound: Inbound) -> None:
             parts.append(_image(block, block_param))
             inbound.need(CAP_VISION, block_param)
         elif kind == "tool_use" and role == "assistant":
-            arguments = block.get("input", {})
-            if not isinstance(arguments, dict):
-                raise InvalidRequest(
-                    f"'{block_param}.input' must be an object.",
-                    param=f"{block_param}.input",
-                    code="invalid_type",
-                )
-            calls.append(
-                ToolCall(
-                    id=require_str(block, "id", f"{block_param}.id"),
-                    name=require_str(block, "name", f"{block_param}.name"),
-                    arguments=orjson.dumps(arguments).decode(),
-                )
-            )
+            calls.append(_tool_use(block, block_param))
         elif kind == "tool_result" and role == "user":
-            results.append(
-                Message(
-                    role="tool",
-                    content=_result_text(block, block_param),
-                    tool_call_id=require_str(block, "tool_use_id", f"{block_param}.tool_use_id"),
-                )
-            )
+            results.append(_tool_result(block, block_param))
         elif kind in ("thinking", "redacted_thinking"):
             continue  # earlier turns' reasoning; not replayed to other providers
         elif kind is None:
@@ -179,7 +153,56 @@ def _message(raw: Any, param: str, inbound: Inbound) -> None:
                 "(supported: text, image, tool_use, tool_result).",
                 param=f"{block_param}.type",
             )
-    # Tool results answer the previous assistant turn, so they come first.
+    _add_turn(messages, role, parts, calls, results, param)
+
+
+def _role(raw: dict[str, Any], param: str) -> Literal["user", "assistant"]:
+    """The message's role: user or assistant."""
+    role = raw.get("role")
+    if role is None:
+        raise missing(f"{param}.role")
+    if role not in ("user", "assistant"):
+        raise InvalidRequest(
+            f"Invalid value for '{param}.role': expected user or assistant.",
+            param=f"{param}.role",
+            code="invalid_value",
+        )
+    return role
+
+
+def _tool_use(block: dict[str, Any], param: str) -> ToolCall:
+    """An assistant ``tool_use`` block as a tool call (its input re-encoded as JSON text)."""
+    arguments = block.get("input", {})
+    if not isinstance(arguments, dict):
+        raise InvalidRequest(
+            f"'{param}.input' must be an object.", param=f"{param}.input", code="invalid_type"
+        )
+    return ToolCall(
+        id=require_str(block, "id", f"{param}.id"),
+        name=require_str(block, "name", f"{param}.name"),
+        arguments=orjson.dumps(arguments).decode(),
+    )
+
+
+def _tool_result(block: dict[str, Any], param: str) -> Message:
+    """A user ``tool_result`` block as a tool message."""
+    return Message(
+        role="tool",
+        content=_result_text(block, param),
+        tool_call_id=require_str(block, "tool_use_id", f"{param}.tool_use_id"),
+    )
+
+
+def _add_turn(
+    messages: list[Message],
+    role: Literal["user", "assistant"],
+    parts: list[ContentPart],
+    calls: list[ToolCall],
+    results: list[Message],
+    param: str,
+) -> None:
+    """Append one message's blocks: tool results first (they answer the previous assistant
+    turn), then the turn itself; a user turn with neither is an error."""
     messages.extend(results)
     if role == "assistant":
         if parts or calls:
