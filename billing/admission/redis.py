@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ import threading
 import time
 import uuid
 import weakref
+from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
@@ -504,84 +506,29 @@ class RedisBackend:
                 self.sync.delete(k.lock)
 
     def snapshot(self, organization_id: int) -> dict[str, Any]:
-        """What the counters must hold, computed from one consistent database read."""
+        """What the counters must hold, computed from one consistent database read.
+
+        Steps: read the organization's budgets, posted spend, unposted usage events, open
+        reservations and balance in one transaction (``_counter_source``); add the events and
+        holds to each budget's current period (``_budget_use``); list the events as settled
+        and the reservations as open holds (``_snapshot_reservations``); each budget's counter
+        with its ttl (``_budget_counters``); the balance, less every event and hold.
+        """
         k = self.keys(organization_id)
         now = timezone.now()
-        outermost = not connection.in_atomic_block
-        with transaction.atomic():
-            if outermost and connection.vendor == "postgresql":
-                with connection.cursor() as cursor:
-                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            tz = (
-                Organization.objects.filter(pk=organization_id)
-                .values_list("time_zone", flat=True)
-                .first()
-            ) or "UTC"
-            budgets = budgets_load(organization_id)
-            bounds = {b.id: period_bounds(b.period, now, tz) for b in budgets}
-            spent = {
-                (b, s.isoformat()): v
-                for b, s, v in BudgetUsage.objects.filter(
-                    budget_id__in=list(bounds),
-                ).values_list("budget_id", "period_start", "spent")
-                if bounds[b][0] == s
-            }
-            events = list(
-                UsageEvent.objects.filter(organization_id=organization_id).values_list(
-                    "request_id", "cost", "budget_periods"
-                )
-            )
-            rows = list(ReservationRow.objects.filter(organization_id=organization_id))
-            balance = (
-                BillingAccount.objects.filter(organization_id=organization_id)
-                .values_list("balance", flat=True)
-                .first()
-            ) or Decimal(0)
-        used: dict[tuple[int, str], Decimal] = {
-            (b.id, bounds[b.id][0].isoformat()): Decimal(0) for b in budgets
-        }
-        for key, value in spent.items():
-            used[key] += value
-        pending = Decimal(0)
-        reservations: list[dict[str, Any]] = []
-        for request_id, cost, periods in events:
-            pending += cost
-            for b, s in periods:
-                if (b, s) in used:
-                    used[(b, s)] += cost
-            # counted here: its settle, if still to come, must not count it again
-            reservations.append({"hash": k.res(request_id), "settled": "1"})
-        for row in rows:
-            pending += row.amount
-            counter_keys = []
-            for b, s in row.budget_periods:
-                if (b, s) in used:
-                    used[(b, s)] += row.amount
-                counter_keys.append(k.budget(b, dt.datetime.fromisoformat(s)))
-            rate = ""
-            if row.rate_window is not None and row.key_id is not None:
-                rate = k.rate(row.key_id, int(row.rate_window.timestamp() // 60))[1]
-            reservations.append(
-                {
-                    "hash": k.res(row.request_id),
-                    "member": f"{organization_id}|{row.request_id}",
-                    "amt": str(nano_ceil(row.amount)),
-                    "tok": str(row.tokens),
-                    "keys": " ".join(counter_keys),
-                    "rate": rate,
-                    "deadline": str(int(row.deadline.timestamp())),
-                }
-            )
-        counters = {}
-        for b in budgets:
-            start, end = bounds[b.id]
-            ttl = int((end - now).total_seconds()) + 86400 if end else 0
-            counters[k.budget(b.id, start)] = [str(nano_ceil(used[(b.id, start.isoformat())])), ttl]
+        source = _counter_source(organization_id, now)
+        used = _budget_use(source)
+        pending = sum(
+            itertools.chain(
+                (cost for _, cost, _ in source.events), (r.amount for r in source.rows)
+            ),
+            Decimal(0),
+        )
         return {
-            "balance": str(nano_floor(balance) - nano_ceil(pending)),
-            "defs": {str(b.id): budget_definition(b) for b in budgets},
-            "counters": counters or {},
-            "reservations": reservations,
+            "balance": str(nano_floor(source.balance) - nano_ceil(pending)),
+            "defs": {str(b.id): budget_definition(b) for b in source.budgets},
+            "counters": _budget_counters(k, source, used, now) or {},
+            "reservations": _snapshot_reservations(k, organization_id, source),
             "hash_prefix": k.res_prefix,
         }
 
@@ -672,6 +619,111 @@ class RedisBackend:
         if not self._sync_script("settle")(keys=keys, args=args):
             return ""
         return "released" if cost is None else "settled"
+
+
+@dataclass(frozen=True, slots=True)
+class _CounterSource:
+    """What an organization's counters are rebuilt from (one consistent database read)."""
+
+    budgets: tuple[BudgetInfo, ...]
+    bounds: dict[int, tuple[dt.datetime, dt.datetime | None]]  # budget id -> current period
+    spent: dict[tuple[int, str], Decimal]  # (budget id, period start) -> posted spend
+    events: list[tuple[str, Decimal, list[list[Any]]]]  # unposted usage events
+    rows: list[ReservationRow]  # open reservations
+    balance: Decimal
+
+
+def _counter_source(organization_id: int, now: dt.datetime) -> _CounterSource:
+    """Read the counters' inputs in one transaction (repeatable read on PostgreSQL when this
+    is the outermost one)."""
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        if outermost and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        tz = (
+            Organization.objects.filter(pk=organization_id)
+            .values_list("time_zone", flat=True)
+            .first()
+        ) or "UTC"
+        budgets = budgets_load(organization_id)
+        bounds = {b.id: period_bounds(b.period, now, tz) for b in budgets}
+        spent = {
+            (b, s.isoformat()): v
+            for b, s, v in BudgetUsage.objects.filter(
+                budget_id__in=list(bounds),
+            ).values_list("budget_id", "period_start", "spent")
+            if bounds[b][0] == s
+        }
+        events = list(
+            UsageEvent.objects.filter(organization_id=organization_id).values_list(
+                "request_id", "cost", "budget_periods"
+            )
+        )
+        rows = list(ReservationRow.objects.filter(organization_id=organization_id))
+        balance = (
+            BillingAccount.objects.filter(organization_id=organization_id)
+            .values_list("balance", flat=True)
+            .first()
+        ) or Decimal(0)
+    return _CounterSource(budgets, bounds, spent, events, rows, balance)
+
+
+def _budget_use(source: _CounterSource) -> dict[tuple[int, str], Decimal]:
+    """Each budget's current period: posted spend, then unposted events, then open holds."""
+    used: dict[tuple[int, str], Decimal] = {
+        (b.id, source.bounds[b.id][0].isoformat()): Decimal(0) for b in source.budgets
+    }
+    for key, value in source.spent.items():
+        used[key] += value
+    for _request_id, cost, periods in source.events:
+        for b, s in periods:
+            if (b, s) in used:
+                used[(b, s)] += cost
+    for row in source.rows:
+        for b, s in row.budget_periods:
+            if (b, s) in used:
+                used[(b, s)] += row.amount
+    return used
+
+
+def _snapshot_reservations(
+    k: Keys, organization_id: int, source: _CounterSource
+) -> list[dict[str, Any]]:
+    """The reservation hashes: each unposted event's marked settled, then each open hold."""
+    # counted here: its settle, if still to come, must not count it again
+    reservations: list[dict[str, Any]] = [
+        {"hash": k.res(request_id), "settled": "1"} for request_id, _, _ in source.events
+    ]
+    for row in source.rows:
+        counter_keys = [k.budget(b, dt.datetime.fromisoformat(s)) for b, s in row.budget_periods]
+        rate = ""
+        if row.rate_window is not None and row.key_id is not None:
+            rate = k.rate(row.key_id, int(row.rate_window.timestamp() // 60))[1]
+        reservations.append(
+            {
+                "hash": k.res(row.request_id),
+                "member": f"{organization_id}|{row.request_id}",
+                "amt": str(nano_ceil(row.amount)),
+                "tok": str(row.tokens),
+                "keys": " ".join(counter_keys),
+                "rate": rate,
+                "deadline": str(int(row.deadline.timestamp())),
+            }
+        )
+    return reservations
+
+
+def _budget_counters(
+    k: Keys, source: _CounterSource, used: dict[tuple[int, str], Decimal], now: dt.datetime
+) -> dict[str, list[Any]]:
+    """Each budget's counter key -> [its use in nano-dollars (rounded up), ttl seconds]."""
+    counters: dict[str, list[Any]] = {}
+    for b in source.budgets:
+        start, end = source.bounds[b.id]
+        ttl = int((end - now).total_seconds()) + 86400 if end else 0
+        counters[k.budget(b.id, start)] = [str(nano_ceil(used[(b.id, start.isoformat())])), ttl]
+    return counters
 
 
 def _recorded_cost(request_id: str) -> Decimal | None:

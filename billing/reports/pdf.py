@@ -25,6 +25,7 @@ from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.platypus import (
+    Flowable,
     Image,
     LongTable,
     PageBreak,
@@ -133,18 +134,37 @@ def _period_label(report: Report, zone: zoneinfo.ZoneInfo) -> str:
 
 
 def report_pdf_write(*, report: Report, path: Path) -> int:
-    """Write the spend report to ``path``; returns the number of pages."""
+    """Write the spend report to ``path``; returns the number of pages.
+
+    Steps, in page order: the cover (``_cover``); totals and savings against the reference
+    models (``_summary``); the daily spend chart (``_daily_spend``); one page per breakdown
+    (``_breakdowns``); the top keys and the budget status (``_keys_and_budgets``); then the
+    document is laid out with its page footer (``_build``). Progress is reported after the
+    summary, the chart and each breakdown.
+    """
     zone = zoneinfo.ZoneInfo(report.organization.time_zone)
-    story: list[Any] = []
-    h1, h2, body = STYLES["Title"], STYLES["Heading2"], STYLES["BodyText"]
+    story = _cover(report, zone)
+    summary, reference_label = _summary(report)
+    story += summary
+    report_progress(report.pk, 10)
+    story += _daily_spend(report, zone, reference_label)
+    report_progress(report.pk, 20)
+    story += _breakdowns(report)
+    story += _keys_and_budgets(report)
+    return _build(report, path, story)
+
+
+def _cover(report: Report, zone: zoneinfo.ZoneInfo) -> list[Flowable]:
+    """The cover page: organization, scope, period, filters and generation time."""
+    body = STYLES["BodyText"]
     scope = (
         "whole organization"
         if report.node.parent_id is None
         else f"{report.node.kind} {report.node.name}"
     )
-    story += [
+    return [
         Spacer(1, 40 * mm),
-        Paragraph("MegaRouter spend report", h1),
+        Paragraph("MegaRouter spend report", STYLES["Title"]),
         Paragraph(f"Organization: {report.organization.name} ({report.organization.slug})", body),
         Paragraph(f"Scope: {scope}", body),
         Paragraph(f"Period: {_period_label(report, zone)}", body),
@@ -152,27 +172,38 @@ def report_pdf_write(*, report: Report, path: Path) -> int:
         Paragraph(f"Generated: {timezone.now().astimezone(zone):%Y-%m-%d %H:%M %Z}", body),
         PageBreak(),
     ]
+
+
+def _summary(report: Report) -> tuple[list[Flowable], str]:
+    """Totals and savings (overall and per reference model); also the chart's reference
+    line label."""
     totals = run(report, _query(report), analytics_totals)
     by_reference = run(
         report, _query(report, group_by=("reference_model",)), analytics_breakdown, limit=1000
     )
     by_reference.sort(key=lambda r: r["reference_model"])
+    reference_label, measured = _reference_wording(by_reference)
+    return [
+        *_totals_section(totals),
+        *_savings_section(totals, by_reference, measured),
+    ], reference_label
+
+
+def _reference_wording(by_reference: list[dict[str, Any]]) -> tuple[str, str]:
+    """The chart label and the savings sentence's wording for the reference model(s)."""
     references = [r["reference_model"] for r in by_reference]
     if len(references) == 1:
-        reference_label = f"On {references[0]}"
-        measured = f"on {references[0]}"
-    else:
-        reference_label = "On the reference models"
-        measured = (
-            f"on each request's reference model (its routing policy's, else {reference_model()})"
-        )
-    ratio = (
-        f"{totals['savings'] / totals['reference_cost'] * 100:.1f}%"
-        if totals["reference_cost"]
-        else "n/a"
+        return f"On {references[0]}", f"on {references[0]}"
+    return (
+        "On the reference models",
+        f"on each request's reference model (its routing policy's, else {reference_model()})",
     )
-    story += [
-        Paragraph("Totals", h2),
+
+
+def _totals_section(totals: dict[str, Any]) -> list[Flowable]:
+    """The totals table (requests, tokens, exact cost, latency)."""
+    return [
+        Paragraph("Totals", STYLES["Heading2"]),
         _table(
             ["Measure", "Value"],
             [
@@ -191,11 +222,24 @@ def report_pdf_write(*, report: Report, path: Path) -> int:
             [90 * mm, 70 * mm],
         ),
         Spacer(1, 6 * mm),
-        Paragraph("Savings against the reference model", h2),
+    ]
+
+
+def _savings_section(
+    totals: dict[str, Any], by_reference: list[dict[str, Any]], measured: str
+) -> list[Flowable]:
+    """Savings against the reference model(s): the overall table, then one line per model."""
+    ratio = (
+        f"{totals['savings'] / totals['reference_cost'] * 100:.1f}%"
+        if totals["reference_cost"]
+        else "n/a"
+    )
+    return [
+        Paragraph("Savings against the reference model", STYLES["Heading2"]),
         Paragraph(
             f"What the same tokens would have cost {measured} at its list price in force at "
             "the time of each request.",
-            body,
+            STYLES["BodyText"],
         ),
         _table(
             ["Measure", "USD"],
@@ -212,33 +256,49 @@ def report_pdf_write(*, report: Report, path: Path) -> int:
         _reference_table(by_reference),
         Spacer(1, 6 * mm),
     ]
-    report_progress(report.pk, 10)
+
+
+def _daily_spend(report: Report, zone: zoneinfo.ZoneInfo, reference_label: str) -> list[Flowable]:
+    """The daily spend chart (actual against reference), ending the summary page."""
     series = run(report, _query(report, bucket="day"), analytics_timeseries)
-    story.append(Paragraph("Daily spend", h2))
+    story: list[Flowable] = [Paragraph("Daily spend", STYLES["Heading2"])]
     if series:
         chart = _chart(series, zone, reference_label)
         story.append(Image(chart, width=170 * mm, height=73 * mm))
     else:
-        story.append(Paragraph("No usage in this period.", body))
+        story.append(Paragraph("No usage in this period.", STYLES["BodyText"]))
     story.append(PageBreak())
-    report_progress(report.pk, 20)
+    return story
 
+
+def _breakdowns(report: Report) -> list[Flowable]:
+    """One page per ``BREAKDOWNS`` dimension, reporting progress after each."""
+    story: list[Flowable] = []
     for i, (dim, title) in enumerate(BREAKDOWNS):
         rows = run(report, _query(report, group_by=(dim,)), analytics_breakdown, limit=100_000)
         labels = dimension_labels(report.organization_id, rows, (dim,)).get(dim, {})
-        story.append(Paragraph(title, h2))
+        story.append(Paragraph(title, STYLES["Heading2"]))
         story.append(_breakdown_table(rows, dim, labels))
         story.append(PageBreak())
         report_progress(report.pk, 20 + (i + 1) * 12)
+    return story
 
+
+def _keys_and_budgets(report: Report) -> list[Flowable]:
+    """The last page: the top ``TOP_KEYS`` API keys by spend, then the budget status."""
     keys = run(report, _query(report, group_by=("key",)), analytics_breakdown, limit=TOP_KEYS)
     labels = dimension_labels(report.organization_id, keys, ("key",)).get("key", {})
-    story.append(Paragraph(f"Top {TOP_KEYS} API keys by spend", h2))
-    story.append(_breakdown_table(keys, "key", labels))
-    story.append(Spacer(1, 6 * mm))
-    story.append(Paragraph("Budget status (current period)", h2))
-    story.append(_budget_table(report))
+    return [
+        Paragraph(f"Top {TOP_KEYS} API keys by spend", STYLES["Heading2"]),
+        _breakdown_table(keys, "key", labels),
+        Spacer(1, 6 * mm),
+        Paragraph("Budget status (current period)", STYLES["Heading2"]),
+        _budget_table(report),
+    ]
 
+
+def _build(report: Report, path: Path, story: list[Flowable]) -> int:
+    """Lay out ``story`` on A4 with a footer on every page; returns the number of pages."""
     pages = {"n": 0}
 
     def footer(canvas: Any, doc: Any) -> None:

@@ -39,7 +39,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from routing.complexity.data import ModelStats, Record
+from routing.complexity.data import ModelStats, Outcome, Record
 from routing.complexity.estimator import Candidate, choose, estimate
 from routing.complexity.features import RequestFeatures
 from routing.complexity.model import ComplexityModel
@@ -92,97 +92,30 @@ def evaluate(
     decisions: TextIO | None = None,
     write_decision: Callable[[TextIO, str, int, str], None] | None = None,
 ) -> dict[str, Any]:
+    """The evaluation report of ``records`` (see the module docstring).
+
+    Steps: keep the records with a model the training file knows (``_usable``); every
+    policy's choices on every kept record at every point (``_policy_choices``, which writes
+    the router's decisions when ``decisions`` and ``write_decision`` are given); the groups
+    (``_groups``), each summarized by ``_group_report``.
+    """
     if points < 2:
         raise ValueError("points must be at least 2")
     fractions = [k / (points - 1) for k in range(points)]
-    usable: list[tuple[Record, list[str]]] = []
-    skipped: list[str] = []
-    dropped_models: set[str] = set()
-    for record in records:
-        known = sorted(m for m in record.outcomes if m in stats)
-        dropped_models.update(m for m in record.outcomes if m not in stats)
-        if known:
-            usable.append((record, known))
-        else:
-            skipped.append(record.id)
-
+    usable, skipped, dropped_models = _usable(records, stats)
     lengths = np.asarray(sorted(train_lengths) or [0], dtype=np.float64)
-    # Oracle: rank records by their true break-even cost weight; at point k the top share
-    # f_k of them get their ideal model (the cheapest among the best-scoring), the rest the
-    # cheapest candidate.
-    oracle_values = [
-        _breakeven([r.outcomes[m].score for m in known], [r.outcomes[m].cost_usd for m in known])
-        for r, known in usable
-    ]
-    oracle_rank = {
-        i: rank
-        for rank, i in enumerate(sorted(range(len(usable)), key=lambda i: (-oracle_values[i], i)))
-    }
-    n_usable = len(usable)
-
-    per_policy: dict[str, list[list[Choice]]] = {p: [] for p in POLICIES}
-    for record, known in usable:
-        candidates = [
-            Candidate(m, stats[m].cost_per_input_token, 0.0, stats[m].quality_prior) for m in known
-        ]
-        price = {m: stats[m].cost_per_input_token for m in known}
-        cheapest = min(known, key=lambda m: (price[m], -stats[m].quality_prior, m))
-        best = max(known, key=lambda m: (stats[m].quality_prior, -price[m], m))
-        strong = max(known, key=lambda m: (price[m], m)) if len(known) > 1 else None
-        outcome = record.outcomes
-
-        def choice(name: str, weight: float = 1.0, *, _o=outcome, _s=strong) -> Choice:
-            return Choice(
-                _o[name].score * weight,
-                _o[name].cost_usd * weight,
-                weight if name == _s else 0.0,
-                name,
-            )
-
-        def mix(f: float, *, _cheap=cheapest, _best=best, _choice=choice) -> Choice:
-            a, b = _choice(_cheap, 1.0 - f), _choice(_best, f)
-            return Choice(a.score + b.score, a.cost + b.cost, a.strong_share + b.strong_share)
-
-        est = estimate(RequestFeatures.from_prompt(record.prompt), model=model)
-        router_row = []
-        for k, f in enumerate(fractions):
-            picked = choose(candidates, est, f, model=model)[0].candidate.model_id
-            router_row.append(choice(picked))
-            if decisions is not None and write_decision is not None:
-                write_decision(decisions, record.id, k, picked)
-        per_policy["router"].append(router_row)
-        per_policy["random"].append([mix(f) for f in fractions])
-        per_policy["best_single"].append([choice(best) for _ in fractions])
-        length_row = []
-        for f in fractions:
-            if f <= 0.0:
-                length_row.append(choice(cheapest))
-            elif f >= 1.0:
-                length_row.append(choice(best))
-            else:
-                threshold = _quantile(lengths, 1.0 - f)
-                length_row.append(choice(best if record.input_tokens > threshold else cheapest))
-        per_policy["prompt_length"].append(length_row)
-        true_scores = [outcome[m].score for m in known]
-        true_costs = [outcome[m].cost_usd for m in known]
-        ideal = known[_pick(true_scores, true_costs, 0.0)]
-        rank = oracle_rank[len(per_policy["oracle"])]
-        per_policy["oracle"].append(
-            [
-                choice(ideal if rank < math.floor(f * n_usable + 1e-9) else cheapest)
-                for f in fractions
-            ]
-        )
-
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, (record, _) in enumerate(usable):
-        groups[record.family].append(i)
-        groups[f"source:{record.source}"].append(i)
-        groups["overall"].append(i)
-
+    per_policy = _policy_choices(
+        usable,
+        stats=stats,
+        fractions=fractions,
+        lengths=lengths,
+        model=model,
+        decisions=decisions,
+        write_decision=write_decision,
+    )
     report_groups = {
         name: _group_report(sorted(idx), usable, per_policy, stats, points)
-        for name, idx in sorted(groups.items())
+        for name, idx in sorted(_groups(usable).items())
     }
     return {
         "records": len(records),
@@ -197,6 +130,164 @@ def evaluate(
         "willingness": [round(f, 6) for f in fractions],
         "groups": report_groups,
     }
+
+
+def _usable(
+    records: Sequence[Record], stats: dict[str, ModelStats]
+) -> tuple[list[tuple[Record, list[str]]], list[str], set[str]]:
+    """Each record with its known models (sorted), the ids of the records with none, and
+    the models the training file does not know."""
+    usable: list[tuple[Record, list[str]]] = []
+    skipped: list[str] = []
+    dropped_models: set[str] = set()
+    for record in records:
+        known = sorted(m for m in record.outcomes if m in stats)
+        dropped_models.update(m for m in record.outcomes if m not in stats)
+        if known:
+            usable.append((record, known))
+        else:
+            skipped.append(record.id)
+    return usable, skipped, dropped_models
+
+
+def _oracle_ranks(usable: list[tuple[Record, list[str]]]) -> dict[int, int]:
+    """Each usable record's rank (0 first) by its true break-even cost weight."""
+    oracle_values = [
+        _breakeven([r.outcomes[m].score for m in known], [r.outcomes[m].cost_usd for m in known])
+        for r, known in usable
+    ]
+    return {
+        i: rank
+        for rank, i in enumerate(sorted(range(len(usable)), key=lambda i: (-oracle_values[i], i)))
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Picks:
+    """One record's outcomes and the candidates its baselines pick from."""
+
+    outcomes: dict[str, Outcome]
+    cheapest: str
+    best: str  # highest quality prior
+    strong: str | None  # the pricier candidate (None with a single candidate)
+
+    def choice(self, name: str, weight: float = 1.0) -> Choice:
+        """``name`` for a share ``weight`` of the record's call."""
+        return Choice(
+            self.outcomes[name].score * weight,
+            self.outcomes[name].cost_usd * weight,
+            weight if name == self.strong else 0.0,
+            name,
+        )
+
+    def mix(self, f: float) -> Choice:
+        """The best-prior candidate for a share ``f``, the cheapest for the rest."""
+        a, b = self.choice(self.cheapest, 1.0 - f), self.choice(self.best, f)
+        return Choice(a.score + b.score, a.cost + b.cost, a.strong_share + b.strong_share)
+
+
+def _picks(record: Record, known: list[str], stats: dict[str, ModelStats]) -> _Picks:
+    """The record's cheapest, best-prior and pricier candidates, priced by the training file."""
+    price = {m: stats[m].cost_per_input_token for m in known}
+    return _Picks(
+        outcomes=record.outcomes,
+        cheapest=min(known, key=lambda m: (price[m], -stats[m].quality_prior, m)),
+        best=max(known, key=lambda m: (stats[m].quality_prior, -price[m], m)),
+        strong=max(known, key=lambda m: (price[m], m)) if len(known) > 1 else None,
+    )
+
+
+def _policy_choices(
+    usable: list[tuple[Record, list[str]]],
+    *,
+    stats: dict[str, ModelStats],
+    fractions: list[float],
+    lengths: np.ndarray,
+    model: ComplexityModel,
+    decisions: TextIO | None,
+    write_decision: Callable[[TextIO, str, int, str], None] | None,
+) -> dict[str, list[list[Choice]]]:
+    """Per policy, one row per usable record of its choice at every point."""
+    oracle_rank = _oracle_ranks(usable)
+    per_policy: dict[str, list[list[Choice]]] = {p: [] for p in POLICIES}
+    for i, (record, known) in enumerate(usable):
+        picks = _picks(record, known, stats)
+        per_policy["router"].append(
+            _router_row(record, known, picks, stats, fractions, model, decisions, write_decision)
+        )
+        per_policy["random"].append([picks.mix(f) for f in fractions])
+        per_policy["best_single"].append([picks.choice(picks.best) for _ in fractions])
+        per_policy["prompt_length"].append(_length_row(record, picks, fractions, lengths))
+        per_policy["oracle"].append(
+            _oracle_row(known, picks, fractions, oracle_rank[i], len(usable))
+        )
+    return per_policy
+
+
+def _router_row(
+    record: Record,
+    known: list[str],
+    picks: _Picks,
+    stats: dict[str, ModelStats],
+    fractions: list[float],
+    model: ComplexityModel,
+    decisions: TextIO | None,
+    write_decision: Callable[[TextIO, str, int, str], None] | None,
+) -> list[Choice]:
+    """The router's pick at every willingness, each written as a decision when asked."""
+    candidates = [
+        Candidate(m, stats[m].cost_per_input_token, 0.0, stats[m].quality_prior) for m in known
+    ]
+    est = estimate(RequestFeatures.from_prompt(record.prompt), model=model)
+    row = []
+    for k, f in enumerate(fractions):
+        picked = choose(candidates, est, f, model=model)[0].candidate.model_id
+        row.append(picks.choice(picked))
+        if decisions is not None and write_decision is not None:
+            write_decision(decisions, record.id, k, picked)
+    return row
+
+
+def _length_row(
+    record: Record, picks: _Picks, fractions: list[float], lengths: np.ndarray
+) -> list[Choice]:
+    """Prompts longer than the training lengths' (1 - f) quantile go to the best prior."""
+    row = []
+    for f in fractions:
+        if f <= 0.0:
+            row.append(picks.choice(picks.cheapest))
+        elif f >= 1.0:
+            row.append(picks.choice(picks.best))
+        else:
+            threshold = _quantile(lengths, 1.0 - f)
+            row.append(
+                picks.choice(picks.best if record.input_tokens > threshold else picks.cheapest)
+            )
+    return row
+
+
+def _oracle_row(
+    known: list[str], picks: _Picks, fractions: list[float], rank: int, n_usable: int
+) -> list[Choice]:
+    """The record's ideal model (the cheapest among the best-scoring) at the points where
+    its ``rank`` is within the first floor(f * n_usable), the cheapest candidate elsewhere."""
+    true_scores = [picks.outcomes[m].score for m in known]
+    true_costs = [picks.outcomes[m].cost_usd for m in known]
+    ideal = known[_pick(true_scores, true_costs, 0.0)]
+    return [
+        picks.choice(ideal if rank < math.floor(f * n_usable + 1e-9) else picks.cheapest)
+        for f in fractions
+    ]
+
+
+def _groups(usable: list[tuple[Record, list[str]]]) -> dict[str, list[int]]:
+    """The usable records' indexes per task family, per source and ``overall``."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, (record, _) in enumerate(usable):
+        groups[record.family].append(i)
+        groups[f"source:{record.source}"].append(i)
+        groups["overall"].append(i)
+    return groups
 
 
 def _mean(values: Sequence[float]) -> float:
