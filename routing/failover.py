@@ -104,6 +104,18 @@ class AttemptRecord:
     elapsed_ms: float = 0.0
     waited_ms: float = 0.0
 
+    @classmethod
+    def of(cls, candidate: CandidateLike, outcome: str, **fields: Any) -> AttemptRecord:
+        """The record of ``candidate``'s attempt (or skip) with ``outcome``."""
+        return cls(
+            candidate.deployment_id,
+            candidate.deployment,
+            candidate.model_id,
+            candidate.provider,
+            outcome,
+            **fields,
+        )
+
     def public(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "deployment": self.deployment,
@@ -279,15 +291,7 @@ def _skipped(state: _LoopState, candidate: CandidateLike) -> bool:
         skip = "skipped_breaker_open"
     if skip is None:
         return False
-    state.attempts.append(
-        AttemptRecord(
-            candidate.deployment_id,
-            candidate.deployment,
-            candidate.model_id,
-            candidate.provider,
-            skip,
-        )
-    )
+    state.attempts.append(AttemptRecord.of(candidate, skip))
     state.index += 1
     return True
 
@@ -358,15 +362,7 @@ def _answered(
     store = state.store
     deployment_id = candidate.deployment_id
     state.attempts.append(
-        AttemptRecord(
-            deployment_id,
-            candidate.deployment,
-            candidate.model_id,
-            candidate.provider,
-            "ok",
-            elapsed_ms=elapsed * 1000,
-            waited_ms=state.waited * 1000,
-        )
+        AttemptRecord.of(candidate, "ok", elapsed_ms=elapsed * 1000, waited_ms=state.waited * 1000)
     )
     if streaming:
         store.record(
@@ -395,11 +391,8 @@ async def _failed(state: _LoopState, candidate: CandidateLike, exc: Exception, t
     retry_after = getattr(exc, "retry_after", None)
     deployment_id = candidate.deployment_id
     state.attempts.append(
-        AttemptRecord(
-            deployment_id,
-            candidate.deployment,
-            candidate.model_id,
-            candidate.provider,
+        AttemptRecord.of(
+            candidate,
             kind,
             status=getattr(exc, "status", None),
             retry_after=retry_after,
