@@ -641,9 +641,12 @@ class _Checkpoints:
     async def cover(self) -> None:
         """Call before relaying a chunk."""
         ctx = self.ctx
-        if ctx.admission is None or ctx.output_tokens_reserve <= 0:
+        limit = ctx.output_tokens_reserve
+        # Once a write covers the whole hold there is nothing left to checkpoint: a crash is
+        # charged at most the hold, whatever the relayed count (from above) says.
+        if ctx.admission is None or limit <= 0 or self.covered >= limit:
             return
-        relayed = _relayed_tokens(ctx)
+        relayed = min(_relayed_tokens(ctx), limit)
         behind = self.waits and relayed > self.covered
         if self.task is not None and not self.task.done():
             if behind:
@@ -655,7 +658,7 @@ class _Checkpoints:
             return
         self.due = now + PROGRESS_EVERY_S
         ahead = max(CHECKPOINT_AHEAD, 2 * (relayed - self.written_at))
-        target = min(relayed + ahead, ctx.output_tokens_reserve)
+        target = min(relayed + ahead, limit)
         self.task = asyncio.create_task(self._write(relayed, target))
         _IN_FLIGHT.add(self.task)
         self.task.add_done_callback(_IN_FLIGHT.discard)
