@@ -323,7 +323,7 @@ async def _run_chat(
     renderer: Callable[[Inbound, dict[str, Any]], Renderer],
 ) -> ApiResponse:
     key = await _authenticate(req)
-    data = parse_json_object(req.body)
+    data = parse_json_object(req.body, req.headers.get("content-type"))
     inbound = parse(data)
     ctx = _context(req, route, key, inbound)
     try:
@@ -367,7 +367,7 @@ async def legacy_completions(req: ApiRequest) -> ApiResponse:
 
 async def responses_create(req: ApiRequest) -> ApiResponse:
     key = await _authenticate(req)
-    data = parse_json_object(req.body)
+    data = parse_json_object(req.body, req.headers.get("content-type"))
     inbound = responses.parse_responses(data)
     shell = responses.ResponseShell(data, inbound)
     ctx = _context(req, "responses", key, inbound)
@@ -396,7 +396,7 @@ async def messages_create(req: ApiRequest) -> ApiResponse:
 
 async def embeddings_create(req: ApiRequest) -> ApiResponse:
     key = await _authenticate(req)
-    data = parse_json_object(req.body)
+    data = parse_json_object(req.body, req.headers.get("content-type"))
     model, request, override, encoding = embeddings.parse_embeddings(data)
     ctx = CallContext(
         request_id=req.request_id,

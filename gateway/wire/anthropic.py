@@ -24,6 +24,7 @@ from gateway.wire.common import (
     Inbound,
     as_dict,
     get_bool,
+    get_choice,
     get_dict,
     get_int,
     get_list,
@@ -47,7 +48,45 @@ STOP_REASONS = {
 }
 
 
+# The Messages API's request fields (Anthropic refuses any other with a 400).
+KNOWN = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "metadata",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_k",
+        "top_p",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "service_tier",
+        "megarouter",
+    }
+)
+# Real fields that act on Anthropic's side (server tools, containers, context editing): a
+# gateway in front of several providers cannot honour them.
+NOT_SUPPORTED = frozenset({"container", "mcp_servers", "context_management"})
+
+
+def _reject_extra(data: dict[str, Any], known: frozenset[str], prefix: str = "") -> None:
+    for key in data:
+        if key in NOT_SUPPORTED and not prefix:
+            raise UnsupportedParameter(f"'{key}' is not supported by this gateway.", param=key)
+        if key not in known:
+            raise InvalidRequest(
+                f"{prefix}{key}: Extra inputs are not permitted",
+                param=f"{prefix}{key}",
+                code="unknown_parameter",
+            )
+
+
 def parse_messages(data: dict[str, Any]) -> Inbound:
+    _reject_extra(data, KNOWN)
     model = require_model(data)
     max_tokens = get_int(data, "max_tokens", minimum=1)
     if max_tokens is None:
@@ -97,7 +136,9 @@ def parse_messages(data: dict[str, Any]) -> Inbound:
     chat.include_usage = chat.stream
     metadata = get_dict(data, "metadata")
     if metadata is not None:
+        _reject_extra(metadata, frozenset({"user_id"}), "metadata.")
         chat.user = get_str(metadata, "user_id", "metadata.user_id")
+    get_choice(data, "service_tier", ("auto", "standard_only"))
     thinking = get_dict(data, "thinking")
     if thinking is not None and thinking.get("type") == "enabled":
         budget = get_int(thinking, "budget_tokens", "thinking.budget_tokens", minimum=1)

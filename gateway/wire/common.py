@@ -16,8 +16,19 @@ from orgs.policy import RULES, STRATEGIES, PolicyError, PolicySpec
 ROUTING_ALIASES = ("auto", *(f"auto:{strategy}" for strategy in STRATEGIES))
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """Decode a request body: UTF-8 JSON whose top level is an object."""
+def parse_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """Decode a request body: UTF-8 JSON whose top level is an object, sent as
+    ``application/json`` (parameters such as ``charset=utf-8`` allowed), as the providers'
+    APIs require: ``curl -d`` without a ``Content-Type`` header sends a form."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        shown = content_type or ""
+        raise InvalidRequest(
+            f"Unsupported content type: '{shown}'. This API method only accepts "
+            f"'application/json' requests, but you specified the header 'Content-Type: {shown}'."
+            " Please try again with a supported content type.",
+            code="unsupported_content_type",
+        )
     if not body:
         raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
     try:
@@ -221,6 +232,75 @@ def get_stop(data: dict[str, Any], key: str = "stop", *, max_items: int = 4) -> 
         if not isinstance(item, str):
             raise _wrong(f"{key}[{index}]", "a string", item)
     return list(value) or None
+
+
+METADATA_KEYS = 16
+METADATA_KEY_CHARS = 64
+METADATA_VALUE_CHARS = 512
+
+
+def check_metadata(data: dict[str, Any], key: str = "metadata") -> dict[str, str] | None:
+    """OpenAI's ``metadata``: at most 16 keys of up to 64 characters, each to a string of up
+    to 512 characters. The errors name the field, never a key or value (they are the
+    caller's data)."""
+    value = get_dict(data, key)
+    if value is None:
+        return None
+    if len(value) > METADATA_KEYS:
+        raise InvalidRequest(
+            f"Invalid '{key}': too many properties. Expected an object with at most "
+            f"{METADATA_KEYS} properties, but got an object with {len(value)} properties.",
+            param=key,
+            code="object_above_max_properties",
+        )
+    for name, item in value.items():
+        if len(name) > METADATA_KEY_CHARS:
+            raise InvalidRequest(
+                f"Invalid '{key}': a key is longer than {METADATA_KEY_CHARS} characters.",
+                param=key,
+                code="invalid_value",
+            )
+        if not isinstance(item, str):
+            raise InvalidRequest(
+                f"Invalid '{key}': every value must be a string, but one is {type_name(item)}.",
+                param=key,
+                code="invalid_type",
+            )
+        if len(item) > METADATA_VALUE_CHARS:
+            raise InvalidRequest(
+                f"Invalid '{key}': a value is longer than {METADATA_VALUE_CHARS} characters "
+                f"({len(item)}).",
+                param=key,
+                code="string_above_max_length",
+            )
+    return value
+
+
+def check_logit_bias(data: dict[str, Any], key: str = "logit_bias") -> dict[str, float] | None:
+    """OpenAI's ``logit_bias``: a map from token ids (as strings) to a bias in [-100, 100]."""
+    value = get_dict(data, key)
+    if value is None:
+        return None
+    for token, bias in value.items():
+        if not token.isascii() or not token.isdigit():
+            raise InvalidRequest(
+                f"Invalid '{key}': every key must be a token id (a string of digits).",
+                param=key,
+                code="invalid_value",
+            )
+        if isinstance(bias, bool) or not isinstance(bias, int | float):
+            raise InvalidRequest(
+                f"Invalid '{key}': every value must be a number, but one is {type_name(bias)}.",
+                param=key,
+                code="invalid_type",
+            )
+        if not -100 <= bias <= 100:
+            raise InvalidRequest(
+                f"Invalid '{key}': every bias must be between -100 and 100, but one is {bias}.",
+                param=key,
+                code="invalid_value",
+            )
+    return value
 
 
 def reject_unknown(data: dict[str, Any], known: frozenset[str], prefix: str = "") -> None:

@@ -9,6 +9,7 @@ from gateway.errors import InvalidRequest, UnsupportedParameter
 from gateway.providers.types import ChatChunk, ChatRequest, ChatResponse, Message
 from gateway.wire.common import (
     Inbound,
+    check_logit_bias,
     get_bool,
     get_dict,
     get_int,
@@ -48,6 +49,7 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for this endpoint
 
 def parse_completion(data: dict[str, Any]) -> Inbound:
     reject_unknown(data, KNOWN)
+    check_logit_bias(data)
     model = require_model(data)
     prompt = data.get("prompt")
     if prompt is None:

@@ -20,6 +20,8 @@ from gateway.providers.types import (
 from gateway.wire.common import (
     Inbound,
     as_dict,
+    check_logit_bias,
+    check_metadata,
     get_bool,
     get_choice,
     get_dict,
@@ -83,6 +85,8 @@ KNOWN = frozenset(
 
 def parse_chat(data: dict[str, Any]) -> Inbound:
     reject_unknown(data, KNOWN)
+    check_metadata(data)
+    check_logit_bias(data)
     model = require_model(data)
     if data.get("store") is True:
         raise UnsupportedParameter(

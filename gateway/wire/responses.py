@@ -24,6 +24,7 @@ from gateway.providers.types import (
 from gateway.wire.common import (
     Inbound,
     as_dict,
+    check_metadata,
     get_bool,
     get_choice,
     get_dict,
@@ -73,6 +74,7 @@ INPUT_ROLES = ("user", "system", "developer", "assistant")
 
 def parse_responses(data: dict[str, Any]) -> Inbound:
     reject_unknown(data, KNOWN)
+    check_metadata(data)
     model = require_model(data)
     if data.get("previous_response_id") is not None:
         raise UnsupportedParameter(

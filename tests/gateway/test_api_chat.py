@@ -211,6 +211,15 @@ def test_embeddings(client):
     )
 
 
+@pytest.mark.parametrize("model", ["auto", "auto:cost", "auto:latency", "auto:balanced"])
+def test_embeddings_under_auto_route_to_an_embedding_model(client, model):
+    response = client.post("/v1/embeddings", json={"model": model, "input": ["a b c", "d"]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    validate("CreateEmbeddingResponse", body)
+    assert body["model"] == "openai/embed-sim"  # the one embedding model: never a chat model
+
+
 def test_auto_routes_by_interim_policy(client):
     # a prompt the complexity estimator puts at tier 2: gpt-cheap (tier 2) qualifies
     easy = "Please list the days of the week."

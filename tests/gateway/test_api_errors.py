@@ -110,7 +110,7 @@ def test_x_api_key_header_is_accepted_for_anthropic_clients(client, world):
     response = client.post(
         "/v1/messages",
         content=orjson.dumps({"model": "anthropic/claude-test", "max_tokens": -1, "messages": []}),
-        headers={"x-api-key": world["ok"]},
+        headers={"x-api-key": world["ok"], "content-type": "application/json"},
     )
     # Authenticated (not 401): the body is what is wrong, in Anthropic's envelope.
     assert response.status_code == 400
@@ -164,11 +164,67 @@ def test_x_api_key_header_is_accepted_for_anthropic_clients(client, world):
             "does not support JSON schema output",
         ),
         ({**CHAT, "model": "openai/embed-1"}, "model", "is not a chat model"),
+        ({**CHAT, "logit_bias": {"hello": 5}}, "logit_bias", "must be a token id"),
+        ({**CHAT, "logit_bias": {"50256": 101}}, "logit_bias", "between -100 and 100"),
+        ({**CHAT, "logit_bias": {"50256": "5"}}, "logit_bias", "must be a number"),
+        ({**CHAT, "logit_bias": [1, 2]}, "logit_bias", "expected an object"),
+        ({**CHAT, "metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "at most 16"),
+        ({**CHAT, "metadata": {"k" * 65: "v"}}, "metadata", "longer than 64 characters"),
+        ({**CHAT, "metadata": {"k": "v" * 513}}, "metadata", "longer than 512 characters"),
+        ({**CHAT, "metadata": {"k": 1}}, "metadata", "must be a string"),
     ],
 )
 def test_bad_requests(client, world, body, param, fragment):
     response = post(client, "/v1/chat/completions", body, keys=world)
     assert_error(response, 400, type_="invalid_request_error", param=param, fragment=fragment)
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
+def test_a_body_not_sent_as_json_is_refused_like_openai(client, world, content_type):
+    """``curl -d`` without ``-H 'Content-Type: application/json'`` sends a form: refused with
+    OpenAI's own error, before anything is routed or charged."""
+    headers = {"authorization": f"Bearer {world['ok']}"}
+    if content_type is not None:
+        headers["content-type"] = content_type
+    response = client.post("/v1/chat/completions", content=orjson.dumps(CHAT), headers=headers)
+    error = assert_error(response, 400, type_="invalid_request_error", param=None)
+    assert error["code"] == "unsupported_content_type"
+    assert "only accepts 'application/json'" in error["message"]
+
+
+def test_json_with_a_charset_parameter_is_json(client, world):
+    headers = {"authorization": f"Bearer {world['ok']}"}
+    headers["content-type"] = "Application/JSON; charset=utf-8"
+    body = {**CHAT, "max_tokens": -1}  # parsed: the body's own error, not the media type's
+    response = client.post("/v1/chat/completions", content=orjson.dumps(body), headers=headers)
+    assert_error(response, 400, param="max_tokens")
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "fragment"),
+    [
+        ({"frequency_penalty": 1}, "frequency_penalty", "Extra inputs are not permitted"),
+        ({"metadata": {"user_id": "u", "tenant": "t"}}, "metadata.tenant", "Extra inputs"),
+        ({"mcp_servers": []}, "mcp_servers", "not supported"),
+        ({"service_tier": "priority"}, "service_tier", "expected one of"),
+    ],
+)
+def test_messages_refuses_what_anthropic_refuses(client, world, extra, param, fragment):
+    body = {
+        "model": "anthropic/claude-test",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": "hi"}],
+        **extra,
+    }
+    response = post(client, "/v1/messages", body, keys=world)
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error["type"] == "error"
+    assert error["error"]["type"] == "invalid_request_error"
+    assert error["error"]["param"] == param
+    assert fragment in error["error"]["message"]
 
 
 def test_unknown_and_forbidden_models(client, world):

@@ -20,6 +20,8 @@ from gateway.wire.embeddings import parse_embeddings
 from gateway.wire.openai_chat import parse_chat
 from gateway.wire.responses import parse_responses
 
+JSON = "application/json"
+
 CANARY = "qq-canary-77"
 PARSERS = {
     "chat": parse_chat,
@@ -151,7 +153,7 @@ def _dumps(value: Any) -> bytes:
 @given(body=st.binary(max_size=300) | json_values.map(_dumps))
 def test_body_decoding_refuses_with_400(body: bytes) -> None:
     try:
-        parsed = parse_json_object(body)
+        parsed = parse_json_object(body, JSON)
     except GatewayError as exc:
         assert exc.status == 400
         assert exc.code in ("invalid_json", "invalid_encoding")
@@ -164,7 +166,7 @@ def test_deep_nesting_and_wide_bodies_stay_bounded() -> None:
     never a crash, and memory bounded by a small multiple of the body."""
     deep = b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     try:
-        parse_json_object(deep)
+        parse_json_object(deep, JSON)
     except GatewayError as exc:
         assert exc.status == 400
     wide = orjson.dumps(
@@ -172,7 +174,7 @@ def test_deep_nesting_and_wide_bodies_stay_bounded() -> None:
     )
     tracemalloc.start()
     try:
-        data = parse_json_object(wide)
+        data = parse_json_object(wide, JSON)
         for parser in PARSERS.values():
             _check(parser, data)
         _, peak = tracemalloc.get_traced_memory()

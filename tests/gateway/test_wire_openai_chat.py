@@ -23,6 +23,8 @@ from gateway.wire.common import parse_json_object
 from gateway.wire.openai_chat import parse_chat, render_chat, render_chunk
 from orgs.policy import PolicySpec
 
+JSON = "application/json"
+
 BASE = {"model": "openai/gpt-5", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -240,7 +242,7 @@ def test_override_parsed_with_decimal_cost():
 )
 def test_body_decoding_errors(raw, code, fragment):
     with pytest.raises(InvalidRequest) as info:
-        parse_json_object(raw)
+        parse_json_object(raw, JSON)
     assert info.value.code == code
     assert fragment in info.value.message
 
