@@ -9,7 +9,9 @@ settings (``PROVIDER_*`` in docs/configuration.md and docs/providers.md).
 Timeouts are explicit per call with :class:`Timeouts`: ``connect`` (TCP/TLS), ``first_byte``
 (streaming: request sent -> response headers and the first chunk), ``stall`` (the longest gap
 between two stream chunks) and ``total`` (a whole non-streaming call: its headers come only
-when the whole answer is ready). Adapters enforce them with ``asyncio.timeout``; httpx's own
+when the whole answer is ready). There is one timeout model, routing's (docs/failover.md,
+"Deadlines"): the defaults are the ``ROUTING_*`` per-attempt settings, and a failover attempt
+tightens them to its budget. Adapters enforce them with ``asyncio.timeout``; httpx's own
 timeouts are only a backstop.
 
 The transport is ``PROVIDER_HTTP_TRANSPORT``: httpx-aiohttp by default, chosen over httpx's own
@@ -30,31 +32,27 @@ from httpx_aiohttp import AiohttpTransport
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONNECT = 5.0
-DEFAULT_FIRST_BYTE = 60.0
-DEFAULT_STALL = 30.0
-DEFAULT_TOTAL = 600.0
-
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     """Seconds. Streams: ``first_byte`` covers connect + send + headers + first chunk, then
     ``stall`` bounds each gap. Non-streaming calls: ``total`` bounds the whole call."""
 
-    connect: float = DEFAULT_CONNECT
-    first_byte: float = DEFAULT_FIRST_BYTE
-    stall: float = DEFAULT_STALL
-    total: float = DEFAULT_TOTAL
+    connect: float
+    first_byte: float
+    stall: float
+    total: float
     write: float = 10.0
     pool: float = 5.0
 
     @classmethod
     def default(cls) -> Timeouts:
+        """An attempt's timeouts outside the failover loop (probes, tests): the settings'."""
         return cls(
-            connect=float(getattr(settings, "PROVIDER_CONNECT_TIMEOUT", DEFAULT_CONNECT)),
-            first_byte=float(getattr(settings, "PROVIDER_FIRST_BYTE_TIMEOUT", DEFAULT_FIRST_BYTE)),
-            stall=float(getattr(settings, "PROVIDER_STALL_TIMEOUT", DEFAULT_STALL)),
-            total=float(getattr(settings, "PROVIDER_TOTAL_TIMEOUT", DEFAULT_TOTAL)),
+            connect=settings.PROVIDER_CONNECT_TIMEOUT,
+            first_byte=settings.ROUTING_TTFT_TIMEOUT_S,
+            stall=settings.ROUTING_STALL_TIMEOUT_S,
+            total=settings.ROUTING_ATTEMPT_TIMEOUT_S,
         )
 
     def with_(self, **changes: float) -> Timeouts:

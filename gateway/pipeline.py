@@ -403,8 +403,12 @@ def _stream_opener(
             get_adapter(endpoint.kind).stream(endpoint, request, timeouts=_timeouts(budget)),
         )
         try:
-            # Read up to the first chunk with content: anything failing before it fails over.
-            buffered, rest = await stream_start(upstream, _has_content)
+            # Read up to the first chunk with content: anything failing before it fails over,
+            # and the time to first token counts to content (a role-only chunk is not a token).
+            async with asyncio.timeout(budget.ttft_timeout_s):
+                buffered, rest = await stream_start(upstream, _has_content)
+        except TimeoutError:
+            raise ProviderError(ErrorKind.TIMEOUT, "no content in time") from None
         finally:
             ctx.upstream_seconds += time.perf_counter() - started
         if not buffered:
@@ -426,14 +430,13 @@ def _has_content(chunk: ChatChunk) -> bool:
 
 
 def _timeouts(budget: AttemptBudget) -> Timeouts:
-    """The adapter's timeouts for one attempt: the provider defaults (PROVIDER_*), tightened
-    by the failover loop's budget (TTFT, stall, the attempt's share of the total)."""
-    base = Timeouts.default()
-    return base.with_(
-        connect=min(base.connect, budget.ttft_timeout_s),
-        first_byte=min(base.first_byte, budget.ttft_timeout_s),
-        stall=min(base.stall, budget.stall_timeout_s),
-        total=min(base.total, budget.attempt_timeout_s),
+    """The adapter's timeouts for one attempt: the failover loop's budget (TTFT, stall, the
+    attempt's share of the total), connecting within ``PROVIDER_CONNECT_TIMEOUT``."""
+    return Timeouts(
+        connect=min(settings.PROVIDER_CONNECT_TIMEOUT, budget.ttft_timeout_s),
+        first_byte=budget.ttft_timeout_s,
+        stall=budget.stall_timeout_s,
+        total=budget.attempt_timeout_s,
     )
 
 

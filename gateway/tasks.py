@@ -37,7 +37,9 @@ async def probe_one(
         return "skipped"
     endpoint = endpoint_for(snapshot, deployment)
     adapter = get_adapter(deployment.kind)
-    timeouts = Timeouts(connect=min(5.0, timeout_s), first_byte=timeout_s, total=timeout_s)
+    timeouts = Timeouts(
+        connect=min(5.0, timeout_s), first_byte=timeout_s, stall=timeout_s, total=timeout_s
+    )
     started = time.perf_counter()
     try:
         if snapshot.models[deployment.model].mode == "embedding":

@@ -61,9 +61,9 @@ class CandidateLike(Protocol):
 @dataclass(frozen=True, slots=True)
 class FailoverConfig:
     max_attempts: int = 4
-    max_total_s: float = 60.0
+    max_total_s: float = 300.0
     max_retry_wait_s: float = 1.0
-    ttft_timeout_s: float = 20.0  # a stream's first chunk
+    ttft_timeout_s: float = 20.0  # a stream's first chunk with content
     stall_timeout_s: float = 30.0  # the longest gap between two stream chunks
     attempt_timeout_s: float = 120.0  # one attempt: a whole non-streaming answer
 
@@ -297,18 +297,33 @@ def _skipped(state: _LoopState, candidate: CandidateLike) -> bool:
 
 
 def _budget(state: _LoopState) -> tuple[AttemptBudget, float]:
-    """The next attempt's budget and its deadline (loop time): its share of the time left."""
+    """The next attempt's budget and its deadline (loop time): its share of the time left.
+    While another candidate could still be called, an attempt gets at most half of what is
+    left, so a hung deployment never uses up the request: there is always room for at least
+    one fallback, whatever the settings."""
     config = state.config
-    remaining = state.deadline - state.loop.time()
-    attempt_deadline = state.loop.time() + min(config.attempt_timeout_s, remaining)
+    now = state.loop.time()
+    remaining = state.deadline - now
+    share = remaining / 2 if _fallback_left(state) else remaining
+    attempt_s = min(config.attempt_timeout_s, share)
     budget = AttemptBudget(
         number=state.calls,
-        ttft_timeout_s=min(config.ttft_timeout_s, remaining),
+        ttft_timeout_s=min(config.ttft_timeout_s, share),
         stall_timeout_s=config.stall_timeout_s,
-        attempt_timeout_s=min(config.attempt_timeout_s, remaining),
+        attempt_timeout_s=attempt_s,
         remaining_s=remaining,
     )
-    return budget, attempt_deadline
+    return budget, now + attempt_s
+
+
+def _fallback_left(state: _LoopState) -> bool:
+    """Could a call follow this one (attempts left and a usable candidate after it)?"""
+    if state.calls >= state.config.max_attempts:
+        return False
+    return any(
+        _usable(c, state.store, state.context_floor, state.failed_model) is None
+        for c in state.candidates[state.index + 1 :]
+    )
 
 
 async def _call(

@@ -304,7 +304,7 @@ async def test_slow_first_token_times_out(kind: str, simulator_url: str) -> None
     assert info.value.kind is ErrorKind.TIMEOUT
     assert info.value.message == "no first chunk in time"
     # The same stream within a generous first-byte budget succeeds.
-    ok = Timeouts(first_byte=5.0, stall=2.0)
+    ok = Timeouts(connect=5.0, first_byte=5.0, stall=2.0, total=10.0)
     fast_ep = fault(endpoint(kind, simulator_url), "ttft_ms=100")
     chunks = await collect(get_adapter(kind), fast_ep, chat(), ok)
     assert stream_finish(chunks) == "stop"
@@ -343,7 +343,7 @@ async def test_closing_the_stream_early_closes_upstream(kind: str) -> None:
         base = endpoint(kind, server.url)
         ep = fault(endpoint(kind, server.url, model=base.model + "~tokens=200"), "token_ms=20")
         stream = get_adapter(kind).stream(
-            ep, chat(max_tokens=300), timeouts=Timeouts(first_byte=5, stall=5)
+            ep, chat(max_tokens=300), timeouts=Timeouts(connect=5, first_byte=5, stall=5, total=10)
         )
         first = await anext(stream)
         assert first is not None

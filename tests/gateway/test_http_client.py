@@ -51,8 +51,8 @@ def test_transport_choice() -> None:
 
 
 def test_timeouts_from_settings() -> None:
-    with override_settings(PROVIDER_CONNECT_TIMEOUT=1.5, PROVIDER_FIRST_BYTE_TIMEOUT=7,
-                           PROVIDER_STALL_TIMEOUT=3, PROVIDER_TOTAL_TIMEOUT=90):  # fmt: skip
+    with override_settings(PROVIDER_CONNECT_TIMEOUT=1.5, ROUTING_TTFT_TIMEOUT_S=7,
+                           ROUTING_STALL_TIMEOUT_S=3, ROUTING_ATTEMPT_TIMEOUT_S=90):  # fmt: skip
         timeouts = http.Timeouts.default()
     assert (timeouts.connect, timeouts.first_byte, timeouts.stall, timeouts.total) == (
         1.5,
