@@ -64,6 +64,7 @@ SCENARIOS = (
     "pg-unreachable",
     "celery-down",
     "provider-faults",
+    "flapping",
     "key-guessing",
     "logs",
 )
@@ -208,12 +209,12 @@ class Stack:
         )
         env.update(
             {
-                "PROVIDER_FIRST_BYTE_TIMEOUT": "2",
-                "PROVIDER_STALL_TIMEOUT": "1",
+                "ROUTING_TTFT_TIMEOUT_S": "2",
+                "ROUTING_STALL_TIMEOUT_S": "1",
                 "PROVIDER_CONNECT_TIMEOUT": "2",
                 # A non-streaming call gets its headers with the whole answer, so only the
-                # total timeout bounds a hung provider there (600 s by default).
-                "PROVIDER_TOTAL_TIMEOUT": "4",
+                # attempt timeout bounds a hung provider there (120 s by default).
+                "ROUTING_ATTEMPT_TIMEOUT_S": "4",
             }
         )
         return env
@@ -456,6 +457,43 @@ async def provider_faults(stack: Stack) -> Outcome:
     return out
 
 
+async def flapping(stack: Stack) -> Outcome:
+    """A primary that answers 503 for ``FLAP_S`` seconds, then recovers, under one request
+    every 50 ms on the default breaker settings: every request is served, and traffic is back
+    on the primary within the cool-down + 1 s of its recovery (live traffic makes the
+    half-open trial; this stack runs no probes)."""
+    from bench.seed import FLAP_BACKUP_TOKENS, FLAP_S
+
+    out = Outcome("flapping")
+    cooldown = float(stack.server_env.get("ROUTING_BREAKER_COOLDOWN_S", "10"))
+    started = time.monotonic()
+    served: list[tuple[float, int, str]] = []  # (seconds since start, status, which)
+    while time.monotonic() - started < FLAP_S + cooldown + 4:
+        reply = await _call(stack, "benchsim/chaos-flap")
+        which = "?"
+        if reply.status == 200:
+            tokens = orjson.loads(reply.body)["usage"]["completion_tokens"]
+            which = "backup" if tokens == FLAP_BACKUP_TOKENS else "primary"
+        served.append((time.monotonic() - started, reply.status, which))
+        await asyncio.sleep(0.05)
+    statuses = Counter(str(status) for _, status, _ in served)
+    # the fault window began with the first request, which the primary received
+    back = next((t for t, _, which in served if which == "primary" and t >= FLAP_S), None)
+    moved = next((t for t, _, which in served if which == "backup"), None)
+    out.figures["requests"] = {"sent": len(served), "statuses": dict(statuses)}
+    out.figures["first answer from the backup (s)"] = round(moved, 2) if moved else None
+    out.figures["primary recovered at (s)"] = FLAP_S
+    out.figures["traffic back on the primary (s after recovery)"] = (
+        round(back - FLAP_S, 2) if back is not None else None
+    )
+    out.figures["cool-down (s)"] = cooldown
+    out.check(statuses == {"200": len(served)}, "not every request was served")
+    out.check(back is not None, "traffic never returned to the recovered primary")
+    if back is not None:
+        out.check(back - FLAP_S <= cooldown + 1, "traffic returned later than cool-down + 1 s")
+    return out
+
+
 async def key_guessing(stack: Stack) -> Outcome:
     out = Outcome("key-guessing")
     conn = h.Connection(stack.port)
@@ -530,6 +568,7 @@ RUNNERS = {
     "pg-unreachable": pg_unreachable,
     "celery-down": celery_down,
     "provider-faults": provider_faults,
+    "flapping": flapping,
     "key-guessing": key_guessing,
     "logs": logs,
 }

@@ -17,6 +17,7 @@ model name, docs/simulator.md):
 | bench-stream | gpt-4o-mini~tokens=64~token_ms=20 | concurrent streams |
 | chaos-<fault> | primary with the fault, a healthy secondary | failover scenarios |
 | chaos-all503 | two deployments, both 503 | every candidate down |
+| chaos-flap | primary 503 for ``FLAP_S`` after its first request, then healthy | recovery |
 
 When the billing app offers budgets (``billing.services.budget_create``), budgets are created
 at the organization, member and key layers (limits far above what a run spends) and the
@@ -43,6 +44,8 @@ FAULTS = {
     "stall": "fault=stall~after=3~stall_ms=1500~tokens=16",
     "malformed": "fault=malformed~after=3~tokens=16",
 }
+FLAP_S = 12  # chaos-flap: the primary answers 503 for this long after its first request
+FLAP_BACKUP_TOKENS = 7  # ... and its backup answers this many tokens (which one served)
 CREDENTIAL_SECRET = "sk-bench-credential-canary-7f3a"  # noqa: S105 (a canary, checked in logs)
 
 
@@ -150,6 +153,11 @@ def seed(simulator_url: str, run_id: str) -> dict[str, Any]:
         healthy = "gpt-4o-mini~tokens=16" if "tokens=16" in knobs else "gpt-4o-mini"
         sim.model(f"chaos-{name}", f"gpt-4o-mini~{knobs}~id=chaos-{name}-{run_id}", healthy)
     sim.model("chaos-all503", "gpt-4o-mini~fault=503~id=a503", "gpt-4o-mini~fault=503~id=b503")
+    sim.model(
+        "chaos-flap",
+        f"gpt-4o-mini~fault=503~for_s={FLAP_S}~id=chaos-flap-{run_id}",
+        f"gpt-4o-mini~tokens={FLAP_BACKUP_TOKENS}",
+    )
 
     from billing import services as billing
 

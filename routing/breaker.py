@@ -17,7 +17,15 @@ from __future__ import annotations
 
 import time
 
-from routing.health import CLOSED, HALF_OPEN, OPEN, STATE_NAMES, HealthStore, health_store
+from routing.health import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    STATE_NAMES,
+    DeploymentStats,
+    HealthStore,
+    health_store,
+)
 
 # Failures that say nothing about a deployment's health: the request itself was wrong.
 NOT_HEALTH_FAILURES = frozenset({"bad_request", "context_length", "content_filter"})
@@ -31,7 +39,13 @@ def breaker_state(deployment_id: int, *, store: HealthStore | None = None) -> st
 
 def breaker_is_open(deployment_id: int, *, store: HealthStore | None = None) -> bool:
     """True while the deployment should be skipped and no trial is due (no I/O)."""
-    stats = (store or health_store()).view(deployment_id)
+    return cooling((store or health_store()).view(deployment_id))
+
+
+def cooling(stats: DeploymentStats | None) -> bool:
+    """Is this view of a deployment an open breaker with no trial due (still cooling down, or
+    a trial in flight elsewhere)? Once its cool-down is over the deployment takes its place
+    among the candidates again, and the first request to reach it claims the trial."""
     if stats is None or stats.state == CLOSED:
         return False
     now = time.time()
@@ -62,4 +76,5 @@ __all__ = [
     "breaker_allow",
     "breaker_is_open",
     "breaker_state",
+    "cooling",
 ]

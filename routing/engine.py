@@ -13,8 +13,9 @@ console's preview call :func:`route` with a policy of their own. Steps (docs/rou
    (``routing.strategies``) with the complexity estimate;
 3. the policy's preferred models go first, its fallbacks are appended, and if the first
    models are all on one provider, the best model of another provider is appended;
-4. deployments within a model by breaker state, priority, weight; open breakers last (the
-   failover loop skips them without a call).
+4. deployments within a model by breaker state, priority, weight; breakers open and still
+   cooling down last (the failover loop skips them without a call); one whose cool-down is
+   over keeps its place, so live traffic makes its half-open trial.
 
 Pure Python over the in-process catalog snapshot and health view: no database work and no
 network I/O when warm.
@@ -515,7 +516,7 @@ def _quiet_fallback(
 
 
 def _candidates(strategy: str, chosen: list[Item], store: HealthStore) -> list[RouteCandidate]:
-    """Deployments in the order to try them; open breakers last."""
+    """Deployments in the order to try them; breakers still cooling down last."""
     candidates: list[RouteCandidate] = []
     if strategy == "availability":
         # interleave providers: the best deployment, then the best on another provider, ...

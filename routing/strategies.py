@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from routing.breaker import cooling
 from routing.catalog import DeploymentInfo
 from routing.complexity import TIER_PRIORS, Candidate, Estimate, choose
 from routing.eligibility import Item
-from routing.health import CLOSED, HealthStore
+from routing.health import HealthStore
 
 BALANCED_WILLINGNESS = 0.5
 LATENCY_PRIOR_MS = 400.0  # per quality tier, for a deployment without samples
@@ -37,11 +38,12 @@ def latency_ms(store: HealthStore, d: DeploymentInfo, tier: int, stream: bool) -
 
 
 def health_penalty(store: HealthStore, d: DeploymentInfo) -> tuple[int, float]:
-    """(1 when the breaker is not closed, the EWMA error rate)."""
+    """(1 while the breaker is open and cooling down, the EWMA error rate). A deployment
+    whose cool-down is over keeps its place, so live traffic makes its half-open trial."""
     stats = store.view(d.id)
     if stats is None:
         return (0, 0.0)
-    return (0 if stats.state == CLOSED else 1, stats.error_rate)
+    return (1 if cooling(stats) else 0, stats.error_rate)
 
 
 def order_deployments(

@@ -3,12 +3,14 @@ and fallbacks, provider diversity, breaker-aware ordering and the explanation.""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
 import time_machine
 
+from routing.breaker import breaker_allow
 from routing.catalog import catalog_snapshot
 from routing.complexity import RequestFeatures
 from routing.engine import (
@@ -247,6 +249,33 @@ def test_open_breakers_go_last(catalog, store):
     store.record(catalog["b-mid-eu"].pk, ok=False)
     decision = route(request=req(), policy=policy(strategy="cost"), store=store)
     assert names(decision) == ["a-mid-us", "a-mid-eu", "b-large-us", "b-mid-eu"]
+
+
+def test_an_open_breaker_past_its_cool_down_takes_its_place_for_the_trial(catalog, store):
+    """Prompt recovery: once the cool-down is over, the deployment is back in its place, so
+    the next request makes the half-open trial (claimed by one caller only) instead of waiting
+    for the background probe; a successful trial closes the breaker."""
+    store.config = HealthConfig(failures_to_open=1, cooldown_s=0.2)
+    order = names(route(request=req(), policy=policy(strategy="cost"), store=store))
+    assert order[0] == "b-mid-eu"  # the cheapest: the primary
+    primary = catalog["b-mid-eu"].pk
+    store.record(primary, ok=False)
+    cooling_order = [*order[1:], "b-mid-eu"]
+    assert names(route(request=req(), policy=policy(strategy="cost"), store=store)) == (
+        cooling_order
+    )
+    assert not breaker_allow(primary, store=store)
+    time.sleep(0.25)
+    assert names(route(request=req(), policy=policy(strategy="cost"), store=store)) == order
+    assert breaker_allow(primary, store=store)  # this request's trial
+    assert not breaker_allow(primary, store=store)  # one at a time
+    # while the trial is in flight, other requests see it cooling and order it last again
+    assert names(route(request=req(), policy=policy(strategy="cost"), store=store)) == (
+        cooling_order
+    )
+    store.record(primary, ok=True, latency_ms=50.0, urgent=True)
+    assert names(route(request=req(), policy=policy(strategy="cost"), store=store)) == order
+    assert breaker_allow(primary, store=store)
 
 
 def test_availability_interleaves_providers(catalog, store):
