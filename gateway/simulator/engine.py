@@ -115,6 +115,11 @@ class KnobError(ValueError):
     pass
 
 
+# Knobs that size what the simulator builds: bounded, so no model name can make it allocate
+# without end (a fault must never take the rest of a ``make run`` stack down).
+KNOB_MAX = {"tokens": 1_000_000, "dims": 65_536, "reasoning": 1_000_000, "cached": 10_000_000}
+
+
 @dataclass(slots=True)
 class Knobs:
     """Per-request behaviour, from the model-name suffix and the ``x-sim-fault`` header."""
@@ -159,9 +164,12 @@ class Knobs:
                 self.id = value
             elif name in self._INT:
                 try:
-                    setattr(self, name, int(value))
+                    number = int(value)
                 except ValueError:
                     raise KnobError(f"{name} needs an integer, got {value!r}") from None
+                if number > KNOB_MAX.get(name, number):
+                    raise KnobError(f"{name} is at most {KNOB_MAX[name]}")
+                setattr(self, name, number)
             elif name in self._FLOAT:
                 try:
                     setattr(self, name, float(value))

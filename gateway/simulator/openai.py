@@ -89,7 +89,7 @@ def parse_chat(provider: str, model: str, knobs: Knobs, body: dict[str, Any]) ->
         schema=schema,
         stream=bool(body.get("stream")),
         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
-        n=int(body.get("n") or 1),
+        n=_choices(body.get("n")),
     )
 
 
@@ -235,6 +235,18 @@ def completion_reply(model: str, knobs: Knobs, body: dict[str, Any]) -> Reply:
     )
 
 
+MAX_CHOICES = 128  # OpenAI's bound on ``n``
+MAX_EMBEDDING_INPUTS = 2048
+
+
+def _choices(value: Any) -> int:
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CHOICES:
+        raise ValueError(f"'n' must be an integer from 1 to {MAX_CHOICES}")
+    return value
+
+
 def embeddings_reply(model: str, knobs: Knobs, body: dict[str, Any]) -> Reply:
     raw = body.get("input")
     if isinstance(raw, str):
@@ -247,7 +259,15 @@ def embeddings_reply(model: str, knobs: Knobs, body: dict[str, Any]) -> Reply:
         inputs = [" ".join(str(t) for t in x) for x in raw]
     else:
         raise ValueError("'input' must be a string, an array of strings or token arrays")
-    dims = body.get("dimensions") or knobs.dims or (3072 if "large" in model else 1536)
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise ValueError(f"'input' takes at most {MAX_EMBEDDING_INPUTS} items")
+    native = knobs.dims or (3072 if "large" in model else 1536)
+    dims = body.get("dimensions")
+    if dims is None:
+        dims = native
+    elif isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= native:
+        # bounded as the real API is, so no request can make the simulator allocate without end
+        raise ValueError(f"'dimensions' must be an integer from 1 to {native} for this model")
     base64_format = body.get("encoding_format") == "base64"
     data = []
     tokens = 0

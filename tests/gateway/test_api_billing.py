@@ -201,6 +201,22 @@ def wait_for_admission_writes() -> None:
 LAYERS = ("organization", "department", "team", "project", "member", "key")
 
 
+def test_a_provider_refusing_the_input_is_a_400_and_charges_nothing(gateway_server, world):
+    """``dimensions`` beyond what the model gives: the provider's 400 reaches the client as
+    the gateway's own error object, the hold is released and nothing is charged."""
+    tenant = Tenant()
+    before = tenant.books()
+    with httpx.Client(base_url=gateway_server.url, headers=tenant.headers, timeout=15) as http:
+        response = http.post(
+            "/v1/embeddings",
+            json={"model": "openai/embed-sim", "input": "a", "dimensions": 10**9},
+        )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    wait_for_admission_writes()
+    assert tenant.books() == before
+
+
 def test_a_budget_at_each_layer_refuses_with_429_and_charges_nothing(gateway_server, world):
     for layer in LAYERS:
         tenant = Tenant()

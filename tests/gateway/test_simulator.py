@@ -136,6 +136,31 @@ def test_embeddings_models_completions_and_errors_validate(client: httpx.Client)
         validate(error.json()["error"], "Error")
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "fragment"),
+    [
+        ("embeddings", {"input": "a", "dimensions": 10**9}, "'dimensions' must be"),
+        ("embeddings", {"input": "a", "dimensions": 1537}, "from 1 to 1536"),
+        ("embeddings", {"input": ["a"] * 2049}, "at most 2048"),
+        ("chat/completions", {**CHAT, "n": 10**6}, "'n' must be"),
+        ("chat/completions", {**CHAT, "model": "gpt-4o-mini~tokens=1000000000"}, "at most"),
+    ],
+)
+def test_inputs_that_would_grow_the_simulator_without_end_are_refused(
+    client: httpx.Client, path: str, body: dict[str, Any], fragment: str
+) -> None:
+    """``dimensions=10**9`` once grew the simulator to 5 GB and took the ``make run`` stack
+    down: every size the simulator builds from a request is bounded, refused with a 400."""
+    body = {"model": "text-embedding-3-small", **body}
+    started = time.monotonic()
+    response = client.post(f"/openai/v1/{path}", json=body, headers=OPENAI_AUTH)
+    assert time.monotonic() - started < 1
+    assert response.status_code == 400, response.text
+    validate(response.json(), "ErrorResponse")
+    assert fragment in response.json()["error"]["message"]
+    assert client.post("/openai/v1/chat/completions", json=CHAT, headers=OPENAI_AUTH).is_success
+
+
 def test_json_schema_output_is_valid(client: httpx.Client) -> None:
     schema = {
         "type": "object",
