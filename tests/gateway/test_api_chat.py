@@ -140,7 +140,12 @@ def test_stream_failure_after_first_byte_ends_with_error_event(client):
     assert error["code"] == "stream_interrupted"
     assert "sim-cutter" in error["message"]
     content = [e for e in events[:-1] if e["choices"] and e["choices"][0]["delta"].get("content")]
-    assert len(content) == 3  # the simulator cut after three tokens
+    # The simulator drops the connection after three tokens. What the client gets before the
+    # cut is at least the first (it decided the attempt) and at most those three: bytes the
+    # HTTP client had received but not handed over when the connection broke are lost (the
+    # aiohttp transport raises the payload error first), as on any broken connection. An
+    # exact count here was a race (1, 2 or 3 in 60 tries).
+    assert 1 <= len(content) <= 3
 
 
 def test_client_disconnect_cancels_upstream_and_settles(client, monkeypatch):
@@ -380,7 +385,7 @@ def test_stream_renderer_bug_still_ends_with_error_event(client, monkeypatch):
 def test_every_candidate_timed_out_is_504(client):
     from django.test import override_settings
 
-    with override_settings(PROVIDER_TOTAL_TIMEOUT=0.3, PROVIDER_FIRST_BYTE_TIMEOUT=0.3):
+    with override_settings(ROUTING_ATTEMPT_TIMEOUT_S=0.3, ROUTING_TTFT_TIMEOUT_S=0.3):
         started = time.monotonic()
         response = client.post("/v1/chat/completions", json=chat("openai/gpt-hang"))
         streamed = client.post("/v1/chat/completions", json=chat("openai/gpt-hang", stream=True))
