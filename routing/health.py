@@ -20,13 +20,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from django.conf import settings
 
 from megarouter import shared_cache
+
+T = TypeVar("T")
 
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2
 STATE_NAMES = {CLOSED: "closed", OPEN: "open", HALF_OPEN: "half_open"}
@@ -649,35 +651,47 @@ class RedisHealth(HealthStore):
         self._redis.delete(self.key)
 
 
-@dataclass
-class _Default:
-    store: HealthStore | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
+class ProcessDefault(Generic[T]):
+    """One object per process, built on first use (under a lock, so threads share it) and
+    replaceable, for tests and benchmarks; ``set(None)`` rebuilds it from settings next time."""
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build = build
+        self._value: T | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        value = self._value
+        if value is None:
+            with self._lock:
+                value = self._value
+                if value is None:
+                    value = self._value = self._build()
+        return value
+
+    def set(self, value: T | None) -> None:
+        with self._lock:
+            self._value = value
 
 
-_default = _Default()
+def _build_store() -> HealthStore:
+    config = HealthConfig.from_settings()
+    if settings.REDIS_URL:
+        return RedisHealth(settings.REDIS_URL, config=config)
+    return LocalHealth(config)
+
+
+_default: ProcessDefault[HealthStore] = ProcessDefault(_build_store)
 
 
 def health_store() -> HealthStore:
     """The process's store: Redis when ``REDIS_URL`` is set, else in-process."""
-    store = _default.store
-    if store is None:
-        with _default.lock:
-            store = _default.store
-            if store is None:
-                config = HealthConfig.from_settings()
-                if settings.REDIS_URL:
-                    store = RedisHealth(settings.REDIS_URL, config=config)
-                else:
-                    store = LocalHealth(config)
-                _default.store = store
-    return store
+    return _default.get()
 
 
 def health_store_set(store: HealthStore | None) -> None:
     """Replace the process's store (tests, benchmarks); None: rebuild from settings."""
-    with _default.lock:
-        _default.store = store
+    _default.set(store)
 
 
 def stats_for(ids: Iterable[int]) -> dict[int, dict[str, Any]]:
