@@ -73,6 +73,7 @@ def parse(model: str, knobs: Knobs, body: dict[str, Any]) -> SimRequest:
         texts=texts,
         last_user=last_user,
         last_is_tool_result=last_is_tool_result,
+        prefill=messages[-1].get("role") == "assistant",
         max_tokens=int(body["max_tokens"]),
         tools=tools,
         tools_json=orjson.dumps(body["tools"]).decode() if tools else "",

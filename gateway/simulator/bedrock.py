@@ -82,6 +82,7 @@ def parse(model: str, knobs: Knobs, body: dict[str, Any], *, stream: bool) -> Si
         texts=texts,
         last_user=last_user,
         last_is_tool_result=last_is_tool_result,
+        prefill=messages[-1].get("role") == "assistant",
         max_tokens=int(max_tokens) if max_tokens is not None else None,
         tools=tools,
         tools_json=orjson.dumps(tool_config["tools"]).decode() if tools else "",

@@ -96,10 +96,17 @@ DEFAULT_CONTEXT_WINDOW = 128_000
 MESSAGE_OVERHEAD = 3
 
 ERROR_FAULTS = {"429", "500", "502", "503", "529", "401", "403", "400", "context", "filter"}
+# ``no_prefill``: a model that refuses a conversation ending with an assistant turn (400), as
+# newer Claude models do; other requests are answered.
+REQUEST_FAULTS = {"no_prefill"}
+NO_PREFILL = (
+    "This model does not support assistant message prefill. The conversation must end with a "
+    "user message."
+)
 TRANSPORT_FAULTS = {"reset", "hang"}
 STREAM_FAULTS = {"cut", "stall", "malformed", "no_done"}
 ANSWER_FAULTS = {"overrun"}  # a wrong answer with a success status
-FAULTS = ERROR_FAULTS | TRANSPORT_FAULTS | STREAM_FAULTS | ANSWER_FAULTS
+FAULTS = ERROR_FAULTS | TRANSPORT_FAULTS | STREAM_FAULTS | ANSWER_FAULTS | REQUEST_FAULTS
 
 
 def count_tokens(text: str) -> int:
@@ -212,6 +219,7 @@ class SimRequest:
     texts: list[str]
     last_user: str = ""
     last_is_tool_result: bool = False
+    prefill: bool = False  # the conversation ends with an assistant turn (a prefill)
     max_tokens: int | None = None
     tools: list[SimTool] = field(default_factory=list)
     tools_json: str = ""

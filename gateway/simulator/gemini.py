@@ -71,6 +71,7 @@ def parse(model: str, knobs: Knobs, body: dict[str, Any], *, stream: bool) -> Si
         texts=texts,
         last_user=last_user,
         last_is_tool_result=last_is_tool_result,
+        prefill=contents[-1].get("role") == "model",
         max_tokens=int(max_tokens) if max_tokens is not None else None,
         tools=tools,
         tools_json=orjson.dumps(body["tools"]).decode() if tools else "",

@@ -28,6 +28,7 @@ from gateway.simulator import anthropic, bedrock, gemini, openai
 from gateway.simulator.engine import (
     DEFAULT_CONTEXT_WINDOW,
     ERROR_FAULTS,
+    NO_PREFILL,
     FaultState,
     KnobError,
     Knobs,
@@ -321,6 +322,8 @@ class Simulator:
             knobs.fault = None
         if fault in ERROR_FAULTS:
             return Plan(self._error(provider, fault, knobs))
+        if fault == "no_prefill" and request.prefill:
+            return Plan(self._error(provider, "400", knobs, detail=NO_PREFILL))
         if request.stream:
             if provider in ("openai", "azure"):
                 reply: Reply | StreamReply = openai.chat_stream(request)
