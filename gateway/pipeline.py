@@ -47,6 +47,7 @@ from gateway.http import Timeouts
 from gateway.providers.adapters import get_adapter
 from gateway.providers.endpoints import endpoint_for
 from gateway.providers.types import (
+    RETRIABLE,
     ChatChunk,
     ChatRequest,
     ChatResponse,
@@ -70,6 +71,7 @@ from routing.failover import (
     run_with_failover,
     stream_start,
 )
+from routing.ratelimit import deployment_limiter
 from routing.tokens import PromptCounts, prompt_tokens_bound, prompt_tokens_estimate
 
 logger = logging.getLogger("megarouter.gateway")
@@ -451,7 +453,9 @@ async def _with_failover(
     nothing answered."""
     assert ctx.plan is not None
     try:
-        result = await run_with_failover(ctx.plan.candidates, attempt, streaming=streaming)
+        result = await run_with_failover(
+            ctx.plan.candidates, attempt, streaming=streaming, tokens=ctx.input_tokens_estimate
+        )
     except FailoverExhausted as exhausted:
         _record_attempts(ctx, exhausted.attempts)
         last = exhausted.last if isinstance(exhausted.last, ProviderError) else None
@@ -484,8 +488,14 @@ def _record_attempts(ctx: CallContext, records: list[AttemptRecord]) -> None:
 def _failed(ctx: CallContext, last: ProviderError | None) -> GatewayError:
     """The error for a request nothing answered: the provider's own refusal when it said the
     request is wrong, else what was tried, at 429 / 502 / 503 / 504."""
-    if last is not None and not last.retriable:
-        if last.kind in (ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_LENGTH):
+    # A model refusing what others would take (a prefill) is the request's fault only when no
+    # candidate failed for a reason of its own (down, rate limited): then the trail, at 503.
+    refused_as_such = last is not None and (
+        last.kind is not ErrorKind.UNSUPPORTED
+        or not any(a.error in RETRIABLE_KINDS for a in ctx.attempts)
+    )
+    if last is not None and not last.retriable and refused_as_such:
+        if last.kind in (ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_LENGTH, ErrorKind.UNSUPPORTED):
             code = "context_length_exceeded" if last.kind is ErrorKind.CONTEXT_LENGTH else None
             return InvalidRequest(
                 f"The provider rejected the request: {_safe(last.message)}", code=code
@@ -498,8 +508,9 @@ def _failed(ctx: CallContext, last: ProviderError | None) -> GatewayError:
         f"{a.deployment} ({a.error}{' ' + str(a.status) if a.status else ''})" for a in ctx.attempts
     )
     kinds = {attempt.error for attempt in ctx.attempts}
-    if kinds == {ErrorKind.RATE_LIMITED.value}:
-        # Every candidate said 429: the caller should back off, like with a provider.
+    if kinds and kinds <= {ErrorKind.RATE_LIMITED.value, "skipped_rate_limited"}:
+        # Every candidate said 429, or was at its deployment rate limit: the caller should
+        # back off, like with a provider.
         retry_afters = [a.retry_after for a in ctx.attempts if a.retry_after is not None]
         return RateLimited(
             f"Every candidate deployment is rate limited. Tried: {tried}.",
@@ -513,6 +524,9 @@ def _failed(ctx: CallContext, last: ProviderError | None) -> GatewayError:
         ErrorKind.RATE_LIMITED.value,
         ErrorKind.OVERLOADED.value,
         "skipped_breaker_open",  # known down: the circuit breaker skipped it without a call
+        "skipped_rate_limited",
+        ErrorKind.UNSUPPORTED.value,  # the others were down: the one left could not take it
+        "skipped_unsupported",
     }:
         status = 503
     return UpstreamFailed(
@@ -520,6 +534,9 @@ def _failed(ctx: CallContext, last: ProviderError | None) -> GatewayError:
         status=status,
         code="all_deployments_failed",
     )
+
+
+RETRIABLE_KINDS = frozenset(kind.value for kind in RETRIABLE)
 
 
 def _safe(message: str) -> str:
@@ -713,6 +730,9 @@ async def finish(ctx: CallContext) -> None:
         ctx.usage = Usage(
             prompt_tokens=ctx.input_tokens_estimate, completion_tokens=ctx.generated_tokens()
         )
+    if ctx.chosen.tpm_limit:  # the rest of what it used, beyond the prompt estimate admitted
+        rest = ctx.usage.prompt_tokens + ctx.usage.completion_tokens - ctx.input_tokens_estimate
+        await asyncio.shield(deployment_limiter().used(ctx.chosen.deployment_id, rest))
     ctx.cost = await asyncio.shield(
         admission_settle(
             reservation,

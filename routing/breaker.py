@@ -28,7 +28,7 @@ from routing.health import (
 )
 
 # Failures that say nothing about a deployment's health: the request itself was wrong.
-NOT_HEALTH_FAILURES = frozenset({"bad_request", "context_length", "content_filter"})
+NOT_HEALTH_FAILURES = frozenset({"bad_request", "context_length", "unsupported", "content_filter"})
 
 
 def breaker_state(deployment_id: int, *, store: HealthStore | None = None) -> str:

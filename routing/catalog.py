@@ -135,6 +135,8 @@ class DeploymentInfo:
     tpm_limit: int | None
     zero_data_retention: bool
     headers: tuple[tuple[str, str], ...]
+    # per-attempt deadlines overriding the settings: the model's, then the deployment's
+    timeouts: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -328,6 +330,7 @@ def _deployments() -> tuple[dict[str, list[DeploymentInfo]], dict[int, Deploymen
             tpm_limit=d.tpm_limit,
             zero_data_retention=d.provider.zero_data_retention,
             headers=tuple(sorted((str(k), str(v)) for k, v in (d.headers or {}).items())),
+            timeouts=tuple(sorted({**(d.model.timeouts or {}), **(d.timeouts or {})}.items())),
         )
         deployments[info.model].append(info)
         by_id[info.id] = info

@@ -61,7 +61,13 @@ from routing.eligibility import (
 )
 from routing.health import HealthStore, health_store
 from routing.policies import STRATEGIES, EffectivePolicy, PolicySpec, apolicy_for_key, matches
-from routing.strategies import LIVE, RANKERS, health_penalty, order_deployments
+from routing.strategies import (
+    LIVE,
+    RANKERS,
+    health_penalty,
+    order_deployments,
+    why_deployment,
+)
 
 AUTO = "auto"
 MAX_MODELS = 3  # models whose deployments become candidates (plus fallbacks, diversity)
@@ -145,6 +151,19 @@ class RouteCandidate:
     price: PriceVersion | None
 
     @property
+    def timeouts(self) -> dict[str, float]:
+        """Per-attempt deadlines set for this model or deployment (operator file)."""
+        return dict(self.info.timeouts)
+
+    @property
+    def rpm_limit(self) -> int | None:
+        return self.info.rpm_limit
+
+    @property
+    def tpm_limit(self) -> int | None:
+        return self.info.tpm_limit
+
+    @property
     def input_per_token(self) -> Decimal:
         return self.price.input_per_token if self.price else Decimal(0)
 
@@ -211,9 +230,18 @@ def route(
         chosen = [_check_named(model, snapshot, request, flt, param="model")]
     seen = {entry.model.canonical_id for entry, _ in chosen}
     chosen += _fallbacks(snapshot, request, flt, override, seen)
-    candidates = _candidates(strategy, chosen, store)
+    # a named model's deployments are spread under the policy's strategy too
+    spread = policy.strategy if strategy == "fixed" else strategy
+    candidates = _candidates(strategy, chosen, store, request.stream, spread)
     reference, note = reference_model_for(policy, snapshot)
     explain = _explain(strategy, reason, request, est, flt, candidates, snapshot)
+    if candidates:
+        first = candidates[0]
+        peers = next((ds for entry, ds in chosen if entry.model.canonical_id == first.model_id), ())
+        explain["deployment"] = {
+            "picked": first.deployment,
+            "why": why_deployment(store, peers, first.info, spread),
+        }
     _explain_reference(explain, _tokens(request, est), snapshot, reference, note)
     return RouteDecision(
         strategy=strategy,
@@ -515,12 +543,19 @@ def _quiet_fallback(
     return (entry, deployments) if deployments else None
 
 
-def _candidates(strategy: str, chosen: list[Item], store: HealthStore) -> list[RouteCandidate]:
-    """Deployments in the order to try them; breakers still cooling down last."""
+def _candidates(
+    strategy: str, chosen: list[Item], store: HealthStore, stream: bool, spread: str
+) -> list[RouteCandidate]:
+    """Deployments in the order to try them (within a model spread by weight, or least
+    loaded under ``spread`` latency: ``order_deployments``); breakers cooling down last."""
     candidates: list[RouteCandidate] = []
+
+    def ordered(ds: tuple[DeploymentInfo, ...]) -> list[DeploymentInfo]:
+        return order_deployments(store, ds, strategy=spread, stream=stream)
+
     if strategy == "availability":
         # interleave providers: the best deployment, then the best on another provider, ...
-        pool = [(entry, d) for entry, ds in chosen for d in order_deployments(store, ds)]
+        pool = [(entry, d) for entry, ds in chosen for d in ordered(ds)]
         last_provider = None
         while pool and len(candidates) < MAX_CANDIDATES:
             pick = next((p for p in pool if p[1].provider != last_provider), pool[0])
@@ -529,7 +564,7 @@ def _candidates(strategy: str, chosen: list[Item], store: HealthStore) -> list[R
             last_provider = pick[1].provider
     else:
         for entry, ds in chosen:
-            candidates += [_candidate(entry, d) for d in order_deployments(store, ds)]
+            candidates += [_candidate(entry, d) for d in ordered(ds)]
         if strategy != "fixed":
             candidates = candidates[:MAX_CANDIDATES]
     open_last = sorted(

@@ -11,11 +11,16 @@ Rules:
 
 - a deployment whose breaker is open is skipped without a network call;
 - retriable failures (connection, timeout, 429, 5xx, overloaded, protocol, authentication) move
-  to the next candidate; a short ``Retry-After`` (<= ``max_retry_wait_s``) is waited out and the
-  same deployment retried once when no other usable candidate remains or the next one is a
-  different (fallback) model; a long one fails over. With no candidate left, a transient
-  failure without Retry-After (5xx, connection, protocol) is retried once at the same place;
+  to the next candidate. The same deployment is called again (up to ``retries`` times, after an
+  exponential back-off with jitter, or after its ``Retry-After``) when no other usable
+  candidate remains and the failure is transient (429, 5xx, connection, protocol; a Retry-After
+  of at most ``retry_after_max_s``), or when the provider asked for a short wait
+  (<= ``max_retry_wait_s``) and the next candidate is another model. Timeouts are not retried
+  in place; no wait goes past the request's deadline;
+- a deployment at its RPM / TPM limit (``routing.ratelimit``) is passed over without a call;
 - ``context_length`` moves on to the next candidate with a larger context window;
+  ``unsupported`` (a 400 about the model, such as a refused assistant prefill) to the next
+  candidate of another model;
 - other non-retriable failures (bad request, content filter) stop at once;
 - attempts and total time are bounded (``max_attempts``, ``max_total_s``).
 
@@ -25,6 +30,7 @@ Every outcome feeds the shared health store (live stats and breakers).
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +40,7 @@ from django.conf import settings
 
 from routing.breaker import NOT_HEALTH_FAILURES, breaker_allow, breaker_is_open
 from routing.health import CLOSED, HealthStore, health_store
+from routing.ratelimit import DeploymentLimiter, deployment_limiter
 
 T = TypeVar("T")
 C = TypeVar("C")
@@ -62,7 +69,10 @@ class CandidateLike(Protocol):
 class FailoverConfig:
     max_attempts: int = 4
     max_total_s: float = 300.0
-    max_retry_wait_s: float = 1.0
+    max_retry_wait_s: float = 1.0  # a Retry-After waited out rather than a fallback model
+    retries: int = 2  # calls again at the same deployment after a transient failure
+    backoff_s: float = 0.1  # the first retry's back-off (doubling, with jitter)
+    retry_after_max_s: float = 2.0  # the longest Retry-After honoured when nothing is left
     ttft_timeout_s: float = 20.0  # a stream's first chunk with content
     stall_timeout_s: float = 30.0  # the longest gap between two stream chunks
     attempt_timeout_s: float = 120.0  # one attempt: a whole non-streaming answer
@@ -73,6 +83,9 @@ class FailoverConfig:
             max_attempts=settings.ROUTING_FAILOVER_MAX_ATTEMPTS,
             max_total_s=settings.ROUTING_FAILOVER_MAX_SECONDS,
             max_retry_wait_s=settings.ROUTING_FAILOVER_MAX_RETRY_WAIT_S,
+            retries=settings.ROUTING_RETRIES,
+            backoff_s=settings.ROUTING_RETRY_BACKOFF_S,
+            retry_after_max_s=settings.ROUTING_RETRY_AFTER_MAX_S,
             ttft_timeout_s=settings.ROUTING_TTFT_TIMEOUT_S,
             stall_timeout_s=settings.ROUTING_STALL_TIMEOUT_S,
             attempt_timeout_s=settings.ROUTING_ATTEMPT_TIMEOUT_S,
@@ -98,7 +111,9 @@ class AttemptRecord:
     deployment: str
     model_id: str
     provider: str
-    outcome: str  # "ok", an ErrorKind value, or "skipped_breaker_open" / "skipped_context"
+    # "ok", an ErrorKind value, or "skipped_breaker_open" / "skipped_context" /
+    # "skipped_rate_limited"
+    outcome: str
     status: int | None = None
     retry_after: float | None = None
     elapsed_ms: float = 0.0
@@ -213,15 +228,17 @@ class _Timeout(Exception):
         self.status = None
 
 
-def _usable(
-    candidate: Any, store: HealthStore, context_floor: int | None, failed_model: str | None
-) -> str | None:
+def _usable(candidate: Any, state: _LoopState) -> str | None:
     """Why a candidate is skipped without a call (None: usable). No I/O."""
-    if context_floor is not None:
+    if state.context_floor is not None:
         window = candidate.context_window
-        if candidate.model_id == failed_model or window is None or window <= context_floor:
+        if candidate.model_id == state.failed_model or window is None:
             return "skipped_context"
-    if breaker_is_open(candidate.deployment_id, store=store):
+        if window <= state.context_floor:
+            return "skipped_context"
+    if candidate.model_id in state.unsupported:
+        return "skipped_unsupported"
+    if breaker_is_open(candidate.deployment_id, store=state.store):
         return "skipped_breaker_open"
     return None
 
@@ -233,6 +250,8 @@ async def run_with_failover(
     streaming: bool = False,
     config: FailoverConfig | None = None,
     store: HealthStore | None = None,
+    tokens: int = 0,
+    limiter: DeploymentLimiter | None = None,
 ) -> FailoverResult[T]:
     """Try ``candidates`` (objects with ``deployment_id``, ``deployment``, ``model_id``,
     ``provider``, ``context_window``) in order. Returns the first answer with the attempts
@@ -245,16 +264,23 @@ async def run_with_failover(
     4. a failure is recorded, then stops the loop (non-retriable), retries the same deployment
        once or moves to the next candidate (``_failed``, ``_retry_wait``);
     5. with no candidate left, raise FailoverExhausted.
+
+    A candidate with an ``rpm_limit`` or ``tpm_limit`` (``routing.ratelimit``) is admitted
+    before each call to it with ``tokens`` (the prompt's estimate), or passed over
+    (``skipped_rate_limited``, with the seconds until its window frees as ``retry_after``).
     """
     config = config or FailoverConfig.from_settings()
     store = store or health_store()
     loop = asyncio.get_running_loop()
-    state = _LoopState(candidates, config, store, loop, deadline=loop.time() + config.max_total_s)
+    state = _LoopState(
+        candidates, config, store, loop, deadline=loop.time() + config.max_total_s, tokens=tokens
+    )
+    state.limiter = limiter
     while state.index < len(candidates):
         candidate = candidates[state.index]
         if state.calls >= config.max_attempts or loop.time() >= state.deadline:
             break
-        if _skipped(state, candidate):
+        if _skipped(state, candidate) or await _over_limit(state, candidate):
             continue
         result = await _call(state, candidate, attempt, streaming=streaming)
         if result is not None:
@@ -275,10 +301,13 @@ class _LoopState:
     last: BaseException | None = None
     context_floor: int | None = None  # after a context_length failure: the window to exceed
     failed_model: str | None = None  # ... and the model that failed with it
+    unsupported: set[str] = field(default_factory=set)  # models that refused the request as such
     calls: int = 0
     index: int = 0  # into candidates
-    retried: set[int] = field(default_factory=set)  # indexes already retried at the same place
+    retried: dict[int, int] = field(default_factory=dict)  # index -> calls again at that place
     waited: float = 0.0  # seconds spent waiting out Retry-After
+    tokens: int = 0  # the prompt's estimate, for deployments' token limits
+    limiter: DeploymentLimiter | None = None
 
 
 def _skipped(state: _LoopState, candidate: CandidateLike) -> bool:
@@ -286,7 +315,7 @@ def _skipped(state: _LoopState, candidate: CandidateLike) -> bool:
     same place goes back to the same deployment without the checks."""
     if state.index in state.retried:
         return False
-    skip = _usable(candidate, state.store, state.context_floor, state.failed_model)
+    skip = _usable(candidate, state)
     if skip is None and not breaker_allow(candidate.deployment_id, store=state.store):
         skip = "skipped_breaker_open"
     if skip is None:
@@ -296,20 +325,44 @@ def _skipped(state: _LoopState, candidate: CandidateLike) -> bool:
     return True
 
 
-def _budget(state: _LoopState) -> tuple[AttemptBudget, float]:
+async def _over_limit(state: _LoopState, candidate: CandidateLike) -> bool:
+    """Admit the call under the deployment's RPM / TPM limits (False), or record and pass
+    over ``candidate`` (True). Deployments without limits do no I/O."""
+    rpm = getattr(candidate, "rpm_limit", None)
+    tpm = getattr(candidate, "tpm_limit", None)
+    if not rpm and not tpm:
+        return False
+    if state.limiter is None:
+        state.limiter = deployment_limiter()
+    wait = await state.limiter.acquire(
+        candidate.deployment_id, rpm=rpm, tpm=tpm, tokens=state.tokens
+    )
+    if wait is None:
+        return False
+    state.attempts.append(
+        AttemptRecord.of(candidate, "skipped_rate_limited", retry_after=round(wait, 3))
+    )
+    state.retried.pop(state.index, None)
+    state.index += 1
+    return True
+
+
+def _budget(state: _LoopState, candidate: CandidateLike) -> tuple[AttemptBudget, float]:
     """The next attempt's budget and its deadline (loop time): its share of the time left.
     While another candidate could still be called, an attempt gets at most half of what is
     left, so a hung deployment never uses up the request: there is always room for at least
-    one fallback, whatever the settings."""
+    one fallback, whatever the settings. A candidate's own ``timeouts`` (``ttft_s``,
+    ``stall_s``, ``attempt_s``: set per model or deployment) replace the settings."""
     config = state.config
+    own = getattr(candidate, "timeouts", None) or {}
     now = state.loop.time()
     remaining = state.deadline - now
     share = remaining / 2 if _fallback_left(state) else remaining
-    attempt_s = min(config.attempt_timeout_s, share)
+    attempt_s = min(own.get("attempt_s", config.attempt_timeout_s), share)
     budget = AttemptBudget(
         number=state.calls,
-        ttft_timeout_s=min(config.ttft_timeout_s, share),
-        stall_timeout_s=config.stall_timeout_s,
+        ttft_timeout_s=min(own.get("ttft_s", config.ttft_timeout_s), share),
+        stall_timeout_s=own.get("stall_s", config.stall_timeout_s),
         attempt_timeout_s=attempt_s,
         remaining_s=remaining,
     )
@@ -320,10 +373,7 @@ def _fallback_left(state: _LoopState) -> bool:
     """Could a call follow this one (attempts left and a usable candidate after it)?"""
     if state.calls >= state.config.max_attempts:
         return False
-    return any(
-        _usable(c, state.store, state.context_floor, state.failed_model) is None
-        for c in state.candidates[state.index + 1 :]
-    )
+    return any(_usable(c, state) is None for c in state.candidates[state.index + 1 :])
 
 
 async def _call(
@@ -336,7 +386,7 @@ async def _call(
     """One attempt at ``candidate``: the answer, or None once the failure is recorded and the
     loop moved on. An exception without ``kind`` is a bug and propagates."""
     state.calls += 1
-    budget, attempt_deadline = _budget(state)
+    budget, attempt_deadline = _budget(state, candidate)
     store = state.store
     deployment_id = candidate.deployment_id
     stats = store.view(deployment_id)
@@ -424,13 +474,17 @@ async def _failed(state: _LoopState, candidate: CandidateLike, exc: Exception, t
         state.failed_model = candidate.model_id
         state.index += 1
         return
+    if kind == "unsupported":
+        state.unsupported.add(candidate.model_id)
+        state.index += 1
+        return
     if not getattr(exc, "retriable", False):
         raise FailoverExhausted(state.attempts, state.last, stopped=True) from exc
     wait = _retry_wait(state, candidate, kind, retry_after)
     if wait is None:
         state.index += 1
         return
-    state.retried.add(state.index)
+    state.retried[state.index] = state.retried.get(state.index, 0) + 1
     if wait:
         await asyncio.sleep(wait)
         state.waited += wait
@@ -440,31 +494,44 @@ async def _failed(state: _LoopState, candidate: CandidateLike, exc: Exception, t
 def _retry_wait(
     state: _LoopState, candidate: CandidateLike, kind: str, retry_after: float | None
 ) -> float | None:
-    """Seconds to wait before retrying ``candidate`` once more (0.0: at once), or None to move
-    on. No I/O."""
+    """Seconds to wait before calling ``candidate`` again (at most ``retries`` times), or None
+    to move on. With no usable candidate left, a transient failure is retried after an
+    exponential back-off with jitter, or after the provider's ``Retry-After`` when that is at
+    most ``retry_after_max_s``; when the next candidate is another model, a short Retry-After
+    (<= ``max_retry_wait_s``) is waited out rather than falling back. Never past the request's
+    deadline. No I/O."""
     config = state.config
-    if (
-        kind in RETRY_SAME_KINDS
-        and state.index not in state.retried
-        and state.calls < config.max_attempts
-    ):
-        wait = retry_after or 0.0
-        if wait <= config.max_retry_wait_s and state.loop.time() + wait < state.deadline:
-            following = next(
-                (
-                    c
-                    for c in state.candidates[state.index + 1 :]
-                    if _usable(c, state.store, state.context_floor, state.failed_model) is None
-                ),
-                None,
-            )
-            # Retry the same deployment once when nothing else is left, or when the
-            # provider asked for a short wait and the next candidate is another model.
-            if following is None or (
-                retry_after is not None and following.model_id != candidate.model_id
-            ):
-                return wait
-    return None
+    done = state.retried.get(state.index, 0)
+    if kind not in RETRY_SAME_KINDS or done >= config.retries:
+        return None
+    if state.calls >= config.max_attempts:
+        return None
+    following = next(
+        (c for c in state.candidates[state.index + 1 :] if _usable(c, state) is None),
+        None,
+    )
+    if following is None:
+        limit = config.retry_after_max_s
+    elif retry_after is not None and following.model_id != candidate.model_id:
+        limit = config.max_retry_wait_s  # waiting a moment beats another model
+    else:
+        return None
+    if retry_after is not None and retry_after > limit:
+        return None
+    wait = max(retry_after or 0.0, backoff_s(config.backoff_s, done))
+    if state.loop.time() + wait >= state.deadline:
+        return None
+    return wait
+
+
+def backoff_s(base: float, retries_done: int) -> float:
+    """Exponential back-off with equal jitter: half of ``base * 2**n`` plus a random share of
+    the other half, so concurrent retries spread out but none comes back at once."""
+    cap = base * 2**retries_done
+    return cap / 2 + _jitter.uniform(0, cap / 2)
+
+
+_jitter = random.Random()  # noqa: S311 (spreading retries, not secrets)
 
 
 async def stream_start(

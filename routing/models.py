@@ -78,6 +78,12 @@ class QualityTier(models.IntegerChoices):
     FRONTIER = 4, "Frontier"
 
 
+# The failover loop's per-attempt deadlines, overriding the ROUTING_* settings
+# (docs/failover.md, "Deadlines"); routing.operator_config validates them.
+TIMEOUT_KEYS = ("ttft_s", "stall_s", "attempt_s")
+TIMEOUTS_HELP = "Seconds: ttft_s, stall_s, attempt_s (each optional)."
+
+
 class Model(models.Model):
     canonical_id = models.CharField(
         max_length=255, unique=True, help_text="provider slug / provider model name"
@@ -102,6 +108,7 @@ class Model(models.Model):
         max_length=16, choices=ModelStatus.choices, default=ModelStatus.ACTIVE
     )
     deprecation_date = models.DateField(null=True, blank=True)
+    timeouts = models.JSONField(default=dict, blank=True, help_text=TIMEOUTS_HELP)
     source = models.CharField(
         max_length=64, blank=True, help_text="Where it came from: litellm, openrouter, operator."
     )
@@ -223,6 +230,9 @@ class Deployment(models.Model):
     )
     rpm_limit = models.PositiveIntegerField(null=True, blank=True)
     tpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    timeouts = models.JSONField(
+        default=dict, blank=True, help_text=TIMEOUTS_HELP + " Wins over the model's."
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

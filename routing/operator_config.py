@@ -29,6 +29,7 @@ from routing.catalog_import import BEDROCK_STYLE, same_model_key
 from routing.catalog_providers import PROVIDERS_BY_SLUG
 from routing.crypto import CredentialSecret
 from routing.models import (
+    TIMEOUT_KEYS,
     AuthStyle,
     Credential,
     CredentialKind,
@@ -57,6 +58,7 @@ DEFAULT_AUTH = {
     ProviderKind.BEDROCK: AuthStyle.AWS_SIGV4,
 }
 TIER_NAMES = {label.lower(): value for value, label in QualityTier.choices}
+MAX_TIMEOUT_S = 3600
 CAPABILITIES = ("tools", "vision", "json_schema", "reasoning", "streaming", "prompt_caching")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -254,6 +256,29 @@ class _Reader:
             self.fail(key, f"expected a table, got {value!r}")
             return None
         return value
+
+    def timeouts(self) -> dict[str, float] | None:
+        """``timeouts = { ttft_s = 5, stall_s = 10, attempt_s = 60 }``: per-attempt deadlines
+        in seconds (each optional, > 0 and at most an hour); ``{}`` clears them."""
+        value = self.table("timeouts")
+        if value is None:
+            return None
+        out: dict[str, float] = {}
+        for key, seconds in value.items():
+            path = f"{self.path}.timeouts.{key}"
+            if key not in TIMEOUT_KEYS:
+                self.ctx.error(path, f"unknown timeout (known: {', '.join(TIMEOUT_KEYS)})")
+                self.ok = False
+            elif (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, (int, float, Decimal))
+                or not 0 < seconds <= MAX_TIMEOUT_S
+            ):
+                self.ctx.error(path, f"expected seconds in (0, {MAX_TIMEOUT_S}], got {seconds!r}")
+                self.ok = False
+            else:
+                out[key] = float(seconds)
+        return out
 
 
 def _decimal(value: Any, path: str, ctx: Context) -> Decimal | None:
@@ -501,7 +526,7 @@ def _read_price(r: _Reader, ctx: Context) -> tuple[PriceInput | None, datetime |
 def _validate_models(items: list[dict[str, Any]], ctx: Context) -> list[ModelPlan]:
     plans: list[ModelPlan] = []
     allowed = {"id", "display_name", "family", "mode", "context_window", "max_output_tokens",
-               "quality_tier", "status", "capabilities", "price"}  # fmt: skip
+               "quality_tier", "status", "capabilities", "price", "timeouts"}  # fmt: skip
     for index, item in enumerate(items):
         r = _Reader(item, f"models[{index}]", ctx, allowed)
         model_id = r.text("id", required=True)
@@ -541,6 +566,9 @@ def _validate_models(items: list[dict[str, Any]], ctx: Context) -> list[ModelPla
                     r.ok = False
                 else:
                     fields[f"supports_{key}"] = value
+        timeouts = r.timeouts()
+        if timeouts is not None:
+            fields["timeouts"] = timeouts
         price, effective_from = _read_price(r, ctx)
         plan = ModelPlan(model_id or "", fields, price, effective_from)
         if model_id and model_id not in ctx.models:
@@ -595,7 +623,8 @@ class DeploymentPlan:
 
 
 _DEPLOYMENT_COMMON = {"provider", "base_url", "region", "credential", "weight", "priority",
-                      "rpm_limit", "tpm_limit", "enabled", "headers", "api_version"}  # fmt: skip
+                      "rpm_limit", "tpm_limit", "enabled", "headers", "api_version",
+                      "timeouts"}  # fmt: skip
 
 
 def _read_deployment_fields(r: _Reader, ctx: Context) -> tuple[dict[str, Any], str | None]:
@@ -611,6 +640,9 @@ def _read_deployment_fields(r: _Reader, ctx: Context) -> tuple[dict[str, Any], s
     enabled = r.flag("enabled")
     if enabled is not None:
         fields["enabled"] = enabled
+    timeouts = r.timeouts()
+    if timeouts is not None:
+        fields["timeouts"] = timeouts
     headers = r.table("headers")
     if headers is not None:
         if not all(isinstance(v, str) for v in headers.values()):

@@ -202,6 +202,7 @@ MODEL_OVERRIDABLE = (
     "quality_tier",
     "status",
     "mode",
+    "timeouts",
 )
 
 
@@ -341,6 +342,7 @@ DEPLOYMENT_FIELDS = (
     "headers",
     "rpm_limit",
     "tpm_limit",
+    "timeouts",
     "enabled",
 )
 

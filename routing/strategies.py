@@ -14,6 +14,8 @@ Each returns the models best first and a one-line reason for the explanation.
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Callable, Sequence
 
 from routing.breaker import cooling
@@ -26,6 +28,7 @@ BALANCED_WILLINGNESS = 0.5
 LATENCY_PRIOR_MS = 400.0  # per quality tier, for a deployment without samples
 
 Ranking = tuple[list[Item], str]
+_rng = random.Random()  # noqa: S311 (load spreading, not secrets)
 
 
 def latency_ms(store: HealthStore, d: DeploymentInfo, tier: int, stream: bool) -> float:
@@ -47,14 +50,59 @@ def health_penalty(store: HealthStore, d: DeploymentInfo) -> tuple[int, float]:
 
 
 def order_deployments(
-    store: HealthStore, deployments: Sequence[DeploymentInfo]
+    store: HealthStore,
+    deployments: Sequence[DeploymentInfo],
+    *,
+    strategy: str = "",
+    stream: bool = False,
+    rng: random.Random | None = None,
 ) -> list[DeploymentInfo]:
-    """Within a model: breaker state, then priority (lower first), weight, id."""
+    """Within a model: breakers cooling down last, then priority (lower first); among equals,
+    traffic is spread. Under ``latency`` the least loaded fast one leads (EWMA latency times
+    one plus the requests in flight, error-weighted); otherwise a weighted random order, each
+    deployment first with probability weight / the group's total (weight 0: only when the
+    others fail)."""
     if len(deployments) < 2:
         return list(deployments)
-    return sorted(
-        deployments, key=lambda d: (health_penalty(store, d)[0], d.priority, -d.weight, d.id)
-    )
+    draw = (rng or _rng).random
+
+    def key(d: DeploymentInfo) -> tuple[int, int, float, int]:
+        cooling_flag, error = health_penalty(store, d)
+        if strategy == "latency":
+            stats = store.view(d.id)
+            load = 1 + (stats.in_flight if stats is not None else 0)
+            spread = latency_ms(store, d, 1, stream) * load * (1 + 4 * error)
+        else:  # an exponential race: the smallest of Exp(w_i) is i with probability w_i / sum
+            spread = -math.log(1.0 - draw()) / d.weight if d.weight else math.inf
+        return (cooling_flag, d.priority, spread, d.id)
+
+    return sorted(deployments, key=key)
+
+
+def why_deployment(
+    store: HealthStore,
+    deployments: Sequence[DeploymentInfo],
+    picked: DeploymentInfo,
+    strategy: str,
+) -> str:
+    """One line for the explanation: why ``picked`` leads among its model's deployments."""
+    if len(deployments) < 2:
+        return "the model's only deployment"
+    if health_penalty(store, picked)[0]:
+        return "every deployment's breaker is open"
+    peers = [
+        d for d in deployments if d.priority == picked.priority and not health_penalty(store, d)[0]
+    ]
+    others = len(deployments) - len(peers)
+    tail = f"; {others} more by priority or breaker" if others else ""
+    if len(peers) < 2:
+        return f"priority {picked.priority}{tail}"
+    if strategy == "latency":
+        stats = store.view(picked.id)
+        load = stats.in_flight if stats is not None else 0
+        return f"least loaded fast one of {len(peers)} ({load} in flight){tail}"
+    total = sum(d.weight for d in peers)
+    return f"weighted random: weight {picked.weight} of {total} among {len(peers)}{tail}"
 
 
 def expected_cost(item: Item, est: Estimate) -> float:

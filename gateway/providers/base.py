@@ -43,6 +43,10 @@ _CONTEXT_RE = re.compile(
     r"|reduce the length|string too long|maximum (input )?token",
     re.IGNORECASE,
 )
+# A 400 about the model, not the request: Anthropic's newer models refuse an assistant prefill
+# ("This model does not support assistant message prefill. The conversation must end with a
+# user message."); another model takes the same request.
+_UNSUPPORTED_RE = re.compile(r"does not support assistant message prefill", re.IGNORECASE)
 _FILTER_CODES = {"content_filter", "content_policy_violation", "responsibleaipolicyviolation"}
 
 
@@ -96,6 +100,8 @@ def kind_for_status(status: int, *, message: str = "", code: str | None = None) 
         _CONTEXT_RE.search(message)
     ):
         return ErrorKind.CONTEXT_LENGTH
+    if _UNSUPPORTED_RE.search(message):
+        return ErrorKind.UNSUPPORTED
     return ErrorKind.BAD_REQUEST
 
 

@@ -204,6 +204,8 @@ class ErrorKind(enum.StrEnum):
     AUTHENTICATION = "authentication"  # 401 / 403 from the provider: our credential is bad
     BAD_REQUEST = "bad_request"  # 400 / 404 / 422: the request itself is wrong
     CONTEXT_LENGTH = "context_length"  # prompt + max output exceed the model's window
+    # 400 naming something this model cannot take (an assistant prefill): another model may
+    UNSUPPORTED = "unsupported"
     CONTENT_FILTER = "content_filter"  # refused by the provider's safety system
     PROTOCOL = "protocol"  # malformed response or stream from the provider
 
@@ -224,7 +226,8 @@ RETRIABLE = frozenset(
 
 class ProviderError(Exception):
     """The one error type adapters raise. ``retriable`` says whether another deployment may
-    succeed; CONTEXT_LENGTH is not retriable as-is but may move to a larger-context model."""
+    succeed; CONTEXT_LENGTH is not retriable as-is but may move to a larger-context model, and
+    UNSUPPORTED to another model."""
 
     def __init__(
         self,

@@ -103,12 +103,15 @@ def reset_caches() -> None:
     from orgs.keys import default_resolver
     from routing.catalog import catalog_snapshot_reset
     from routing.health import health_store
+    from routing.ratelimit import deployment_limiter
 
     catalog_snapshot_reset()
     default_resolver.forget()
     cache.clear()  # the test cache: LocMem, or this suite's own Redis database
-    # Live health and breakers are keyed by deployment id, which a flushed database reuses.
+    # Live health, breakers and rate limits are keyed by deployment id, which a flushed
+    # database reuses.
     health_store().clear()
+    deployment_limiter().clear()
 
 
 @pytest.fixture(scope="module")

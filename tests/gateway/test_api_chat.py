@@ -83,13 +83,14 @@ def test_every_candidate_failed_says_what_was_tried(client):
     error = response.json()["error"]
     validate("Error", error)
     assert error["code"] == "all_deployments_failed"
-    # The failover loop retries the last deployment once on a transient failure with no
-    # candidate left (routing.failover).
+    # The failover loop calls the last deployment again (ROUTING_RETRIES, 2) after a
+    # transient failure with no candidate left, with a jittered back-off (routing.failover).
     assert error["message"] == (
         "Every candidate deployment failed. Tried: sim-broken-a (overloaded 503), "
-        "sim-broken-b (server_error 500), sim-broken-b (server_error 500)."
+        "sim-broken-b (server_error 500), sim-broken-b (server_error 500), "
+        "sim-broken-b (server_error 500)."
     )
-    assert response.headers["x-megarouter-attempts"] == "3"
+    assert response.headers["x-megarouter-attempts"] == "4"
 
 
 def test_stream_with_usage_relays_openai_chunks(client):

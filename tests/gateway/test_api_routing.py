@@ -76,3 +76,46 @@ def test_an_open_breaker_takes_the_deployment_out_of_the_way(gateway_server, wor
     last = records[-1]
     assert (last.deployment, last.attempts, last.fallback_used) == ("sim-flaky-b", 1, False)
     assert last.routing["explain"]["candidates"][0]["deployment"] == "sim-flaky-b"
+
+
+def test_a_deployments_rpm_limit_moves_traffic_then_answers_429_with_retry_after(
+    gateway_server, world
+):
+    """gpt-sim gets a second deployment; both are limited to 2 requests a minute. Four
+    requests are served (two on each, the explanation says how each was picked), the fifth is
+    refused before any call with the upstream_rate_limited error and a Retry-After, and
+    nothing is charged for it."""
+    from routing.models import Deployment
+    from routing.services import catalog_version_bump
+    from tests.gateway.conftest import reset_caches
+
+    first = Deployment.objects.get(name="sim-gpt")
+    Deployment.objects.create(
+        name="sim-gpt-2",
+        model=first.model,
+        provider=first.provider,
+        base_url=first.base_url,
+        provider_model_name=first.provider_model_name,
+        credential=first.credential,
+        weight=1,
+    )
+    Deployment.objects.filter(model=first.model).update(rpm_limit=2)
+    catalog_version_bump()
+    reset_caches()
+    tenant = Tenant()
+    debug = {"x-megarouter-debug": "1"}
+    with httpx.Client(base_url=gateway_server.url, headers=tenant.headers, timeout=15) as http:
+        replies = [
+            http.post("/v1/chat/completions", json=chat("openai/gpt-sim"), headers=debug)
+            for _ in range(5)
+        ]
+    assert [r.status_code for r in replies] == [200, 200, 200, 200, 429]
+    why = orjson.loads(replies[0].headers["x-megarouter-route"])["deployment"]["why"]
+    assert why == "weighted random: weight 1 of 2 among 2"
+    refused = replies[4]
+    assert refused.json()["error"]["code"] == "upstream_rate_limited"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert "x-megarouter-cost-usd" not in refused.headers
+    usage_events_process()
+    records = UsageRecord.objects.filter(organization_id=tenant.org.pk)
+    assert sorted(r.deployment for r in records) == ["sim-gpt", "sim-gpt", "sim-gpt-2", "sim-gpt-2"]

@@ -68,6 +68,7 @@ class SimCandidate:
     endpoint: Endpoint
     context_window: int | None = 128_000
     extra: dict[str, str] = field(default_factory=dict)
+    timeouts: dict[str, float] = field(default_factory=dict)  # per model / deployment
 
 
 def candidate(

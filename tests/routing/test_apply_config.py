@@ -202,6 +202,15 @@ def test_changed_value_and_rotated_secret_are_reported(tmp_path):
             ],
         ),
         (
+            lambda t: t.replace("rpm_limit = 500", "timeouts = { ttft_s = 0, total_s = 5 }"),
+            [
+                "credentials[0].api_key_env: environment variable DEEPSEEK_API_KEY is not set",
+                "deployments[0].timeouts.ttft_s: expected seconds in (0, 3600], got 0",
+                "deployments[0].timeouts.total_s: unknown timeout "
+                "(known: ttft_s, stall_s, attempt_s)",
+            ],
+        ),
+        (
             lambda t: t.replace('model = "deepseek-chat"', 'model = "gpt-9"'),
             [
                 "credentials[0].api_key_env: environment variable DEEPSEEK_API_KEY is not set",
@@ -229,6 +238,25 @@ def test_bad_file_is_refused_with_the_path_and_nothing_changes(tmp_path, edit, e
         config_apply_file(_write(tmp_path, edit(OPERATOR_FILE)), environ=env)
     assert raised.value.errors == errors
     assert _state() == before
+
+
+def test_timeouts_per_model_and_per_deployment_reach_the_route(tmp_path):
+    """A model's timeouts apply to its deployments; a deployment's own win, key by key."""
+    _base_catalog()
+    text = OPERATOR_FILE.replace(
+        'status = "active"\n', 'status = "active"\ntimeouts = { ttft_s = 4, attempt_s = 30 }\n'
+    ).replace("rpm_limit = 500", "rpm_limit = 500\ntimeouts = { ttft_s = 2.5 }")
+    config_apply_file(_write(tmp_path, text), environ=ENV)
+    direct = Deployment.objects.get(name="deepseek-direct")
+    assert direct.timeouts == {"ttft_s": 2.5}
+    assert direct.model.timeouts == {"ttft_s": 4.0, "attempt_s": 30.0}
+    info = catalog_snapshot(max_age=0).deployments_by_id[direct.pk]
+    assert dict(info.timeouts) == {"ttft_s": 2.5, "attempt_s": 30.0}
+    cleared = text.replace("timeouts = { ttft_s = 2.5 }", "timeouts = {}")
+    result = config_apply_file(_write(tmp_path, cleared), environ=ENV)
+    assert "deployment deepseek-direct: updated timeouts" in result.changes
+    info = catalog_snapshot(max_age=0).deployments_by_id[direct.pk]
+    assert dict(info.timeouts) == {"ttft_s": 4.0, "attempt_s": 30.0}
 
 
 def test_interpolation_without_default_must_be_set(tmp_path):

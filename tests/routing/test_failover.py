@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.providers.types import ErrorKind, ProviderError
+from gateway.providers.types import ChatRequest, ErrorKind, Message, ProviderError
 from routing.failover import FailoverConfig, FailoverExhausted, run_with_failover
 from routing.health import HealthConfig
 from tests.routing.simulated import (
@@ -31,6 +31,7 @@ FAST = FailoverConfig(
     ttft_timeout_s=0.5,
     stall_timeout_s=0.4,
     attempt_timeout_s=0.5,
+    retry_after_max_s=2.0,
 )
 
 
@@ -61,17 +62,6 @@ async def test_429_with_retry_after_2_fails_over_without_waiting(simulator_url, 
     assert result.attempts[0].waited_ms == 0
     assert result.value.usage.prompt_tokens == 5
     assert result.value.usage.completion_tokens == 7
-
-
-async def test_short_retry_after_is_waited_out_when_no_other_candidate(simulator_url, store):
-    fid = fault_id()
-    only = candidate(simulator_url, 1, f"gpt-a~fault=429~retry_after_ms=200~times=1~id={fid}")
-    started = time.perf_counter()
-    result = await run_with_failover([only], complete_attempt(chat()), config=FAST, store=store)
-    assert 0.2 <= time.perf_counter() - started < 1.0
-    assert outcomes(result) == ["rate_limited", "ok"]
-    assert result.attempts[0].waited_ms == 200.0
-    assert result.candidate is only
 
 
 async def test_short_retry_after_fails_over_when_same_model_elsewhere(simulator_url, store):
@@ -418,3 +408,93 @@ async def test_fallback_accounting_names_who_answered_with_its_usage(simulator_u
     assert [a.public()["model"] for a in result.attempts] == ["sim-a/gpt-a", "sim-b/claude-ish"]
     assert result.value.usage.prompt_tokens == 5
     assert result.value.usage.completion_tokens == 11
+
+
+async def test_transient_failures_alone_are_retried_with_growing_jittered_back_off(
+    simulator_url, store
+):
+    fid = fault_id()
+    only = candidate(simulator_url, 1, f"gpt-a~fault=500~times=2~id={fid}")
+    config = replace(FAST, backoff_s=0.2)
+    result = await run_with_failover([only], complete_attempt(chat()), config=config, store=store)
+    assert outcomes(result) == ["server_error", "server_error", "ok"]
+    first, second = (a.waited_ms for a in result.attempts[:2])
+    assert 100 <= first <= 200  # half of 0.2 s, plus up to the other half
+    assert 200 <= second <= 400  # doubled
+    with pytest.raises(FailoverExhausted) as caught:  # at most `retries` calls again
+        await run_with_failover(
+            [candidate(simulator_url, 1, f"gpt-a~fault=500~id={fault_id()}")],
+            complete_attempt(chat()),
+            config=replace(FAST, backoff_s=0.01),
+            store=store,
+        )
+    assert outcomes(caught.value) == ["server_error"] * 3
+
+
+@pytest.mark.parametrize("header, seconds", [("retry_after_ms=200", 0.2), ("retry_after=1.5", 1.5)])
+async def test_retry_after_is_honoured_when_nothing_else_is_left(
+    simulator_url, store, header, seconds
+):
+    """Short or up to retry_after_max_s (2 s in FAST): the same deployment, after the wait."""
+    only = candidate(simulator_url, 1, f"gpt-a~fault=429~{header}~times=1~id={fault_id()}")
+    started = time.perf_counter()
+    result = await run_with_failover([only], complete_attempt(chat()), config=FAST, store=store)
+    assert seconds <= time.perf_counter() - started < seconds + 0.8
+    assert outcomes(result) == ["rate_limited", "ok"]
+    assert result.attempts[0].waited_ms == seconds * 1000
+    assert result.candidate is only
+    # beyond the request's remaining time: not waited for
+    with pytest.raises(FailoverExhausted) as caught:
+        await run_with_failover(
+            [candidate(simulator_url, 1, f"gpt-a~fault=429~retry_after=1.5~id={fault_id()}")],
+            complete_attempt(chat()),
+            config=replace(FAST, max_total_s=1.0),
+            store=store,
+        )
+    assert outcomes(caught.value) == ["rate_limited"]
+
+
+async def test_a_deployments_own_timeouts_replace_the_settings(simulator_url, store):
+    primary = replace(
+        candidate(simulator_url, 1, f"gpt-a~fault=hang~id={fault_id()}"),
+        timeouts={"attempt_s": 0.2},
+    )
+    backup = candidate(simulator_url, 2, "gpt-b", provider="sim-b")
+    started = time.perf_counter()
+    result = await run_with_failover(
+        [primary, backup], complete_attempt(chat()), config=FAST, store=store
+    )
+    assert outcomes(result) == ["timeout", "ok"]
+    assert 0.2 <= result.attempts[0].elapsed_ms / 1000 < 0.45  # not the 0.5 s of the config
+    assert time.perf_counter() - started < 1.0
+
+
+async def test_a_fallback_that_rejects_a_prefill_moves_to_another_model(simulator_url, store):
+    """failoverbench S14: the primary is down, the first fallback model refuses the assistant
+    prefill (a 400 about the model, not the request): the next model answers, and the refusal
+    does not count against the refusing deployment's health."""
+    prefilled = ChatRequest(
+        messages=[
+            Message(role="user", content="Name a colour."),
+            Message(role="assistant", content="The colour is"),
+        ]
+    )
+    down = candidate(simulator_url, 1, f"gpt-a~fault=503~retry_after=3~id={fault_id()}")
+    strict = candidate(simulator_url, 2, "claude-x~fault=no_prefill", provider="sim-b")
+    strict_elsewhere = candidate(
+        simulator_url, 3, "claude-x~fault=no_prefill", provider="sim-c", model_id="sim-b/claude-x"
+    )
+    lenient = candidate(simulator_url, 4, "gpt-c", provider="sim-d")
+    result = await run_with_failover(
+        [down, strict, strict_elsewhere, lenient],
+        complete_attempt(prefilled),
+        config=FAST,
+        store=store,
+    )
+    assert outcomes(result) == ["overloaded", "unsupported", "skipped_unsupported", "ok"]
+    assert result.candidate is lenient
+    assert result.attempts[1].status == 400
+    assert store.view(2) is None or store.view(2).consecutive_failures == 0
+    # without a prefill the strict model answers
+    result = await run_with_failover([strict], complete_attempt(chat()), config=FAST, store=store)
+    assert outcomes(result) == ["ok"]
