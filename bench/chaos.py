@@ -27,6 +27,10 @@ Scenarios (``--only`` takes these names):
   the healthy deployment; cut / stall / malformed streams end with an error event, never a
   silently truncated success; every deployment 503 gives a 503 error object; with the
   routing-engine merged, the breaker skips the broken deployment.
+- ``load-spread``: three deployments of one model, weights 1 / 2 / 7: 2,000 requests follow
+  the weights (Pearson's chi-square goodness of fit, p >= 0.001); a deployment at
+  ``rpm_limit`` 40 beside an unlimited one: exactly 40 of 160 requests in a minute on it,
+  across both workers.
 - ``key-guessing``: many wrong keys from one address: is it rate limited?
 - ``logs``: the gateway's log lines (INFO) hold no key, credential, prompt or completion text.
 
@@ -39,6 +43,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import os
 import secrets
 import signal
@@ -65,6 +70,7 @@ SCENARIOS = (
     "celery-down",
     "provider-faults",
     "flapping",
+    "load-spread",
     "key-guessing",
     "logs",
 )
@@ -494,6 +500,80 @@ async def flapping(stack: Stack) -> Outcome:
     return out
 
 
+async def _served_by(stack: Stack, model: str, count: int, concurrency: int) -> Counter[str]:
+    """``count`` requests to ``model``, ``concurrency`` at a time, spread by the kernel over
+    both gateway workers: the answers' completion tokens (who served each), or the status."""
+    seen: Counter[str] = Counter()
+    queue = iter(range(count))
+
+    async def client() -> None:
+        conn = h.Connection(stack.port, {"Authorization": f"Bearer {stack.key}"})
+        try:
+            for _ in queue:
+                reply = await asyncio.wait_for(
+                    conn.post("/v1/chat/completions", h.chat_body(model)), 30
+                )
+                if reply.status == 200:
+                    seen[str(orjson.loads(reply.body)["usage"]["completion_tokens"])] += 1
+                else:
+                    seen[f"http {reply.status}"] += 1
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return seen
+
+
+async def load_spread(stack: Stack) -> Outcome:
+    """Three deployments of one model, weights 1 / 2 / 7, under 8 concurrent clients over
+    the 2 workers: the shares follow the weights (a chi-square test; a random spread cannot
+    promise a fixed tolerance on 2,000 draws: 10 % of a 0.1 share is 1.5 standard errors).
+    Then a deployment limited to SPREAD_RPM requests a minute (weight 9) beside an unlimited
+    one, 4 x that many requests inside a minute: the limited one serves exactly SPREAD_RPM
+    (never more, across both processes), the rest go to the other, all answered."""
+    from bench.seed import SPREAD, SPREAD_RPM
+
+    out = Outcome("load-spread")
+    total = 2000
+    seen = await _served_by(stack, "benchsim/chaos-spread", total, 8)
+    weights = sum(SPREAD)
+    shares = {}
+    chi2 = 0.0
+    for weight, tokens in SPREAD.items():
+        expected = total * weight / weights
+        chi2 += (seen.get(str(tokens), 0) - expected) ** 2 / expected
+        shares[f"weight {weight}"] = {
+            "share": round(seen.get(str(tokens), 0) / total, 4),
+            "expected": weight / weights,
+        }
+    # Pearson's goodness of fit, 2 degrees of freedom (three deployments): P(X >= x) = e^(-x/2)
+    p_value = math.exp(-chi2 / 2)
+    shares["chi-square"] = {"statistic": round(chi2, 2), "p": round(p_value, 4)}
+    out.check(
+        p_value >= 0.001,
+        f"the shares do not follow the weights (chi-square {chi2:.1f}, p = {p_value:.2g})",
+    )
+    out.figures["spread over 3 deployments (2,000 requests)"] = shares
+    out.check(sum(seen.values()) == total and not any(k.startswith("http") for k in seen),
+              "not every spread request was answered")  # fmt: skip
+    started = time.monotonic()
+    seen = await _served_by(stack, "benchsim/chaos-rpm", 4 * SPREAD_RPM, 8)
+    elapsed = time.monotonic() - started
+    out.figures["rpm limit"] = {
+        "rpm_limit": SPREAD_RPM,
+        "requests": 4 * SPREAD_RPM,
+        "seconds": round(elapsed, 2),
+        "served by the limited deployment": seen.get("5", 0),
+        "served by the other": seen.get("6", 0),
+        "other": {k: v for k, v in seen.items() if k not in ("5", "6")},
+    }
+    out.check(elapsed < 60, "the RPM check took longer than its window")
+    out.check(seen.get("5", 0) <= SPREAD_RPM, "the RPM limit was exceeded across the workers")
+    out.check(seen.get("5", 0) == SPREAD_RPM, "the limited deployment was not used up to it")
+    out.check(seen.get("6", 0) == 3 * SPREAD_RPM, "not every request beyond it was served")
+    return out
+
+
 async def key_guessing(stack: Stack) -> Outcome:
     out = Outcome("key-guessing")
     conn = h.Connection(stack.port)
@@ -569,6 +649,7 @@ RUNNERS = {
     "celery-down": celery_down,
     "provider-faults": provider_faults,
     "flapping": flapping,
+    "load-spread": load_spread,
     "key-guessing": key_guessing,
     "logs": logs,
 }

@@ -18,6 +18,8 @@ model name, docs/simulator.md):
 | chaos-<fault> | primary with the fault, a healthy secondary | failover scenarios |
 | chaos-all503 | two deployments, both 503 | every candidate down |
 | chaos-flap | primary 503 for ``FLAP_S`` after its first request, then healthy | recovery |
+| chaos-spread | three deployments, weights 1 / 2 / 7 (answers of 3 / 4 / 5 tokens) | load spread |
+| chaos-rpm | one at ``SPREAD_RPM`` requests a minute (weight 9), one unlimited (weight 1) | RPM |
 
 When the billing app offers budgets (``billing.services.budget_create``), budgets are created
 at the organization, member and key layers (limits far above what a run spends) and the
@@ -46,6 +48,8 @@ FAULTS = {
 }
 FLAP_S = 12  # chaos-flap: the primary answers 503 for this long after its first request
 FLAP_BACKUP_TOKENS = 7  # ... and its backup answers this many tokens (which one served)
+SPREAD = {1: 3, 2: 4, 7: 5}  # chaos-spread: weight -> the answer's tokens (who served)
+SPREAD_RPM = 40  # chaos-rpm: the limited deployment's rpm_limit
 CREDENTIAL_SECRET = "sk-bench-credential-canary-7f3a"  # noqa: S105 (a canary, checked in logs)
 
 
@@ -78,7 +82,7 @@ class Simulator:
     def model(
         self,
         name: str,
-        *upstreams: str,
+        *upstreams: str | tuple[str, dict[str, Any]],
         price_in: str = "0.000002",
         price_out: str = "0.000008",
         **fields: Any,
@@ -95,14 +99,16 @@ class Simulator:
             ),
             fields={"mode": "chat", "supports_tools": True, "quality_tier": 3, **fields},
         )
-        for priority, upstream in enumerate(upstreams):
+        for index, spec in enumerate(upstreams):
+            # a bare upstream: the next priority; (upstream, fields): those deployment fields
+            upstream, extra = (spec, {"priority": index}) if isinstance(spec, str) else spec
             deployment_upsert(
-                name=f"benchsim-{name}-{priority}",
+                name=f"benchsim-{name}-{index}",
                 model=found,
                 base_url=self.base,
                 provider_model_name=upstream,
                 credential=self.credential,
-                priority=priority,
+                **extra,
             )
         return found
 
@@ -157,6 +163,18 @@ def seed(simulator_url: str, run_id: str) -> dict[str, Any]:
         "chaos-flap",
         f"gpt-4o-mini~fault=503~for_s={FLAP_S}~id=chaos-flap-{run_id}",
         f"gpt-4o-mini~tokens={FLAP_BACKUP_TOKENS}",
+    )
+
+    # load-spread: one priority, weights 1 / 2 / 7, each deployment told apart by its answer
+    # length; chaos-rpm: a limited deployment (weight 9, SPREAD_RPM a minute) and a backup
+    sim.model(
+        "chaos-spread",
+        *((f"gpt-4o-mini~tokens={tokens}", {"weight": w}) for w, tokens in SPREAD.items()),
+    )
+    sim.model(
+        "chaos-rpm",
+        ("gpt-4o-mini~tokens=5", {"weight": 9, "rpm_limit": SPREAD_RPM}),
+        ("gpt-4o-mini~tokens=6", {"weight": 1}),
     )
 
     from billing import services as billing

@@ -110,12 +110,16 @@ class TcpProxy:
             self._open.discard(writer)
             return
         self._open.add(up_writer)
-        await asyncio.gather(
-            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
-        )
-        for w in (writer, up_writer):
-            self._open.discard(w)
-            w.transport.abort()
+        try:
+            await asyncio.gather(
+                self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+            )
+        except asyncio.CancelledError:
+            pass  # the loop shutting down with the connection open: nothing left to report
+        finally:
+            for w in (writer, up_writer):
+                self._open.discard(w)
+                w.transport.abort()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self._flowing is not None
