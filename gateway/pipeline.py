@@ -279,6 +279,7 @@ def _route_request(ctx: CallContext, request: ChatRequest | EmbeddingRequest) ->
         needs=ctx.needs,
         needs_param=ctx.needs_param,
         input_tokens=ctx.input_tokens_estimate,
+        dimensions=request.dimensions if isinstance(request, EmbeddingRequest) else None,
     )
 
 
@@ -344,6 +345,9 @@ async def _call(
     try:
         result = await _with_failover(ctx, _timed(ctx, call), streaming=False)
         response = result.value
+        if isinstance(response, EmbeddingResponse) and not response.usage.prompt_tokens:
+            # a provider that counts no embedding tokens (Gemini): charged by the estimate
+            response.usage = Usage(prompt_tokens=ctx.input_tokens_estimate)
         ctx.usage = response.usage  # type: ignore[attr-defined]
         ctx.finished = True
     finally:

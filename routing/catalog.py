@@ -93,6 +93,7 @@ class ModelInfo:
     status: str
     prices: tuple[PriceVersion, ...] = field(repr=False)  # ascending effective_from
     deprecation_date: date | None = None
+    output_vector_size: int | None = None  # embedding models: the most `dimensions` may ask
     price_starts: tuple[datetime, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -255,6 +256,7 @@ _MODEL_FIELDS = (
     "mode",
     "context_window",
     "max_output_tokens",
+    "output_vector_size",
     "supports_tools",
     "supports_vision",
     "supports_json_schema",

@@ -60,6 +60,7 @@ class CatalogEntry:
     price: PriceInput
     context_window: int | None = None
     max_output_tokens: int | None = None
+    output_vector_size: int | None = None
     supports_tools: bool = False
     supports_vision: bool = False
     supports_json_schema: bool = False
@@ -307,6 +308,7 @@ def _litellm_entry(
     max_input = _int(entry.get("max_input_tokens"), where.at("max_input_tokens"), errors)
     max_output = _int(entry.get("max_output_tokens"), where.at("max_output_tokens"), errors)
     max_tokens = _int(entry.get("max_tokens"), where.at("max_tokens"), errors)
+    vector = _int(entry.get("output_vector_size"), where.at("output_vector_size"), errors)
     deprecation = entry.get("deprecation_date")
     deprecation_date = None
     if deprecation is not None:
@@ -336,6 +338,7 @@ def _litellm_entry(
         price=price,
         context_window=max_input or max_tokens,
         max_output_tokens=max_output if max_output is not None else max_tokens,
+        output_vector_size=(vector or None) if mode == ModelMode.EMBEDDING else None,
         supports_streaming=mode != ModelMode.EMBEDDING,
         deprecation_date=deprecation_date,
         **flags,
@@ -541,6 +544,7 @@ _IMPORTED_FIELDS = (
     "mode",
     "context_window",
     "max_output_tokens",
+    "output_vector_size",
     "supports_tools",
     "supports_vision",
     "supports_json_schema",
@@ -564,6 +568,7 @@ def _entry_values(entry: CatalogEntry, today: date) -> dict[str, Any]:
         "mode": entry.mode,
         "context_window": entry.context_window,
         "max_output_tokens": entry.max_output_tokens,
+        "output_vector_size": entry.output_vector_size,
         "supports_tools": entry.supports_tools,
         "supports_vision": entry.supports_vision,
         "supports_json_schema": entry.supports_json_schema,

@@ -72,6 +72,13 @@ def capability_gaps(model: ModelInfo, needs: frozenset[str]) -> list[str]:
     ]
 
 
+def dimensions_ok(model: ModelInfo, dimensions: int | None) -> bool:
+    """An embedding model takes ``dimensions`` up to its vector size (when the catalog knows
+    it; otherwise the provider decides)."""
+    size = model.output_vector_size
+    return dimensions is None or size is None or dimensions <= size
+
+
 def worst_case_tokens(model: ModelInfo, max_output_tokens: int | None) -> int:
     """The output a worst case assumes: the request's max_tokens, else the model's max output,
     else DEFAULT_OUTPUT_TOKENS."""
@@ -87,6 +94,7 @@ class _Indexes:
     entries: tuple[Entry, ...] = ()
     by_id: dict[str, Entry] = field(default_factory=dict)
     windows: tuple[int, ...] = ()
+    vector_sizes: tuple[int, ...] = ()
     eligible: dict[tuple[Any, ...], Eligible] = field(default_factory=dict)
     ranks: dict[tuple[Any, ...], tuple[float, list[Item], str]] = field(default_factory=dict)
 
@@ -105,6 +113,9 @@ def indexes(snapshot: CatalogSnapshot) -> _Indexes:
     _indexes.by_id = {e.model.canonical_id: e for e in entries}
     _indexes.windows = tuple(
         sorted({e.model.context_window for e in entries if e.model.context_window})
+    )
+    _indexes.vector_sizes = tuple(
+        sorted({e.model.output_vector_size for e in entries if e.model.output_vector_size})
     )
     _indexes.eligible = {}
     _indexes.ranks = {}
@@ -144,6 +155,7 @@ class Filter:
     """Hard filters for one request; counts what each one removed (for the explanation)."""
 
     __slots__ = (
+        "dimensions",
         "input_tokens",
         "max_output",
         "mode",
@@ -164,6 +176,7 @@ class Filter:
         max_output: int | None,
         stream: bool,
         mode: str,
+        dimensions: int | None = None,
     ) -> None:
         self.policy = policy
         self.store = store
@@ -172,6 +185,7 @@ class Filter:
         self.max_output = max_output
         self.stream = stream
         self.mode = mode
+        self.dimensions = dimensions
         self.rejected: dict[str, int] = {}
 
     def no(self, reason: str) -> bool:
@@ -192,6 +206,8 @@ class Filter:
             return "capability"
         if self.stream and not m.supports_streaming:
             return "streaming"
+        if not dimensions_ok(m, self.dimensions):
+            return "dimensions"
         if (
             m.context_window is not None
             and self.input_tokens + (self.max_output or 0) > m.context_window
@@ -285,7 +301,9 @@ def eligible(
     past its deprecation date is left out. ``known``: models the estimator knows by name."""
     idx = indexes(snapshot)
     bucket = bisect.bisect_left(idx.windows, flt.input_tokens + (flt.max_output or 0))
-    key = (flt.policy, flt.needs, flt.stream, flt.mode, bucket, today)
+    # the vector sizes below the dimensions asked: models with one of them are out
+    dims = bisect.bisect_left(idx.vector_sizes, flt.dimensions) if flt.dimensions else -1
+    key = (flt.policy, flt.needs, flt.stream, flt.mode, bucket, dims, today)
     found = idx.eligible.get(key)
     if found is not None:
         return key, found
@@ -293,6 +311,8 @@ def eligible(
     for entry in idx.entries:
         if entry.model.deprecated_on(today):
             flt.no("deprecated")
+        elif flt.dimensions and entry.model.output_vector_size is None:
+            flt.no("dimensions")  # auto asks the catalog: a size it does not know is out
         elif flt.model_ok(entry):
             deployments = tuple(d for d in entry.deployments if _static_ok(flt, d))
             if deployments:

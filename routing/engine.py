@@ -53,6 +53,7 @@ from routing.eligibility import (
     Filter,
     Item,
     capability_gaps,
+    dimensions_ok,
     dynamic,
     eligible,
     indexes,
@@ -119,6 +120,7 @@ class RouteRequest:
     needs: frozenset[str] | None = None  # None: read from the features
     needs_param: Mapping[str, str] = field(default_factory=dict)
     input_tokens: int | None = None  # None: the features' estimate
+    dimensions: int | None = None  # embeddings: the vector size asked for
 
     @property
     def auto(self) -> bool:
@@ -221,6 +223,7 @@ def route(
         max_output=request.max_output_tokens,
         stream=request.stream,
         mode=request.mode,
+        dimensions=request.dimensions,
     )
     if request.auto:
         strategy, est, chosen, reason = _auto(request, policy, snapshot, store, flt, estimate_)
@@ -345,6 +348,13 @@ def _check_capabilities(model: ModelInfo, request: RouteRequest, flt: Filter, pa
             "unsupported_parameter",
             f"The model '{canonical}' does not support streaming.",
             param="stream",
+        )
+    if not dimensions_ok(model, flt.dimensions):
+        raise NoRoute(
+            "invalid_request",
+            f"'dimensions' must be at most {model.output_vector_size} for the model "
+            f"'{canonical}'; got {flt.dimensions}.",
+            param="dimensions",
         )
 
 

@@ -95,6 +95,8 @@ class Model(models.Model):
     mode = models.CharField(max_length=16, choices=ModelMode.choices, default=ModelMode.CHAT)
     context_window = models.PositiveIntegerField(null=True, blank=True)
     max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # Embedding models: the longest vector the model returns (the most `dimensions` may ask)
+    output_vector_size = models.PositiveIntegerField(null=True, blank=True)
     supports_tools = models.BooleanField(default=False)
     supports_vision = models.BooleanField(default=False)
     supports_json_schema = models.BooleanField(default=False)

@@ -526,7 +526,8 @@ def _read_price(r: _Reader, ctx: Context) -> tuple[PriceInput | None, datetime |
 def _validate_models(items: list[dict[str, Any]], ctx: Context) -> list[ModelPlan]:
     plans: list[ModelPlan] = []
     allowed = {"id", "display_name", "family", "mode", "context_window", "max_output_tokens",
-               "quality_tier", "status", "capabilities", "price", "timeouts"}  # fmt: skip
+               "output_vector_size", "quality_tier", "status", "capabilities", "price",
+               "timeouts"}  # fmt: skip
     for index, item in enumerate(items):
         r = _Reader(item, f"models[{index}]", ctx, allowed)
         model_id = r.text("id", required=True)
@@ -541,7 +542,7 @@ def _validate_models(items: list[dict[str, Any]], ctx: Context) -> list[ModelPla
         status = r.choice("status", list(ModelStatus.values))
         if status:
             fields["status"] = status
-        for key in ("context_window", "max_output_tokens"):
+        for key in ("context_window", "max_output_tokens", "output_vector_size"):
             number = r.integer(key, min_value=1)
             if number is not None:
                 fields[key] = number

@@ -193,6 +193,7 @@ MODEL_OVERRIDABLE = (
     "family",
     "context_window",
     "max_output_tokens",
+    "output_vector_size",
     "supports_tools",
     "supports_vision",
     "supports_json_schema",

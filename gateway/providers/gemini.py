@@ -11,11 +11,20 @@ with finish reason ``content_filter``. Usage: ``promptTokenCount`` (cached inclu
 ``candidatesTokenCount + thoughtsTokenCount`` as completion, ``cachedContentTokenCount``,
 ``thoughtsTokenCount`` as reasoning. Gemini has no stream terminator: a stream must end with a
 chunk that carries ``finishReason``, otherwise PROTOCOL.
+
+Embeddings: ``POST {base}/v1beta/models/{model}:batchEmbedContents`` with one
+``{"model": "models/{model}", "content": {"parts": [{"text": ...}]}, "outputDimensionality": N}``
+request per input, at most 100 to a call (Google's limit: a longer input list is sent as
+several calls at once and joined in order); the answer is ``{"embeddings": [{"values": [...]}]}``.
+Gemini takes text only (token arrays are UNSUPPORTED: another model may take them) and reports
+no token count, so the usage is left at 0 for the gateway's estimate.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import hashlib
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +32,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from gateway.http import Timeouts
 from gateway.providers.base import (
     Adapter,
     SSEDecoder,
@@ -38,6 +48,9 @@ from gateway.providers.types import (
     Choice,
     ChunkChoice,
     Delta,
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
     Endpoint,
     ErrorKind,
     FinishReason,
@@ -382,8 +395,13 @@ class GeminiStreamDecoder(StreamDecoder):
         ]
 
 
+# batchEmbedContents takes at most this many requests
+EMBED_BATCH = 100
+
+
 class GeminiAdapter(Adapter):
     kind = "gemini"
+    supports_embeddings = True
 
     def build(
         self, endpoint: Endpoint, request: ChatRequest, *, stream: bool
@@ -411,3 +429,59 @@ class GeminiAdapter(Adapter):
         except orjson.JSONDecodeError:
             data = {"error": {"message": body[:200].decode("utf-8", "replace")}}
         return error_from_body(status, headers, data)
+
+    # ------------------------------------------------------------ embeddings
+
+    def build_embedding(
+        self, endpoint: Endpoint, request: EmbeddingRequest
+    ) -> tuple[str, dict[str, str], bytes]:
+        if any(not isinstance(item, str) for item in request.input):
+            raise ProviderError(
+                ErrorKind.UNSUPPORTED, "Gemini embeddings take text, not token arrays", status=400
+            )
+        name = f"models/{endpoint.model}"
+        extra: dict[str, Any] = {}
+        if request.dimensions is not None:
+            extra["outputDimensionality"] = request.dimensions
+        body = {
+            "requests": [
+                {"model": name, "content": {"parts": [{"text": text}]}, **extra}
+                for text in request.input
+            ]
+        }
+        path = f"/v1beta/models/{quote(endpoint.model, safe='')}:batchEmbedContents"
+        headers = {"content-type": "application/json"}
+        if endpoint.api_key:
+            headers["x-goog-api-key"] = endpoint.api_key
+        return join_url(endpoint.base_url, path), headers, orjson.dumps(body)
+
+    def parse_embedding(
+        self, endpoint: Endpoint, request: EmbeddingRequest, data: Any
+    ) -> EmbeddingResponse:
+        vectors = [[float(v) for v in item["values"]] for item in data["embeddings"]]
+        if len(vectors) != len(request.input):
+            raise ValueError(f"{len(vectors)} embeddings for {len(request.input)} inputs")
+        return EmbeddingResponse(
+            model=endpoint.model,
+            data=[Embedding(index=i, vector=v) for i, v in enumerate(vectors)],
+            usage=Usage(),  # Gemini counts no tokens here: the gateway's estimate is charged
+        )
+
+    async def embed(
+        self, endpoint: Endpoint, request: EmbeddingRequest, *, timeouts: Timeouts | None = None
+    ) -> EmbeddingResponse:
+        if len(request.input) <= EMBED_BATCH:
+            return await super().embed(endpoint, request, timeouts=timeouts)
+        parts = [
+            dataclasses.replace(request, input=request.input[i : i + EMBED_BATCH])
+            for i in range(0, len(request.input), EMBED_BATCH)
+        ]
+        answers = await asyncio.gather(
+            *(super(GeminiAdapter, self).embed(endpoint, p, timeouts=timeouts) for p in parts)
+        )
+        data = [
+            Embedding(index=offset * EMBED_BATCH + e.index, vector=e.vector)
+            for offset, answer in enumerate(answers)
+            for e in answer.data
+        ]
+        return EmbeddingResponse(model=endpoint.model, data=data, usage=Usage())

@@ -1,5 +1,5 @@
-"""The simulator's Gemini surface: ``POST /gemini/v1beta/models/{model}:generateContent`` and
-``:streamGenerateContent?alt=sse``."""
+"""The simulator's Gemini surface: ``POST /gemini/v1beta/models/{model}:generateContent``,
+``:streamGenerateContent?alt=sse`` and ``:batchEmbedContents``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from typing import Any
 
 import orjson
 
-from gateway.simulator.engine import Generation, Knobs, SimRequest, SimTool, generate
+from gateway.simulator.engine import (
+    Generation,
+    Knobs,
+    SimRequest,
+    SimTool,
+    embedding_vector,
+    generate,
+)
 from gateway.simulator.replies import Reply, StreamReply, json_reply
 
 _FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP", "content_filter": "SAFETY"}
@@ -179,6 +186,32 @@ def generate_stream(request: SimRequest) -> StreamReply:
         terminator=1,
         malformed=b'data: {"candidates": [{"content": {"parts": [{"te\r\n\r\n',
     )
+
+
+# Google's limits: 100 requests to a batchEmbedContents call, 3,072 dimensions at most
+MAX_EMBED_REQUESTS = 100
+EMBED_DIMENSIONS = 3072
+
+
+def embed_reply(model: str, knobs: Knobs, body: dict[str, Any]) -> Reply:
+    """``:batchEmbedContents``: one ``{"values": [...]}`` per request, in order; every request
+    must name this model (``models/{model}``), as the real API insists."""
+    requests = body.get("requests")
+    if not isinstance(requests, list) or not requests:
+        raise ValueError("'requests' must be a non-empty array")
+    if len(requests) > MAX_EMBED_REQUESTS:
+        raise ValueError(f"at most {MAX_EMBED_REQUESTS} requests can be in one batch")
+    native = knobs.dims or EMBED_DIMENSIONS
+    out = []
+    for index, item in enumerate(requests):
+        if not isinstance(item, dict) or item.get("model") != f"models/{model}":
+            raise ValueError(f"requests[{index}].model must be 'models/{model}'")
+        text = _text_of((item.get("content") or {}).get("parts"))
+        dims = item.get("outputDimensionality", native)
+        if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= native:
+            raise ValueError(f"outputDimensionality must be an integer from 1 to {native}")
+        out.append({"values": embedding_vector(text, dims)})
+    return json_reply(200, {"embeddings": out})
 
 
 def _error(code: int, status: str, message: str, details: list[Any] | None = None) -> dict:

@@ -257,7 +257,8 @@ class Simulator:
         return self._chat("anthropic", anthropic.parse(model, knobs, body))
 
     def _route_gemini(self, rest: str, body: dict[str, Any], header_spec: str | None) -> Plan:
-        """``/gemini/v1beta/models/{model}:{generateContent,streamGenerateContent}``."""
+        """``/gemini/v1beta/models/{model}:{generateContent,streamGenerateContent,
+        batchEmbedContents}``."""
         prefix = "/v1beta/models/"
         if not rest.startswith(prefix) or ":" not in rest:
             return Plan(self._error("gemini", "400", Knobs(), detail=f"unknown path {rest}"))
@@ -268,6 +269,8 @@ class Simulator:
             return self._chat("gemini", gemini.parse(model, knobs, body, stream=False))
         if operation == "streamGenerateContent":
             return self._chat("gemini", gemini.parse(model, knobs, body, stream=True))
+        if operation == "batchEmbedContents":
+            return self._simple("gemini", knobs, lambda: gemini.embed_reply(model, knobs, body))
         return Plan(self._error("gemini", "400", Knobs(), detail=f"unknown method {operation}"))
 
     def _route_bedrock(self, rest: str, body: dict[str, Any], header_spec: str | None) -> Plan:

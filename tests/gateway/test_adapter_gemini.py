@@ -10,6 +10,7 @@ from gateway.providers.adapters import get_adapter
 from gateway.providers.gemini import GeminiStreamDecoder, request_to_wire, response_from_wire
 from gateway.providers.types import (
     ChatRequest,
+    EmbeddingRequest,
     ErrorKind,
     Message,
     ProviderError,
@@ -153,3 +154,45 @@ def test_tool_choice_none_is_mode_none() -> None:
     body = request_to_wire(request)
     assert body["tools"][0]["functionDeclarations"][0]["name"] == "get_weather"
     assert body["toolConfig"] == {"functionCallingConfig": {"mode": "NONE"}}
+
+
+def test_embedding_request_is_googles_batch_embed_contents() -> None:
+    ep = EndpointFactory(kind="gemini", url="https://g.example", model="gemini-embedding-001")
+    url, headers, body = get_adapter("gemini").build_embedding(
+        ep, EmbeddingRequest(input=["alpha", "beta"], dimensions=768)
+    )
+    assert url == "https://g.example/gemini/v1beta/models/gemini-embedding-001:batchEmbedContents"
+    assert headers["x-goog-api-key"] == "sim-test-key"
+    part = {"model": "models/gemini-embedding-001", "outputDimensionality": 768}
+    assert orjson.loads(body) == {
+        "requests": [
+            {**part, "content": {"parts": [{"text": "alpha"}]}},
+            {**part, "content": {"parts": [{"text": "beta"}]}},
+        ]
+    }
+
+
+def test_token_array_input_is_unsupported_not_a_bad_request() -> None:
+    ep = EndpointFactory(kind="gemini", model="gemini-embedding-001")
+    with pytest.raises(ProviderError) as info:
+        get_adapter("gemini").build_embedding(ep, EmbeddingRequest(input=[[1, 2, 3]]))
+    assert info.value.kind is ErrorKind.UNSUPPORTED  # another model may take token arrays
+
+
+@pytest.mark.usefixtures("close_clients")
+async def test_embeddings_against_the_simulator(simulator_url: str) -> None:
+    adapter = get_adapter("gemini")
+    ep = EndpointFactory(kind="gemini", url=simulator_url, model="gemini-embedding-001")
+    response = await adapter.embed(ep, EmbeddingRequest(input=["hello", "world"], dimensions=32))
+    assert [e.index for e in response.data] == [0, 1]
+    assert all(len(e.vector) == 32 for e in response.data)
+    assert response.usage.prompt_tokens == 0  # Gemini counts none: the pipeline estimates
+    # 250 inputs: three calls of at most 100 (Google's limit), joined in order
+    texts = [f"text {i}" for i in range(250)]
+    many = await adapter.embed(ep, EmbeddingRequest(input=texts, dimensions=8))
+    assert [e.index for e in many.data] == list(range(250))
+    single = await adapter.embed(ep, EmbeddingRequest(input=["text 217"], dimensions=8))
+    assert many.data[217].vector == single.data[0].vector
+    with pytest.raises(ProviderError) as info:  # past the model's 3,072 dimensions
+        await adapter.embed(ep, EmbeddingRequest(input=["x"], dimensions=4000))
+    assert info.value.kind is ErrorKind.BAD_REQUEST

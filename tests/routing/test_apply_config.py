@@ -439,3 +439,25 @@ def test_the_models_the_docs_examples_name_have_no_deprecation_date_and_a_demo_d
         model = snapshot.models[model_id]
         assert model.deprecation_date is None, model_id
         assert snapshot.deployments_for(model_id), model_id
+
+
+def test_a_models_vector_size_is_set_in_the_operator_file(tmp_path):
+    _base_catalog()
+    text = """version = 1
+[[providers]]
+slug = "selfhosted"
+name = "Our vLLM"
+kind = "openai"
+base_url = "http://10.0.0.5:8000/v1"
+
+[[models]]
+id = "selfhosted/bge-m3"
+mode = "embedding"
+output_vector_size = 1024
+price = { input_per_token = "0", output_per_token = "0" }
+"""
+    config_apply_file(_write(tmp_path, text), environ=ENV)
+    model = Model.objects.get(canonical_id="selfhosted/bge-m3")
+    assert (model.mode, model.output_vector_size) == ("embedding", 1024)
+    with pytest.raises(ConfigFileError, match=r"models\[0\]\.output_vector_size"):
+        config_apply_file(_write(tmp_path, text.replace("1024", "0"), "bad.toml"), environ=ENV)

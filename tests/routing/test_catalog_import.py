@@ -322,3 +322,29 @@ def test_derive_quality_tier(name, output_per_million, tier):
     ).encode()
     (entry,) = catalog_parse(raw, today=NOW.date()).entries
     assert derive_quality_tier(entry) == tier
+
+
+def test_an_embedding_models_vector_size_is_imported():
+    raw = json.dumps(
+        {
+            "text-embedding-3-small": {
+                "litellm_provider": "openai",
+                "mode": "embedding",
+                "input_cost_per_token": 2e-08,
+                "output_cost_per_token": 0.0,
+                "output_vector_size": 1536,
+            },
+            "gpt-x": {
+                "litellm_provider": "openai",
+                "mode": "chat",
+                "input_cost_per_token": 1e-06,
+                "output_cost_per_token": 2e-06,
+                "output_vector_size": 99,  # meaningless on a chat model: not kept
+            },
+        }
+    ).encode()
+    entries = {e.provider_model_name: e for e in catalog_parse(raw, today=NOW.date()).entries}
+    assert entries["text-embedding-3-small"].output_vector_size == 1536
+    assert entries["gpt-x"].output_vector_size is None
+    with pytest.raises(CatalogFormatError, match=r"output_vector_size: expected a whole number"):
+        catalog_parse(raw.replace(b"1536", b"-3"), today=NOW.date())
