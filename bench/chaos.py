@@ -31,6 +31,10 @@ Scenarios (``--only`` takes these names):
   the weights (Pearson's chi-square goodness of fit, p >= 0.001); a deployment at
   ``rpm_limit`` 40 beside an unlimited one: exactly 40 of 160 requests in a minute on it,
   across both workers.
+- ``failoverbench``: the 16 numbered fault scenarios (S1-S16, listed in docs/failover.md) end to
+  end through a second gateway (2 workers) on the shipped defaults: no timeout or breaker
+  setting changed. Targets: 16/16 pass; a flapping primary's traffic back within the
+  cool-down + 1 s; with the primary hung, the fallback's answer within the TTFT deadline + 1 s.
 - ``key-guessing``: many wrong keys from one address: is it rate limited?
 - ``logs``: the gateway's log lines (INFO) hold no key, credential, prompt or completion text.
 
@@ -53,6 +57,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +76,7 @@ SCENARIOS = (
     "provider-faults",
     "flapping",
     "load-spread",
+    "failoverbench",
     "key-guessing",
     "logs",
 )
@@ -574,6 +580,163 @@ async def load_spread(stack: Stack) -> Outcome:
     return out
 
 
+# Settings bench/chaos.py shortens for its own stack; failoverbench runs without them.
+SHORTENED = ("ROUTING_TTFT_TIMEOUT_S", "ROUTING_STALL_TIMEOUT_S", "PROVIDER_CONNECT_TIMEOUT",
+             "ROUTING_ATTEMPT_TIMEOUT_S")  # fmt: skip
+DEFAULT_TTFT_S = 20.0  # megarouter/settings.py ROUTING_TTFT_TIMEOUT_S
+DEFAULT_COOLDOWN_S = 10.0  # ROUTING_BREAKER_COOLDOWN_S
+
+
+def _verdict(reply: h.Reply) -> str:
+    """How a stream ended: complete, an error event without [DONE], or truncated."""
+    if reply.status != 200:
+        return f"http {reply.status}"
+    done, error = b"[DONE]" in reply.body, b'"error"' in reply.body
+    if done and not error:
+        return "complete"
+    return "error event" if error and not done else "TRUNCATED"
+
+
+async def failoverbench(stack: Stack) -> Outcome:
+    """S1-S16 on the defaults: each scenario's model (bench/seed.py FAILOVERBENCH) called
+    through a gateway whose environment sets no timeout, retry or breaker knob."""
+    from bench.seed import BACKUP_TOKENS, FALLBACK_TOKENS, FB_FLAP_S, PRIMARY_TOKENS
+
+    out = Outcome("failoverbench")
+    env = {k: v for k, v in stack.server_env.items() if k not in SHORTENED}
+    port = h.free_port()
+    log = stack.log.with_name(stack.log.name.replace("-gateway", "-defaults-gateway"))
+    gateway = h.gateway_service(port, env, 2, log).start()
+    stack.started.append(gateway)
+    auth = {"Authorization": f"Bearer {stack.key}"}
+    results: dict[str, tuple[bool, str]] = {}
+
+    async def post(body: dict[str, Any], *, stream: bool = False) -> h.Reply:
+        conn = h.Connection(port, auth)
+        try:
+            return await asyncio.wait_for(
+                conn.post("/v1/chat/completions", orjson.dumps(body), stream=stream), 200
+            )
+        finally:
+            await conn.close()
+
+    def body(model: str, *, stream: bool = False, **extra: Any) -> dict[str, Any]:
+        messages = [{"role": "user", "content": "Say hello in five words"}]
+        return {"model": f"benchsim/{model}", "max_tokens": 16, "messages": messages,
+                "stream": stream, **extra}  # fmt: skip
+
+    def tokens(reply: h.Reply) -> int | None:
+        return (
+            orjson.loads(reply.body)["usage"]["completion_tokens"] if reply.status == 200 else None
+        )
+
+    def scenario(number: int, name: str, ok: bool, figure: str) -> None:
+        results[f"S{number} {name}"] = (ok, figure)
+
+    # S1 500 once: the answer comes (from the backup, or the primary on its retry)
+    r = await post(body("fb-s1"))
+    scenario(1, "500 once", r.status == 200, f"{r.status}, {r.elapsed_ms:.0f} ms")
+    # S2 persistent 503: every request served by the backup; the breaker then skips the primary
+    replies = [await post(body("fb-s2")) for _ in range(10)]
+    served = sum(1 for x in replies if tokens(x) == BACKUP_TOKENS)
+    calls = [x.headers.get("x-megarouter-attempts") for x in replies]
+    scenario(2, "persistent 503 + breaker", served == 10 and calls[-1] == "1",
+             f"{served}/10 by the backup; attempts {','.join(map(str, calls))}")  # fmt: skip
+    # S3 429 with Retry-After 1 s: the backup answers at once, nothing waited
+    r = await post(body("fb-s3"))
+    ok = tokens(r) == BACKUP_TOKENS and r.elapsed_ms < 1000
+    scenario(3, "429 with Retry-After", ok, f"{r.status}, {r.elapsed_ms:.0f} ms")
+    # S4 persistent 429 everywhere (Retry-After 30 s): the client gets a 429 with Retry-After
+    r = await post(body("fb-s4"))
+    ok = r.status == 429 and "retry-after" in r.headers
+    scenario(4, "persistent 429", ok, f"{r.status}, retry-after {r.headers.get('retry-after')}")
+    # S5 connection reset before headers
+    r = await post(body("fb-s5"))
+    scenario(
+        5, "reset before headers", tokens(r) == BACKUP_TOKENS, f"{r.status}, {r.elapsed_ms:.0f} ms"
+    )
+    # S6 hung primary, non-streaming: the backup's answer, and how long it took
+    r = await post(body("fb-s6"))
+    hang_ms = r.elapsed_ms
+    scenario(
+        6, "hung primary (non-stream)", tokens(r) == BACKUP_TOKENS, f"{r.status}, {hang_ms:.0f} ms"
+    )
+    # S7 slow first token (40 s) and S8 stall before the first content (only the role chunk)
+    for number, name, model in ((7, "slow first token", "fb-s7"),
+                                (8, "stall before first content", "fb-s8")):  # fmt: skip
+        r = await post(body(model, stream=True), stream=True)
+        first = r.first_content_ms or 0
+        ok = _verdict(r) == "complete" and len(r.content_times) == BACKUP_TOKENS
+        ok = ok and first <= (DEFAULT_TTFT_S + 1) * 1000
+        scenario(number, name, ok, f"{_verdict(r)}, first content at {first:.0f} ms")
+    # S9 stream cut after 3 events: no failover once content went out, an error event
+    r = await post(body("fb-s9", stream=True), stream=True)
+    scenario(9, "stream cut", _verdict(r) == "error event", _verdict(r))
+    # S10 malformed SSE before content: failover, the backup's complete stream
+    r = await post(body("fb-s10", stream=True), stream=True)
+    ok = _verdict(r) == "complete" and len(r.content_times) == BACKUP_TOKENS
+    scenario(10, "malformed SSE", ok, f"{_verdict(r)}, {len(r.content_times)} events")
+    # S11 missing [DONE]: never a silent success
+    r = await post(body("fb-s11", stream=True), stream=True)
+    scenario(11, "missing [DONE]", _verdict(r) == "error event", _verdict(r))
+    # S12 context length: the provider's context error moves to the larger-context fallback
+    r = await post(body("fb-s12", megarouter={"fallbacks": ["benchsim/fb-s12-large"]}))
+    scenario(12, "context length", tokens(r) == FALLBACK_TOKENS,
+             f"{r.status}, model {r.headers.get('x-megarouter-model')}")  # fmt: skip
+    # S13 content filter: an answer with finish_reason content_filter, no failover
+    r = await post(body("fb-s13"))
+    finish = orjson.loads(r.body)["choices"][0]["finish_reason"] if r.status == 200 else None
+    ok = finish == "content_filter" and r.headers.get("x-megarouter-attempts") == "1"
+    scenario(13, "content filter", ok, f"{r.status}, finish_reason {finish}")
+    # S14 the fallback rejects an assistant prefill: the next model answers
+    prefill = body("fb-s14", megarouter={"fallbacks": ["benchsim/fb-s14-noprefill",
+                                                       "benchsim/fb-s14-last"]})  # fmt: skip
+    prefill["messages"].append({"role": "assistant", "content": "Hello"})
+    r = await post(prefill)
+    scenario(14, "fallback rejects a prefill", tokens(r) == FALLBACK_TOKENS,
+             f"{r.status}, model {r.headers.get('x-megarouter-model')}")  # fmt: skip
+    # S15 flapping primary (503 for FB_FLAP_S s): all served, back within the cool-down + 1 s
+    started = time.monotonic()
+    flap: list[tuple[float, int, int | None]] = []
+    while time.monotonic() - started < FB_FLAP_S + DEFAULT_COOLDOWN_S + 4:
+        r = await post(body("fb-s15"))
+        flap.append((time.monotonic() - started, r.status, tokens(r)))
+        await asyncio.sleep(0.1)
+    back = next((t for t, _, n in flap if n == PRIMARY_TOKENS and t >= FB_FLAP_S), None)
+    recovery = None if back is None else back - FB_FLAP_S
+    ok = all(status == 200 for _, status, _ in flap) and recovery is not None
+    ok = ok and recovery <= DEFAULT_COOLDOWN_S + 1
+    back_s = None if recovery is None else round(recovery, 2)
+    answered = sum(1 for _, status, _ in flap if status == 200)
+    figure = f"{answered}/{len(flap)} served, back on the primary {back_s} s after it recovered"
+    scenario(15, "primary flapping", ok, figure)
+    # S16 fallback accounting: the usage record names the backup and costs the header's amount
+    r = await post(body("fb-s16"))
+    usage_id, cost = r.headers.get("x-megarouter-usage-id"), r.headers.get("x-megarouter-cost-usd")
+    record = None
+    for _ in range(60):
+        record = stack.usage()["costs"].get(usage_id)
+        if record:
+            break
+        await asyncio.sleep(0.5)
+    ok = record is not None and record[1] == "benchsim-fb-s16-1"
+    ok = ok and cost is not None and Decimal(record[0]) == Decimal(cost)
+    scenario(16, "fallback accounting", ok, f"header {cost}, record {record}")
+
+    for name, (ok, figure) in results.items():
+        out.figures[name] = ("pass: " if ok else "FAIL: ") + figure
+        out.check(ok, f"{name} failed")
+    passed = sum(1 for ok, _ in results.values() if ok)
+    out.figures["passed"] = f"{passed}/{len(results)}"
+    out.figures["hung primary: fallback answer (s)"] = round(hang_ms / 1000, 2)
+    out.check(
+        hang_ms <= (DEFAULT_TTFT_S + 1) * 1000,
+        f"hung primary: the fallback answered after {hang_ms / 1000:.1f} s, not within the "
+        f"TTFT deadline + 1 s ({DEFAULT_TTFT_S + 1:.0f} s)",
+    )
+    return out
+
+
 async def key_guessing(stack: Stack) -> Outcome:
     out = Outcome("key-guessing")
     conn = h.Connection(stack.port)
@@ -650,6 +813,7 @@ RUNNERS = {
     "provider-faults": provider_faults,
     "flapping": flapping,
     "load-spread": load_spread,
+    "failoverbench": failoverbench,
     "key-guessing": key_guessing,
     "logs": logs,
 }

@@ -20,6 +20,7 @@ model name, docs/simulator.md):
 | chaos-flap | primary 503 for ``FLAP_S`` after its first request, then healthy | recovery |
 | chaos-spread | three deployments, weights 1 / 2 / 7 (answers of 3 / 4 / 5 tokens) | load spread |
 | chaos-rpm | one at ``SPREAD_RPM`` requests a minute (weight 9), one unlimited (weight 1) | RPM |
+| fb-s<N>[-...] | ``FAILOVERBENCH``: each scenario's faulty primary, its backups | failoverbench |
 
 When the billing app offers budgets (``billing.services.budget_create``), budgets are created
 at the organization, member and key layers (limits far above what a run spends) and the
@@ -50,6 +51,35 @@ FLAP_S = 12  # chaos-flap: the primary answers 503 for this long after its first
 FLAP_BACKUP_TOKENS = 7  # ... and its backup answers this many tokens (which one served)
 SPREAD = {1: 3, 2: 4, 7: 5}  # chaos-spread: weight -> the answer's tokens (who served)
 SPREAD_RPM = 40  # chaos-rpm: the limited deployment's rpm_limit
+# failoverbench (bench/chaos.py failoverbench): model -> its deployments' upstreams (priority
+# in order) and model fields. A primary answers PRIMARY_TOKENS, a backup deployment
+# BACKUP_TOKENS, a fallback model FALLBACK_TOKENS: the answer's length says who served. "{id}"
+# becomes a per-run fault id (times / for_s count from this run's first request).
+PRIMARY_TOKENS, BACKUP_TOKENS, FALLBACK_TOKENS = 5, 9, 11
+FB_FLAP_S = 5  # S15: the primary's 503 window
+_OK = f"gpt-4o-mini~tokens={PRIMARY_TOKENS}"
+_BACKUP = f"gpt-4o-mini~tokens={BACKUP_TOKENS}"
+FAILOVERBENCH: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "fb-s1": ((f"{_OK}~fault=500~times=1~id={{id}}", _BACKUP), {}),
+    "fb-s2": ((f"{_OK}~fault=503", _BACKUP), {}),
+    "fb-s3": ((f"{_OK}~fault=429~retry_after=1", _BACKUP), {}),
+    "fb-s4": (("gpt-4o-mini~fault=429~retry_after=30", "gpt-4o-mini~fault=429~retry_after=30"), {}),
+    "fb-s5": ((f"{_OK}~fault=reset", _BACKUP), {}),
+    "fb-s6": ((f"{_OK}~fault=hang", _BACKUP), {}),
+    "fb-s7": ((f"{_OK}~ttft_ms=40000", _BACKUP), {}),
+    "fb-s8": ((f"{_OK}~fault=stall~after=0~stall_ms=40000", _BACKUP), {}),
+    "fb-s9": (("gpt-4o-mini~fault=cut~after=3~tokens=16", _BACKUP), {}),
+    "fb-s10": ((f"{_OK}~fault=malformed~after=0", _BACKUP), {}),
+    "fb-s11": (("gpt-4o-mini~fault=no_done~tokens=6",), {}),
+    "fb-s12": ((f"{_OK}~fault=context", f"{_OK}~fault=context"), {"context_window": 8192}),
+    "fb-s12-large": ((f"gpt-4o-mini~tokens={FALLBACK_TOKENS}",), {"context_window": 200000}),
+    "fb-s13": (("gpt-4o-mini~fault=filter",), {}),
+    "fb-s14": ((f"{_OK}~fault=503",), {}),
+    "fb-s14-noprefill": ((f"{_BACKUP}~fault=no_prefill", f"{_BACKUP}~fault=no_prefill"), {}),
+    "fb-s14-last": ((f"gpt-4o-mini~tokens={FALLBACK_TOKENS}",), {}),
+    "fb-s15": ((f"{_OK}~fault=503~for_s={FB_FLAP_S}~id={{id}}", _BACKUP), {}),
+    "fb-s16": ((f"{_OK}~fault=503", _BACKUP), {}),
+}
 CREDENTIAL_SECRET = "sk-bench-credential-canary-7f3a"  # noqa: S105 (a canary, checked in logs)
 
 
@@ -165,6 +195,9 @@ def seed(simulator_url: str, run_id: str) -> dict[str, Any]:
         f"gpt-4o-mini~tokens={FLAP_BACKUP_TOKENS}",
     )
 
+    for name, (upstreams, fields) in FAILOVERBENCH.items():
+        sim.model(name, *(u.format(id=f"{name}-{run_id}") for u in upstreams), **fields)
+
     # load-spread: one priority, weights 1 / 2 / 7, each deployment told apart by its answer
     # length; chaos-rpm: a limited deployment (weight 9, SPREAD_RPM a minute) and a backup
     sim.model(
@@ -220,7 +253,21 @@ def usage(organization_id: int) -> dict[str, Any]:
             "request_id", flat=True
         )
     )
-    return {"available": True, "records": records, "events": events}
+    # request id -> [cost, deployment]: a pending event's (its record-to-be's data), then the
+    # posted record's
+    costs = {
+        request_id: [str(cost), (data or {}).get("deployment", "")]
+        for request_id, cost, data in UsageEvent.objects.filter(
+            organization_id=organization_id
+        ).values_list("request_id", "cost", "data")
+    }
+    costs.update(
+        (request_id, [str(cost), deployment])
+        for request_id, cost, deployment in UsageRecord.objects.filter(
+            organization_id=organization_id
+        ).values_list("request_id", "cost", "deployment")
+    )
+    return {"available": True, "records": records, "events": events, "costs": costs}
 
 
 def main(argv: list[str]) -> int:
