@@ -13,6 +13,7 @@ character counts of the prompt estimate.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -320,17 +321,19 @@ def _completion(ctx: CallContext, request: ChatRequest) -> Callable[..., Awaitab
     asked = request.max_tokens
 
     def call(candidate: RouteCandidate, endpoint: Any, timeouts: Timeouts) -> Any:
-        request.model = endpoint.model
-        request.max_tokens = _output_limit(ctx, candidate, asked)
-        return get_adapter(endpoint.kind).complete(endpoint, request, timeouts=timeouts)
+        # a copy per attempt: a hedge runs beside the attempt it hedges (routing.failover)
+        own = dataclasses.replace(
+            request, model=endpoint.model, max_tokens=_output_limit(ctx, candidate, asked)
+        )
+        return get_adapter(endpoint.kind).complete(endpoint, own, timeouts=timeouts)
 
     return call
 
 
 def _embedding(request: EmbeddingRequest) -> Callable[..., Awaitable[EmbeddingResponse]]:
     def call(candidate: RouteCandidate, endpoint: Any, timeouts: Timeouts) -> Any:
-        request.model = endpoint.model
-        return get_adapter(endpoint.kind).embed(endpoint, request, timeouts=timeouts)
+        own = dataclasses.replace(request, model=endpoint.model)  # a copy per attempt
+        return get_adapter(endpoint.kind).embed(endpoint, own, timeouts=timeouts)
 
     return call
 

@@ -15,14 +15,16 @@ Rules:
   exponential back-off with jitter, or after its ``Retry-After``) when no other usable
   candidate remains and the failure is transient (429, 5xx, connection, protocol; a Retry-After
   of at most ``retry_after_max_s``), or when the provider asked for a short wait
-  (<= ``max_retry_wait_s``) and the next candidate is another model. Timeouts are not retried
+  (<= ``max_retry_wait_s``) and the next candidate is another model (once). Timeouts are not retried
   in place; no wait goes past the request's deadline;
 - a deployment at its RPM / TPM limit (``routing.ratelimit``) is passed over without a call;
 - ``context_length`` moves on to the next candidate with a larger context window;
   ``unsupported`` (a 400 about the model, such as a refused assistant prefill) to the next
   candidate of another model;
 - other non-retriable failures (bad request, content filter) stop at once;
-- attempts and total time are bounded (``max_attempts``, ``max_total_s``).
+- attempts and total time are bounded (``max_attempts``, ``max_total_s``);
+- a non-streaming attempt still unanswered at its time to first content is hedged: the next
+  usable candidate starts beside it and the first answer wins (``_call``).
 
 Every outcome feeds the shared health store (live stats and breakers).
 """
@@ -30,9 +32,10 @@ Every outcome feeds the shared health store (live stats and breakers).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -376,6 +379,86 @@ def _fallback_left(state: _LoopState) -> bool:
     return any(_usable(c, state) is None for c in state.candidates[state.index + 1 :])
 
 
+@dataclass(slots=True)
+class _Running:
+    """One attempt: its coroutine (bounded by its own deadline), run in place or as a task
+    when it may be hedged."""
+
+    candidate: CandidateLike
+    coro: Coroutine[Any, Any, Any]
+    t0: float
+    trial: bool  # a half-open breaker's trial request
+    task: asyncio.Task[Any] | None = None
+
+    def cancel(self) -> None:
+        if self.task is None:
+            self.coro.close()  # never started (a cancellation before the first await)
+        else:
+            self.task.cancel()
+
+
+def _start(
+    state: _LoopState,
+    candidate: CandidateLike,
+    attempt: Callable[[Any, AttemptBudget], Awaitable[T]],
+) -> _Running:
+    """Make one attempt at ``candidate`` within its budget (counts as a call)."""
+    state.calls += 1
+    budget, deadline = _budget(state, candidate)
+    stats = state.store.view(candidate.deployment_id)
+    trial = stats is not None and stats.state != CLOSED
+    state.store.started(candidate.deployment_id)
+
+    async def bounded() -> T:
+        async with asyncio.timeout_at(deadline):
+            return await attempt(candidate, budget)
+
+    return _Running(candidate, bounded(), time.perf_counter(), trial)
+
+
+async def _outcome(run: _Running) -> tuple[Any, Exception | None]:
+    """The attempt's value, or its failure (awaited in place, or its finished task). An
+    exception without ``kind`` is a bug and propagates."""
+    try:
+        return await (run.task if run.task is not None else run.coro), None
+    except TimeoutError:
+        return None, _Timeout("the attempt ran out of time")
+    except Exception as error:
+        if getattr(error, "kind", None) is None:
+            raise
+        return None, error
+
+
+def _hedge_after(state: _LoopState, candidate: CandidateLike, streaming: bool) -> float | None:
+    """When to start a hedge beside a non-streaming attempt that has not answered: after its
+    time to first content (a non-streaming answer's first content comes with the whole
+    answer), while another candidate could be called. None: no hedge."""
+    if streaming or not _fallback_left(state):
+        return None
+    budget, _ = _budget(state, candidate)
+    after = budget.ttft_timeout_s
+    return after if after < budget.attempt_timeout_s else None
+
+
+async def _hedge(
+    state: _LoopState, attempt: Callable[[Any, AttemptBudget], Awaitable[T]]
+) -> _Running | None:
+    """Start the next usable candidate beside the one in flight (passing over and recording
+    the ones that are not to be called, as the loop does), or None when there is none."""
+    config, loop = state.config, state.loop
+    state.index += 1
+    while state.index < len(state.candidates):
+        if state.calls >= config.max_attempts or loop.time() >= state.deadline:
+            return None
+        candidate = state.candidates[state.index]
+        if _skipped(state, candidate) or await _over_limit(state, candidate):
+            continue
+        run = _start(state, candidate, attempt)
+        run.task = asyncio.ensure_future(run.coro)
+        return run
+    return None
+
+
 async def _call(
     state: _LoopState,
     candidate: CandidateLike,
@@ -384,32 +467,76 @@ async def _call(
     streaming: bool,
 ) -> FailoverResult[T] | None:
     """One attempt at ``candidate``: the answer, or None once the failure is recorded and the
-    loop moved on. An exception without ``kind`` is a bug and propagates."""
-    state.calls += 1
-    budget, attempt_deadline = _budget(state, candidate)
-    store = state.store
-    deployment_id = candidate.deployment_id
-    stats = store.view(deployment_id)
-    trial = stats is not None and stats.state != CLOSED
-    store.started(deployment_id)
-    t0 = time.perf_counter()
+    loop moved on. A non-streaming attempt that has not answered by its time to first content
+    is hedged: the next usable candidate starts beside it, the first answer wins and the
+    other is cancelled (one hedge per request). An attempt that cannot be hedged is awaited in
+    place (no task). An exception without ``kind`` is a bug and propagates."""
+    first = _start(state, candidate, attempt)
+    running = [first]
     try:
-        async with asyncio.timeout_at(attempt_deadline):
-            value = await attempt(candidate, budget)
-    except TimeoutError:
-        exc: Exception = _Timeout("the attempt ran out of time")
-    except Exception as error:
-        if getattr(error, "kind", None) is None:
-            store.finished(deployment_id)
-            raise
-        exc = error
-    except BaseException:
-        store.finished(deployment_id)
-        raise
-    else:
-        return _answered(state, candidate, value, t0, trial=trial, streaming=streaming)
-    await _failed(state, candidate, exc, t0)
-    return None
+        hedge_after = _hedge_after(state, candidate, streaming)
+        hedged = False
+        if hedge_after is not None:
+            first.task = asyncio.ensure_future(first.coro)
+            done, _ = await asyncio.wait({first.task}, timeout=hedge_after)
+            if not done:
+                hedged = True
+                hedge = await _hedge(state, attempt)
+                if hedge is not None:
+                    running.append(hedge)
+        hedge_index = state.index
+        while running:
+            if len(running) == 1:
+                finished = running
+            else:
+                tasks = {r.task for r in running}
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                finished = [r for r in running if r.task in done]
+            for run in list(finished):
+                value, exc = await _outcome(run)
+                running.remove(run)
+                if exc is None:
+                    await _cancel_losers(state, running, winner=run)
+                    return _answered(
+                        state, run.candidate, value, run.t0, trial=run.trial, streaming=streaming
+                    )
+                if not hedged:
+                    await _failed(state, run.candidate, exc, run.t0)
+                    return None
+                # hedged: record it; a failure that ends the request ends the other one too
+                kind = _record_failure(state, run.candidate, exc, run.t0)
+                if kind not in ("context_length", "unsupported") and not getattr(
+                    exc, "retriable", False
+                ):
+                    raise FailoverExhausted(state.attempts, state.last, stopped=True) from exc
+        state.index = max(state.index, hedge_index + 1)  # both failed: past the hedge
+        return None
+    finally:
+        # cancelled with the request, a bug, or after a failure that stops the request
+        for run in running:
+            run.cancel()
+            state.store.finished(run.candidate.deployment_id)
+
+
+async def _cancel_losers(state: _LoopState, losers: list[_Running], *, winner: _Running) -> None:
+    """Cancel the attempts still in flight once ``winner`` answered. One that started before
+    the winner and is still slower than it (the attempt that was hedged around) counts as a
+    timeout for its deployment's health; a hedge that lost is only recorded."""
+    now = time.perf_counter()
+    for run in losers:
+        run.cancel()
+        if run.task is not None:  # a loser always runs as a task
+            with contextlib.suppress(BaseException):
+                await run.task
+        deployment_id = run.candidate.deployment_id
+        state.store.finished(deployment_id)
+        elapsed = now - run.t0
+        slower = run.t0 < winner.t0
+        outcome = "timeout" if slower else "hedge_cancelled"
+        state.attempts.append(AttemptRecord.of(run.candidate, outcome, elapsed_ms=elapsed * 1000))
+        if slower:
+            state.store.record(deployment_id, ok=False, urgent=True)
+    losers.clear()
 
 
 def _answered(
@@ -447,10 +574,9 @@ def _answered(
     )
 
 
-async def _failed(state: _LoopState, candidate: CandidateLike, exc: Exception, t0: float) -> None:
-    """Record the failure, then move the loop: past ``candidate`` (to a larger context window
-    after ``context_length``), or back to it once after a short wait (``_retry_wait``). Raises
-    FailoverExhausted when the failure is not retriable."""
+def _record_failure(state: _LoopState, candidate: CandidateLike, exc: Exception, t0: float) -> str:
+    """Record a failed attempt (its trail entry, its deployment's health, what it says about
+    the candidates after it) and return its kind."""
     elapsed = time.perf_counter() - t0
     kind = _kind(exc)
     retry_after = getattr(exc, "retry_after", None)
@@ -472,10 +598,19 @@ async def _failed(state: _LoopState, candidate: CandidateLike, exc: Exception, t
         window = candidate.context_window or 0
         state.context_floor = max(state.context_floor or 0, window)
         state.failed_model = candidate.model_id
-        state.index += 1
-        return
-    if kind == "unsupported":
+    elif kind == "unsupported":
         state.unsupported.add(candidate.model_id)
+    return kind
+
+
+async def _failed(state: _LoopState, candidate: CandidateLike, exc: Exception, t0: float) -> None:
+    """Record the failure, then move the loop: past ``candidate`` (to a larger context window
+    after ``context_length``, to another model after ``unsupported``), or back to it once after
+    a short wait (``_retry_wait``). Raises FailoverExhausted when the failure is not
+    retriable."""
+    kind = _record_failure(state, candidate, exc, t0)
+    retry_after = getattr(exc, "retry_after", None)
+    if kind in ("context_length", "unsupported"):
         state.index += 1
         return
     if not getattr(exc, "retriable", False):
@@ -498,7 +633,7 @@ def _retry_wait(
     to move on. With no usable candidate left, a transient failure is retried after an
     exponential back-off with jitter, or after the provider's ``Retry-After`` when that is at
     most ``retry_after_max_s``; when the next candidate is another model, a short Retry-After
-    (<= ``max_retry_wait_s``) is waited out rather than falling back. Never past the request's
+    (<= ``max_retry_wait_s``) is waited out once rather than falling back. Never past the request's
     deadline. No I/O."""
     config = state.config
     done = state.retried.get(state.index, 0)
@@ -512,8 +647,8 @@ def _retry_wait(
     )
     if following is None:
         limit = config.retry_after_max_s
-    elif retry_after is not None and following.model_id != candidate.model_id:
-        limit = config.max_retry_wait_s  # waiting a moment beats another model
+    elif retry_after is not None and following.model_id != candidate.model_id and not done:
+        limit = config.max_retry_wait_s  # waiting a moment (once) beats another model
     else:
         return None
     if retry_after is not None and retry_after > limit:

@@ -6,11 +6,14 @@ the defaults' (docs/failover.md, "Deadlines")."""
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 
 import httpx
 import orjson
 import pytest
 from django.test import override_settings
+
+from tests.gateway import factories as f
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +84,18 @@ def test_a_hung_primary_leaves_room_for_the_fallback_whatever_the_settings(clien
     assert response.status_code == 200, response.text
     assert response.headers["x-megarouter-attempts"] == "2"
     assert 0.6 <= elapsed < 1.2 + 0.5
+
+
+def test_a_hung_non_streaming_primary_is_hedged_at_the_time_to_first_content(client, models):
+    """The defaults' attempt timeout (120 s) is left as it is: the backup starts beside the
+    hung primary at the TTFT deadline and its answer is the one relayed and charged."""
+    with override_settings(ROUTING_TTFT_TIMEOUT_S=0.5):
+        started = time.monotonic()
+        response = client.post("/v1/chat/completions", json=chat(models["gpt-hung-first"]))
+        elapsed = time.monotonic() - started
+    assert response.status_code == 200, response.text
+    assert 0.5 <= elapsed < 0.5 + 1.0  # the TTFT deadline + 1 s, not the attempt timeout
+    assert response.headers["x-megarouter-attempts"] == "2"
+    usage = response.json()["usage"]
+    cost = usage["prompt_tokens"] * f.PRICE_IN + usage["completion_tokens"] * f.PRICE_OUT
+    assert Decimal(response.headers["x-megarouter-cost-usd"]) == cost

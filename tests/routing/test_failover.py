@@ -164,6 +164,74 @@ async def test_no_response_at_all_times_out_and_fails_over(simulator_url, store)
     assert 0.5 <= time.perf_counter() - started < 1.5  # the 0.5 s attempt timeout
 
 
+HEDGED = replace(FAST, ttft_timeout_s=0.3, attempt_timeout_s=5.0)
+
+
+async def test_a_hung_non_streaming_primary_is_hedged_after_its_time_to_first_content(
+    simulator_url, store
+):
+    fid = fault_id()
+    primary = candidate(simulator_url, 1, f"gpt-a~fault=hang~id={fid}")
+    backup = candidate(simulator_url, 2, "gpt-b~tokens=7", provider="sim-b")
+    started = time.perf_counter()
+    result = await run_with_failover(
+        [primary, backup], complete_attempt(chat()), config=HEDGED, store=store
+    )
+    elapsed = time.perf_counter() - started
+    # the backup started at 0.3 s (the TTFT deadline) beside the primary, not after its 5 s
+    assert 0.3 <= elapsed < 1.0
+    assert result.candidate is backup and result.value.usage.completion_tokens == 7
+    assert outcomes(result) == ["timeout", "ok"]  # the primary, cancelled, counts as too slow
+    assert store.view(primary.deployment_id).consecutive_failures == 1
+    assert store.view(primary.deployment_id).in_flight == 0
+
+
+async def test_a_slow_primary_that_answers_first_wins_over_its_hedge(simulator_url, store):
+    primary = candidate(simulator_url, 1, "gpt-a~ttft_ms=700~tokens=3")
+    backup = candidate(simulator_url, 2, "gpt-b~ttft_ms=3000", provider="sim-b")
+    started = time.perf_counter()
+    result = await run_with_failover(
+        [primary, backup], complete_attempt(chat()), config=HEDGED, store=store
+    )
+    assert 0.7 <= time.perf_counter() - started < 1.5  # not the hedge's 3 s
+    assert result.candidate is primary
+    # the hedge started at 0.3 s and lost: cancelled, no mark against its deployment
+    assert outcomes(result) == ["hedge_cancelled", "ok"]
+    backup_stats = store.view(backup.deployment_id)
+    assert backup_stats is None or backup_stats.consecutive_failures == 0
+    assert backup_stats is None or backup_stats.in_flight == 0
+
+
+async def test_a_hedge_is_not_started_for_streams_or_without_a_fallback(simulator_url, store):
+    only = candidate(simulator_url, 1, "gpt-a~ttft_ms=700~tokens=3")
+    result = await run_with_failover([only], complete_attempt(chat()), config=HEDGED, store=store)
+    assert outcomes(result) == ["ok"]  # nothing to hedge with: the slow answer is waited for
+    fid = fault_id()
+    primary = candidate(simulator_url, 1, f"gpt-a~fault=500~times=1~id={fid}")
+    backup = candidate(simulator_url, 2, "gpt-b", provider="sim-b")
+    failed = await run_with_failover(
+        [primary, backup], complete_attempt(chat()), config=HEDGED, store=store
+    )
+    assert outcomes(failed) == ["server_error", "ok"]  # a quick failure fails over as before
+
+
+async def test_when_both_hedged_attempts_fail_the_loop_goes_on(simulator_url, store):
+    fid = fault_id()
+    primary = candidate(simulator_url, 1, f"gpt-a~fault=hang~id={fid}a")
+    hedge = candidate(simulator_url, 2, f"gpt-b~fault=hang~id={fid}b", provider="sim-b")
+    last = candidate(simulator_url, 3, "gpt-c~tokens=4", provider="sim-c")
+    config = replace(HEDGED, attempt_timeout_s=1.0)
+    started = time.perf_counter()
+    result = await run_with_failover(
+        [primary, hedge, last], complete_attempt(chat()), config=config, store=store
+    )
+    # the primary's 1 s ran out at 1.0 s, the hedge's (started at 0.3 s) at 1.3 s; then the next
+    assert 1.3 <= time.perf_counter() - started < 2.0
+    assert result.candidate is last
+    assert outcomes(result) == ["timeout", "timeout", "ok"]
+    assert [a.deployment_id for a in result.attempts] == [1, 2, 3]
+
+
 async def test_slow_first_token_triggers_failover_before_any_byte(simulator_url, store):
     primary = candidate(simulator_url, 1, "gpt-a~ttft_ms=20000")
     backup = candidate(simulator_url, 2, "gpt-b~tokens=5", provider="sim-b")
