@@ -122,6 +122,11 @@ class PolicySpec:
         kind="model", merge=NEAREST, label="Reference model",
         help="Savings are reported against this model.",
     )  # fmt: skip
+    cost_quality: Decimal | None = _rule(
+        kind="decimal", merge=NEAREST, label="Cost / quality trade-off (balanced)",
+        minimum=Decimal(0), maximum=1, message="must be a number from 0 (cheapest) to 1 (best)",
+        help="How much predicted quality balanced buys: 0 cheapest, 1 best quality, 0.5 default.",
+    )  # fmt: skip
 
     @classmethod
     def from_document(cls, data: Any) -> PolicySpec:
@@ -176,7 +181,10 @@ def _clean(rule: Rule, raw: Any) -> Any:
     if rule.kind in ("patterns", "names"):
         return _names(raw)
     if rule.kind == "decimal":
-        return _decimal(raw, positive=rule.positive)
+        amount = _decimal(raw, positive=rule.positive, message=rule.message)
+        if rule.maximum is not None and amount > rule.maximum:
+            raise ValueError(rule.message or f"must be at most {rule.maximum}")
+        return amount
     if rule.kind == "integer":
         if isinstance(raw, bool) or not isinstance(raw, int):
             raise ValueError(rule.message or "must be a whole number")
@@ -205,15 +213,17 @@ def _names(raw: Any) -> tuple[str, ...]:
     return cleaned
 
 
-def _decimal(raw: Any, *, positive: bool) -> Decimal:
+def _decimal(raw: Any, *, positive: bool, message: str = "") -> Decimal:
     if isinstance(raw, bool) or not isinstance(raw, str | int | float | Decimal):
-        raise ValueError("must be a decimal number")
+        raise ValueError(message or "must be a decimal number")
     try:
         amount = Decimal(str(raw))  # str() first: a float's repr is the decimal written
     except InvalidOperation:
-        raise ValueError("must be a decimal number") from None
+        raise ValueError(message or "must be a decimal number") from None
     if not amount.is_finite() or amount < 0 or (positive and amount == 0):
-        raise ValueError("must be a positive number" if positive else "must be zero or more")
+        raise ValueError(
+            message or ("must be a positive number" if positive else "must be zero or more")
+        )
     return amount
 
 

@@ -63,8 +63,10 @@ from routing.eligibility import (
 from routing.health import HealthStore, health_store
 from routing.policies import STRATEGIES, EffectivePolicy, PolicySpec, apolicy_for_key, matches
 from routing.strategies import (
+    DEFAULT_COST_QUALITY,
     LIVE,
     RANKERS,
+    Trade,
     health_penalty,
     order_deployments,
     why_deployment,
@@ -225,8 +227,11 @@ def route(
         mode=request.mode,
         dimensions=request.dimensions,
     )
+    reference, note = reference_model_for(policy, snapshot)
     if request.auto:
-        strategy, est, chosen, reason = _auto(request, policy, snapshot, store, flt, estimate_)
+        strategy, est, chosen, reason = _auto(
+            request, policy, snapshot, store, flt, estimate_, reference
+        )
     else:
         model = _resolve(snapshot, request.model, "model")
         strategy, est, reason = "fixed", None, "requested model"
@@ -236,10 +241,11 @@ def route(
     # a named model's deployments are spread under the policy's strategy too
     spread = policy.strategy if strategy == "fixed" else strategy
     candidates = _candidates(strategy, chosen, store, request.stream, spread)
-    reference, note = reference_model_for(policy, snapshot)
     explain = _explain(strategy, reason, request, est, flt, candidates, snapshot)
     if candidates:
         first = candidates[0]
+        if est is not None and request.mode != "embedding":
+            explain["quality"] = est.evidence_for(first.model_id, first.model.quality_tier)
         peers = next((ds for entry, ds in chosen if entry.model.canonical_id == first.model_id), ())
         explain["deployment"] = {
             "picked": first.deployment,
@@ -412,6 +418,7 @@ def _auto(
     store: HealthStore,
     flt: Filter,
     est: Estimate | None,
+    reference: str,
 ) -> tuple[str, Estimate, list[Item], str]:
     strategy = request.model.partition(":")[2] or policy.strategy
     if strategy not in STRATEGIES:
@@ -436,13 +443,35 @@ def _auto(
                 "rejected": flt.rejected,
             },
         )
+    trade = _trade(policy, snapshot, reference, est)
     ordered, reason = _ranked(
-        strategy, key, pool, found.items, est, store, request.stream, snapshot
+        strategy, key, pool, found.items, est, store, request.stream, snapshot, trade
     )
     if policy.preferred_models:
         preferred = policy.preferred_models
         ordered.sort(key=lambda item: not matches(preferred, item[0].model.canonical_id))
     return strategy, est, _diverse(ordered), reason
+
+
+def _trade(
+    policy: EffectivePolicy, snapshot: CatalogSnapshot, reference: str, est: Estimate
+) -> Trade:
+    """Balanced's willingness (the policy's ``cost_quality``) and its cost unit: the reference
+    model's list-price cost of this request's estimated tokens (None when it has no price)."""
+    willingness = (
+        float(policy.cost_quality) if policy.cost_quality is not None else DEFAULT_COST_QUALITY
+    )
+    try:
+        price = snapshot.resolve(reference).current_price
+    except LookupError:
+        price = None
+    cost = None
+    if price is not None:
+        cost = (
+            float(price.input_per_token) * est.input_tokens
+            + float(price.output_per_token) * est.output_tokens
+        )
+    return Trade(willingness, cost, reference)
 
 
 def _estimate(request: RouteRequest) -> Estimate:
@@ -472,18 +501,20 @@ def _ranked(
     store: HealthStore,
     stream: bool,
     snapshot: CatalogSnapshot,
+    trade: Trade,
 ) -> tuple[list[Item], str]:
     """The strategy's ranking; a live-stats ranking of the unfiltered pool is reused for
-    RANK_TTL seconds."""
+    RANK_TTL seconds per estimated tier (those strategies rank the models of at least the tier
+    first, and do not read ``trade``)."""
     cacheable = strategy in LIVE and pool is everything
     ranks = indexes(snapshot).ranks
     now = time.monotonic()
-    cached = ranks.get((key, strategy)) if cacheable else None
+    cached = ranks.get((key, strategy, est.tier)) if cacheable else None
     if cached is not None and now - cached[0] < RANK_TTL:
         return list(cached[1]), cached[2]
-    ordered, reason = RANKERS[strategy](list(pool), est, store, stream)
+    ordered, reason = RANKERS[strategy](list(pool), est, store, stream, trade)
     if cacheable:
-        ranks[(key, strategy)] = (now, list(ordered), reason)
+        ranks[(key, strategy, est.tier)] = (now, list(ordered), reason)
     return ordered, reason
 
 

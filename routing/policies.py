@@ -9,7 +9,7 @@ body object).
 How levels combine (docs/routing.md, "Policies"):
 
 - preferences, nearest wins: ``strategy``, ``fallbacks``, ``quality_floor``, ``reference_model``,
-  ``preferred_models``;
+  ``preferred_models``, ``cost_quality``;
 - restrictions accumulate, so a lower level can narrow but never widen what a higher level
   allows: every level's ``allowed_models`` / ``allowed_providers`` / ``allowed_regions`` must
   match (intersection); ``blocked_*`` lists add up (union); caps take the smallest value
@@ -101,6 +101,7 @@ class EffectivePolicy:
     zero_data_retention_only: bool = False
     quality_floor: int | None = None
     reference_model: str | None = None
+    cost_quality: Decimal | None = None  # balanced's willingness to pay; None: the default
     levels: tuple[str, ...] = field(default=(), compare=False)  # levels that set something
     sources: tuple[tuple[str, PolicySpec], ...] = field(default=(), compare=False)
 
@@ -144,7 +145,7 @@ class EffectivePolicy:
             out["quality_floor"] = self.quality_floor
         if self.zero_data_retention_only:
             out["zero_data_retention_only"] = True
-        for name in ("max_price_per_million", "max_cost_per_request_usd"):
+        for name in ("max_price_per_million", "max_cost_per_request_usd", "cost_quality"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = format(value.normalize(), "f")

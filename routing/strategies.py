@@ -2,12 +2,16 @@
 
 - ``cost``: the cheapest expected cost among models of at least the estimated tier (and the
   quality floor); when none reaches the tier, the cheapest of the best tier available;
-- ``balanced``: ``routing.complexity.choose`` at willingness 0.5 (predicted quality against
-  expected cost), minus penalties for live latency and error rate;
+- ``balanced``: ``routing.complexity.choose`` at the policy's ``cost_quality`` (0.5 unless a
+  level sets it): predicted quality against expected cost relative to the reference model's,
+  minus penalties for live latency and error rate;
 - ``latency``: the fastest deployment now (EWMA time to first token for streams, total latency
   otherwise; a tier-based prior without samples), weighted by its error rate;
 - ``availability``: the most reliable deployments (lowest error rate, breaker closed, most
   samples).
+
+``cost``, ``latency`` and ``availability`` rank the models of at least the estimated tier first
+(the best tier available when none reaches it), then the lower tiers.
 
 Each returns the models best first and a one-line reason for the explanation.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from routing.breaker import cooling
 from routing.catalog import DeploymentInfo
@@ -24,10 +29,23 @@ from routing.complexity import TIER_PRIORS, Candidate, Estimate, choose
 from routing.eligibility import Item
 from routing.health import HealthStore
 
-BALANCED_WILLINGNESS = 0.5
+DEFAULT_COST_QUALITY = 0.5  # balanced's willingness to pay when no policy level sets it
 LATENCY_PRIOR_MS = 400.0  # per quality tier, for a deployment without samples
 
 Ranking = tuple[list[Item], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Trade:
+    """What balanced trades: the willingness to pay for predicted quality (the policy's
+    ``cost_quality``: 0 cheapest, 1 best) and the reference model's expected cost of this
+    request, the unit of the cost term (None: the most expensive candidate's)."""
+
+    willingness: float = DEFAULT_COST_QUALITY
+    reference_cost: float | None = None
+    reference_model: str = ""
+
+
 _rng = random.Random()  # noqa: S311 (load spreading, not secrets)
 
 
@@ -110,17 +128,32 @@ def expected_cost(item: Item, est: Estimate) -> float:
     return entry.price_in_f * est.input_tokens + entry.price_out_f * est.output_tokens
 
 
-def by_cost(eligible: list[Item], est: Estimate, store: HealthStore, stream: bool) -> Ranking:
+def _tiered(
+    eligible: list[Item], est: Estimate, key: Callable[[Item], tuple[float, ...]]
+) -> tuple[list[Item], int]:
+    """Models of at least the estimated tier (the best tier available when none reaches it)
+    ordered by ``key``, then the lower tiers, best tier first: cost, latency and availability
+    first all stay among the models predicted to answer the request well."""
     best_tier = max(e.model.quality_tier for e, _ in eligible)
     tier = min(est.tier, best_tier)
-    pool = [item for item in eligible if item[0].model.quality_tier >= tier]
-    pool.sort(key=lambda item: (expected_cost(item, est), -item[0].model.quality_tier))
+    pool = sorted((item for item in eligible if item[0].model.quality_tier >= tier), key=key)
     rest = [item for item in eligible if item[0].model.quality_tier < tier]
-    rest.sort(key=lambda item: (-item[0].model.quality_tier, expected_cost(item, est)))
-    return pool + rest, f"cheapest expected cost at quality tier >= {tier}"
+    rest.sort(key=lambda item: (-item[0].model.quality_tier, *key(item)))
+    return pool + rest, tier
 
 
-def by_latency(eligible: list[Item], est: Estimate, store: HealthStore, stream: bool) -> Ranking:
+def by_cost(
+    eligible: list[Item], est: Estimate, store: HealthStore, stream: bool, trade: Trade
+) -> Ranking:
+    ranked, tier = _tiered(
+        eligible, est, lambda item: (expected_cost(item, est), -item[0].model.quality_tier)
+    )
+    return ranked, f"cheapest expected cost at quality tier >= {tier}"
+
+
+def by_latency(
+    eligible: list[Item], est: Estimate, store: HealthStore, stream: bool, trade: Trade
+) -> Ranking:
     def speed(item: Item) -> float:
         entry, deployments = item
         return min(
@@ -130,23 +163,28 @@ def by_latency(eligible: list[Item], est: Estimate, store: HealthStore, stream: 
             for d in deployments
         )
 
-    ranked = sorted(eligible, key=lambda item: (speed(item), expected_cost(item, est)))
-    return ranked, "fastest deployment now (live EWMA latency, error-weighted)"
+    ranked, tier = _tiered(eligible, est, lambda item: (speed(item), expected_cost(item, est)))
+    return ranked, f"fastest deployment now (live EWMA latency, error-weighted) at tier >= {tier}"
 
 
 def by_availability(
-    eligible: list[Item], est: Estimate, store: HealthStore, stream: bool
+    eligible: list[Item], est: Estimate, store: HealthStore, stream: bool, trade: Trade
 ) -> Ranking:
     def reliability(item: Item) -> tuple[float, ...]:
         deployments = item[1]
         best = min((*health_penalty(store, d), -min(_samples(store, d), 50)) for d in deployments)
         return (*best, -len(deployments), expected_cost(item, est))
 
-    ranked = sorted(eligible, key=reliability)
-    return ranked, "most reliable deployments (error rate, breaker), backups on other providers"
+    ranked, tier = _tiered(eligible, est, reliability)
+    return ranked, (
+        f"most reliable deployments (error rate, breaker) at tier >= {tier}, backups on other "
+        "providers"
+    )
 
 
-def by_balance(eligible: list[Item], est: Estimate, store: HealthStore, stream: bool) -> Ranking:
+def by_balance(
+    eligible: list[Item], est: Estimate, store: HealthStore, stream: bool, trade: Trade
+) -> Ranking:
     by_id = {item[0].model.canonical_id: item for item in eligible}
     ranked = choose(
         [
@@ -155,11 +193,13 @@ def by_balance(eligible: list[Item], est: Estimate, store: HealthStore, stream: 
                 e.price_in_f,
                 e.price_out_f,
                 TIER_PRIORS[min(max(e.model.quality_tier, 1), len(TIER_PRIORS)) - 1],
+                e.model.quality_tier,
             )
             for e, _ in eligible
         ],
         est,
-        BALANCED_WILLINGNESS,
+        trade.willingness,
+        reference_cost=trade.reference_cost,
     )
     scored = []
     for r in ranked:
@@ -170,7 +210,11 @@ def by_balance(eligible: list[Item], est: Estimate, store: HealthStore, stream: 
         utility = r.utility - 0.05 * min(fastest / 10_000.0, 1.0) - 0.5 * error
         scored.append((-utility, r.expected_cost, entry.model.canonical_id, item))
     scored.sort(key=lambda t: t[:3])
-    return [t[3] for t in scored], "predicted quality vs expected cost, live latency and errors"
+    unit = trade.reference_model if trade.reference_cost else "the most expensive candidate"
+    return [t[3] for t in scored], (
+        f"predicted quality vs expected cost relative to {unit}'s at cost_quality "
+        f"{trade.willingness:g}, live latency and errors"
+    )
 
 
 def _samples(store: HealthStore, d: DeploymentInfo) -> int:
@@ -178,7 +222,7 @@ def _samples(store: HealthStore, d: DeploymentInfo) -> int:
     return stats.samples if stats is not None else 0
 
 
-RANKERS: dict[str, Callable[[list[Item], Estimate, HealthStore, bool], Ranking]] = {
+RANKERS: dict[str, Callable[[list[Item], Estimate, HealthStore, bool, Trade], Ranking]] = {
     "cost": by_cost,
     "latency": by_latency,
     "availability": by_availability,

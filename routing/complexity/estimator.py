@@ -2,10 +2,13 @@
 
 ``choose`` is the cost/quality trade-off used live by the routing engine and offline by
 ``manage.py routing_eval``: every candidate gets a predicted success probability ``q`` (the
-trained per-model head for models in the training data, else the shared difficulty head and the
-candidate's quality prior) and an expected cost ``c`` (its prices times the estimated input and
-output tokens). Candidates are ranked by ``q - lambda * c / max(c)``, where ``lambda`` comes
-from the willingness to pay: 0 ranks the cheapest first, 1 the best predicted quality first.
+trained per-model head for models in the training data; for a catalog model, its quality tier
+read through the trained strong / weak heads, ``anchored_logit``; else the shared difficulty
+head and the candidate's quality prior) and an expected cost ``c`` (its prices times the
+estimated input and output tokens). Candidates are ranked by ``q - lambda * c / c_ref``, where
+``c_ref`` is the reference model's expected cost of the request on the live path (offline, the
+most expensive candidate's) and ``lambda`` comes from the willingness to pay (the policy's
+``cost_quality``): 0 ranks the cheapest first, 1 the best predicted quality first.
 In between, ``lambda`` is calibrated on the training data so that willingness ``w`` sends about
 a fraction ``w`` of typical traffic above the cheapest candidate.
 """
@@ -23,6 +26,23 @@ from routing.complexity.model import ComplexityModel, default_model, sigmoid
 TIER_PRIORS: tuple[float, ...] = (0.55, 0.68, 0.80, 0.90)
 # A request needs the lowest tier whose predicted success reaches this.
 TIER_TARGET = 0.75
+
+# Catalog models are not the artefact's models: a catalog model is read through the artefact's
+# strong / weak pair, the two models of the RouteLLM records (9,266 MMLU, GSM8K and MT-Bench
+# prompts, the most evidence per prompt in the training file), by where its quality tier sits
+# between them in logit space: 0 is the weak head (Mixtral-8x7B-Instruct, a 2023 open model,
+# about tier 2), 1 the strong one (gpt-4-1106-preview, tier 4). So the gap between tiers is the
+# request's own: near zero for a greeting both models answer, wide for a proof one of them fails.
+# The positions are a documented mapping (docs/routing.md, "Quality for catalog models"), not
+# learned; an artefact without the pair falls back to the tier priors below.
+ANCHOR_STRONG = "gpt-4-1106-preview"
+ANCHOR_WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+TIER_POSITIONS: tuple[float, ...] = (-0.68, 0.05, 0.89, 2.41)
+
+# How a candidate's quality was predicted (the explanation's ``quality``).
+EVIDENCE_HEAD = "trained head"
+EVIDENCE_TIER_HEADS = "tier through the trained strong/weak heads"
+EVIDENCE_TIER_PRIOR = "tier prior"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,27 +71,50 @@ class Estimate:
     output_tokens: int  # a rough guess, for expected-cost arithmetic
     shared_logit: float
     shared_median: float
+    # (weak, strong) logits of the anchor heads for this request; None: the artefact has no pair
+    anchors: tuple[float, float] | None = None
 
-    def success_for(self, model_id: str, quality_prior: float) -> float:
-        """Predicted P(good answer) for a candidate: trained head if known, else from its prior."""
+    def success_for(self, model_id: str, quality_prior: float, tier: int | None = None) -> float:
+        """Predicted P(good answer) for a candidate: its trained head when the artefact knows
+        the model, else its tier through the anchor heads, else its quality prior."""
         known = self.model_success.get(model_id)
         if known is not None:
             return known
+        if tier is not None and self.anchors is not None:
+            return sigmoid(anchored_logit(self.anchors, tier))
         prior = min(max(quality_prior, 1e-4), 1 - 1e-4)
         z = math.log(prior / (1 - prior)) + self.shared_logit - self.shared_median
         return sigmoid(z)
+
+    def evidence_for(self, model_id: str, tier: int | None = None) -> str:
+        """Which of the three ``success_for`` used (for the explanation)."""
+        if model_id in self.model_success:
+            return EVIDENCE_HEAD
+        if tier is not None and self.anchors is not None:
+            return EVIDENCE_TIER_HEADS
+        return EVIDENCE_TIER_PRIOR
+
+
+def anchored_logit(anchors: tuple[float, float], tier: int) -> float:
+    """A tier's logit between the weak and strong heads. The gap counts only when the strong
+    head predicts better (a negative gap on a prompt is noise, not a reason to rank the better
+    tiers lower), so predicted quality never falls as the tier rises."""
+    weak, strong = anchors
+    position = TIER_POSITIONS[min(max(tier, 1), len(TIER_POSITIONS)) - 1]
+    return weak + position * max(strong - weak, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """A model the request may go to. Prices are per token (US dollars, Decimal or float);
-    ``quality_prior`` in [0, 1] is how often it answers a typical request well (used only for
-    models the artefact does not know)."""
+    ``quality_prior`` in [0, 1] is how often it answers a typical request well, used only for
+    a model the artefact does not know and without a ``tier`` the anchor heads can read."""
 
     model_id: str
     price_in: Decimal | float
     price_out: Decimal | float
     quality_prior: float
+    tier: int | None = None  # the catalog's quality tier (read through the anchor heads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +142,13 @@ def guess_output_tokens(features: RequestFeatures) -> int:
 def estimate(features: RequestFeatures, *, model: ComplexityModel | None = None) -> Estimate:
     model = model or default_model()
     scores = model.scores(features)
-    tier_success = tuple(
-        round(sigmoid(model.unknown_model_logit(scores.shared, prior)), 6)
-        for prior in model.tier_priors
-    )
+    weak, strong = scores.per_model.get(ANCHOR_WEAK), scores.per_model.get(ANCHOR_STRONG)
+    anchors = (weak, strong) if weak is not None and strong is not None else None
+    if anchors is not None:
+        tier_logits = [anchored_logit(anchors, t) for t in range(1, len(TIER_POSITIONS) + 1)]
+    else:
+        tier_logits = [model.unknown_model_logit(scores.shared, p) for p in model.tier_priors]
+    tier_success = tuple(round(sigmoid(z), 6) for z in tier_logits)
     tier = next((i + 1 for i, p in enumerate(tier_success) if p >= TIER_TARGET), len(tier_success))
     output_tokens = guess_output_tokens(features)
     needs = Needs(
@@ -125,6 +171,7 @@ def estimate(features: RequestFeatures, *, model: ComplexityModel | None = None)
         output_tokens=output_tokens,
         shared_logit=scores.shared,
         shared_median=model.shared_median,
+        anchors=anchors,
     )
 
 
@@ -134,11 +181,14 @@ def choose(
     willingness: float,
     *,
     model: ComplexityModel | None = None,
+    reference_cost: float | None = None,
 ) -> list[Ranked]:
     """Order candidates best-first for this request and willingness to pay (0..1).
 
-    The first entry is the choice, the rest the fallback order. Ties break on lower expected
-    cost, then on the model id, so the order is deterministic.
+    The cost term is each candidate's expected cost relative to ``reference_cost`` (the
+    reference model's expected cost of this request, as the live path passes it), else to the
+    most expensive candidate's. The first entry is the choice, the rest the fallback order.
+    Ties break on lower expected cost, then on the model id, so the order is deterministic.
     """
     model = model or default_model()
     lam = model.cost_weight(willingness)
@@ -148,11 +198,14 @@ def choose(
             float(candidate.price_in) * estimate.input_tokens
             + float(candidate.price_out) * estimate.output_tokens
         )
-        success = estimate.success_for(candidate.model_id, candidate.quality_prior)
+        success = estimate.success_for(candidate.model_id, candidate.quality_prior, candidate.tier)
         priced.append((candidate, success, cost))
     if not priced:
         return []
-    top_cost = max(cost for _, _, cost in priced) or 1.0
+    if reference_cost is not None and reference_cost > 0:
+        top_cost = reference_cost
+    else:
+        top_cost = max(cost for _, _, cost in priced) or 1.0
     ranked = []
     for candidate, success, cost in priced:
         relative = cost / top_cost

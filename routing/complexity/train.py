@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from routing.complexity.data import Record, model_stats
-from routing.complexity.estimator import TIER_PRIORS
+from routing.complexity.estimator import ANCHOR_STRONG, ANCHOR_WEAK, TIER_PRIORS
 from routing.complexity.features import DENSE_FEATURES, RequestFeatures
 from routing.complexity.model import ARTEFACT_VERSION, ComplexityModel, artefact_bytes
 
@@ -356,3 +356,36 @@ def train_model(
 def train_artefact(records: Sequence[Record], **kwargs: Any) -> bytes:
     meta, weights, cluster_map = train_model(records, **kwargs)
     return artefact_bytes(meta, weights, cluster_map)
+
+
+def tier_positions(
+    model: ComplexityModel, records: Sequence[Record], priors: Sequence[float] = TIER_PRIORS
+) -> tuple[float, ...]:
+    """Where each quality tier sits between the anchor heads (``estimator.TIER_POSITIONS``):
+    for tier t, the position whose mean predicted success over the prompts both anchors
+    answered equals the tier's prior (a typical tier-t model answers a typical prompt well
+    that often), to 0.01. Tiers below the weak anchor get negative positions, above the
+    strong one positions over 1."""
+    weak, gap = [], []
+    for record in records:
+        if ANCHOR_WEAK not in record.outcomes or ANCHOR_STRONG not in record.outcomes:
+            continue
+        scores = model.scores(RequestFeatures.from_prompt(record.prompt))
+        w, s = scores.per_model[ANCHOR_WEAK], scores.per_model[ANCHOR_STRONG]
+        weak.append(w)
+        gap.append(max(s - w, 0.0))
+    if not weak:
+        raise ValueError("no record has outcomes for both anchor models")
+    w_arr, g_arr = np.asarray(weak), np.asarray(gap)
+
+    def mean_success(position: float) -> float:
+        return float(np.mean(1.0 / (1.0 + np.exp(-(w_arr + position * g_arr)))))
+
+    positions = []
+    for prior in priors:
+        low, high = -20.0, 20.0
+        for _ in range(40):  # bisection: the mean rises with the position
+            mid = (low + high) / 2
+            low, high = (mid, high) if mean_success(mid) < prior else (low, mid)
+        positions.append(round((low + high) / 2, 2))
+    return tuple(positions)

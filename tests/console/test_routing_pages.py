@@ -76,6 +76,7 @@ def test_set_replace_and_remove_a_policy(acme):
             "blocked_models": "dearco/*",
             "max_price_per_million": "5",
             "quality_floor": "2",
+            "cost_quality": "0.30",
         },
     )
     assert response["Location"] == "/o/acme/policies/"
@@ -85,6 +86,7 @@ def test_set_replace_and_remove_a_policy(acme):
         "blocked_models": ["dearco/*"],
         "max_price_per_million": "5",
         "quality_floor": 2,
+        "cost_quality": "0.3",
     }
     page = client.get(f"/o/acme/policies/?node={acme.tree.team.pk}")
     assert page.context["rows"][0]["doc"] == {
@@ -92,7 +94,9 @@ def test_set_replace_and_remove_a_policy(acme):
         "blocked_models": ["dearco/*"],
         "max_price_per_million": "5",
         "quality_floor": 2,
+        "cost_quality": "0.3",
     }
+    assert 'name="cost_quality"' in page.content.decode()
     assert page.context["form"].initial["blocked_models"] == "dearco/*"
 
     client.post("/o/acme/policies/", {"node": acme.tree.team.pk, "strategy": "latency"})
@@ -109,6 +113,11 @@ def test_policy_errors_and_refusals_change_nothing(acme):
     assert response.status_code == 400
     assert response.context["form"].errors == {
         "max_latency_ms": ["must be a positive integer (milliseconds)"]
+    }
+    response = client.post("/o/acme/policies/", {"node": acme.tree.team.pk, "cost_quality": "2"})
+    assert response.status_code == 400
+    assert response.context["form"].errors == {
+        "cost_quality": ["must be a number from 0 (cheapest) to 1 (best)"]
     }
     response = client.post(
         "/o/acme/policies/",

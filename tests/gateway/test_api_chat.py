@@ -228,16 +228,29 @@ def test_embeddings_under_auto_route_to_an_embedding_model(client, model):
 
 def test_auto_routes_by_interim_policy(client):
     # a prompt the complexity estimator puts at tier 2: gpt-cheap (tier 2) qualifies
-    easy = "Please list the days of the week."
+    easy = "What is the derivative of x^3 sin x?"
     cheap = client.post("/v1/chat/completions", json=chat("auto:cost", content=easy))
     assert cheap.status_code == 200, cheap.text
     assert cheap.headers["x-megarouter-strategy"] == "cost"
     assert cheap.json()["model"] == "openai/gpt-cheap"
     balanced = client.post("/v1/chat/completions", json=chat("auto"))
     assert balanced.headers["x-megarouter-strategy"] == "balanced"
-    # Tiers are 2 (gpt-cheap), 4 (claude-sim) and 3 (the rest): median 3, so gpt-cheap drops
-    # behind; the rest cost the same and ties break by id.
-    assert balanced.json()["model"] == "anthropic/claude-sim"
+    # Tiers are 2 (gpt-cheap, 20x cheaper), 4 (claude-sim) and 3 (the rest, claude's price).
+    # "Say something": the trained heads predict every tier answers it alike, so the cheapest.
+    assert balanced.json()["model"] == "openai/gpt-cheap"
+    # a hard proof: the frontier model, at the same price as the tier-3 ones
+    proof = "Prove that for every positive integer n, the number n^5 - n is divisible by 30."
+    hard = client.post("/v1/chat/completions", json=chat("auto", content=proof))
+    assert hard.json()["model"] == "anthropic/claude-sim"
+    # the request's own cost_quality: 0 buys no quality, the cheapest model takes the proof
+    cheapest = client.post(
+        "/v1/chat/completions",
+        json=chat("auto", content=proof, megarouter={"cost_quality": 0}),
+    )
+    assert cheapest.json()["model"] == "openai/gpt-cheap"
+    bad = client.post("/v1/chat/completions", json=chat("auto", megarouter={"cost_quality": "1.5"}))
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "megarouter.cost_quality"
     limited = client.post(
         "/v1/chat/completions",
         json=chat(

@@ -218,7 +218,8 @@ def test_bad_key_input_is_400_and_changes_nothing(t, owner):
                     "unknown field; known: strategy, allowed_models, blocked_models, "
                     "preferred_models, fallbacks, allowed_providers, blocked_providers, "
                     "allowed_regions, max_price_per_million, max_cost_per_request_usd, "
-                    "max_latency_ms, quality_floor, zero_data_retention_only, reference_model"
+                    "max_latency_ms, quality_floor, zero_data_retention_only, reference_model, "
+                    "cost_quality"
                 ]
             },
         ),

@@ -123,3 +123,78 @@ def test_bundled_model_learned_that_gpt4_beats_mixtral_on_math_word_problems():
     ]
     assert choose(candidates, est, 0.0)[0].candidate.model_id.startswith("mistralai/")
     assert choose(candidates, est, 1.0)[0].candidate.model_id == "gpt-4-1106-preview"
+
+
+def test_tier_positions_are_the_calibration_of_the_bundled_artefact():
+    """TIER_POSITIONS are computed, not chosen: retraining the artefact changes them, and this
+    says to copy the new ones."""
+    from routing.complexity.data import DEFAULT_TRAIN_FILE, read_records
+    from routing.complexity.estimator import TIER_POSITIONS
+    from routing.complexity.train import tier_positions
+
+    assert tier_positions(default_model(), read_records(DEFAULT_TRAIN_FILE)) == pytest.approx(
+        TIER_POSITIONS, abs=0.011
+    )
+
+
+def test_a_catalog_model_is_read_through_the_anchor_heads_by_its_tier():
+    from routing.complexity.estimator import (
+        ANCHOR_STRONG,
+        ANCHOR_WEAK,
+        EVIDENCE_HEAD,
+        EVIDENCE_TIER_HEADS,
+        EVIDENCE_TIER_PRIOR,
+        TIER_POSITIONS,
+    )
+
+    hard = estimate(
+        RequestFeatures.from_prompt(
+            "Prove that for every positive integer n, the number n^5 - n is divisible by 30."
+        )
+    )
+    weak, strong = hard.anchors
+    assert (weak, strong) == (
+        pytest.approx(
+            math.log(hard.model_success[ANCHOR_WEAK] / (1 - hard.model_success[ANCHOR_WEAK]))
+        ),
+        pytest.approx(
+            math.log(hard.model_success[ANCHOR_STRONG] / (1 - hard.model_success[ANCHOR_STRONG]))
+        ),
+    )
+    for tier, position in enumerate(TIER_POSITIONS, start=1):
+        expected = sigmoid(weak + position * max(strong - weak, 0.0))
+        assert hard.success_for("acme/new-model", 0.5, tier) == pytest.approx(expected)
+        assert hard.tier_success[tier - 1] == pytest.approx(expected, abs=1e-6)
+    assert hard.evidence_for("acme/new-model", 3) == EVIDENCE_TIER_HEADS
+    assert hard.evidence_for(ANCHOR_STRONG, 3) == EVIDENCE_HEAD
+    assert hard.evidence_for("acme/new-model") == EVIDENCE_TIER_PRIOR
+    # a model the artefact knows keeps its own head whatever its tier
+    assert hard.success_for(ANCHOR_WEAK, 0.9, 4) == hard.model_success[ANCHOR_WEAK]
+    # the gap between tiers is the request's: wide on this proof, nil where the heads agree
+    assert hard.tier_success[3] - hard.tier_success[0] > 0.3
+    greeting = estimate(RequestFeatures.from_prompt("hi there!"))
+    assert greeting.tier_success[3] - greeting.tier_success[0] < 0.05
+    assert greeting.tier == 1 and hard.tier == 4
+
+
+def test_without_the_anchor_pair_unknown_models_fall_back_to_their_prior():
+    model = toy_model()
+    est = estimate(RequestFeatures.from_prompt("x"), model=model)
+    assert est.anchors is None
+    assert est.success_for("brand-new", 0.7, 3) == est.success_for("brand-new", 0.7)
+
+
+def test_choose_measures_cost_against_the_reference_cost_when_given():
+    model = toy_model()
+    est = estimate(RequestFeatures.from_prompt("an easy one"), model=model)
+    default = choose(CANDIDATES, est, 0.5, model=model)
+    lam = model.cost_weight(0.5)
+    by_id = {r.candidate.model_id: r for r in default}
+    top = max(r.expected_cost for r in default)
+    for r in default:
+        assert r.utility == pytest.approx(r.success - lam * r.expected_cost / top)
+    priced = choose(CANDIDATES, est, 0.5, model=model, reference_cost=by_id[BIG].expected_cost * 10)
+    for r in priced:
+        assert r.utility == pytest.approx(
+            r.success - lam * r.expected_cost / (by_id[BIG].expected_cost * 10)
+        )

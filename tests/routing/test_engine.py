@@ -26,7 +26,8 @@ from tests.routing.engine_catalog import build_catalog
 
 pytestmark = pytest.mark.django_db
 
-EASY = "Please list the days of the week."  # the bundled estimator puts it at tier 2
+EASY = "What is the derivative of x^3 sin x?"  # the bundled estimator puts it at tier 2
+HARD = "Prove that for every positive integer n, the number n^5 - n is divisible by 30."
 
 
 @pytest.fixture
@@ -235,6 +236,27 @@ def test_latency_first_uses_live_stats(catalog, store):
     assert names(decision)[0] == "b-mid-eu"
 
 
+def test_latency_and_availability_stay_at_the_estimated_tier_per_request(catalog, store):
+    d = catalog
+    store.record(d["a-small-eu"].pk, ok=True, latency_ms=20.0)  # the fastest is tier 1
+    for name in ("b-mid-eu", "a-mid-us", "a-mid-eu", "b-large-us", "a-large-us"):
+        store.record(d[name].pk, ok=True, latency_ms=300.0)
+    for strategy in ("latency", "availability"):
+        engine_cache_reset()
+        easy = route(request=req("Say something"), policy=policy(strategy=strategy), store=store)
+        assert easy.estimate.tier == 1
+        if strategy == "latency":
+            assert easy.candidates[0].deployment == "a-small-eu"
+        # the ranking is reused for RANK_TTL, but per estimated tier: a hard request right
+        # after an easy one does not get the easy one's tier-1-first order
+        hard = route(request=req(HARD), policy=policy(strategy=strategy), store=store)
+        assert hard.estimate.tier == 4
+        assert hard.candidates[0].model.quality_tier == 4, strategy
+        assert "a-small-eu" not in names(hard)[:2]
+        for decision in (easy, hard):
+            assert f"tier >= {decision.estimate.tier}" in decision.explain["reason"]
+
+
 def test_max_latency_drops_slow_deployments(catalog, store):
     store.record(catalog["b-mid-eu"].pk, ok=True, latency_ms=5000.0)
     decision = route(
@@ -294,7 +316,46 @@ def test_balanced_prefers_value_and_is_deterministic(catalog, store):
     assert first.strategy == "balanced"
     assert names(first) == names(again)
     assert len({c.model_id for c in first.candidates}) >= 3
-    assert first.explain["reason"] == "predicted quality vs expected cost, live latency and errors"
+    assert first.explain["reason"] == (
+        "predicted quality vs expected cost relative to the most expensive candidate's at "
+        "cost_quality 0.5, live latency and errors"
+    )  # this catalog has no price for the default reference model
+    assert first.explain["quality"] == "tier through the trained strong/weak heads"
+
+
+def test_balanced_trades_by_the_policys_cost_quality_against_the_reference_model(catalog, store):
+    def first(text, **fields):
+        decision = route(
+            request=req(text),
+            policy=policy(reference_model="alpha/a-large", **fields),
+            store=store,
+        )
+        return decision.candidates[0].model_id, decision.explain
+
+    # 0: cheapest; 1: the best predicted quality (the frontier model on a hard proof)
+    assert first(HARD, cost_quality=Decimal(0))[0] == "alpha/a-small"
+    assert first(HARD, cost_quality=Decimal(1))[0] == "alpha/a-large"
+    # the default 0.5 on a greeting, where the heads predict every tier answers as well: the
+    # cheapest, 100x below the reference model's price; on the proof, a stronger tier
+    greeting, explain = first("hi there!")
+    assert greeting == "alpha/a-small"
+    assert explain["reason"] == (
+        "predicted quality vs expected cost relative to alpha/a-large's at cost_quality 0.5, "
+        "live latency and errors"
+    )
+    assert explain["reference_model"] == "alpha/a-large"
+    hard, _ = first(HARD)
+    assert hard != "alpha/a-small"
+    # the request level sets it too, nearest wins
+    override = policy_merge(
+        [
+            ("organization", PolicySpec(cost_quality=Decimal(0), reference_model="alpha/a-large")),
+            ("request", PolicySpec(cost_quality=Decimal(1))),
+        ]
+    )
+    decision = route(request=req(HARD), policy=override, store=store)
+    assert decision.candidates[0].model_id == "alpha/a-large"
+    assert decision.explain["policy"]["cost_quality"] == "1"
 
 
 def test_preferred_models_go_first(catalog, store):

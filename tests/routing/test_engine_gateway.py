@@ -67,7 +67,10 @@ def _ctx(key, model="auto", override=None):
     )
 
 
-REQUEST = ChatRequest(messages=[Message(role="user", content="Please list the days of the week.")])
+# the bundled estimator puts it at tier 2 (tests/routing/test_engine.py's EASY)
+REQUEST = ChatRequest(
+    messages=[Message(role="user", content="What is the derivative of x^3 sin x?")]
+)
 
 
 async def route(key, model="auto", override=None):

@@ -50,6 +50,17 @@ def _fresh_policy_table():
 # ---------------------------------------------------------------- documents and the merge
 
 
+def test_cost_quality_is_a_number_from_0_to_1():
+    message = "must be a number from 0 (cheapest) to 1 (best)"
+    for bad in ("1.5", -0.1, "abc", True, [0.5], "NaN"):
+        with pytest.raises(PolicyError) as caught:
+            PolicySpec.from_document({"cost_quality": bad})
+        assert caught.value.errors == {"cost_quality": message}, bad
+    for good, stored in ((0, "0"), ("0.25", "0.25"), (1, "1"), (0.7, "0.7")):
+        spec = PolicySpec.from_document({"cost_quality": good})
+        assert spec.to_document() == {"cost_quality": stored}
+
+
 def test_document_validation_names_every_bad_field():
     with pytest.raises(PolicyError) as caught:
         PolicySpec.from_document(
@@ -67,7 +78,7 @@ def test_document_validation_names_every_bad_field():
         "colour": "unknown field; known: strategy, allowed_models, blocked_models, "
         "preferred_models, fallbacks, allowed_providers, blocked_providers, allowed_regions, "
         "max_price_per_million, max_cost_per_request_usd, max_latency_ms, quality_floor, "
-        "zero_data_retention_only, reference_model",
+        "zero_data_retention_only, reference_model, cost_quality",
         "strategy": "must be one of balanced, cost, latency, availability",
         "allowed_models": "must be a list of strings",
         "max_price_per_million": "must be zero or more",
