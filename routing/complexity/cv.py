@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from routing.complexity.data import Record, model_stats
-from routing.complexity.evaluation import evaluate
+from routing.complexity.data import ModelStats, Record, model_stats
+from routing.complexity.evaluation import Router, evaluate
 from routing.complexity.model import ComplexityModel
 from routing.complexity.train import TrainConfig, featurize, train_model
 
@@ -66,10 +66,12 @@ def cross_validate(
     records: Sequence[Record],
     *,
     k: int = 4,
+    router_for: Callable[[dict[str, ModelStats], ComplexityModel], Router],
     config: TrainConfig | None = None,
     points: int = 21,
 ) -> dict[str, Any]:
-    """Train on k-1 folds, evaluate the k-th, for every fold; per-fold and mean figures."""
+    """Train on k-1 folds, evaluate the k-th, for every fold; per-fold and mean figures.
+    ``router_for(stats, model)`` is the router evaluated (``routing.offline.live_router``)."""
     config = config or TrainConfig()
     folds = kfold(records, k)
     cache = dict(zip((id(r) for r in records), featurize(records), strict=True))
@@ -80,11 +82,12 @@ def cross_validate(
             train, config=config, data_label=f"cv fold {i}", features=[cache[id(r)] for r in train]
         )
         model = ComplexityModel(meta, weights, cluster_map)
+        stats = model_stats(train)
         report = evaluate(
             held,
-            stats=model_stats(train),
+            stats=stats,
             train_lengths=[r.input_tokens for r in train],
-            model=model,
+            router=router_for(stats, model),
             points=points,
         )
         per_fold.append(headline(report))

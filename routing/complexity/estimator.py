@@ -16,7 +16,7 @@ a fraction ``w`` of typical traffic above the cheapest candidate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from routing.complexity.features import LONG_CONTEXT_TOKENS, RequestFeatures
@@ -73,6 +73,8 @@ class Estimate:
     shared_median: float
     # (weak, strong) logits of the anchor heads for this request; None: the artefact has no pair
     anchors: tuple[float, float] | None = None
+    # the artefact that made the estimate: ``choose`` reads its willingness grid
+    model: ComplexityModel | None = field(default=None, repr=False, compare=False)
 
     def success_for(self, model_id: str, quality_prior: float, tier: int | None = None) -> float:
         """Predicted P(good answer) for a candidate: its trained head when the artefact knows
@@ -172,6 +174,7 @@ def estimate(features: RequestFeatures, *, model: ComplexityModel | None = None)
         shared_logit=scores.shared,
         shared_median=model.shared_median,
         anchors=anchors,
+        model=model,
     )
 
 
@@ -185,12 +188,14 @@ def choose(
 ) -> list[Ranked]:
     """Order candidates best-first for this request and willingness to pay (0..1).
 
-    The cost term is each candidate's expected cost relative to ``reference_cost`` (the
-    reference model's expected cost of this request, as the live path passes it), else to the
-    most expensive candidate's. The first entry is the choice, the rest the fallback order.
+    ``lambda`` comes from ``model``'s willingness grid, else the estimate's artefact's, else
+    the bundled one's. The cost term is each candidate's expected cost relative to
+    ``reference_cost`` (the reference model's expected cost of this request, as the live path
+    passes it), else to the most expensive candidate's. The first entry is the choice, the
+    rest the fallback order.
     Ties break on lower expected cost, then on the model id, so the order is deterministic.
     """
-    model = model or default_model()
+    model = model or estimate.model or default_model()
     lam = model.cost_weight(willingness)
     priced = []
     for candidate in candidates:

@@ -8,7 +8,8 @@ model is skipped and counted under ``skipped``.
 
 Policies, each swept over ``points`` settings from cheapest (k = 0) to best quality (k = last):
 
-* ``router``: ``choose(candidates, estimate(features), willingness=k / (points - 1))``.
+* ``router``: the ``Router`` given (``routing.offline.live_router``: ``routing.engine.route``,
+  the gateway's routing call, with the policy field ``cost_quality`` = k / (points - 1)).
 * ``random``: sends a fraction k / (points - 1) of requests to the best-prior candidate and the
   rest to the cheapest; reported as its exact expectation (no sampling noise).
 * ``best_single``: always the candidate with the highest quality prior (one point).
@@ -21,11 +22,13 @@ Policies, each swept over ``points`` settings from cheapest (k = 0) to best qual
 
 Figures per group (each task family, each source, and ``overall``): mean quality (score) and
 mean cost (US dollars per request) at every point; ``cost_saving_at_95``: 1 - (the cheapest
-cost at which the curve reaches 95% of the best single model's quality on these records,
-interpolating linearly between consecutive points) / (that model's cost); and for groups where
+cost among the achieved points that reach 95% of the best single model's quality on these
+records, no interpolation) / (that model's cost); and for groups where
 every record has the same two candidates, ``apgr`` as in RouteLLM (Ong et al. 2024): the area
 under the performance-gap-recovered curve against the share of calls to the stronger (pricier)
 model, by the trapezoid rule over the points plus the two single-model endpoints (0% and 100%).
+With ``bootstrap`` resamples of each group's records, a 95% percentile interval for each of
+those figures and for the reference's quality and cost.
 """
 
 from __future__ import annotations
@@ -40,12 +43,13 @@ from typing import Any, TextIO
 import numpy as np
 
 from routing.complexity.data import ModelStats, Outcome, Record
-from routing.complexity.estimator import Candidate, choose, estimate
-from routing.complexity.features import RequestFeatures
-from routing.complexity.model import ComplexityModel
 
 POLICIES = ("router", "random", "best_single", "prompt_length", "oracle")
 QUALITY_TARGET = 0.95
+
+# a record, its candidate models, the sweep's settings -> the model picked at each setting
+# (``routing.offline.live_router``: the gateway's routing engine)
+Router = Callable[[Record, Sequence[str], Sequence[float]], list[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,17 +91,20 @@ def evaluate(
     *,
     stats: dict[str, ModelStats],
     train_lengths: Sequence[int],
-    model: ComplexityModel,
+    router: Router,
     points: int = 21,
     decisions: TextIO | None = None,
     write_decision: Callable[[TextIO, str, int, str], None] | None = None,
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The evaluation report of ``records`` (see the module docstring).
 
     Steps: keep the records with a model the training file knows (``_usable``); every
     policy's choices on every kept record at every point (``_policy_choices``, which writes
     the router's decisions when ``decisions`` and ``write_decision`` are given); the groups
-    (``_groups``), each summarized by ``_group_report``.
+    (``_groups``), each summarized by ``_group_report`` (with ``bootstrap`` resamples for the
+    intervals, drawn from ``seed``: the report is deterministic).
     """
     if points < 2:
         raise ValueError("points must be at least 2")
@@ -109,12 +116,12 @@ def evaluate(
         stats=stats,
         fractions=fractions,
         lengths=lengths,
-        model=model,
+        router=router,
         decisions=decisions,
         write_decision=write_decision,
     )
     report_groups = {
-        name: _group_report(sorted(idx), usable, per_policy, stats, points)
+        name: _group_report(sorted(idx), usable, per_policy, stats, points, bootstrap, seed)
         for name, idx in sorted(_groups(usable).items())
     }
     return {
@@ -128,6 +135,8 @@ def evaluate(
         "models_unknown_to_training": sorted(dropped_models),
         "points": points,
         "willingness": [round(f, 6) for f in fractions],
+        "swept": "cost_quality",
+        "bootstrap": {"resamples": bootstrap, "seed": seed, "level": 0.95},
         "groups": report_groups,
     }
 
@@ -203,7 +212,7 @@ def _policy_choices(
     stats: dict[str, ModelStats],
     fractions: list[float],
     lengths: np.ndarray,
-    model: ComplexityModel,
+    router: Router,
     decisions: TextIO | None,
     write_decision: Callable[[TextIO, str, int, str], None] | None,
 ) -> dict[str, list[list[Choice]]]:
@@ -213,7 +222,7 @@ def _policy_choices(
     for i, (record, known) in enumerate(usable):
         picks = _picks(record, known, stats)
         per_policy["router"].append(
-            _router_row(record, known, picks, stats, fractions, model, decisions, write_decision)
+            _router_row(record, known, picks, fractions, router, decisions, write_decision)
         )
         per_policy["random"].append([picks.mix(f) for f in fractions])
         per_policy["best_single"].append([picks.choice(picks.best) for _ in fractions])
@@ -228,20 +237,14 @@ def _router_row(
     record: Record,
     known: list[str],
     picks: _Picks,
-    stats: dict[str, ModelStats],
     fractions: list[float],
-    model: ComplexityModel,
+    router: Router,
     decisions: TextIO | None,
     write_decision: Callable[[TextIO, str, int, str], None] | None,
 ) -> list[Choice]:
-    """The router's pick at every willingness, each written as a decision when asked."""
-    candidates = [
-        Candidate(m, stats[m].cost_per_input_token, 0.0, stats[m].quality_prior) for m in known
-    ]
-    est = estimate(RequestFeatures.from_prompt(record.prompt), model=model)
+    """The router's pick at every setting, each written as a decision when asked."""
     row = []
-    for k, f in enumerate(fractions):
-        picked = choose(candidates, est, f, model=model)[0].candidate.model_id
+    for k, picked in enumerate(router(record, known, fractions)):
         row.append(picks.choice(picked))
         if decisions is not None and write_decision is not None:
             write_decision(decisions, record.id, k, picked)
@@ -300,10 +303,22 @@ def _group_report(
     per_policy: dict[str, list[list[Choice]]],
     stats: dict[str, ModelStats],
     points: int,
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> dict[str, Any]:
+    """The group's figures, and with ``bootstrap`` > 0 a 95% percentile interval for each
+    headline figure (the reference's quality and cost, every policy's saving at 95% and APGR)
+    from that many resamples of the group's records with replacement. The reference and the
+    two-model pair are chosen once, on the full group; each resample recomputes their means."""
     candidate_sets = {tuple(usable[i][1]) for i in idx}
     common = set.intersection(*(set(usable[i][1]) for i in idx)) if idx else set()
+    weights = _resample_weights(len(idx), bootstrap, seed) if idx and bootstrap > 0 else None
+
+    def column(model_name: str, attr: str) -> np.ndarray:
+        return np.array([getattr(usable[i][0].outcomes[model_name], attr) for i in idx])
+
     reference: dict[str, Any] | None = None
+    ref_boot: tuple[np.ndarray, np.ndarray] | None = None
     if common:
         ranked = sorted(
             common,
@@ -319,7 +334,12 @@ def _group_report(
             "quality": _mean([usable[i][0].outcomes[name].score for i in idx]),
             "cost": _mean([usable[i][0].outcomes[name].cost_usd for i in idx]),
         }
+        if weights is not None:
+            ref_boot = (weights @ column(name, "score"), weights @ column(name, "cost_usd"))
+            reference["quality_ci"] = _interval(ref_boot[0])
+            reference["cost_ci"] = _interval(ref_boot[1])
     two_model: dict[str, Any] | None = None
+    pair_boot: tuple[np.ndarray, np.ndarray] | None = None
     if len(candidate_sets) == 1 and len(next(iter(candidate_sets))) == 2:
         pair = next(iter(candidate_sets))
         weak, strong = sorted(pair, key=lambda m: (stats[m].cost_per_input_token, m))
@@ -329,21 +349,44 @@ def _group_report(
             "weak_quality": _mean([usable[i][0].outcomes[weak].score for i in idx]),
             "strong_quality": _mean([usable[i][0].outcomes[strong].score for i in idx]),
         }
+        if weights is not None:
+            pair_boot = (weights @ column(weak, "score"), weights @ column(strong, "score"))
     policies = {}
     for policy, rows in per_policy.items():
         quality = [_mean([rows[i][k].score for i in idx]) for k in range(points)]
         cost = [_mean([rows[i][k].cost for i in idx]) for k in range(points)]
         entry: dict[str, Any] = {"quality": quality, "cost": cost}
+        boot: dict[str, np.ndarray] = {}
+        if weights is not None:
+            for attr in ("score", "cost", "strong_share"):
+                matrix = np.array([[getattr(rows[i][k], attr) for k in range(points)] for i in idx])
+                boot[attr] = weights @ matrix  # (resamples, points)
         if reference is not None:
             entry["cost_saving_at_95"] = cost_saving(
                 quality, cost, reference["quality"], reference["cost"]
             )
+            if ref_boot is not None:
+                entry["cost_saving_at_95_ci"] = _interval(
+                    [
+                        cost_saving(q, c, rq, rc)
+                        for q, c, rq, rc in zip(boot["score"], boot["cost"], *ref_boot, strict=True)
+                    ]
+                )
         if two_model is not None:
             share = [_mean([rows[i][k].strong_share for i in idx]) for k in range(points)]
             entry["strong_share"] = share
             entry["apgr"] = apgr(
                 share, quality, two_model["weak_quality"], two_model["strong_quality"]
             )
+            if pair_boot is not None:
+                entry["apgr_ci"] = _interval(
+                    [
+                        apgr(list(h), list(q), float(w), float(st))
+                        for h, q, w, st in zip(
+                            boot["strong_share"], boot["score"], *pair_boot, strict=True
+                        )
+                    ]
+                )
         policies[policy] = entry
     return {
         "records": len(idx),
@@ -352,6 +395,25 @@ def _group_report(
         "two_model": two_model,
         "policies": policies,
     }
+
+
+def _resample_weights(n: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n): each row a bootstrap resample's record counts / n (a mean is a row
+    times the records' values)."""
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)
+    return counts / float(n)
+
+
+def _interval(values: Sequence[float | None] | np.ndarray) -> list[float | None]:
+    """The 2.5th and 97.5th percentiles of the resampled values, from values that occurred
+    (no interpolation). A None (the figure does not exist in that resample: never reached,
+    or no gap to recover) counts as below every number; a bound that falls on one is None."""
+    finite = np.array([-math.inf if v is None else float(v) for v in values])
+    if finite.size == 0:
+        return [None, None]
+    bounds = np.quantile(finite, [0.025, 0.975], method="inverted_cdf")
+    return [None if math.isinf(b) else float(b) for b in bounds]
 
 
 def apgr(
@@ -371,17 +433,12 @@ def apgr(
 def cost_saving(
     quality: Sequence[float], cost: Sequence[float], ref_quality: float, ref_cost: float
 ) -> float | None:
-    """1 - min cost reaching 95% of ``ref_quality`` / ``ref_cost``; None if never reached."""
+    """1 - (the lowest cost among the achieved points reaching 95% of ``ref_quality``) /
+    ``ref_cost``; None if no point reaches it. No interpolation between points: a cost between
+    two settings is only reachable by mixing them at random, which the router does not do."""
     target = QUALITY_TARGET * ref_quality
     eps = 1e-12
-    best: float | None = None
-    for k, (q, c) in enumerate(zip(quality, cost, strict=True)):
-        if q >= target - eps:
-            best = c if best is None else min(best, c)
-        if k and (quality[k - 1] < target - eps) != (q < target - eps):
-            q0, c0 = quality[k - 1], cost[k - 1]
-            crossing = c0 + (target - q0) / (q - q0) * (c - c0)
-            best = crossing if best is None else min(best, crossing)
-    if best is None or ref_cost <= 0:
+    reached = [c for q, c in zip(quality, cost, strict=True) if q >= target - eps]
+    if not reached or ref_cost <= 0:
         return None
-    return 1.0 - best / ref_cost
+    return 1.0 - float(min(reached)) / ref_cost

@@ -22,6 +22,7 @@ from routing.complexity.train import (
     train_model,
     vocab_rows,
 )
+from routing.offline import live_router
 from tests.routing.complexity_toys import write_jsonl
 
 
@@ -150,7 +151,11 @@ def test_routing_cv_command_reports_every_fold(tmp_path):
     rows = synthetic_rows(80)
     data = write_jsonl(tmp_path / "syn.jsonl", rows)
     result = cross_validate(
-        read_records(data), k=2, config=TrainConfig(steps=20, clusters=2), points=21
+        read_records(data),
+        k=2,
+        router_for=live_router,
+        config=TrainConfig(steps=20, clusters=2),
+        points=21,
     )
     assert result["k"] == 2 and len(result["folds"]) == 2
     assert set(result["mean"]) == {key for key, _, _ in HEADLINE}

@@ -5,15 +5,27 @@ records both models score 1; on hard ones small scores 0 and big 1. big costs 0.
 small 0.001. The training file is the same four records, so big's price is 0.4 / 100 tokens,
 small's 0.004 / 100, and the priors are 1.0 (big) and 0.5 (small). The hand-built model
 predicts sigmoid(4) for both models, except sigmoid(-4) for small on prompts containing "hard";
-its willingness grid gives lambda = 0.25 / w below w = 0.5.
+its willingness grid gives lambda = 0.25 / w below w = 0.5. The router is the gateway's
+(``routing.engine.route`` on a catalog of the two models, ``cost_quality`` = the point's
+willingness).
 """
 
 import io
 import json
+from decimal import Decimal
 
 import pytest
 from django.core.management import CommandError, call_command
 
+from orgs.policy import PolicySpec
+from routing.complexity import RequestFeatures, estimate
+from routing.complexity.data import model_stats, read_records
+from routing.complexity.estimator import EVIDENCE_HEAD
+from routing.complexity.model import load_model
+from routing.engine import RouteRequest, route
+from routing.health import HealthConfig, LocalHealth
+from routing.offline import live_router, tiers, training_catalog
+from routing.policies import policy_merge
 from tests.routing.complexity_toys import (
     BIG,
     SMALL,
@@ -51,8 +63,16 @@ def test_router_and_baselines_hand_computed(files):
     assert report["willingness"] == [k / 20 for k in range(21)]
     assert (report["records"], report["evaluated"], report["skipped"]["count"]) == (4, 4, 0)
     assert set(report["groups"]) == {"overall", "source:fixture", "toy"}
+    assert report["swept"] == "cost_quality"
+    assert report["bootstrap"] == {"resamples": 1000, "seed": 0, "level": 0.95}
     group = report["groups"]["toy"]
-    assert group["reference"] == {"model": BIG, "quality": 1.0, "cost": 0.1}
+    assert group["reference"] == {
+        "model": BIG,
+        "quality": 1.0,
+        "cost": 0.1,
+        "quality_ci": [1.0, 1.0],  # big scores 1 and costs 0.1 on every record
+        "cost_ci": [0.1, 0.1],
+    }
     assert group["two_model"] == {
         "weak": SMALL,
         "strong": BIG,
@@ -67,8 +87,13 @@ def test_router_and_baselines_hand_computed(files):
     assert p["router"]["cost"] == pytest.approx([0.001] * 6 + [0.0505] * 15, abs=1e-15)
     # PGR 0 at 0%, 1 at 50% and 100% of calls to big: area 0.25 / 2 + 0.5 = 0.375 ... / 0.5
     assert p["router"]["apgr"] == 0.75
-    # 95% of big's quality between k = 5 and 6: 0.001 + 0.9 * 0.0495 = 0.04555
-    assert p["router"]["cost_saving_at_95"] == pytest.approx(1 - 0.04555 / 0.1, abs=1e-12)
+    # 95% of big's quality is first reached at k = 6, cost 0.0505 (no interpolation)
+    assert p["router"]["cost_saving_at_95"] == pytest.approx(1 - 0.0505 / 0.1, abs=1e-12)
+    # four records: a resample of easy records only has no gap to recover (no APGR, counted
+    # below every number, so the lower bound is None) and saves 99% (small everywhere); one
+    # of hard records only saves nothing
+    assert p["router"]["apgr_ci"] == [None, 0.875]
+    assert p["router"]["cost_saving_at_95_ci"] == pytest.approx([0.0, 0.99])
 
     # random: expected mix of small and big, a straight line
     assert p["random"]["quality"] == pytest.approx([0.5 + 0.5 * k / 20 for k in range(21)])
@@ -86,14 +111,15 @@ def test_router_and_baselines_hand_computed(files):
     assert p["prompt_length"]["strong_share"] == [0.0] + [0.25] * 6 + [0.5] * 7 + [0.75] * 6 + [1.0]
     assert p["prompt_length"]["quality"] == [0.5] + [0.75] * 13 + [1.0] * 7
     assert p["prompt_length"]["apgr"] == 0.625
-    # crossing between k = 13 (0.75, 0.0505) and k = 14 (1.0, 0.07525): 0.0505 + 0.8 * 0.02475
-    assert p["prompt_length"]["cost_saving_at_95"] == pytest.approx(1 - 0.0703 / 0.1, abs=1e-12)
+    # first point reaching 95%: k = 14 (1.0, 0.07525)
+    assert p["prompt_length"]["cost_saving_at_95"] == pytest.approx(1 - 0.07525 / 0.1, abs=1e-12)
 
     # oracle: hard records first; floor(4 f) records upgraded
     assert p["oracle"]["quality"] == [0.5] * 5 + [0.75] * 5 + [1.0] * 11
     assert p["oracle"]["strong_share"] == [0.0] * 5 + [0.25] * 5 + [0.5] * 11
     assert p["oracle"]["apgr"] == 0.75
-    assert p["oracle"]["cost_saving_at_95"] == pytest.approx(1 - 0.04555 / 0.1, abs=1e-12)
+    assert p["oracle"]["cost_saving_at_95"] == pytest.approx(1 - 0.0505 / 0.1, abs=1e-12)
+    assert p["best_single"]["cost_saving_at_95_ci"] == [0.0, 0.0]
 
     assert report["groups"]["overall"]["policies"] == p
 
@@ -202,3 +228,33 @@ def test_plot_is_written(files):
     png = files["dir"] / "curves.png"
     run_eval(files, plot=str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_evaluated_router_is_the_gateways_engine_on_the_training_models(files):
+    records = read_records(files["data"])
+    stats = model_stats(records)
+    snapshot = training_catalog(stats)
+    assert tiers(stats) == {SMALL: 1, BIG: 3}  # quartile of the mean score among 2 models
+    assert snapshot.models[BIG].current_price.input_per_token == Decimal("0.004")
+    model = load_model(files["model"])
+    hard = next(r for r in records if r.id == "h1")
+    features = RequestFeatures.from_prompt(hard.prompt)
+    policy = policy_merge(
+        [("organization", PolicySpec(strategy="balanced", cost_quality=Decimal("0.5")))]
+    )
+    decision = route(
+        request=RouteRequest(features=features),
+        policy=policy,
+        snapshot=snapshot,
+        store=LocalHealth(HealthConfig()),
+        estimate_=estimate(features, model=model),
+    )
+    # the artefact's per-model heads apply to the catalog's models of the same name
+    assert decision.explain["quality"] == EVIDENCE_HEAD
+    assert live_router(stats, model)(hard, [SMALL, BIG], [0.0, 0.5, 1.0]) == [
+        SMALL,
+        decision.candidates[0].model_id,
+        BIG,
+    ]
+    # the record's candidates reach the engine as the policy's allowed_models
+    assert live_router(stats, model, strategy="cost")(hard, [SMALL], [1.0]) == [SMALL]

@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from routing.complexity.cv import cross_validate
 from routing.complexity.data import DEFAULT_TRAIN_FILE, DataError, read_records, split_holdout
 from routing.complexity.train import TrainConfig
+from routing.offline import live_router
 
 
 class Command(BaseCommand):
@@ -38,6 +39,8 @@ class Command(BaseCommand):
             records, _ = split_holdout(records)
         if options["folds"] < 2:
             raise CommandError("--folds must be at least 2")
-        result = cross_validate(records, k=options["folds"], config=TrainConfig())
+        result = cross_validate(
+            records, k=options["folds"], router_for=live_router, config=TrainConfig()
+        )
         result["seconds"] = round(time.perf_counter() - started, 1)
         self.stdout.write(json.dumps(result))

@@ -17,8 +17,10 @@ from routing.complexity.data import (
 )
 from routing.complexity.evaluation import evaluate
 from routing.complexity.model import DEFAULT_ARTEFACT, ArtefactError, load_model
+from routing.offline import live_router
 
 MIN_POINTS = 21
+BOOTSTRAP = 1000
 
 
 def _write_decision(handle: TextIO, record_id: str, point: int, model: str) -> None:
@@ -27,9 +29,11 @@ def _write_decision(handle: TextIO, record_id: str, point: int, model: str) -> N
 
 class Command(BaseCommand):
     help = (
-        "Evaluate the router on routing-data records: per task family and overall, quality and "
-        "cost at every point of the cost/quality sweep, APGR, cost saving at 95%% of the best "
-        "single model, and the random / best single / prompt length / oracle baselines."
+        "Evaluate the gateway's router (routing.engine.route on a catalog of the training "
+        "file's models, cost_quality swept) on routing-data records: per task family and "
+        "overall, quality and cost at every point, APGR, cost saving at 95%% of the best single "
+        "model with 95%% bootstrap intervals, and the random / best single / prompt length / "
+        "oracle baselines."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -47,12 +51,20 @@ class Command(BaseCommand):
             action="store_true",
             help="evaluate only the held-out 20%% of --data; priors from the other 80%% of --train",
         )
+        parser.add_argument(
+            "--bootstrap",
+            type=int,
+            default=BOOTSTRAP,
+            help=f"resamples for the 95%% intervals (default {BOOTSTRAP}; 0: none)",
+        )
         parser.add_argument("--plot", help="also draw the curves to this PNG")
         parser.add_argument("--indent", type=int, default=None)
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["points"] < MIN_POINTS:
             raise CommandError(f"--points must be at least {MIN_POINTS}")
+        if options["bootstrap"] < 0:
+            raise CommandError("--bootstrap must be 0 or more")
         try:
             records = read_records(options["data"])
             train = read_records(options["train"])
@@ -74,10 +86,11 @@ class Command(BaseCommand):
                 records,
                 stats=stats,
                 train_lengths=lengths,
-                model=model,
+                router=live_router(stats, model),
                 points=options["points"],
                 decisions=handle,
                 write_decision=_write_decision,
+                bootstrap=options["bootstrap"],
             )
         finally:
             if handle is not None:
