@@ -49,6 +49,27 @@ def _long_prompt(tokens: int = 8000) -> str:
     return text[: tokens * 4] + "\n\nSummarize the disagreement and propose a test, step by step."
 
 
+def _conversation(turns: int = 20) -> list[dict]:
+    """A coding-agent session: ``turns`` user turns, each answered by a tool call, its result
+    and an assistant reply (the estimator reads the earlier asks too)."""
+    asks = [
+        "Add a retry with exponential backoff to the HTTP client in client.py.",
+        "Now make the maximum delay configurable.",
+        "Why does the test for the timeout fail on CI?",
+        "Fix it, and keep the old behaviour when no deadline is set.",
+        "Thanks. Can you also log each retry at debug level?",
+    ]
+    messages: list[dict] = [{"role": "system", "content": "You are a coding agent. " * 20}]
+    for i in range(turns):
+        messages += [
+            {"role": "user", "content": asks[i % len(asks)]},
+            {"role": "assistant", "content": None, "tool_calls": 1},
+            {"role": "tool", "content": "def request(self, method, url):\n    ...\n" * 12},
+            {"role": "assistant", "content": "Done: the change is in client.py. " * 6},
+        ]
+    return messages[:-1]
+
+
 def workloads() -> dict[str, dict]:
     tools = [
         {
@@ -85,6 +106,7 @@ def workloads() -> dict[str, dict]:
                 {"role": "user", "content": "Make it O(n) and explain why it is correct."},
             ]
         },
+        "conversation_20_turns": {"messages": _conversation(20)},
     }
 
 

@@ -299,7 +299,8 @@ def _features(request: ChatRequest | EmbeddingRequest) -> RequestFeatures:
                 else {"type": "image_url", "image_url": {"url": part.image_url or ""}}
                 for part in content
             ]
-        messages.append({"role": message.role, "content": content or ""})
+        calls = len(message.tool_calls) if message.tool_calls else 0
+        messages.append({"role": message.role, "content": content or "", "tool_calls": calls})
     fmt = request.response_format.type if request.response_format else None
     return RequestFeatures.from_messages(
         messages, tools=bool(request.tools), response_format=fmt, max_tokens=request.max_tokens

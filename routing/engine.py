@@ -697,6 +697,14 @@ def _explain(
     if est is not None and request.mode != "embedding":
         out["tier"] = est.tier
         out["difficulty"] = round(est.difficulty, 3)
+        f = request.features
+        if f.turns > 1 or f.tool_results or f.tool_calls:
+            out["conversation"] = {
+                "user_turns": f.turns,
+                "tool_calls": f.tool_calls,
+                "tool_results": f.tool_results,
+                "earlier_turns_read": f.earlier is not None,
+            }
     tokens = _tokens(request, est)
     if tokens is not None and candidates:
         chosen = candidates[0]

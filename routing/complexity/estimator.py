@@ -20,12 +20,17 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from routing.complexity.features import LONG_CONTEXT_TOKENS, RequestFeatures
-from routing.complexity.model import ComplexityModel, default_model, sigmoid
+from routing.complexity.model import ComplexityModel, Scores, default_model, sigmoid
 
 # Quality tiers: a typical model of tier t answers a typical request well with this probability.
 TIER_PRIORS: tuple[float, ...] = (0.55, 0.68, 0.80, 0.90)
 # A request needs the lowest tier whose predicted success reaches this.
 TIER_TARGET = 0.75
+# In a conversation, how far a harder earlier ask pulls the last turn's logits toward its own
+# (``carried``). A choice, not learned: the training records are single prompts, so no label
+# says how much a follow-up inherits; half way keeps "thanks, and the next step?" after a
+# proof above a greeting and below the proof itself.
+CARRY = 0.5
 
 # Catalog models are not the artefact's models: a catalog model is read through the artefact's
 # strong / weak pair, the two models of the RouteLLM records (9,266 MMLU, GSM8K and MT-Bench
@@ -141,9 +146,29 @@ def guess_output_tokens(features: RequestFeatures) -> int:
     return guess
 
 
-def estimate(features: RequestFeatures, *, model: ComplexityModel | None = None) -> Estimate:
-    model = model or default_model()
+def carried(last: float, earlier: float) -> float:
+    """A logit of the last turn with the conversation's earlier asks read: a harder (lower)
+    earlier logit pulls it CARRY of the way down; an easier one leaves it (a hard question
+    after small talk stays hard)."""
+    return last + CARRY * min(0.0, earlier - last)
+
+
+def _conversation_scores(model: ComplexityModel, features: RequestFeatures) -> Scores:
     scores = model.scores(features)
+    if features.earlier is None:
+        return scores
+    before = model.scores(features.earlier)
+    return Scores(
+        carried(scores.shared, before.shared),
+        {m: carried(z, before.per_model.get(m, z)) for m, z in scores.per_model.items()},
+    )
+
+
+def estimate(features: RequestFeatures, *, model: ComplexityModel | None = None) -> Estimate:
+    """The estimate of a request: the last user turn scored by the artefact, and in a
+    conversation, each logit carried toward the earlier user turns' (``carried``)."""
+    model = model or default_model()
+    scores = _conversation_scores(model, features)
     weak, strong = scores.per_model.get(ANCHOR_WEAK), scores.per_model.get(ANCHOR_STRONG)
     anchors = (weak, strong) if weak is not None and strong is not None else None
     if anchors is not None:

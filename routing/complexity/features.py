@@ -22,6 +22,9 @@ NGRAM_HEAD_CHARS = 800
 NGRAM_TAIL_CHARS = 700
 # Characters per token, the usual rough rule for English text with GPT-style tokenizers.
 LONG_CONTEXT_TOKENS = 16_000
+# Characters of each earlier ask read in a conversation (the first ask and the one before the
+# last turn).
+EARLIER_CHARS = 300
 # Regular expressions scan at most this many characters (two thirds head, one third tail).
 SCAN_CHARS = 2000
 
@@ -109,7 +112,11 @@ class RequestFeatures:
 
     ``text`` is the last user turn (the question the router judges); ``dense`` holds the
     handcrafted signals in ``DENSE_FEATURES`` order; ``ngrams`` the word uni- and bigrams of a
-    bounded slice of ``text``. Nothing here is stored or logged: it lives for one decision.
+    bounded slice of ``text``. ``earlier``: the same features of what the conversation asked
+    before (its first user turn and the one before the last, ``EARLIER_CHARS`` of each: the
+    estimator lets a harder earlier ask pull a follow-up's estimate toward it);
+    ``tool_results`` / ``tool_calls``: the tool messages and assistant tool calls in the
+    conversation. Nothing here is stored or logged: it lives for one decision.
     """
 
     text: str
@@ -127,6 +134,9 @@ class RequestFeatures:
     multiple_choice: bool = False
     turns: int = 1
     extra: Mapping[str, float] = field(default_factory=dict)
+    earlier: RequestFeatures | None = None
+    tool_results: int = 0
+    tool_calls: int = 0
 
     @classmethod
     def from_prompt(cls, prompt: str, **kwargs: Any) -> RequestFeatures:
@@ -147,12 +157,13 @@ class RequestFeatures:
         ``messages``: dicts with ``role`` and ``content`` (a string, or a list of parts such as
         ``{"type": "text", "text": ...}`` / ``{"type": "image_url", ...}`` / ``{"type": "image"}``).
         ``tools``: the request's tool list (or just True/False). ``response_format``: the
-        OpenAI ``response_format`` object or its ``type`` string.
+        OpenAI ``response_format`` object or its ``type`` string. A ``tool`` role message is a
+        tool result; an assistant message's ``tool_calls`` (a list, or a count) its calls.
         """
-        last_user = ""
+        user_texts: list[str] = []
         system_chars = 0
         total_chars = 0
-        turns = 0
+        tool_results = tool_calls = 0
         has_images = False
         for message in messages:
             role = message.get("role")
@@ -162,8 +173,13 @@ class RequestFeatures:
             if role in ("system", "developer"):
                 system_chars += len(text)
             elif role == "user":
-                turns += 1
-                last_user = text
+                user_texts.append(text)
+            elif role == "tool":
+                tool_results += 1
+            elif role == "assistant":
+                calls = message.get("tool_calls")
+                tool_calls += calls if isinstance(calls, int) else len(calls or ())
+        last_user = user_texts[-1] if user_texts else ""
         if not last_user and messages:
             last_user, _ = _content_text(messages[-1].get("content"))
         has_tools = bool(tools)
@@ -172,16 +188,37 @@ class RequestFeatures:
         else:
             rf_type = response_format
         wants_json = rf_type in ("json_object", "json_schema")
+        earlier = None
+        asked_before = [t for t in user_texts[:-1] if t.strip()]
+        if asked_before:
+            # the task (the first ask) and the context of the follow-up (the ask before it),
+            # each cut to its head: a bounded cost however long the conversation
+            kept = asked_before[:1] + asked_before[-1:] if len(asked_before) > 1 else asked_before
+            joined = "\n".join(t[:EARLIER_CHARS] for t in kept)
+            earlier = _build(
+                joined,
+                total_chars=len(joined),
+                system_chars=system_chars,
+                turns=1,
+                has_tools=has_tools,
+                has_images=False,
+                response_format=rf_type,
+                wants_json=wants_json,
+                max_tokens=max_tokens,
+            )
         return _build(
             last_user,
             total_chars=total_chars,
             system_chars=system_chars,
-            turns=max(turns, 1),
+            turns=max(len(user_texts), 1),
             has_tools=has_tools,
             has_images=has_images,
             response_format=rf_type,
             wants_json=wants_json,
             max_tokens=max_tokens,
+            earlier=earlier,
+            tool_results=tool_results,
+            tool_calls=tool_calls,
         )
 
 
@@ -311,6 +348,9 @@ def _build(
     response_format: str | None,
     wants_json: bool,
     max_tokens: int | None,
+    earlier: RequestFeatures | None = None,
+    tool_results: int = 0,
+    tool_calls: int = 0,
 ) -> RequestFeatures:
     n_chars = len(text)
     n_words = text.count(" ") + text.count("\n") + (1 if text.strip() else 0)
@@ -379,4 +419,7 @@ def _build(
         reasoning=reasoning_score >= 2,
         multiple_choice=choices >= 2,
         turns=turns,
+        earlier=earlier,
+        tool_results=tool_results,
+        tool_calls=tool_calls,
     )

@@ -198,3 +198,38 @@ def test_choose_measures_cost_against_the_reference_cost_when_given():
         assert r.utility == pytest.approx(
             r.success - lam * r.expected_cost / (by_id[BIG].expected_cost * 10)
         )
+
+
+def test_a_follow_up_is_carried_half_way_toward_a_harder_earlier_ask():
+    model = toy_model()  # small's head: -4 on prompts with "hard", +4 otherwise; big's +4
+    hard, easy = "a hard question", "thanks, go on"
+
+    def conversation(*asks):
+        messages = []
+        for ask in asks:
+            messages += [{"role": "user", "content": ask}, {"role": "assistant", "content": "."}]
+        return estimate(RequestFeatures.from_messages(messages[:-1]), model=model)
+
+    assert conversation(easy).model_success[SMALL] == sigmoid(4.0)
+    # after the hard ask, the follow-up's logit moves CARRY = 0.5 of the way: 4 - 0.5 * 8
+    assert conversation(hard, easy).model_success[SMALL] == sigmoid(0.0)
+    assert conversation(hard, easy).model_success[BIG] == sigmoid(4.0)  # no harder before
+    # a hard question after small talk is not made easier by it
+    assert conversation(easy, hard).model_success[SMALL] == sigmoid(-4.0)
+
+
+def test_the_bundled_model_reads_a_proofs_follow_up_as_harder_than_the_same_words_alone():
+    proof = "Prove that for every positive integer n, the number n^5 - n is divisible by 30."
+    follow_up = "Thanks! And the next step?"
+    alone = estimate(RequestFeatures.from_prompt(follow_up))
+    after = estimate(
+        RequestFeatures.from_messages(
+            [
+                {"role": "user", "content": proof},
+                {"role": "assistant", "content": "Factor n^5 - n = n(n - 1)(n + 1)(n^2 + 1)."},
+                {"role": "user", "content": follow_up},
+            ]
+        )
+    )
+    assert alone.tier == 1
+    assert after.tier >= 3 and after.difficulty > alone.difficulty

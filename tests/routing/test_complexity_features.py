@@ -153,3 +153,27 @@ def test_language_detection():
     assert detect_language("今天天气怎么样") == "zh"
     assert detect_language("東京の天気はどうですか") == "ja"
     assert detect_language("12345 !!!") == "und"
+
+
+def test_a_conversation_keeps_its_earlier_asks_and_counts_its_tool_traffic():
+    messages = [
+        {"role": "user", "content": "Write a Python function that parses ISO dates."},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}, {"id": "c2"}]},
+        {"role": "tool", "content": "ok"},
+        {"role": "tool", "content": "ok"},
+        {"role": "assistant", "content": "Done."},
+        {"role": "user", "content": "   "},
+        {"role": "user", "content": "Now add tests."},
+    ]
+    f = RequestFeatures.from_messages(messages)
+    assert f.text == "Now add tests."
+    assert (f.turns, f.tool_calls, f.tool_results) == (3, 2, 2)
+    # the earlier asks, blank ones left out, featurized like a prompt of their own
+    assert f.earlier is not None
+    assert f.earlier.text == "Write a Python function that parses ISO dates."
+    assert f.earlier.earlier is None and f.earlier.code
+    single = RequestFeatures.from_prompt("Now add tests.")
+    assert single.earlier is None and (single.tool_calls, single.tool_results) == (0, 0)
+    # a count is accepted for the calls too (the gateway passes counts)
+    counted = RequestFeatures.from_messages([{"role": "assistant", "tool_calls": 3}])
+    assert counted.tool_calls == 3

@@ -412,6 +412,30 @@ def test_explanation_is_small_metadata(catalog, store):
     assert EASY not in str(explain)
 
 
+def test_a_conversation_is_routed_on_what_it_asked_before(catalog, store):
+    follow_up = "Thanks! And the next step?"
+    messages = [
+        {"role": "user", "content": HARD},
+        {"role": "assistant", "content": None, "tool_calls": 1},
+        {"role": "tool", "content": "n(n-1)(n+1)(n^2+1)"},
+        {"role": "user", "content": follow_up},
+    ]
+    conversation = RouteRequest(features=RequestFeatures.from_messages(messages))
+    alone = route(request=req(follow_up), policy=policy(strategy="cost"), store=store)
+    after = route(request=conversation, policy=policy(strategy="cost"), store=store)
+    assert alone.estimate.tier == 1 and alone.candidates[0].model.quality_tier == 1
+    assert after.estimate.tier >= 3
+    assert after.candidates[0].model.quality_tier >= after.estimate.tier
+    assert after.explain["conversation"] == {
+        "user_turns": 2,
+        "tool_calls": 1,
+        "tool_results": 1,
+        "earlier_turns_read": True,
+    }
+    assert "conversation" not in alone.explain
+    assert HARD not in str(after.explain) and follow_up not in str(after.explain)
+
+
 def test_reference_model_resolves_in_the_catalog_else_the_default(catalog, store, settings):
     settings.MEGAROUTER_DEFAULT_REFERENCE_MODEL = "alpha/a-mid"
     snapshot = catalog_snapshot(max_age=0)
