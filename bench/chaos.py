@@ -36,6 +36,13 @@ Scenarios (``--only`` takes these names):
   end through a second gateway (2 workers) on the shipped defaults: no timeout or breaker
   setting changed. Targets: 16/16 pass; a flapping primary's traffic back within the
   cool-down + 1 s; with the primary hung, the fallback's answer within the TTFT deadline + 1 s.
+- ``conversations``: 40 conversations of 6 turns (a 1,600-token system prompt each, ``auto``
+  restricted by the request to one model with two equally weighted deployments that keep
+  separate prompt caches in the simulator), 4 at a time over both workers, on the gateway
+  (cache-aware, the default) and on a second one with ``MEGAROUTER_CACHE_AWARE_ROUTING=false``:
+  how many continuing turns stayed on the deployment holding their cache, the cached prompt
+  tokens the simulator reported and the spend (the cost headers). Targets: every continuing
+  turn stays (across both processes, through Redis), and the spend is lower than without.
 - ``key-guessing``: many wrong keys from one address: is it rate limited?
 - ``logs``: the gateway's log lines (INFO) hold no key, credential, prompt or completion text.
 
@@ -78,6 +85,7 @@ SCENARIOS = (
     "flapping",
     "load-spread",
     "failoverbench",
+    "conversations",
     "key-guessing",
     "logs",
 )
@@ -597,6 +605,112 @@ DEFAULT_TTFT_S = 20.0  # megarouter/settings.py ROUTING_TTFT_TIMEOUT_S
 DEFAULT_COOLDOWN_S = 10.0  # ROUTING_BREAKER_COOLDOWN_S
 
 
+CONV_COUNT, CONV_TURNS = 40, 6
+
+
+async def _conversations(port: int, key: str, tag: str) -> dict[str, Any]:
+    """CONV_COUNT conversations of CONV_TURNS turns, 4 at a time: per continuing turn whether
+    it stayed on the previous turn's deployment (told apart by the answer's length), the cached
+    tokens the provider reported, the spend from the cost headers."""
+    from bench.seed import CACHE_PAIR
+
+    lengths = {tokens for _, tokens in CACHE_PAIR}
+    stayed = switched = cached_turns = errors = 0
+    cached_tokens = prompt_tokens = 0
+    spend = Decimal(0)
+    queue = iter(range(CONV_COUNT))
+
+    async def client() -> None:
+        nonlocal stayed, switched, cached_turns, errors, cached_tokens, prompt_tokens, spend
+        conn = h.Connection(port, {"Authorization": f"Bearer {key}"})
+        try:
+            for n in queue:
+                system = f"Conversation {tag}-{n}. " + "Answer about the ledger, exactly. " * 230
+                messages: list[dict[str, Any]] = [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": "What is an append-only ledger?"},
+                ]
+                previous = None
+                for i in range(CONV_TURNS):
+                    body = {
+                        "model": "auto",
+                        "messages": messages,
+                        "megarouter": {"allowed_models": ["benchsim/chaos-cache"]},
+                    }
+                    reply = await asyncio.wait_for(
+                        conn.post("/v1/chat/completions", orjson.dumps(body)), 30
+                    )
+                    if reply.status != 200:
+                        errors += 1
+                        break
+                    answer = orjson.loads(reply.body)
+                    usage = answer["usage"]
+                    served = usage["completion_tokens"]
+                    assert served in lengths, usage
+                    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+                    spend += Decimal(reply.headers["x-megarouter-cost-usd"])
+                    prompt_tokens += usage["prompt_tokens"]
+                    if i:
+                        stayed += served == previous
+                        switched += served != previous
+                        cached_turns += cached > 0
+                        cached_tokens += cached
+                    previous = served
+                    messages += [
+                        {
+                            "role": "assistant",
+                            "content": answer["choices"][0]["message"]["content"],
+                        },
+                        {"role": "user", "content": f"And what about case {i + 2}?"},
+                    ]
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(client() for _ in range(4)))
+    continuing = stayed + switched
+    return {
+        "continuing turns": continuing,
+        "stayed on the cache's deployment": stayed,
+        "switched": switched,
+        "turns with cached tokens": cached_turns,
+        "cached / prompt tokens": f"{cached_tokens:,} / {prompt_tokens:,}",
+        "spend usd": str(spend),
+        "errors": errors,
+    }
+
+
+async def conversations(stack: Stack) -> Outcome:
+    """Cache-aware routing on and off, the same conversations (see the module docstring)."""
+    out = Outcome("conversations")
+    aware = await _conversations(stack.port, stack.key, "aware")
+    env = {**stack.server_env, "MEGAROUTER_CACHE_AWARE_ROUTING": "false"}
+    port = h.free_port()
+    log = stack.log.with_name(stack.log.name.replace("-gateway", "-nocache-gateway"))
+    gateway = h.gateway_service(port, env, 2, log).start()
+    stack.started.append(gateway)
+    try:
+        blind = await _conversations(port, stack.key, "blind")
+    finally:
+        gateway.stop()
+    out.figures["cache-aware (default)"] = aware
+    out.figures["MEGAROUTER_CACHE_AWARE_ROUTING=false"] = blind
+    saving = 1 - Decimal(aware["spend usd"]) / Decimal(blind["spend usd"])
+    out.figures["spend saved by staying"] = f"{saving:.1%}"
+    out.check(aware["errors"] == blind["errors"] == 0, "a conversation turn failed")
+    out.check(
+        aware["stayed on the cache's deployment"]
+        == aware["continuing turns"]
+        == CONV_COUNT * (CONV_TURNS - 1),
+        "a continuing turn left the deployment holding its cache",
+    )
+    out.check(
+        aware["turns with cached tokens"] == aware["continuing turns"],
+        "a continuing turn found no cached prompt",
+    )
+    out.check(saving > 0, "staying on the cache did not lower the spend")
+    return out
+
+
 def _verdict(reply: h.Reply) -> str:
     """How a stream ended: complete, an error event without [DONE], or truncated."""
     if reply.status != 200:
@@ -824,6 +938,7 @@ RUNNERS = {
     "flapping": flapping,
     "load-spread": load_spread,
     "failoverbench": failoverbench,
+    "conversations": conversations,
     "key-guessing": key_guessing,
     "logs": logs,
 }

@@ -20,6 +20,7 @@ model name, docs/simulator.md):
 | chaos-flap | primary 503 for ``FLAP_S`` after its first request, then healthy | recovery |
 | chaos-spread | three deployments, weights 1 / 2 / 7 (answers of 3 / 4 / 5 tokens) | load spread |
 | chaos-rpm | one at ``SPREAD_RPM`` requests a minute (weight 9), one unlimited (weight 1) | RPM |
+| chaos-cache | two deployments, weights 1 / 1, own caches (answers of 7 / 8 tokens) | caching |
 | fb-s<N>[-...] | ``FAILOVERBENCH``: each scenario's faulty primary, its backups | failoverbench |
 
 When the billing app offers budgets (``billing.services.budget_create``), budgets are created
@@ -51,6 +52,7 @@ FLAP_S = 12  # chaos-flap: the primary answers 503 for this long after its first
 FLAP_BACKUP_TOKENS = 7  # ... and its backup answers this many tokens (which one served)
 SPREAD = {1: 3, 2: 4, 7: 5}  # chaos-spread: weight -> the answer's tokens (who served)
 SPREAD_RPM = 40  # chaos-rpm: the limited deployment's rpm_limit
+CACHE_PAIR = (("a", 7), ("b", 8))  # chaos-cache: upstream tag -> the answer's tokens
 # failoverbench (bench/chaos.py failoverbench): model -> its deployments' upstreams (priority
 # in order) and model fields. A primary answers PRIMARY_TOKENS, a backup deployment
 # BACKUP_TOKENS, a fallback model FALLBACK_TOKENS: the answer's length says who served. "{id}"
@@ -115,6 +117,7 @@ class Simulator:
         *upstreams: str | tuple[str, dict[str, Any]],
         price_in: str = "0.000002",
         price_out: str = "0.000008",
+        cached_in: str | None = None,
         **fields: Any,
     ) -> Any:
         from routing.models import Model
@@ -125,7 +128,9 @@ class Simulator:
             provider=self.provider,
             provider_model_name=name,
             price=PriceInput(
-                input_per_token=Decimal(price_in), output_per_token=Decimal(price_out)
+                input_per_token=Decimal(price_in),
+                output_per_token=Decimal(price_out),
+                cached_input_per_token=Decimal(cached_in) if cached_in else None,
             ),
             fields={"mode": "chat", "supports_tools": True, "quality_tier": 3, **fields},
         )
@@ -208,6 +213,14 @@ def seed(simulator_url: str, run_id: str) -> dict[str, Any]:
         "chaos-rpm",
         ("gpt-4o-mini~tokens=5", {"weight": 9, "rpm_limit": SPREAD_RPM}),
         ("gpt-4o-mini~tokens=6", {"weight": 1}),
+    )
+
+    # conversations: one model with a cached-input price, two equally weighted deployments on
+    # upstream models of their own (separate simulator prompt caches), told apart by length
+    sim.model(
+        "chaos-cache",
+        *((f"gpt-cache-{tag}~tokens={tokens}", {"weight": 1}) for tag, tokens in CACHE_PAIR),
+        cached_in="0.0000002",
     )
 
     from billing import services as billing

@@ -63,7 +63,7 @@ from gateway.providers.types import (
 from orgs.keys import KeyContext
 from orgs.policy import PolicySpec
 from routing.complexity import RequestFeatures
-from routing.engine import NoRoute, RouteCandidate, RouteDecision, RouteRequest, route_call
+from routing.engine import AUTO, NoRoute, RouteCandidate, RouteDecision, RouteRequest, route_call
 from routing.failover import (
     AttemptBudget,
     AttemptRecord,
@@ -73,6 +73,7 @@ from routing.failover import (
     stream_start,
 )
 from routing.ratelimit import deployment_limiter
+from routing.stickiness import conversation_key, remember
 from routing.tokens import PromptCounts, prompt_tokens_bound, prompt_tokens_estimate
 
 logger = logging.getLogger("megarouter.gateway")
@@ -134,6 +135,9 @@ class CallContext:
     finished: bool = False
     cost: Decimal = ZERO
     settled: bool = False
+    # auto chat: the conversation's identity (a keyed hash, routing.stickiness), to record
+    # which deployment holds its prompt cache once a turn is served
+    conversation: str | None = None
 
     @property
     def organization_id(self) -> int:
@@ -271,6 +275,10 @@ def _bytes(text: str) -> int:
 
 def _route_request(ctx: CallContext, request: ChatRequest | EmbeddingRequest) -> RouteRequest:
     chat = isinstance(request, ChatRequest)
+    continuing = None
+    model = ctx.requested_model
+    if isinstance(request, ChatRequest) and (model == AUTO or model.startswith(AUTO + ":")):
+        ctx.conversation, continuing = _conversation(ctx, request)
     return RouteRequest(
         features=_features(request),
         model=ctx.requested_model,
@@ -281,7 +289,26 @@ def _route_request(ctx: CallContext, request: ChatRequest | EmbeddingRequest) ->
         needs_param=ctx.needs_param,
         input_tokens=ctx.input_tokens_estimate,
         dimensions=request.dimensions if isinstance(request, EmbeddingRequest) else None,
+        conversation=continuing,
     )
+
+
+def _conversation(ctx: CallContext, request: ChatRequest) -> tuple[str, str | None]:
+    """The conversation's identity (from its start: system and developer turns, then the first
+    user turn; or the caller's ``prompt_cache_key``), and the same again when it continues (an
+    assistant or tool turn, or a ``prompt_cache_key``): the only case worth a lookup."""
+    start: list[str] = []
+    for message in request.messages:
+        start.append(message.text())
+        if message.role == "user":
+            break
+    cache_key = request.extra.get("prompt_cache_key")
+    cache_key = cache_key if isinstance(cache_key, str) and cache_key else None
+    key = conversation_key(ctx.organization_id, start, cache_key)
+    continuing = cache_key is not None or any(
+        m.role in ("assistant", "tool") for m in request.messages
+    )
+    return key, key if continuing else None
 
 
 def _features(request: ChatRequest | EmbeddingRequest) -> RequestFeatures:
@@ -751,6 +778,18 @@ async def finish(ctx: CallContext) -> None:
             event=usage_event(ctx, ctx.usage),
         )
     )
+    if ctx.conversation is not None and (ctx.finished or ctx.stream_error is None):
+        chosen = ctx.chosen
+        await asyncio.shield(
+            remember(
+                ctx.conversation,
+                model_id=chosen.model_id,
+                deployment_id=chosen.deployment_id,
+                kind=chosen.info.kind,
+                prompt_tokens=ctx.usage.prompt_tokens,
+                caches=chosen.price is not None and chosen.price.cached_input_per_token is not None,
+            )
+        )
 
 
 def usage_event(ctx: CallContext, usage: Usage) -> UsageEventData:

@@ -252,6 +252,10 @@ CELERY_BEAT_SCHEDULE.update(
     }
 )
 
+# A conversation routed with auto stays on the deployment holding its prompt cache while that
+# is cheaper than switching (docs/routing.md, "Conversations and prompt caches").
+MEGAROUTER_CACHE_AWARE_ROUTING = env.bool("MEGAROUTER_CACHE_AWARE_ROUTING", True)
+
 # Analytics and reports (docs/analytics.md).
 # Savings are measured against this catalog model (a per-policy reference comes with routing).
 MEGAROUTER_DEFAULT_REFERENCE_MODEL = env.str("MEGAROUTER_DEFAULT_REFERENCE_MODEL", "openai/gpt-4o")

@@ -23,6 +23,7 @@ network I/O when warm.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ from routing.eligibility import (
 )
 from routing.health import HealthStore, health_store
 from routing.policies import STRATEGIES, EffectivePolicy, PolicySpec, apolicy_for_key, matches
+from routing.stickiness import CacheHolder, recall
 from routing.strategies import (
     DEFAULT_COST_QUALITY,
     LIVE,
@@ -69,6 +71,7 @@ from routing.strategies import (
     Trade,
     health_penalty,
     order_deployments,
+    stay_or_switch,
     why_deployment,
 )
 
@@ -123,6 +126,10 @@ class RouteRequest:
     needs_param: Mapping[str, str] = field(default_factory=dict)
     input_tokens: int | None = None  # None: the features' estimate
     dimensions: int | None = None  # embeddings: the vector size asked for
+    # a continuing conversation's identity (routing.stickiness.conversation_key), and where
+    # its prompt cache is (route_call reads it for auto requests)
+    conversation: str | None = None
+    cache: CacheHolder | None = None
 
     @property
     def auto(self) -> bool:
@@ -202,6 +209,10 @@ async def route_call(
     an orgs ``KeyContext``, ``override`` the request's ``megarouter`` policy."""
     snapshot = await acatalog_snapshot()
     policy = await apolicy_for_key(key, override)
+    if request.auto and request.conversation is not None and request.cache is None:
+        holder = await recall(request.conversation)
+        if holder is not None:
+            request = dataclasses.replace(request, cache=holder)
     return route(request=request, policy=policy, snapshot=snapshot, store=store, override=override)
 
 
@@ -228,8 +239,9 @@ def route(
         dimensions=request.dimensions,
     )
     reference, note = reference_model_for(policy, snapshot)
+    cache = None
     if request.auto:
-        strategy, est, chosen, reason = _auto(
+        strategy, est, chosen, reason, cache = _auto(
             request, policy, snapshot, store, flt, estimate_, reference
         )
     else:
@@ -242,6 +254,8 @@ def route(
     spread = policy.strategy if strategy == "fixed" else strategy
     candidates = _candidates(strategy, chosen, store, request.stream, spread)
     explain = _explain(strategy, reason, request, est, flt, candidates, snapshot)
+    if cache is not None:
+        explain["prompt_cache"] = cache
     if candidates:
         first = candidates[0]
         if est is not None and request.mode != "embedding":
@@ -419,7 +433,7 @@ def _auto(
     flt: Filter,
     est: Estimate | None,
     reference: str,
-) -> tuple[str, Estimate, list[Item], str]:
+) -> tuple[str, Estimate, list[Item], str, dict[str, Any] | None]:
     strategy = request.model.partition(":")[2] or policy.strategy
     if strategy not in STRATEGIES:
         raise NoRoute("model_not_found", f"Unknown routing strategy '{strategy[:40]}'.")
@@ -450,7 +464,10 @@ def _auto(
     if policy.preferred_models:
         preferred = policy.preferred_models
         ordered.sort(key=lambda item: not matches(preferred, item[0].model.canonical_id))
-    return strategy, est, _diverse(ordered), reason
+    cache = None
+    if request.cache is not None:
+        ordered, cache = stay_or_switch(ordered, request.cache, est)
+    return strategy, est, _diverse(ordered), reason, cache
 
 
 def _trade(

@@ -22,12 +22,14 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from routing.breaker import cooling
 from routing.catalog import DeploymentInfo
 from routing.complexity import TIER_PRIORS, Candidate, Estimate, choose
 from routing.eligibility import Item
 from routing.health import HealthStore
+from routing.stickiness import MIN_CACHED_TOKENS, CacheHolder
 
 DEFAULT_COST_QUALITY = 0.5  # balanced's willingness to pay when no policy level sets it
 LATENCY_PRIOR_MS = 400.0  # per quality tier, for a deployment without samples
@@ -215,6 +217,53 @@ def by_balance(
         f"predicted quality vs expected cost relative to {unit}'s at cost_quality "
         f"{trade.willingness:g}, live latency and errors"
     )
+
+
+def stay_or_switch(
+    ordered: list[Item], holder: CacheHolder, est: Estimate
+) -> tuple[list[Item], dict[str, Any]]:
+    """A continuing conversation's models: the deployment holding its prompt cache first when
+    the model still fits (it is in ``ordered``: every filter passed), reaches the tier the
+    request needs, and this turn costs no more there, its previous prompt at the cached-input
+    price, than on the strategy's own pick with a cold cache. The note says what was weighed;
+    ``cache_lost_usd`` is the cached-input discount given up by switching (0 when staying)."""
+    note: dict[str, Any] = {"model": holder.model_id}
+    index = next(
+        (
+            i
+            for i, (entry, ds) in enumerate(ordered)
+            if entry.model.canonical_id == holder.model_id
+            and any(d.id == holder.deployment_id for d in ds)
+        ),
+        None,
+    )
+    if index is None:
+        note.update(kept=False, why="the deployment holding the cache does not fit this request")
+        return ordered, note
+    entry, deployments = ordered[index]
+    need = min(est.tier, max(e.model.quality_tier for e, _ in ordered))
+    cached_price = entry.price.cached_input_per_token if entry.price is not None else None
+    cached = min(holder.prompt_tokens, est.input_tokens)
+    if cached_price is None or cached < MIN_CACHED_TOKENS:
+        note.update(kept=False, why="nothing cached to stay for")
+        return ordered, note
+    discount = (entry.price_in_f - float(cached_price)) * cached
+    stay = expected_cost(ordered[index], est) - discount
+    switch = expected_cost(ordered[0], est)
+    note.update(cached_tokens_estimate=cached, stay_usd=f"{stay:.8f}", switch_usd=f"{switch:.8f}")
+    if entry.model.quality_tier < need:
+        note.update(kept=False, why=f"below the tier this turn needs ({need})")
+    elif index and stay > switch:
+        note.update(kept=False, why="switching is cheaper")
+    else:
+        pinned = tuple(d for d in deployments if d.id == holder.deployment_id)
+        rest = tuple(d for d in deployments if d.id != holder.deployment_id)
+        front: list[Item] = [(entry, pinned)]
+        behind: list[Item] = [(entry, rest)] if rest else []
+        note.update(kept=True, cache_lost_usd="0.00000000")
+        return front + ordered[:index] + behind + ordered[index + 1 :], note
+    note["cache_lost_usd"] = f"{max(discount, 0.0):.8f}"
+    return ordered, note
 
 
 def _samples(store: HealthStore, d: DeploymentInfo) -> int:

@@ -393,6 +393,62 @@ def pack_base64(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
+# ---------------------------------------------------------------- prompt caches
+
+# Automatic prefix caching, as OpenAI (and Azure OpenAI, and Gemini's implicit caching) do it:
+# a prompt whose first messages repeat a prompt seen in the last PREFIX_CACHE_TTL_S reports
+# those messages' tokens as cached, from PREFIX_CACHE_MIN_TOKENS up, in steps of
+# PREFIX_CACHE_STEP. Anthropic and Bedrock cache only what ``cache_control`` / ``cachePoint``
+# marks, which the simulator does not model: they report no cached tokens.
+PREFIX_CACHE_PROVIDERS = frozenset({"openai", "azure", "gemini"})
+PREFIX_CACHE_MIN_TOKENS = 1024
+PREFIX_CACHE_STEP = 128
+PREFIX_CACHE_TTL_S = 300.0
+PREFIX_CACHE_ENTRIES = 200_000
+
+
+class PrefixCache:
+    """Message-boundary prefixes seen per provider and model, each alive for the TTL after its
+    last use. Thread-safe, bounded."""
+
+    def __init__(self, ttl_s: float = PREFIX_CACHE_TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._seen: dict[bytes, float] = {}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+    def cached_tokens(self, provider: str, request: SimRequest) -> int:
+        """The tokens of the longest cached prefix of this prompt (0 below the minimum), and
+        every prefix of this prompt cached from now on."""
+        h = hashlib.sha256(f"{provider}\x00{request.model}\x00{request.tools_json}".encode())
+        prefixes: list[tuple[bytes, int]] = []
+        tokens = count_tokens(request.tools_json) if request.tools_json else 0
+        for text in request.texts:
+            h.update(text.encode("utf-8", "replace"))
+            h.update(b"\x00")
+            tokens += count_tokens(text) + MESSAGE_OVERHEAD
+            prefixes.append((h.digest(), tokens))
+        now = time.monotonic()
+        hit = 0
+        with self._lock:
+            for digest, length in prefixes:
+                if self._seen.get(digest, 0.0) > now:
+                    hit = length
+            for digest, _ in prefixes:
+                self._seen[digest] = now + self.ttl_s
+            if len(self._seen) > PREFIX_CACHE_ENTRIES:
+                for digest in [d for d, until in self._seen.items() if until <= now]:
+                    del self._seen[digest]
+                while len(self._seen) > PREFIX_CACHE_ENTRIES:
+                    del self._seen[next(iter(self._seen))]
+        if hit < PREFIX_CACHE_MIN_TOKENS:
+            return 0
+        return hit // PREFIX_CACHE_STEP * PREFIX_CACHE_STEP
+
+
 # ---------------------------------------------------------------- fault state
 
 

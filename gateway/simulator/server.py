@@ -29,9 +29,11 @@ from gateway.simulator.engine import (
     DEFAULT_CONTEXT_WINDOW,
     ERROR_FAULTS,
     NO_PREFILL,
+    PREFIX_CACHE_PROVIDERS,
     FaultState,
     KnobError,
     Knobs,
+    PrefixCache,
     SimRequest,
     parse_knobs,
     prompt_tokens,
@@ -84,6 +86,7 @@ class Simulator:
     def __init__(self, options: Options | None = None) -> None:
         self.options = options or Options()
         self.faults = FaultState()
+        self.prompt_caches = PrefixCache()
 
     # ------------------------------------------------------------ errors per provider
 
@@ -327,6 +330,8 @@ class Simulator:
             return Plan(self._error(provider, fault, knobs))
         if fault == "no_prefill" and request.prefill:
             return Plan(self._error(provider, "400", knobs, detail=NO_PREFILL))
+        if not knobs.cached and provider in PREFIX_CACHE_PROVIDERS:
+            knobs.cached = self.prompt_caches.cached_tokens(provider, request)
         if request.stream:
             if provider in ("openai", "azure"):
                 reply: Reply | StreamReply = openai.chat_stream(request)

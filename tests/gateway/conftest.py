@@ -104,14 +104,16 @@ def reset_caches() -> None:
     from routing.catalog import catalog_snapshot_reset
     from routing.health import health_store
     from routing.ratelimit import deployment_limiter
+    from routing.stickiness import cache_map
 
     catalog_snapshot_reset()
     default_resolver.forget()
     cache.clear()  # the test cache: LocMem, or this suite's own Redis database
-    # Live health, breakers and rate limits are keyed by deployment id, which a flushed
-    # database reuses.
+    # Live health, breakers, rate limits and conversations' cache holders are keyed by
+    # deployment id, which a flushed database reuses.
     health_store().clear()
     deployment_limiter().clear()
+    cache_map().clear()
 
 
 @pytest.fixture(scope="module")

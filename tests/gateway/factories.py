@@ -175,6 +175,7 @@ def model_create(
     price_in: Decimal = PRICE_IN,
     price_out: Decimal = PRICE_OUT,
     quality_tier: int = 3,
+    cached_in: Decimal | None = None,
     **capabilities: Any,
 ) -> Any:
     from routing.services import PriceInput
@@ -191,7 +192,9 @@ def model_create(
     return create(
         provider=provider,
         provider_model_name=name,
-        price=PriceInput(input_per_token=price_in, output_per_token=price_out),
+        price=PriceInput(
+            input_per_token=price_in, output_per_token=price_out, cached_input_per_token=cached_in
+        ),
         fields=fields,
     )
 

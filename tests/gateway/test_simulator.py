@@ -426,3 +426,23 @@ def test_management_command_serves() -> None:
         proc.terminate()
         proc.wait(10)
     assert proc.returncode == 0
+
+
+def test_the_prefix_cache_reports_a_repeated_prompt_start_as_cached():
+    from gateway.simulator.engine import Knobs, PrefixCache, SimRequest, count_tokens
+
+    system = "Cache me. " * 400  # 1,200 tokens (3 a repetition), + 3 for the message
+    first = SimRequest("openai", "gpt-sim", Knobs(), [system, "Question one?"])
+    cache = PrefixCache()
+    assert cache.cached_tokens("openai", first) == 0  # nothing seen before
+    follow = SimRequest("openai", "gpt-sim", Knobs(), [system, "Question one?", "A.", "Two?"])
+    seen = count_tokens(system) + 3 + count_tokens("Question one?") + 3
+    assert cache.cached_tokens("openai", follow) == seen // 128 * 128 == 1152
+    other_model = SimRequest("openai", "gpt-other", Knobs(), [system, "Question one?"])
+    assert cache.cached_tokens("openai", other_model) == 0  # each upstream model its own
+    short = SimRequest("openai", "gpt-sim", Knobs(), ["Hi", "there"])
+    cache.cached_tokens("openai", short)
+    assert cache.cached_tokens("openai", short) == 0  # under 1,024 tokens nothing is cached
+    expired = PrefixCache(ttl_s=0)
+    expired.cached_tokens("openai", first)
+    assert expired.cached_tokens("openai", first) == 0
