@@ -684,6 +684,7 @@ def _record_from_event(event: UsageEvent, entry: LedgerEntry) -> UsageRecord:
     fields = {name: data[name] for name in RECORD_FIELDS if name in data}
     # The event's column, else its data ("": the default reference model).
     fields["reference_model"] = event.reference_model or data.get("reference_model") or ""
+    fields["cache_lost"] = _cache_lost(data.get("routing"))
     return UsageRecord(
         request_id=event.request_id,
         organization_id=event.organization_id,
@@ -693,6 +694,15 @@ def _record_from_event(event: UsageEvent, entry: LedgerEntry) -> UsageRecord:
         budget_periods=event.budget_periods,
         **fields,
     )
+
+
+def _cache_lost(routing: Any) -> Decimal:
+    """The routing explanation's prompt_cache.cache_lost_usd (0 when absent or unreadable)."""
+    try:
+        raw = routing["explain"]["prompt_cache"]["cache_lost_usd"]
+        return max(Decimal(str(raw)), Decimal(0))
+    except (KeyError, TypeError, ArithmeticError, ValueError):
+        return Decimal(0)
 
 
 def _budget_spend_apply(spend: dict[tuple[int, str], list[Decimal]]) -> None:

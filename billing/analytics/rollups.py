@@ -39,6 +39,7 @@ from billing.analytics.reference import (
 )
 from billing.models import (
     MEASURES,
+    MONEY,
     ROLLUP_MODELS,
     RollupMeasures,
     RollupWatermark,
@@ -65,6 +66,7 @@ RECORD_FIELDS = (
     "tokens_out",
     "tokens_cached",
     "cost",
+    "cache_lost",
     "latency_ms",
     "ttft_ms",
     "attempts",
@@ -89,6 +91,7 @@ def _measures(r: Any, reference_cost: Decimal) -> list[Any]:
         r.tokens_cached or 0,
         r.cost,
         reference_cost,
+        r.cache_lost,
         r.latency_ms or 0,
         0 if r.latency_ms is None else 1,
         r.ttft_ms or 0,
@@ -147,7 +150,7 @@ def _upsert_add(model: type[RollupMeasures], rows: dict[tuple[Any, ...], list[An
     updates = ", ".join(f"{q(m)} = {table}.{q(m)} + excluded.{q(m)}" for m in MEASURES)
     adapt_dt = connection.ops.adapt_datetimefield_value
     adapt_dec = connection.ops.adapt_decimalfield_value
-    cost_at = {MEASURES.index("cost"), MEASURES.index("reference_cost")}
+    cost_at = {MEASURES.index(m) for m in MONEY}
     params_rows = []
     for key, values in rows.items():
         org_id, bucket, *dims = key
@@ -293,6 +296,7 @@ def aggregate_expressions(reference: Any) -> dict[str, Any]:
         "tokens_cached": Sum("tokens_cached"),
         "cost": Sum("cost"),
         "reference_cost": Sum(reference),
+        "cache_lost": Sum("cache_lost"),
         "latency_ms_sum": Sum("latency_ms"),
         "latency_count": Count("latency_ms"),
         "ttft_ms_sum": Sum("ttft_ms"),
@@ -300,7 +304,7 @@ def aggregate_expressions(reference: Any) -> dict[str, Any]:
     }
     out: dict[str, Any] = {}
     for name, expr in exprs.items():
-        if name in ("cost", "reference_cost"):
+        if name in MONEY:
             out[f"s_{name}"] = Coalesce(expr, Value(Decimal(0)), output_field=AMOUNT_FIELD)
         else:
             out[f"s_{name}"] = Coalesce(expr, Value(0), output_field=BigIntegerField())

@@ -35,7 +35,7 @@ from billing.analytics.reference import (
     reference_models_of,
 )
 from billing.analytics.rollups import aggregate_expressions
-from billing.models import MEASURES, ROLLUP_MODELS, UsageRecord
+from billing.models import MEASURES, MONEY, ROLLUP_MODELS, UsageRecord
 from orgs.models import ApiKey, Membership, Node
 
 # API name -> column (the same on rollups and records).
@@ -175,13 +175,12 @@ def _finish(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in row.items() if not k.startswith("s_")}
     for m in MEASURES:
         v = row.get(f"s_{m}")
-        out[m] = (Decimal(0) if m in ("cost", "reference_cost") else 0) if v is None else v
-    for m in ("cost", "reference_cost"):
-        out[m] = Decimal(out[m])
+        out[m] = (Decimal(0) if m in MONEY else 0) if v is None else v
     for m in MEASURES:
-        if m not in ("cost", "reference_cost"):
-            out[m] = int(out[m])
+        out[m] = Decimal(out[m]) if m in MONEY else int(out[m])
     out["savings"] = out["reference_cost"] - out["cost"]
+    # net of the cached-input discount given up by moving conversations off their cache
+    out["savings_net"] = out["savings"] - out["cache_lost"]
     out["avg_latency_ms"] = (
         round(out["latency_ms_sum"] / out["latency_count"], 1) if out["latency_count"] else None
     )

@@ -26,7 +26,9 @@ def measures(row: dict[str, Any]) -> dict[str, Any]:
         "tokens_cached": row["tokens_cached"],
         "cost": amount(row["cost"]),
         "reference_cost": amount(row["reference_cost"]),
+        "cache_lost": amount(row["cache_lost"]),
         "savings": amount(row["savings"]),
+        "savings_net": amount(row["savings_net"]),
         "avg_latency_ms": row["avg_latency_ms"],
         "avg_ttft_ms": row["avg_ttft_ms"],
     }

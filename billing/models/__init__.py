@@ -3,6 +3,7 @@ rollups and reports (``analytics``, docs/analytics.md)."""
 
 from billing.models.analytics import (
     MEASURES,
+    MONEY,
     ROLLUP_MODELS,
     Report,
     ReportKind,
@@ -44,6 +45,7 @@ from billing.models.core import (
 __all__ = [
     "AMOUNT",
     "MEASURES",
+    "MONEY",
     "ROLLUP_MODELS",
     "BillingAccount",
     "Budget",

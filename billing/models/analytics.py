@@ -65,11 +65,15 @@ MEASURES = (
     "tokens_cached",
     "cost",
     "reference_cost",
+    "cache_lost",
     "latency_ms_sum",
     "latency_count",
     "ttft_ms_sum",
     "ttft_count",
 )
+
+
+MONEY = ("cost", "reference_cost", "cache_lost")  # the measures in US dollars (Decimal)
 
 
 class RollupMeasures(models.Model):
@@ -95,6 +99,9 @@ class RollupMeasures(models.Model):
     cost = models.DecimalField(**AMOUNT, default=0)
     # What the same tokens would have cost on the reference model (savings = this - cost).
     reference_cost = models.DecimalField(**AMOUNT, default=0)
+    # The cached-input discount routing gave up by switching conversations (net savings =
+    # reference_cost - cost - this).
+    cache_lost = models.DecimalField(**AMOUNT, default=0)
     latency_ms_sum = models.BigIntegerField(default=0)
     latency_count = models.BigIntegerField(default=0)
     ttft_ms_sum = models.BigIntegerField(default=0)

@@ -353,6 +353,9 @@ class UsageRecord(models.Model):
     tokens_out = models.PositiveIntegerField(default=0)
     tokens_cached = models.PositiveIntegerField(default=0)
     cost = models.DecimalField(**AMOUNT)
+    # The cached-input discount given up when routing moved a conversation off the deployment
+    # holding its prompt cache (the explanation's prompt_cache.cache_lost_usd; 0 otherwise).
+    cache_lost = models.DecimalField(**AMOUNT, default=0, db_default=0)
     price_version_id = models.BigIntegerField(null=True)
     latency_ms = models.PositiveIntegerField(null=True)
     ttft_ms = models.PositiveIntegerField(null=True)

@@ -37,6 +37,7 @@ COLUMNS = (
     "reference_model",
     "reference_cost_usd",
     "savings_usd",
+    "cache_lost_usd",
     "latency_ms",
     "ttft_ms",
     "attempts",
@@ -59,6 +60,7 @@ _FIELDS = (
     "tokens_out",
     "tokens_cached",
     "cost",
+    "cache_lost",
     "reference_model",
     "latency_ms",
     "ttft_ms",
@@ -82,8 +84,8 @@ def usage_csv_rows(records: QuerySet[UsageRecord]) -> Iterator[tuple[Any, ...]]:
     values = records.order_by("created_at", "id").values_list(*_FIELDS)
     for row in values.iterator(chunk_size=CHUNK):
         (created_at, request_id, dept, team, project, member, key, requested, model, provider,
-         strategy, status, tin, tout, tcached, cost, reference_model, latency, ttft, attempts,
-         fallback) = row  # fmt: skip
+         strategy, status, tin, tout, tcached, cost, cache_lost, reference_model, latency, ttft,
+         attempts, fallback) = row  # fmt: skip
         reference_model = effective_reference(reference_model)
         reference = pricer.cost(
             when=created_at,
@@ -113,6 +115,7 @@ def usage_csv_rows(records: QuerySet[UsageRecord]) -> Iterator[tuple[Any, ...]]:
             reference_model,
             f"{reference:.12f}",
             f"{reference - cost:.12f}",
+            f"{cache_lost:.12f}",
             "" if latency is None else latency,
             "" if ttft is None else ttft,
             attempts,

@@ -247,6 +247,8 @@ def _savings_section(
                 ["Actual spend", exact(totals["cost"])],
                 ["Reference cost", exact(totals["reference_cost"])],
                 ["Savings", exact(totals["savings"])],
+                ["Prompt cache given up by switching", exact(totals["cache_lost"])],
+                ["Savings net of it", exact(totals["savings_net"])],
                 ["Savings ratio", ratio],
             ],
             [90 * mm, 70 * mm],

@@ -83,6 +83,7 @@ def record(
     latency_ms: int | None = 200,
     ttft_ms: int | None = 80,
     fallback_used: bool = False,
+    cache_lost: str = "0",
 ) -> UsageRecord:
     t = tenant.tree
     return UsageRecord.objects.create(
@@ -101,6 +102,7 @@ def record(
         tokens_out=tokens_out,
         tokens_cached=tokens_cached,
         cost=D(cost),
+        cache_lost=D(cache_lost),
         latency_ms=latency_ms,
         ttft_ms=ttft_ms,
         status=status,

@@ -336,3 +336,14 @@ def test_posting_locks_budget_rows_before_accounts(backend):
     accounts = [i for i, table in enumerate(writes) if table == "billing_billingaccount"]
     assert budget_rows and accounts
     assert max(budget_rows) < min(accounts), writes
+
+
+def test_the_record_keeps_the_prompt_cache_given_up_by_switching(backend, world):
+    lost = {"explain": {"prompt_cache": {"kept": False, "cache_lost_usd": "0.00180000"}}}
+    kept = {"explain": {"prompt_cache": {"kept": True, "cache_lost_usd": "0.00000000"}}}
+    for request_id, routing in (("req-lost", lost), ("req-kept", kept), ("req-none", {})):
+        res = run(backend.reserve, request_id, world.ctx(), HoldRequest.fixed(D("0.1"), 10))
+        run(backend.settle, res, D("0.01"), usage(routing=routing))
+    services.usage_events_post()
+    by_id = dict(UsageRecord.objects.values_list("request_id", "cache_lost"))
+    assert by_id == {"req-lost": D("0.0018"), "req-kept": D(0), "req-none": D(0)}

@@ -16,6 +16,7 @@ from billing.analytics.reference import ReferencePricer
 from billing.analytics.rollups import rollup_advance, rollup_rebuild, rollup_watermark
 from billing.models import (
     MEASURES,
+    MONEY,
     RollupWatermark,
     UsageRecord,
     UsageRollupDay,
@@ -44,7 +45,9 @@ TOTALS = {
     "tokens_cached": 500,
     "cost": "0.007305000000",
     "reference_cost": "0.024375000000",
+    "cache_lost": "0.000070000000",
     "savings": "0.017070000000",
+    "savings_net": "0.017000000000",
     "avg_latency_ms": 266.7,
     "avg_ttft_ms": 80.0,
 }
@@ -76,6 +79,7 @@ def data():
             tokens_in=300,
             tokens_out=100,
             cost="0.000105",
+            cache_lost="0.00007",  # moved off a cached deployment: 70 us of discount lost
             status="upstream_error",
             latency_ms=None,
             fallback_used=True,
@@ -102,7 +106,7 @@ def login(user) -> APIClient:
 
 def sums(model, org) -> dict:
     agg = model.objects.filter(organization=org).aggregate(**{m: Sum(m) for m in MEASURES})
-    return {m: (D(v) if m in ("cost", "reference_cost") else v) for m, v in agg.items()}
+    return {m: (D(v) if m in MONEY else v) for m, v in agg.items()}
 
 
 EXPECTED_SUMS = {
@@ -115,6 +119,7 @@ EXPECTED_SUMS = {
     "tokens_cached": 500,
     "cost": D("0.007305"),
     "reference_cost": D("0.024375"),
+    "cache_lost": D("0.00007"),
     "latency_ms_sum": 800,
     "latency_count": 3,
     "ttft_ms_sum": 240,

@@ -104,6 +104,7 @@ def spend(
     model: str = "acme-ai/swift-1",
     tokens: tuple[int, int] = (100, 50),
     status: str = "ok",
+    cache_lost: str | None = None,
 ) -> str:
     """One gateway request's money path without the gateway: admit and settle on the database
     admission backend, then post the usage event (what the Celery task does). Returns its id."""
@@ -132,6 +133,11 @@ def spend(
         tokens_out=tokens[1],
         latency_ms=120,
         status=status,
+        routing=(
+            {"explain": {"prompt_cache": {"kept": False, "cache_lost_usd": cache_lost}}}
+            if cache_lost
+            else {}
+        ),
     )
     async_to_sync(backend.settle)(reservation, amount, data)
     billing_services.usage_events_post()

@@ -77,7 +77,14 @@ def usage(acme: Tenant, research: dict[str, Any]) -> None:
     """Three requests in acme's Gateway project, one in Research, one in another org."""
     t = acme.tree
     spend(t.project, acme.developer_membership, acme.developer_key, "0.40", model="acme-ai/a")
-    spend(t.project, acme.developer_membership, acme.developer_key, "0.25", model="acme-ai/b")
+    spend(
+        t.project,
+        acme.developer_membership,
+        acme.developer_key,
+        "0.25",
+        model="acme-ai/b",
+        cache_lost="0.02",  # routing moved a conversation off its prompt cache
+    )
     spend(t.project, t.owner_membership, acme.owner_key, "0.05", model="acme-ai/a")
     spend(research["project"], research["lead"], research["key"], "1.10", model="zeta/z")
     other = make_tenant("other")
@@ -97,6 +104,10 @@ def test_the_dashboard_shows_exact_spend_savings_and_the_chosen_breakdown(acme, 
     totals = response.context["totals"]
     assert (totals["requests"], totals["cost"], totals["reference_cost"]) == (4, D("1.8"), 4 * REF)
     assert totals["savings"] == 4 * REF - D("1.8")
+    assert (totals["cache_lost"], totals["savings_net"]) == (
+        D("0.02"),
+        totals["savings"] - D("0.02"),
+    )
     assert [
         (r["label"], r["requests"], r["cost"], r["share"]) for r in response.context["rows"]
     ] == [
@@ -107,6 +118,7 @@ def test_the_dashboard_shows_exact_spend_savings_and_the_chosen_breakdown(acme, 
     html = response.content.decode()
     assert "$1.80" in html and "$0.003" in html  # spend and reference, exact
     assert "\u2212$1.797" in html  # negative savings shown as such
+    assert "\u2212$1.817" in html and "net of $0.02 prompt cache given up" in html
     # one bar per day of the period, today's holding the spend
     bars = response.context["chart"]["bars"]
     assert len(bars) == 7 and bars[-1]["cost"] == D("1.8") and bars[-1]["reference"] == 4 * REF
