@@ -334,6 +334,40 @@ def _features(request: ChatRequest | EmbeddingRequest) -> RequestFeatures:
     )
 
 
+async def count_tokens(ctx: CallContext, request: ChatRequest) -> tuple[int, str]:
+    """The request's input tokens and who counted them: the first routed deployment whose
+    provider counts tokens (Anthropic's ``count_tokens``), trying the next on a failure, else
+    the gateway's own estimate (``estimate``). Routed like the message itself (policies and
+    allow-lists apply); nothing is held, charged or recorded, as the providers do not bill it."""
+    ctx.input_tokens_estimate = prompt_tokens_estimate(prompt_counts(request))
+    try:
+        ctx.plan = await route_call(
+            key=ctx.key, request=_route_request(ctx, request), override=ctx.override
+        )
+    except NoRoute as exc:
+        raise route_error(exc) from None
+    ctx.conversation = None  # nothing was served: nothing holds a cache
+    snapshot = ctx.plan.snapshot
+    timeouts = Timeouts.default().with_(total=settings.ROUTING_TTFT_TIMEOUT_S)
+    for candidate in ctx.plan.candidates:
+        adapter = get_adapter(candidate.info.kind)
+        if not adapter.supports_count_tokens:
+            continue
+        endpoint = endpoint_for(snapshot, candidate.info)
+        request.model = endpoint.model
+        started = time.perf_counter()
+        try:
+            count = await adapter.count_tokens(endpoint, request, timeouts=timeouts)
+        except ProviderError:
+            continue
+        finally:
+            ctx.upstream_seconds += time.perf_counter() - started
+        ctx.chosen = candidate
+        return count, "provider"
+    ctx.chosen = ctx.plan.candidates[0] if ctx.plan.candidates else None
+    return ctx.input_tokens_estimate, "estimate"
+
+
 # ---------------------------------------------------------------- the calls
 
 

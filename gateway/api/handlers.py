@@ -394,6 +394,24 @@ async def messages_create(req: ApiRequest) -> ApiResponse:
     )
 
 
+async def messages_count_tokens(req: ApiRequest) -> ApiResponse:
+    """Anthropic's ``POST /v1/messages/count_tokens``: ``{"input_tokens": N}``, counted by the
+    routed Anthropic deployment, else estimated (``x-megarouter-token-count`` says which)."""
+    key = await _authenticate(req)
+    data = parse_json_object(req.body, req.headers.get("content-type"))
+    inbound = anthropic.parse_count_tokens(data)
+    ctx = _context(req, "count_tokens", key, inbound)
+    try:
+        count, source = await pipeline.count_tokens(ctx, inbound.chat)
+    except GatewayError as error:
+        _failed(req, ctx, error)
+        raise
+    _record(req, ctx, 200)
+    headers = _headers(ctx, with_cost=False)
+    headers["x-megarouter-token-count"] = source
+    return ApiResponse.json({"input_tokens": count}, headers=headers)
+
+
 async def embeddings_create(req: ApiRequest) -> ApiResponse:
     key = await _authenticate(req)
     data = parse_json_object(req.body, req.headers.get("content-type"))
@@ -451,6 +469,7 @@ ROUTES: dict[str, tuple[str, Handler]] = {
     "/v1/embeddings": ("POST", embeddings_create),
     "/v1/responses": ("POST", responses_create),
     "/v1/messages": ("POST", messages_create),
+    "/v1/messages/count_tokens": ("POST", messages_count_tokens),
     "/v1/models": ("GET", models_list),
 }
 MODELS_PREFIX = "/v1/models/"
@@ -460,6 +479,7 @@ ROUTE_LABELS = {
     "/v1/embeddings": "embeddings",
     "/v1/responses": "responses",
     "/v1/messages": "messages",
+    "/v1/messages/count_tokens": "count_tokens",
     "/v1/models": "models",
     "/v1/models/{model}": "models",
 }
@@ -504,7 +524,8 @@ async def _route(req: ApiRequest) -> ApiResponse:
 
 
 def error_response(req: ApiRequest, error: GatewayError) -> ApiResponse:
-    anthropic_shape = req.path.rstrip("/") == "/v1/messages"
+    path = req.path.rstrip("/")
+    anthropic_shape = path == "/v1/messages" or path.startswith("/v1/messages/")
     body = anthropic_error_json(error) if anthropic_shape else error_json(error)
     req.log_fields.setdefault("error_code", error.code)
     return ApiResponse(status=error.status, body=body, headers=dict(error.headers))

@@ -349,19 +349,37 @@ class AnthropicStreamDecoder(StreamDecoder):
         return []
 
 
+# What Anthropic's count_tokens takes of a message request (it refuses anything else).
+COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+
+
 class AnthropicAdapter(Adapter):
     kind = "anthropic"
+    supports_count_tokens = True
+
+    def _headers(self, endpoint: Endpoint) -> dict[str, str]:
+        headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
+        if endpoint.api_key:
+            headers["x-api-key"] = endpoint.api_key
+        return headers
 
     def build(
         self, endpoint: Endpoint, request: ChatRequest, *, stream: bool
     ) -> tuple[str, dict[str, str], bytes]:
-        headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
-        if endpoint.api_key:
-            headers["x-api-key"] = endpoint.api_key
+        headers = self._headers(endpoint)
         if stream:
             headers["accept"] = "text/event-stream"
         body = request_to_wire(request, endpoint.model, stream=stream)
         return join_url(endpoint.base_url, "/v1/messages"), headers, orjson.dumps(body)
+
+    def build_count_tokens(
+        self, endpoint: Endpoint, request: ChatRequest
+    ) -> tuple[str, dict[str, str], bytes]:
+        """``POST /v1/messages/count_tokens``: the message body's prompt fields only."""
+        wire = request_to_wire(request, endpoint.model, stream=False)
+        body = {k: wire[k] for k in COUNT_FIELDS if k in wire}
+        url = join_url(endpoint.base_url, "/v1/messages/count_tokens")
+        return url, self._headers(endpoint), orjson.dumps(body)
 
     def parse(self, endpoint: Endpoint, request: ChatRequest, data: Any) -> ChatResponse:
         return response_from_wire(data, endpoint.model)

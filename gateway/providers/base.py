@@ -254,6 +254,7 @@ class Adapter:
 
     kind: ClassVar[str] = ""
     supports_embeddings: ClassVar[bool] = False
+    supports_count_tokens: ClassVar[bool] = False  # the provider counts a prompt's tokens
 
     # ------------------------------------------------------------ hooks
 
@@ -281,6 +282,11 @@ class Adapter:
         self, endpoint: Endpoint, request: EmbeddingRequest, data: Any
     ) -> EmbeddingResponse:
         raise ProviderError(ErrorKind.BAD_REQUEST, f"{self.kind} adapter has no embeddings")
+
+    def build_count_tokens(
+        self, endpoint: Endpoint, request: ChatRequest
+    ) -> tuple[str, dict[str, str], bytes]:
+        raise ProviderError(ErrorKind.BAD_REQUEST, f"{self.kind} adapter counts no tokens")
 
     def sign(
         self, endpoint: Endpoint, method: str, url: str, headers: dict[str, str], body: bytes
@@ -419,6 +425,22 @@ class Adapter:
                 yield chunk
         finally:
             await response.aclose()
+
+    async def count_tokens(
+        self, endpoint: Endpoint, request: ChatRequest, *, timeouts: Timeouts | None = None
+    ) -> int:
+        """The provider's own count of the request's input tokens."""
+        url, headers, body = self.build_count_tokens(endpoint, request)
+        data = await self._call_json(endpoint, url, headers, body, timeouts)
+        try:
+            count = data["input_tokens"]
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise ValueError(count)
+            return count
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProviderError(
+                ErrorKind.PROTOCOL, f"unexpected {self.kind} token count: {exc!r}"
+            ) from None
 
     async def embed(
         self, endpoint: Endpoint, request: EmbeddingRequest, *, timeouts: Timeouts | None = None

@@ -41,6 +41,10 @@ from gateway.simulator.engine import (
 )
 from gateway.simulator.replies import Reply, StreamReply, json_reply
 
+# What Anthropic's count_tokens accepts (it refuses any other field).
+ANTHROPIC_COUNT_FIELDS = frozenset(
+    {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"}
+)
 INVALID_KEY = "sim-invalid"  # the API key every provider surface rejects as invalid
 MAX_BODY = 32 * 1024 * 1024
 
@@ -252,7 +256,19 @@ class Simulator:
         return Plan(openai.not_found(rest))
 
     def _route_anthropic(self, rest: str, body: dict[str, Any], header_spec: str | None) -> Plan:
-        """``/anthropic/v1/messages``."""
+        """``/anthropic/v1/messages`` and ``/anthropic/v1/messages/count_tokens``."""
+        if rest == "/v1/messages/count_tokens":
+            extra = sorted(set(body) - ANTHROPIC_COUNT_FIELDS)
+            if extra:
+                detail = f"{extra[0]}: Extra inputs are not permitted"
+                return Plan(self._error("anthropic", "400", Knobs(), detail=detail))
+            model, spec = split_model(str(body.get("model") or ""))
+            knobs = parse_knobs(spec, header_spec)
+            request = anthropic.parse(model, knobs, {**body, "max_tokens": 1})
+            count = prompt_tokens(request)
+            return self._simple(
+                "anthropic", knobs, lambda: json_reply(200, {"input_tokens": count})
+            )
         if rest != "/v1/messages":
             return Plan(self._error("anthropic", "400", Knobs(), detail=f"unknown path {rest}"))
         model, spec = split_model(str(body.get("model") or ""))

@@ -68,6 +68,11 @@ KNOWN = frozenset(
         "megarouter",
     }
 )
+# The token-counting request's fields (``POST /v1/messages/count_tokens``): the message
+# fields that change the prompt, no generation settings.
+COUNT_KNOWN = frozenset(
+    {"model", "messages", "system", "tools", "tool_choice", "thinking", "megarouter"}
+)
 # Real fields that act on Anthropic's side (server tools, containers, context editing): a
 # gateway in front of several providers cannot honour them.
 NOT_SUPPORTED = frozenset({"container", "mcp_servers", "context_management"})
@@ -83,6 +88,15 @@ def _reject_extra(data: dict[str, Any], known: frozenset[str], prefix: str = "")
                 param=f"{prefix}{key}",
                 code="unknown_parameter",
             )
+
+
+def parse_count_tokens(data: dict[str, Any]) -> Inbound:
+    """A ``count_tokens`` body: the same fields as a message, checked the same way, without
+    ``max_tokens`` or any generation setting."""
+    _reject_extra(data, COUNT_KNOWN)
+    inbound = parse_messages({**data, "max_tokens": 1})
+    inbound.chat.max_tokens = None
+    return inbound
 
 
 def parse_messages(data: dict[str, Any]) -> Inbound:

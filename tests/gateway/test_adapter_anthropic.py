@@ -203,3 +203,22 @@ def test_tool_choice_none_keeps_tool_definitions() -> None:
     body = request_to_wire(request, "m", stream=False)
     assert [t["name"] for t in body["tools"]] == ["get_weather"]
     assert body["tool_choice"] == {"type": "none"}
+
+
+def test_count_tokens_sends_the_prompt_fields_only() -> None:
+    adapter = get_adapter("anthropic")
+    endpoint = EndpointFactory(kind="anthropic", base_url="https://api.anthropic.com", model="m")
+    request = ChatRequest(
+        messages=[Message(role="system", content="Be brief"), Message(role="user", content="Hi")],
+        max_tokens=100,
+        temperature=0.5,
+        tools=[WEATHER_TOOL],
+    )
+    url, headers, body = adapter.build_count_tokens(endpoint, request)
+    assert url == "https://api.anthropic.com/v1/messages/count_tokens"
+    assert headers["anthropic-version"] and headers["content-type"] == "application/json"
+    sent = orjson.loads(body)
+    # Anthropic's count_tokens takes model, messages, system, tools, tool_choice, thinking
+    assert set(sent) == {"model", "messages", "system", "tools"}
+    assert sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+    assert adapter.supports_count_tokens and not get_adapter("openai").supports_count_tokens
