@@ -73,7 +73,7 @@ from routing.failover import (
     stream_start,
 )
 from routing.ratelimit import deployment_limiter
-from routing.stickiness import conversation_key, remember
+from routing.stickiness import MARKED_CACHING, conversation_key, remember
 from routing.tokens import PromptCounts, prompt_tokens_bound, prompt_tokens_estimate
 
 logger = logging.getLogger("megarouter.gateway")
@@ -138,6 +138,7 @@ class CallContext:
     # auto chat: the conversation's identity (a keyed hash, routing.stickiness), to record
     # which deployment holds its prompt cache once a turn is served
     conversation: str | None = None
+    cache_breakpoints: int = 0  # Anthropic cache_control marks in the request
 
     @property
     def organization_id(self) -> int:
@@ -793,6 +794,11 @@ async def finish(ctx: CallContext) -> None:
     if ctx.chosen is None or ctx.plan is None:
         await asyncio.shield(admission_release(reservation))
         return
+    if ctx.cache_breakpoints and ctx.chosen.info.kind not in MARKED_CACHING:
+        ctx.plan.explain["cache_control"] = (
+            f"{ctx.cache_breakpoints} breakpoint(s) not sent: {ctx.chosen.info.kind} caches "
+            "prompts by itself"
+        )
     if ctx.usage is None:
         # A stream that ended early (client gone, upstream broke) without a usage report: the
         # provider billed the prompt and what it generated; charge the same estimate.
@@ -822,6 +828,7 @@ async def finish(ctx: CallContext) -> None:
                 kind=chosen.info.kind,
                 prompt_tokens=ctx.usage.prompt_tokens,
                 caches=chosen.price is not None and chosen.price.cached_input_per_token is not None,
+                marked=ctx.cache_breakpoints > 0,
             )
         )
 

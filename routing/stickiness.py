@@ -60,9 +60,10 @@ CACHE_LIFETIME_S: dict[str, float] = {
 }
 DEFAULT_LIFETIME_S = 300.0
 # Wire protocols whose providers cache a prompt without being asked. Anthropic and Bedrock
-# cache only the prefixes a request marks (cache_control / cachePoint), which the gateway does
-# not place yet: a conversation there holds no cache to stay for.
+# cache only the prefixes a request marks (cache_control / cachePoint): a conversation there
+# holds a cache only when its requests carry breakpoints.
 AUTOMATIC_CACHING = frozenset({"openai", "azure", "gemini"})
+MARKED_CACHING = frozenset({"anthropic", "bedrock"})  # cache what cache_control marks
 # The shortest prompt any of them caches (OpenAI, Anthropic's larger models, Gemini Flash):
 # a shorter previous prompt leaves nothing cached to stay for.
 MIN_CACHED_TOKENS = 1024
@@ -246,13 +247,14 @@ async def remember(
     kind: str,
     prompt_tokens: int,
     caches: bool,
+    marked: bool = False,
 ) -> None:
     """Record the deployment that served a conversation's turn, for the provider's cache
     lifetime (nothing for a model without a cached-input price, a prompt too short to be
-    cached, or a provider that caches only marked prefixes)."""
+    cached, or a provider that caches only marked prefixes when the request marked none)."""
     if key is None or not caches or prompt_tokens < MIN_CACHED_TOKENS:
         return
-    if kind not in AUTOMATIC_CACHING:
+    if kind not in AUTOMATIC_CACHING and not (marked and kind in MARKED_CACHING):
         return
     if not settings.MEGAROUTER_CACHE_AWARE_ROUTING:
         return

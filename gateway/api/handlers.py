@@ -57,6 +57,7 @@ def _context(req: ApiRequest, route: str, key: Any, inbound: Inbound) -> CallCon
         stream=inbound.chat.stream,
         client_request_id="x-request-id" in req.headers,
         debug=_debug(req),
+        cache_breakpoints=inbound.cache_breakpoints,
     )
 
 

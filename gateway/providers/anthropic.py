@@ -81,18 +81,26 @@ def _image_block(url: str | None) -> dict[str, Any]:
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 
+def _marked(block: dict[str, Any], cache_control: dict[str, str] | None) -> dict[str, Any]:
+    """The block with the caller's prompt-cache breakpoint, when it set one."""
+    if cache_control:
+        block["cache_control"] = dict(cache_control)
+    return block
+
+
 def _blocks(message: Message) -> list[dict[str, Any]]:
     content = message.content
     blocks: list[dict[str, Any]] = []
     if isinstance(content, str):
         if content:
-            blocks.append({"type": "text", "text": content})
+            blocks.append(_marked({"type": "text", "text": content}, message.cache_control))
     elif content:
         for part in content:
             if part.type == "text":
-                blocks.append({"type": "text", "text": part.text or ""})
+                block = {"type": "text", "text": part.text or ""}
             else:
-                blocks.append(_image_block(part.image_url))
+                block = _image_block(part.image_url)
+            blocks.append(_marked(block, part.cache_control))
     return blocks
 
 
@@ -109,6 +117,7 @@ def _tool_input(arguments: str) -> Any:
 
 def request_to_wire(request: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
     system: list[str] = []
+    system_mark: dict[str, str] | None = None
     turns: list[dict[str, Any]] = []
 
     def add(role: str, blocks: list[dict[str, Any]]) -> None:
@@ -120,28 +129,24 @@ def request_to_wire(request: ChatRequest, model: str, *, stream: bool) -> dict[s
     for message in request.messages:
         if message.role in ("system", "developer"):
             system.append(message.text())
+            system_mark = _part_mark(message) or system_mark
         elif message.role == "tool":
-            add(
-                "user",
-                [
-                    {
-                        "type": "tool_result",
-                        "tool_use_id": message.tool_call_id or "",
-                        "content": message.text(),
-                    }
-                ],
-            )
+            result = {
+                "type": "tool_result",
+                "tool_use_id": message.tool_call_id or "",
+                "content": message.text(),
+            }
+            add("user", [_marked(result, message.cache_control)])
         elif message.role == "assistant":
             blocks = _blocks(message)
             for call in message.tool_calls or ():
-                blocks.append(
-                    {
-                        "type": "tool_use",
-                        "id": call.id,
-                        "name": call.name,
-                        "input": _tool_input(call.arguments),
-                    }
-                )
+                use = {
+                    "type": "tool_use",
+                    "id": call.id,
+                    "name": call.name,
+                    "input": _tool_input(call.arguments),
+                }
+                blocks.append(_marked(use, call.cache_control))
             add("assistant", blocks)
         else:
             add("user", _blocks(message))
@@ -150,7 +155,9 @@ def request_to_wire(request: ChatRequest, model: str, *, stream: bool) -> dict[s
     if max_tokens is None:
         max_tokens = DEFAULT_MAX_TOKENS
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": turns}
-    if system:
+    if system and system_mark:  # a breakpoint: the system prompt as one marked text block
+        body["system"] = [_marked({"type": "text", "text": "\n\n".join(system)}, system_mark)]
+    elif system:
         body["system"] = "\n\n".join(system)
     if request.temperature is not None:
         body["temperature"] = request.temperature
@@ -166,6 +173,7 @@ def request_to_wire(request: ChatRequest, model: str, *, stream: bool) -> dict[s
                 "name": tool.name,
                 **({"description": tool.description} if tool.description else {}),
                 "input_schema": tool.parameters or {"type": "object", "properties": {}},
+                **({"cache_control": dict(tool.cache_control)} if tool.cache_control else {}),
             }
             for tool in request.tools
         ]
@@ -187,6 +195,16 @@ def request_to_wire(request: ChatRequest, model: str, *, stream: bool) -> dict[s
     if request.extra:
         body.update(request.extra)
     return body
+
+
+def _part_mark(message: Message) -> dict[str, str] | None:
+    """A system message's breakpoint: its own, or its last marked part's."""
+    if message.cache_control:
+        return message.cache_control
+    if isinstance(message.content, list):
+        marks = [p.cache_control for p in message.content if p.cache_control]
+        return marks[-1] if marks else None
+    return None
 
 
 def usage_from_wire(data: dict[str, Any] | None) -> Usage:

@@ -82,10 +82,17 @@ _IMAGE_FORMATS = {
 }
 
 
+# Converse's prompt-cache breakpoint: a block of its own after the content it closes (the
+# caller's Anthropic cache_control, mapped; Bedrock's cache lifetime is its default).
+CACHE_POINT = {"cachePoint": {"type": "default"}}
+
+
 def _content(message: Message) -> list[dict[str, Any]]:
     content = message.content
     if isinstance(content, str):
-        return [{"text": content}] if content else []
+        if not content:
+            return []
+        return [{"text": content}, *([CACHE_POINT] if message.cache_control else [])]
     blocks: list[dict[str, Any]] = []
     for part in content or ():
         if part.type == "text":
@@ -101,6 +108,8 @@ def _content(message: Message) -> list[dict[str, Any]]:
             blocks.append(
                 {"image": {"format": _IMAGE_FORMATS.get(mime, "png"), "source": {"bytes": data}}}
             )
+        if part.cache_control:
+            blocks.append(CACHE_POINT)
     return blocks
 
 
@@ -131,6 +140,8 @@ def _assistant_blocks(message: Message) -> list[dict[str, Any]]:
                 ErrorKind.BAD_REQUEST, "tool call arguments are not valid JSON"
             ) from None
         blocks.append({"toolUse": {"toolUseId": call.id, "name": call.name, "input": arguments}})
+        if call.cache_control:
+            blocks.append(CACHE_POINT)
     return blocks
 
 
@@ -159,20 +170,17 @@ def _tool_config(request: ChatRequest) -> dict[str, Any] | None:
         m.tool_calls or m.role == "tool" for m in request.messages
     ):
         return None
-    tool_config: dict[str, Any] = {
-        "tools": [
-            {
-                "toolSpec": {
-                    "name": tool.name,
-                    **({"description": tool.description} if tool.description else {}),
-                    "inputSchema": {
-                        "json": tool.parameters or {"type": "object", "properties": {}}
-                    },
-                }
-            }
-            for tool in request.tools
-        ]
-    }
+    tools: list[dict[str, Any]] = []
+    for tool in request.tools:
+        spec = {
+            "name": tool.name,
+            **({"description": tool.description} if tool.description else {}),
+            "inputSchema": {"json": tool.parameters or {"type": "object", "properties": {}}},
+        }
+        tools.append({"toolSpec": spec})
+        if tool.cache_control:
+            tools.append(CACHE_POINT)
+    tool_config: dict[str, Any] = {"tools": tools}
     if isinstance(request.tool_choice, dict):
         tool_config["toolChoice"] = {"tool": {"name": request.tool_choice["name"]}}
     elif request.tool_choice == "required":
@@ -189,12 +197,16 @@ def request_to_wire(request: ChatRequest) -> dict[str, Any]:
     for message in request.messages:
         if message.role in ("system", "developer"):
             system.append({"text": message.text()})
+            if message.cache_control:
+                system.append(CACHE_POINT)
         elif message.role == "tool":
             result = {
                 "toolUseId": message.tool_call_id or "",
                 "content": _json_or_text(message.text()),
             }
             _add(messages, "user", [{"toolResult": result}])
+            if message.cache_control:
+                _add(messages, "user", [CACHE_POINT])
         elif message.role == "assistant":
             _add(messages, "assistant", _assistant_blocks(message))
         else:

@@ -27,6 +27,8 @@ class ContentPart:
     text: str | None = None
     image_url: str | None = None
     detail: str | None = None  # "auto" | "low" | "high"
+    # A prompt-cache breakpoint after this part (Anthropic's cache_control object, as sent)
+    cache_control: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -34,6 +36,7 @@ class ToolCall:
     id: str
     name: str
     arguments: str  # JSON text, exactly as the model produced it
+    cache_control: dict[str, str] | None = None  # a prompt-cache breakpoint after this call
 
 
 @dataclass(slots=True)
@@ -44,6 +47,9 @@ class Message:
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None  # role == "tool": the call this answers
+    # A prompt-cache breakpoint at the end of this message (system, tool result, or a
+    # string-content turn; parts carry their own)
+    cache_control: dict[str, str] | None = None
     refusal: str | None = None  # assistant output: the model's refusal text (OpenAI "refusal")
 
     def text(self) -> str:
@@ -61,6 +67,7 @@ class Tool:
     description: str | None = None
     parameters: dict[str, Any] | None = None  # JSON Schema
     strict: bool | None = None
+    cache_control: dict[str, str] | None = None  # a prompt-cache breakpoint after this tool
 
 
 @dataclass(slots=True)

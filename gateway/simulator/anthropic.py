@@ -43,14 +43,22 @@ def parse(model: str, knobs: Knobs, body: dict[str, Any]) -> SimRequest:
     if "max_tokens" not in body:
         raise ValueError("max_tokens: Field required")
     texts: list[str] = []
+    # cache_control breakpoints, by the message they close (index into texts; -1: the tools)
+    breakpoints: list[int] = []
+    if any(isinstance(t, dict) and t.get("cache_control") for t in body.get("tools") or ()):
+        breakpoints.append(-1)
     system = body.get("system")
     if system:
         texts.append(system if isinstance(system, str) else _text_of(system))
+        if _marked(system):
+            breakpoints.append(len(texts) - 1)
     last_user = ""
     last_is_tool_result = False
     for message in messages:
         text = _text_of(message.get("content"))
         texts.append(text)
+        if _marked(message.get("content")):
+            breakpoints.append(len(texts) - 1)
         if message.get("role") == "user":
             content = message.get("content")
             last_is_tool_result = isinstance(content, list) and any(
@@ -79,13 +87,21 @@ def parse(model: str, knobs: Knobs, body: dict[str, Any]) -> SimRequest:
         tools_json=orjson.dumps(body["tools"]).decode() if tools else "",
         tool_choice=tool_choice,
         stream=bool(body.get("stream")),
+        breakpoints=tuple(breakpoints),
     )
 
 
-def _usage(gen: Generation, output: int | None = None) -> dict[str, Any]:
+def _marked(content: Any) -> bool:
+    """Whether a system prompt or a message's content carries a cache_control block."""
+    return isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("cache_control") for b in content
+    )
+
+
+def _usage(gen: Generation, output: int | None = None, written: int = 0) -> dict[str, Any]:
     return {
-        "input_tokens": gen.prompt_tokens - gen.cached_tokens,
-        "cache_creation_input_tokens": 0,
+        "input_tokens": gen.prompt_tokens - gen.cached_tokens - written,
+        "cache_creation_input_tokens": written,
         "cache_read_input_tokens": gen.cached_tokens,
         "output_tokens": gen.completion_tokens if output is None else output,
     }
@@ -119,7 +135,7 @@ def message_reply(request: SimRequest) -> Reply:
             "content": _content(gen),
             "stop_reason": _STOP[gen.finish],
             "stop_sequence": None,
-            "usage": _usage(gen),
+            "usage": _usage(gen, written=request.knobs.cache_write),
         },
     )
 
@@ -187,7 +203,7 @@ def message_stream(request: SimRequest) -> StreamReply:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": _usage(gen, output=1),
+            "usage": _usage(gen, output=1, written=request.knobs.cache_write),
         },
     }
     events = [sse(start, "message_start")]

@@ -150,6 +150,7 @@ class Knobs:
     cached: int = 0
     reasoning: int = 0
     raw: str = ""
+    cache_write: int = 0  # set by the prompt cache (Anthropic breakpoints), not a knob
 
     _INT = ("times", "seed", "retry_after_ms", "after", "stall_ms", "ttft_ms", "token_ms",
             "tokens", "ctx", "dims", "cached", "reasoning")  # fmt: skip
@@ -229,6 +230,9 @@ class SimRequest:
     stream: bool = False
     include_usage: bool = False
     n: int = 1
+    # Anthropic cache_control breakpoints: indexes into texts of the message each closes
+    # (-1: after the tools)
+    breakpoints: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
@@ -447,6 +451,29 @@ class PrefixCache:
         if hit < PREFIX_CACHE_MIN_TOKENS:
             return 0
         return hit // PREFIX_CACHE_STEP * PREFIX_CACHE_STEP
+
+    def marked_tokens(self, provider: str, request: SimRequest) -> tuple[int, int]:
+        """Anthropic's rule: (cache read, cache write) tokens. The longest breakpoint prefix
+        seen within the TTL is read; the prefix up to the last breakpoint is written when it
+        was not (below the minimum cacheable length nothing is cached); every breakpoint
+        prefix is kept for the TTL from now."""
+        h = hashlib.sha256(f"{provider}\x00{request.model}\x00{request.tools_json}".encode())
+        tokens = count_tokens(request.tools_json) if request.tools_json else 0
+        points = {-1: (h.digest(), tokens)}
+        for index, text in enumerate(request.texts):
+            h.update(text.encode("utf-8", "replace"))
+            h.update(b"\x00")
+            tokens += count_tokens(text) + MESSAGE_OVERHEAD
+            points[index] = (h.digest(), tokens)
+        marks = [points[b] for b in sorted(set(request.breakpoints)) if b in points]
+        if not marks or marks[-1][1] < PREFIX_CACHE_MIN_TOKENS:
+            return 0, 0
+        now = time.monotonic()
+        with self._lock:
+            read = max((n for d, n in marks if self._seen.get(d, 0.0) > now), default=0)
+            for digest, _ in marks:
+                self._seen[digest] = now + self.ttl_s
+        return read, marks[-1][1] - read
 
 
 # ---------------------------------------------------------------- fault state

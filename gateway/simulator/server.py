@@ -348,6 +348,8 @@ class Simulator:
             return Plan(self._error(provider, "400", knobs, detail=NO_PREFILL))
         if not knobs.cached and provider in PREFIX_CACHE_PROVIDERS:
             knobs.cached = self.prompt_caches.cached_tokens(provider, request)
+        elif not knobs.cached and provider == "anthropic" and request.breakpoints:
+            knobs.cached, knobs.cache_write = self.prompt_caches.marked_tokens(provider, request)
         if request.stream:
             if provider in ("openai", "azure"):
                 reply: Reply | StreamReply = openai.chat_stream(request)

@@ -68,6 +68,13 @@ KNOWN = frozenset(
         "megarouter",
     }
 )
+# Anthropic's prompt-cache breakpoints: at most this many per request, each
+# {"type": "ephemeral"} with an optional "ttl". Anthropic also offers "1h", billed at twice
+# the input price, a price the catalog does not hold: refused rather than charged wrongly.
+MAX_CACHE_BREAKPOINTS = 4
+CACHE_TTLS = ("5m",)
+
+
 # The token-counting request's fields (``POST /v1/messages/count_tokens``): the message
 # fields that change the prompt, no generation settings.
 COUNT_KNOWN = frozenset(
@@ -126,11 +133,15 @@ def parse_messages(data: dict[str, Any]) -> Inbound:
             if system:
                 messages.append(Message(role="system", content=system))
         elif isinstance(system, list):
+            blocks = [as_dict(block, f"system[{i}]") for i, block in enumerate(system)]
             text = "".join(
-                require_str(as_dict(block, f"system[{i}]"), "text", f"system[{i}].text")
-                for i, block in enumerate(system)
+                require_str(block, "text", f"system[{i}].text") for i, block in enumerate(blocks)
             )
-            messages.append(Message(role="system", content=text))
+            # a breakpoint inside the system prompt marks its end (the cached prefix then
+            # covers the whole system prompt, which Anthropic caches the same way)
+            marks = [_cache_control(b, f"system[{i}]", inbound) for i, b in enumerate(blocks)]
+            mark = next((m for m in reversed(marks) if m), None)
+            messages.append(Message(role="system", content=text, cache_control=mark))
         else:
             raise InvalidRequest(
                 "Invalid type for 'system': expected a string or an array of text blocks.",
@@ -139,6 +150,14 @@ def parse_messages(data: dict[str, Any]) -> Inbound:
             )
     for index, raw in enumerate(raw_messages):
         _message(raw, f"messages[{index}]", inbound)
+    _tools(data, inbound)
+    if inbound.cache_breakpoints > MAX_CACHE_BREAKPOINTS:
+        raise InvalidRequest(
+            f"A maximum of {MAX_CACHE_BREAKPOINTS} blocks with cache_control may be provided. "
+            f"Found {inbound.cache_breakpoints}.",
+            param="cache_control",
+            code="invalid_value",
+        )
     chat = inbound.chat
     chat.temperature = get_number(data, "temperature", minimum=0, maximum=1)
     chat.top_p = get_number(data, "top_p", minimum=0, maximum=1)
@@ -158,7 +177,6 @@ def parse_messages(data: dict[str, Any]) -> Inbound:
         budget = get_int(thinking, "budget_tokens", "thinking.budget_tokens", minimum=1)
         chat.extra["thinking"] = {"type": "enabled", "budget_tokens": budget}
         inbound.need(CAP_REASONING, "thinking")
-    _tools(data, inbound)
     inbound.override = parse_override(data)
     return inbound
 
@@ -187,17 +205,23 @@ def _message(raw: Any, param: str, inbound: Inbound) -> None:
         block_param = f"{param}.content[{index}]"
         block = as_dict(block, block_param)
         kind = block.get("type")
+        mark = _cache_control(block, block_param, inbound)
         if kind == "text":
-            parts.append(
-                ContentPart(type="text", text=require_str(block, "text", f"{block_param}.text"))
-            )
+            text = require_str(block, "text", f"{block_param}.text")
+            parts.append(ContentPart(type="text", text=text, cache_control=mark))
         elif kind == "image":
-            parts.append(_image(block, block_param))
+            part = _image(block, block_param)
+            part.cache_control = mark
+            parts.append(part)
             inbound.need(CAP_VISION, block_param)
         elif kind == "tool_use" and role == "assistant":
-            calls.append(_tool_use(block, block_param))
+            call = _tool_use(block, block_param)
+            call.cache_control = mark
+            calls.append(call)
         elif kind == "tool_result" and role == "user":
-            results.append(_tool_result(block, block_param))
+            result = _tool_result(block, block_param)
+            result.cache_control = mark
+            results.append(result)
         elif kind in ("thinking", "redacted_thinking"):
             continue  # earlier turns' reasoning; not replayed to other providers
         elif kind is None:
@@ -209,6 +233,34 @@ def _message(raw: Any, param: str, inbound: Inbound) -> None:
                 param=f"{block_param}.type",
             )
     _add_turn(messages, role, parts, calls, results, param)
+
+
+def _cache_control(block: dict[str, Any], param: str, inbound: Inbound) -> dict[str, str] | None:
+    """A block's ``cache_control`` breakpoint, checked as Anthropic checks it, and counted."""
+    raw = block.get("cache_control")
+    if raw is None:
+        return None
+    where = f"{param}.cache_control"
+    control = as_dict(raw, where)
+    _reject_extra(control, frozenset({"type", "ttl"}), f"{where}.")
+    if control.get("type") != "ephemeral":
+        raise InvalidRequest(
+            f"Invalid value for '{where}.type': expected ephemeral.",
+            param=f"{where}.type",
+            code="invalid_value",
+        )
+    mark = {"type": "ephemeral"}
+    if control.get("ttl") == "1h":
+        raise UnsupportedParameter(
+            f"'{where}.ttl' 1h is not supported by this gateway (the catalog has no price for "
+            "1-hour cache writes); leave it out for the 5-minute cache.",
+            param=f"{where}.ttl",
+        )
+    ttl = get_choice(control, "ttl", CACHE_TTLS, f"{where}.ttl")
+    if ttl is not None:
+        mark["ttl"] = ttl
+    inbound.cache_breakpoints += 1
+    return mark
 
 
 def _role(raw: dict[str, Any], param: str) -> Literal["user", "assistant"]:
@@ -329,6 +381,7 @@ def _tools(data: dict[str, Any], inbound: Inbound) -> None:
                     description=get_str(raw, "description", f"{param}.description"),
                     parameters=get_dict(raw, "input_schema", f"{param}.input_schema")
                     or {"type": "object", "properties": {}},
+                    cache_control=_cache_control(raw, param, inbound),
                 )
             )
         inbound.need(CAP_TOOLS, "tools")

@@ -355,6 +355,7 @@ class Inbound:
     needs: set[str] = field(default_factory=set)  # capabilities, see CAP_*
     # Which parameter asked for each capability, so a refusal names it.
     needs_param: dict[str, str] = field(default_factory=dict)
+    cache_breakpoints: int = 0  # Anthropic cache_control marks the request carries
 
     def need(self, capability: str, param: str) -> None:
         if capability not in self.needs:

@@ -176,6 +176,7 @@ def model_create(
     price_out: Decimal = PRICE_OUT,
     quality_tier: int = 3,
     cached_in: Decimal | None = None,
+    cache_write: Decimal | None = None,
     **capabilities: Any,
 ) -> Any:
     from routing.services import PriceInput
@@ -193,7 +194,10 @@ def model_create(
         provider=provider,
         provider_model_name=name,
         price=PriceInput(
-            input_per_token=price_in, output_per_token=price_out, cached_input_per_token=cached_in
+            input_per_token=price_in,
+            output_per_token=price_out,
+            cached_input_per_token=cached_in,
+            cache_write_per_token=cache_write,
         ),
         fields=fields,
     )

@@ -90,3 +90,89 @@ def test_a_conversation_stays_on_the_deployment_holding_its_cache(gateway_server
         )
         assert record.cost == expected
         assert "ledger" not in orjson.dumps(record.routing).decode()
+
+
+C_IN, C_OUT = Decimal("0.000003"), Decimal("0.000015")
+C_READ, C_WRITE = Decimal("0.0000003"), Decimal("0.00000375")
+
+
+@pytest.fixture
+def anthropic_world(cache_world: None, simulator_url: str) -> None:
+    anthropic = f.provider_create("anthropic", "anthropic", f"{simulator_url}/anthropic")
+    model = f.model_create(
+        anthropic,
+        "claude-cache",
+        price_in=C_IN,
+        price_out=C_OUT,
+        cached_in=C_READ,
+        cache_write=C_WRITE,
+        quality_tier=3,
+    )
+    f.deployment_create(
+        model,
+        name="sim-claude-cache",
+        base_url=f"{simulator_url}/anthropic",
+        upstream_name="claude-cache",
+        credential=f.credential_create("anthropic-sim"),
+    )
+    reset_caches()
+
+
+def message(http: httpx.Client, model: str, turns: list[dict[str, Any]], **extra: Any) -> Any:
+    body = {
+        "model": model,
+        "max_tokens": 20,
+        "system": [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}],
+        "messages": turns,
+        **extra,
+    }
+    return http.post("/v1/messages", json=body, headers={"x-megarouter-debug": "1"})
+
+
+def test_anthropic_cache_breakpoints_reach_the_provider_and_are_priced(
+    gateway_server, anthropic_world
+):
+    tenant = Tenant()
+    turns: list[dict[str, Any]] = [{"role": "user", "content": "What is a ledger?"}]
+    with httpx.Client(base_url=gateway_server.url, headers=tenant.headers, timeout=15) as http:
+        first = message(http, "anthropic/claude-cache", turns)
+        assert first.status_code == 200, first.text
+        turns += [
+            {"role": "assistant", "content": first.json()["content"][0]["text"]},
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "text",
+                        "text": "And a journal?",
+                        "cache_control": {"type": "ephemeral"},
+                    }
+                ],
+            },
+        ]
+        second = message(http, "anthropic/claude-cache", turns)
+        assert second.status_code == 200, second.text
+        # five breakpoints: refused as Anthropic refuses them, before any call
+        many = [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}] * 4
+        refused = message(http, "anthropic/claude-cache", [{"role": "user", "content": many}])
+        # the breakpoint cannot be sent to an OpenAI model: dropped, and the explanation says so
+        dropped = message(http, "openai/gpt-cache", turns)
+    one, two = first.json()["usage"], second.json()["usage"]
+    # turn 1 writes the system prompt to the cache; turn 2 reads it and writes its own turns
+    assert one["cache_read_input_tokens"] == 0 and one["cache_creation_input_tokens"] >= 1024
+    assert two["cache_read_input_tokens"] == one["cache_creation_input_tokens"]
+    assert two["cache_creation_input_tokens"] > 0
+    for response, usage in ((first, one), (second, two)):
+        expected = (
+            usage["input_tokens"] * C_IN
+            + usage["cache_read_input_tokens"] * C_READ
+            + usage["cache_creation_input_tokens"] * C_WRITE
+            + usage["output_tokens"] * C_OUT
+        )
+        assert Decimal(response.headers["x-megarouter-cost-usd"]) == expected
+    assert refused.status_code == 400
+    assert refused.json()["error"]["type"] == "invalid_request_error"
+    assert "maximum of 4 blocks with cache_control" in refused.json()["error"]["message"]
+    assert dropped.status_code == 200
+    note = orjson.loads(dropped.headers["x-megarouter-route"])["cache_control"]
+    assert note == "2 breakpoint(s) not sent: openai caches prompts by itself"

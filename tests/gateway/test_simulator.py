@@ -446,3 +446,24 @@ def test_the_prefix_cache_reports_a_repeated_prompt_start_as_cached():
     expired = PrefixCache(ttl_s=0)
     expired.cached_tokens("openai", first)
     assert expired.cached_tokens("openai", first) == 0
+
+
+def test_anthropic_breakpoints_write_then_read_the_marked_prefix():
+    from gateway.simulator.engine import Knobs, PrefixCache, SimRequest, count_tokens
+
+    system = "Cache me. " * 400  # 1,203 tokens with the message overhead
+    cache = PrefixCache()
+
+    def request(*texts, breakpoints):
+        return SimRequest("anthropic", "claude", Knobs(), list(texts), breakpoints=breakpoints)
+
+    first = request(system, "Q1?", breakpoints=(0,))
+    assert cache.marked_tokens("anthropic", first) == (0, count_tokens(system) + 3)
+    # the system prompt is read; the new breakpoint after the second turn is written
+    second = request(system, "Q1?", "A.", "Q2?", breakpoints=(0, 3))
+    read, written = cache.marked_tokens("anthropic", second)
+    assert read == count_tokens(system) + 3
+    assert written == sum(count_tokens(t) + 3 for t in ("Q1?", "A.", "Q2?"))
+    assert cache.marked_tokens("anthropic", second) == (read + written, 0)  # all cached now
+    short = request("Hi", breakpoints=(0,))
+    assert cache.marked_tokens("anthropic", short) == (0, 0)  # under 1,024: nothing cached

@@ -10,6 +10,9 @@ import orjson
 import pytest
 
 from gateway.errors import InvalidRequest, UnsupportedParameter
+from gateway.providers.anthropic import request_to_wire as anthropic_wire
+from gateway.providers.bedrock import CACHE_POINT
+from gateway.providers.bedrock import request_to_wire as bedrock_wire
 from gateway.providers.types import (
     ChatChunk,
     ChatResponse,
@@ -398,3 +401,71 @@ def test_messages_render_and_stream():
     assert events[6][1]["delta"] == {"type": "input_json_delta", "partial_json": "{}"}
     assert events[8][1]["delta"]["stop_reason"] == "tool_use"
     assert events[8][1]["usage"]["output_tokens"] == 2
+
+
+def test_anthropic_cache_breakpoints_are_kept_checked_and_sent_back():
+    mark = {"type": "ephemeral"}
+    long_mark = {"type": "ephemeral", "ttl": "5m"}
+    inbound = parse_messages(
+        {
+            "model": "anthropic/claude-sim",
+            "max_tokens": 10,
+            "system": [{"type": "text", "text": "Rules.", "cache_control": long_mark}],
+            "tools": [{"name": "t", "input_schema": {"type": "object"}, "cache_control": mark}],
+            "messages": [
+                {"role": "user", "content": "Run it"},
+                {
+                    "role": "assistant",
+                    "content": [{"type": "tool_use", "id": "tu1", "name": "t", "input": {}}],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "tu1",
+                            "content": "done",
+                            "cache_control": mark,
+                        }
+                    ],
+                },
+            ],
+        }
+    )
+    assert inbound.cache_breakpoints == 3
+    body = anthropic_wire(inbound.chat, "claude", stream=False)
+    assert body["system"] == [{"type": "text", "text": "Rules.", "cache_control": long_mark}]
+    assert body["tools"][0]["cache_control"] == mark
+    assert body["messages"][-1]["content"][-1]["cache_control"] == mark
+    assert "cache_control" not in body["messages"][0]["content"][0]
+    converse = bedrock_wire(inbound.chat)
+    assert converse["system"] == [{"text": "Rules."}, CACHE_POINT]
+    assert converse["toolConfig"]["tools"][-1] == CACHE_POINT
+    assert converse["messages"][-1]["content"][-1] == CACHE_POINT
+
+    def refused(control, count=1):
+        block = {"type": "text", "text": "x", "cache_control": control}
+        with pytest.raises(InvalidRequest) as info:
+            parse_messages(
+                {
+                    "model": "m",
+                    "max_tokens": 5,
+                    "messages": [{"role": "user", "content": [block] * count}],
+                }
+            )
+        return info.value
+
+    assert refused({"type": "persistent"}).param == "messages[0].content[0].cache_control.type"
+    assert refused({"type": "ephemeral", "ttl": "2h"}).param.endswith("cache_control.ttl")
+    assert refused({"type": "ephemeral", "extra": 1}).param.endswith("cache_control.extra")
+    assert "Found 5" in str(refused(mark, count=5))
+    with pytest.raises(UnsupportedParameter) as info:  # its price is not in the catalog
+        parse_messages(
+            {
+                "model": "m",
+                "max_tokens": 5,
+                "system": [{"type": "text", "text": "x", "cache_control": {**mark, "ttl": "1h"}}],
+                "messages": [{"role": "user", "content": "Hi"}],
+            }
+        )
+    assert info.value.param == "system[0].cache_control.ttl"
