@@ -47,6 +47,7 @@ from billing.analytics.selectors import (
     scoped_queryset,
 )
 from billing.models import Budget, Report
+from billing.money import usd_text
 from billing.reports.progress import report_progress
 from billing.selectors import budgets_current_spend
 
@@ -61,8 +62,9 @@ BREAKDOWNS = (
 )
 
 
-def money(amount: Decimal, places: int = 6) -> str:
-    return f"{amount:,.{places}f}"
+def money(amount: Decimal) -> str:
+    """An amount in a table: the console's formatter (``billing.money.usd_text``)."""
+    return usd_text(amount)
 
 
 def exact(amount: Decimal) -> str:
@@ -389,7 +391,7 @@ def _budget_table(report: Report) -> Any:
             [
                 Paragraph(f"{b.name or b.scope} ({b.scope} #{b.scope_id})", STYLES["BodyText"]),
                 b.period,
-                money(b.limit_usd, 2),
+                money(b.limit_usd),
                 money(spent),
                 used,
                 b.mode,

@@ -23,6 +23,7 @@ from billing.analytics import selectors as analytics
 from billing.analytics.params import analytics_query_parse
 from billing.errors import InvalidInput as BillingInvalidInput
 from billing.models import Budget, BudgetScope, Checkout, LedgerKind, Notification, UsageRecord
+from billing.money import plain_decimal
 from billing.reports.csv_export import COLUMNS, usage_csv_rows
 from console.forms import BudgetCreateForm, BudgetUpdateForm, CheckoutForm, add_service_errors
 from console.views.analytics import period_days, scoped_rows, spend_chart
@@ -205,7 +206,7 @@ class BudgetDetailView(_BillingBase):
         form = BudgetUpdateForm(
             initial={
                 "name": budget.name,
-                "limit_usd": budget.limit_usd.normalize(),
+                "limit_usd": plain_decimal(budget.limit_usd),
                 "mode": budget.mode,
                 "thresholds": ", ".join(str(t) for t in budget.thresholds),
                 "notify_emails": "\n".join(budget.notify_emails),

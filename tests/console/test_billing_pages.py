@@ -99,6 +99,18 @@ def test_budget_create_update_delete(acme):
     assert response.status_code == 302
     b.refresh_from_db()
     assert (b.limit_usd, b.mode, b.thresholds, b.notify_emails) == (D("3"), "block", [100], [])
+    # amounts read as plain decimals, sub-cent ones too: "50", not "5E+1"; "$0.000001", not
+    # "$0.00"
+    for limit, field, shown in (("50", "50", "$50.00"), ("0.000001", "0.000001", "$0.000001")):
+        client.post(
+            f"/o/acme/budgets/{b.pk}/update/",
+            {"name": "Dev cap", "limit_usd": limit, "mode": "block", "thresholds": "100"},
+        )
+        page = client.get(f"/o/acme/budgets/{b.pk}/")
+        assert page.context["form"]["limit_usd"].value() == field
+        html = page.content.decode()
+        assert f'value="{field}"' in html and f">{shown}</span>" in html
+        assert "E+" not in html
 
     response = client.post(f"/o/acme/budgets/{b.pk}/delete/")
     assert response.status_code == 302
