@@ -470,6 +470,15 @@ def test_new_admin_walkthrough(browser, stack, tmp_path, monkeypatch, settings):
     assert page.get_by_role("button", name="Menu").get_attribute("aria-expanded") == "true"
     w.shot("mobile-menu", full_page=False)
     page.keyboard.press("Escape")
+    # no amount is cut off at phone width: every stat card's value fits its card
+    for path in ("/o/demo/billing/", "/o/demo/spend/"):
+        w.go(path)
+        assert page.locator(".stat .value").count() >= 3, path
+        clipped = page.evaluate(
+            "[...document.querySelectorAll('.stat .value')]"
+            ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)"
+        )
+        assert clipped == [], (path, clipped)
     page.set_viewport_size({"width": 1360, "height": 860})
     w.navigate(page.get_by_role("button", name="Log out"))
     page.wait_for_url(f"{base}/login/")
