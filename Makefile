@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck lock clean install bench chaos budget-exactness api-fuzz profile
+.PHONY: run credentials test lint typecheck lock clean install bench chaos budget-exactness api-fuzz profile
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) scripts/prepare.py
 	$(PY) scripts/run_stack.py
+
+# The console URL, login and demo key `make run` printed (kept in var/credentials.json).
+credentials: $(STAMP)
+	@$(PY) scripts/prepare.py --show
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
