@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Any
 
 from django.contrib import messages
+from django.db.models import Count, Max, Q, Sum
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.utils import timezone
 
+from billing.models import BudgetScope
+from billing.periods import period_start
+from billing.selectors import budgets as billing_budgets
+from billing.selectors import budgets_current_spend, usage_records
 from console.forms import ApiKeyCreateForm, ApiKeyRotateForm, ApiKeyUpdateForm, add_service_errors
 from console.views.base import ConsoleOrgView, filtered, page_of
 from orgs import services
 from orgs.errors import InvalidInput
 from orgs.models import ApiKey, Node, NodeKind
-from orgs.roles import CREATE_KEYS, MANAGE_KEYS, VIEW_KEYS
+from orgs.roles import CREATE_KEYS, MANAGE_KEYS, VIEW_BILLING, VIEW_KEYS
 from orgs.selectors import KEY_FILTERS, KEY_SEARCH
 
 
@@ -25,6 +31,54 @@ def key_status(api_key: ApiKey, now: dt.datetime) -> str:
     if api_key.expires_at is not None and api_key.expires_at <= now:
         return "expired"
     return "active"
+
+
+SORTS = {
+    "": "newest first",
+    "name": "name",
+    "spend": "spend this month, highest first",
+    "last_used": "last used, latest first",
+}
+
+
+def key_figures(organization: Any, key_ids: list[int], now: dt.datetime) -> dict[int, dict]:
+    """Per key of ``organization``: spend and requests this calendar month (its time zone),
+    last use (its latest usage record) and its key budget's current use. Three queries."""
+    figures: dict[int, dict] = {
+        pk: {"spend": Decimal(0), "requests": 0, "last_used": None, "budget": None}
+        for pk in key_ids
+    }
+    if not key_ids:
+        return figures
+    month = period_start("monthly", now, organization.time_zone)
+    records = usage_records().filter(organization_id=organization.pk, key_id__in=key_ids)
+    for row in (
+        records.values("key_id")
+        .annotate(
+            last=Max("created_at"),
+            spend=Sum("cost", filter=Q(created_at__gte=month)),
+            requests=Count("id", filter=Q(created_at__gte=month)),
+        )
+        .order_by()
+    ):
+        entry = figures[row["key_id"]]
+        entry.update(spend=row["spend"] or Decimal(0), requests=row["requests"] or 0)
+        entry["last_used"] = row["last"]
+    budgets = list(
+        billing_budgets().filter(
+            organization=organization, scope=BudgetScope.KEY, scope_id__in=key_ids
+        )
+    )
+    spent = budgets_current_spend(budgets, now=now)
+    for budget in budgets:
+        used = spent[budget.pk][1]
+        percent = (used / budget.limit_usd * 100) if budget.limit_usd else Decimal(0)
+        figures[budget.scope_id]["budget"] = {
+            "budget": budget,
+            "spent": used,
+            "percent": percent.quantize(Decimal("0.1")),
+        }
+    return figures
 
 
 class _KeyBase(ConsoleOrgView):
@@ -85,9 +139,36 @@ class KeysView(_KeyBase):
             "revoked": {"active": "false", "revoked": "true"}.get(status, ""),
         }
         qs = filtered(request, qs, params, KEY_FILTERS, KEY_SEARCH)
-        page = page_of(request, qs)
         now = timezone.now()
-        rows = [{"key": k, "status": key_status(k, now)} for k in page.object_list]
+        # spend, last use and budgets are billing figures: for billing viewers only
+        money = self.scope.can(VIEW_BILLING)
+        sort = request.GET.get("sort", "")
+        sort = sort if sort in SORTS and (money or sort in ("", "name")) else ""
+        if sort == "name":
+            qs = qs.order_by("name", "id")
+        figures: dict[int, dict] = {}
+        if money and sort in ("spend", "last_used"):
+            keys = list(qs)
+            figures = key_figures(self.organization, [k.pk for k in keys], now)
+            far = dt.datetime.min.replace(tzinfo=dt.UTC)
+            if sort == "spend":
+                keys.sort(key=lambda k: (-figures[k.pk]["spend"], -k.pk))
+            else:
+                keys.sort(key=lambda k: (figures[k.pk]["last_used"] or far, k.pk), reverse=True)
+            page = page_of(request, keys)
+        else:
+            page = page_of(request, qs)
+            if money:
+                figures = key_figures(self.organization, [k.pk for k in page.object_list], now)
+        billing_ids = self.scope.visible_id_set(VIEW_BILLING) if money else set()
+        rows = [
+            {
+                "key": k,
+                "status": key_status(k, now),
+                "figures": figures.get(k.pk) if k.project_id in billing_ids else None,
+            }
+            for k in page.object_list
+        ]
         projects = Node.objects.filter(
             organization=self.organization,
             kind=NodeKind.PROJECT,
@@ -103,6 +184,9 @@ class KeysView(_KeyBase):
                 "project": params["project"],
                 "projects": projects,
                 "can_create": self.scope.can(CREATE_KEYS),
+                "money": money,
+                "sort": sort,
+                "sorts": {k: v for k, v in SORTS.items() if money or k in ("", "name")},
             },
         )
 

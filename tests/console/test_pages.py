@@ -432,6 +432,45 @@ def test_keys_list_filters_and_query_count(acme, django_assert_max_num_queries):
     assert [r["key"].name for r in response.context["rows"]] == ["owner key"]
 
 
+def test_keys_show_spend_last_use_and_budget_to_billing_viewers_and_sort(acme):
+    from billing import services as billing_services
+    from orgs.audit import Actor
+    from tests.console.factories import spend
+
+    t = acme.tree
+    billing_services.budget_create(
+        actor=Actor.system(),
+        organization=t.org,
+        scope="key",
+        scope_id=acme.developer_key.pk,
+        period="monthly",
+        limit_usd="0.000001",  # a tiny budget reads as itself, not $0.00
+        mode="alert",  # counts, does not block
+    )
+    spend(t.project, acme.developer_membership, acme.developer_key, "0.40")
+    spend(t.project, acme.developer_membership, acme.developer_key, "0.000002")
+    spend(t.project, t.owner_membership, acme.owner_key, "1.25")
+    viewer = login(acme.viewer)  # viewers hold view_billing at the root
+    response = viewer.get("/o/acme/keys/?sort=spend")
+    rows = response.context["rows"]
+    assert [r["key"].name for r in rows] == ["owner key", "dev key"]  # dearest first
+    dev = rows[1]["figures"]
+    assert (dev["spend"], dev["requests"]) == (Decimal("0.400002"), 2)
+    assert dev["last_used"] is not None
+    assert dev["budget"]["spent"] == Decimal("0.400002")
+    html = response.content.decode()
+    assert "Spend this month" in html and "$0.40 of $0.000001" in html
+    assert [r["key"].name for r in viewer.get("/o/acme/keys/?sort=name").context["rows"]] == [
+        "dev key",
+        "owner key",
+    ]
+    # a developer (no view_billing) sees the keys, not the money, and cannot sort by it
+    developer = login(acme.developer).get("/o/acme/keys/?sort=spend")
+    assert developer.context["money"] is False and developer.context["sort"] == ""
+    assert "Spend this month" not in developer.content.decode()
+    assert all(r["figures"] is None for r in developer.context["rows"])
+
+
 # -- catalog, deployments, audit ----------------------------------------------------------------
 
 
