@@ -210,6 +210,10 @@ ROUTING_TTFT_TIMEOUT_S = env.float("ROUTING_TTFT_TIMEOUT_S", 20.0, min_value=0.1
 ROUTING_STALL_TIMEOUT_S = env.float("ROUTING_STALL_TIMEOUT_S", 30.0, min_value=0.1)
 ROUTING_ATTEMPT_TIMEOUT_S = env.float("ROUTING_ATTEMPT_TIMEOUT_S", 120.0, min_value=0.1)
 ROUTING_PROBE_INTERVAL_S = env.float("ROUTING_PROBE_INTERVAL_S", 60.0, min_value=5.0)
+# Without Redis, health lives in each process's memory: the gateway process then probes its
+# own deployments (the state it routes on is the state its console shows) and the Celery task
+# stands down. With Redis, Celery probes into the shared store.
+ROUTING_PROBES_IN_PROCESS = env.bool("ROUTING_PROBES_IN_PROCESS", not REDIS_URL)
 CELERY_BEAT_SCHEDULE["probe-deployments"] = {
     "task": "gateway.probe_deployments",
     "schedule": ROUTING_PROBE_INTERVAL_S,

@@ -23,6 +23,14 @@ def _no_heartbeat_thread():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _no_in_process_probes():
+    """A test server probing its deployments on its own would move breakers under the tests'
+    feet; tests/gateway/test_probes.py runs the in-process probes by hand."""
+    settings.ROUTING_PROBES_IN_PROCESS = False
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _refresh_on_the_test_thread():
     """Background cache refreshes run where the test's transaction is (megarouter/refresh.py);
     tests/megarouter/test_refresh.py covers the thread pool."""

@@ -46,6 +46,7 @@ class GatewayASGI:
         self.django_app = django_app
         self._hygiene_at = 0.0
         self._background: set[asyncio.Future[Any]] = set()
+        self._probes: asyncio.Future[Any] | None = None  # in-process probes (embedded mode)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -64,8 +65,14 @@ class GatewayASGI:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.warm_up()
+                if settings.ROUTING_PROBES_IN_PROCESS:
+                    from gateway.tasks import probe_forever
+
+                    self._probes = asyncio.ensure_future(probe_forever())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._probes is not None:
+                    self._probes.cancel()
                 with contextlib.suppress(Exception):
                     from gateway.http import aclose_clients
 

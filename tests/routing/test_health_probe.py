@@ -95,3 +95,53 @@ def test_the_beat_task_probes_through_the_default_store(probe_catalog, stores):
     finally:
         health_store_set(None)
     assert counts == {"ok": 2, "overloaded": 1, "connection": 1}
+
+
+def test_without_redis_the_gateway_process_probes_and_the_beat_task_stands_down(
+    probe_catalog, stores, settings
+):
+    """Embedded mode: health lives in each process's memory, so the gateway process probes
+    into its own store (the one its routing and its console read) and the Celery task, whose
+    results no other process would see, does nothing."""
+    from gateway.api.asgi import GatewayASGI
+    from gateway.http import aclose_clients
+    from gateway.tasks import probe_forever
+
+    settings.ROUTING_PROBES_IN_PROCESS = True
+    assert probe_deployments() == {"skipped": "the gateway processes probe in-process (no Redis)"}
+    store = make_store(HealthConfig(refresh_interval=0.0))
+    stores.append(store)
+    health_store_set(store)
+    catalog_snapshot()  # built here, on the test's connection (the probes then reuse it)
+
+    async def one_round() -> None:
+        try:
+            await probe_forever(first_s=0, rounds=1)
+        finally:  # the gateway process keeps its client; this test's loop ends here
+            await aclose_clients()
+
+    try:
+        asyncio.run(one_round())
+    finally:
+        health_store_set(None)
+    assert store.view(probe_catalog["healthy"].pk).samples == 1
+    assert store.view(probe_catalog["failing"].pk).consecutive_failures == 1
+
+    async def lifespan() -> tuple[bool, bool]:
+        app = GatewayASGI(None)
+        messages = asyncio.Queue()
+        for kind in ("lifespan.startup", "lifespan.shutdown"):
+            messages.put_nowait({"type": kind})
+        sent: list[str] = []
+
+        async def send(message):
+            sent.append(message["type"])
+            if message["type"] == "lifespan.startup.complete":
+                running.append(app._probes is not None and not app._probes.done())
+
+        running: list[bool] = []
+        await app.lifespan(messages.get, send)
+        await asyncio.sleep(0)
+        return running == [True], app._probes.cancelled()
+
+    assert asyncio.run(lifespan()) == (True, True)  # started with the process, stopped with it
