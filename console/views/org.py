@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zoneinfo
+from decimal import Decimal
 from typing import Any
 
 from django.contrib import messages
@@ -9,6 +11,10 @@ from django.db.models import Count, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 
+from billing.analytics import selectors as analytics
+from billing.analytics.params import analytics_query_parse
+from billing.models import Notification
+from billing.selectors import balance_summary
 from console.forms import (
     NodeArchiveForm,
     NodeCreateForm,
@@ -18,14 +24,71 @@ from console.forms import (
     OrganizationUpdateForm,
     add_service_errors,
 )
+from console.views.analytics import period_days, scoped_rows, spend_chart
 from console.views.base import ConsoleOrgView
 from orgs import services
 from orgs.errors import InvalidInput
 from orgs.models import PARENT_KIND, ApiKey, AuditEvent, Membership, Node, NodeKind
-from orgs.roles import MANAGE_NODE, VIEW_AUDIT, VIEW_KEYS, VIEW_MEMBERS, VIEW_NODE
+from orgs.roles import MANAGE_NODE, VIEW_AUDIT, VIEW_BILLING, VIEW_KEYS, VIEW_MEMBERS, VIEW_NODE
 from orgs.selectors import is_owner_over, root_node
 
 CHILD_KIND = {parent: child for child, parent in PARENT_KIND.items()}
+OVERVIEW_DAYS = 30  # the money section's period
+RUNWAY_DAYS = 7  # the burn rate is the average daily spend over the last this many days
+TOP = 5
+
+
+def money_overview(view: ConsoleOrgView) -> dict[str, Any]:
+    """The overview's money section (organization-wide billing viewers): balance and its
+    runway at the last week's burn rate, spend and savings over the last 30 days with the daily
+    chart, requests and error rate, the top keys, models and projects, unread alerts. Every
+    figure from the selectors the spend page and the API read."""
+    org = view.organization
+    query = analytics_query_parse({"days": OVERVIEW_DAYS}, time_zone=org.time_zone)
+    source = analytics.analytics_source(query)
+    rows = scoped_rows(view, source, None)
+    totals = analytics.analytics_totals(rows, query)
+    week = analytics_query_parse({"days": RUNWAY_DAYS}, time_zone=org.time_zone)
+    burn = analytics.analytics_totals(
+        scoped_rows(view, analytics.analytics_source(week), None), week
+    )
+    daily = burn["cost"] / RUNWAY_DAYS
+    balance = balance_summary(organization=org)
+    runway = (balance["available"] / daily).quantize(Decimal("0.1")) if daily > 0 else None
+    series_query = analytics.AnalyticsQuery(
+        start=query.start, end=query.end, bucket="day", time_zone=query.time_zone
+    )
+    points = analytics.analytics_timeseries(
+        scoped_rows(view, analytics.analytics_source(series_query), None), series_query
+    )
+    top: list[tuple[str, str, list[dict[str, Any]]]] = []
+    for dimension, title in (("key", "keys"), ("model", "models"), ("project", "projects")):
+        grouped = analytics.AnalyticsQuery(
+            start=query.start, end=query.end, group_by=(dimension,), time_zone=query.time_zone
+        )
+        found = analytics.analytics_breakdown(
+            scoped_rows(view, analytics.analytics_source(grouped), None), grouped, limit=TOP
+        )
+        labels = analytics.dimension_labels(org.pk, found, (dimension,)).get(dimension, {})
+        for row in found:
+            row["label"] = labels.get(row[dimension], row[dimension]) or "—"
+        top.append((dimension, title, found))
+    requests = totals["requests"]
+    return {
+        "days": OVERVIEW_DAYS,
+        "totals": totals,
+        "error_rate": (
+            (Decimal(totals["errors"]) / requests * 100).quantize(Decimal("0.1"))
+            if requests
+            else None
+        ),
+        "balance": balance,
+        "burn_per_day": daily,
+        "runway_days": runway,
+        "chart": spend_chart(points, period_days(query), zoneinfo.ZoneInfo(query.time_zone)),
+        "top": top,
+        "alerts": Notification.objects.filter(organization=org, read_at__isnull=True).count(),
+    }
 
 
 class OverviewView(ConsoleOrgView):
@@ -72,8 +135,10 @@ class OverviewView(ConsoleOrgView):
         recent = None
         if self.scope.can_at_root(VIEW_AUDIT):
             recent = AuditEvent.objects.filter(organization=self.organization)[:8]
+        money = money_overview(self) if self.scope.can_at_root(VIEW_BILLING) else None
         return self.render(
-            "console/overview.html", {"counts": counts, "my_roles": my_roles, "recent": recent}
+            "console/overview.html",
+            {"counts": counts, "my_roles": my_roles, "recent": recent, "money": money},
         )
 
 

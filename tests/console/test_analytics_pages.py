@@ -312,3 +312,27 @@ def test_report_requests_refused_or_invalid_change_nothing(
         {"kind": "csv", "node": acme.tree.root.pk, "since": "2026-02-01", "until": "2026-01-01"},
     )
     assert "The period must end on or after its first day." in page.content.decode()
+
+
+def test_the_overview_shows_balance_runway_spend_savings_and_the_top_spenders(acme, research):
+    usage(acme, research)
+    client = login(acme.viewer)
+    response = client.get("/o/acme/")
+    money = response.context["money"]
+    spend_page = client.get("/o/acme/spend/?days=30").context["totals"]
+    # the same selectors as the spend page: the same figures
+    assert money["totals"]["cost"] == spend_page["cost"] == D("1.8")
+    assert money["totals"]["savings_net"] == spend_page["savings_net"]
+    assert money["totals"]["requests"] == 4 and money["error_rate"] == D("0.0")
+    # runway: the available balance over the last week's average daily spend
+    assert money["burn_per_day"] == D("1.8") / 7
+    available = money["balance"]["available"]
+    assert money["runway_days"] == (available / (D("1.8") / 7)).quantize(D("0.1"))
+    top = {dimension: [r["label"] for r in rows] for dimension, _, rows in money["top"]}
+    assert top["key"] == ["labels key", "dev key", "owner key"]
+    assert top["model"] == ["zeta/z", "acme-ai/a", "acme-ai/b"]
+    assert top["project"] == ["Labels", "Gateway"]
+    html = response.content.decode()
+    assert "Available balance" in html and "$1.80" in html and "Top keys" in html
+    # a developer holds no organization-wide view_billing: no money on the overview
+    assert login(acme.developer).get("/o/acme/").context["money"] is None

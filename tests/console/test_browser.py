@@ -471,7 +471,7 @@ def test_new_admin_walkthrough(browser, stack, tmp_path, monkeypatch, settings):
     w.shot("mobile-menu", full_page=False)
     page.keyboard.press("Escape")
     # no amount is cut off at phone width: every stat card's value fits its card
-    for path in ("/o/demo/billing/", "/o/demo/spend/"):
+    for path in ("/o/demo/", "/o/demo/billing/", "/o/demo/spend/"):
         w.go(path)
         assert page.locator(".stat .value").count() >= 3, path
         clipped = page.evaluate(
