@@ -225,7 +225,8 @@ def stay_or_switch(
     """A continuing conversation's models: the deployment holding its prompt cache first when
     the model still fits (it is in ``ordered``: every filter passed), reaches the tier the
     request needs, and this turn costs no more there, its previous prompt at the cached-input
-    price, than on the strategy's own pick with a cold cache. The note says what was weighed;
+    price, than on the strategy's own pick with a cold cache. When the holder's model is the
+    strategy's own pick, its deployment just goes first. The note says what was weighed;
     ``cache_lost_usd`` is the cached-input discount given up by switching (0 when staying)."""
     note: dict[str, Any] = {"model": holder.model_id}
     index = next(
@@ -251,7 +252,7 @@ def stay_or_switch(
     stay = expected_cost(ordered[index], est) - discount
     switch = expected_cost(ordered[0], est)
     note.update(cached_tokens_estimate=cached, stay_usd=f"{stay:.8f}", switch_usd=f"{switch:.8f}")
-    if entry.model.quality_tier < need:
+    if index and entry.model.quality_tier < need:  # (the strategy's own pick always stays)
         note.update(kept=False, why=f"below the tier this turn needs ({need})")
     elif index and stay > switch:
         note.update(kept=False, why="switching is cheaper")

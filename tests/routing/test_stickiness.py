@@ -126,7 +126,7 @@ def catalog(db):
     catalog_snapshot_reset()
 
 
-def decide(catalog, holder, **policy_fields):
+def decide(catalog, holder, strategy="cost", **policy_fields):
     features = RequestFeatures.from_messages(
         [
             {"role": "user", "content": QUESTION},
@@ -134,7 +134,7 @@ def decide(catalog, holder, **policy_fields):
             {"role": "user", "content": QUESTION},
         ]
     )
-    policy = policy_merge([("organization", PolicySpec(strategy="cost", **policy_fields))])
+    policy = policy_merge([("organization", PolicySpec(strategy=strategy, **policy_fields))])
     request = RouteRequest(features=features, conversation="c", cache=holder)
     return route(request=request, policy=policy, store=LocalHealth(HealthConfig()))
 
@@ -180,8 +180,19 @@ def test_it_switches_when_staying_costs_more_or_no_longer_fits(catalog):
     assert short.candidates[0].deployment == "b-mid-eu"
 
 
-def test_it_never_stays_below_the_tier_the_turn_needs(catalog):
+def test_it_does_not_move_a_conversation_below_the_tier_the_turn_needs(catalog):
     small = decide(catalog, CacheHolder("alpha/a-small", catalog["a-small-eu"].pk, 2000))
     note = small.explain["prompt_cache"]
     assert (note["kept"], note["why"]) == (False, "below the tier this turn needs (2)")
     assert small.candidates[0].deployment == "b-mid-eu"
+
+    # the strategy's own pick (balanced at cost_quality 0: the cheapest, tier 1) stays, and the
+    # deployment holding the cache goes first: nothing is given up
+    cheapest = decide(
+        catalog,
+        CacheHolder("alpha/a-small", catalog["a-small-eu"].pk, 2000),
+        strategy="balanced",
+        cost_quality=Decimal(0),
+    )
+    assert cheapest.candidates[0].deployment == "a-small-eu"
+    assert cheapest.explain["prompt_cache"]["kept"] is True
