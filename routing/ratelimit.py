@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 WINDOW_S = 60
 OUTAGE_BACKOFF_S = 5.0
+REDIS_CONNECTIONS = 16  # per event loop
+REDIS_POOL_WAIT_S = 2.0  # for a free connection, before the call counts as Redis down
 
 
 class DeploymentLimiter:
@@ -178,9 +180,17 @@ class RedisLimiter(DeploymentLimiter):
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            client = redis_async.Redis.from_url(
-                self.url, socket_timeout=0.5, socket_connect_timeout=0.5
+            # A bounded pool that callers wait on: a burst of admissions shares a few
+            # connections instead of opening one socket each (a hundred connects at once timed
+            # out on a busy machine and dropped every process to its own limits).
+            pool = redis_async.BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=REDIS_CONNECTIONS,
+                timeout=REDIS_POOL_WAIT_S,
+                socket_timeout=0.5,
+                socket_connect_timeout=0.5,
             )
+            client = redis_async.Redis(connection_pool=pool)
             client.limit_scripts = (  # type: ignore[attr-defined]
                 client.register_script(_ACQUIRE_LUA),
                 client.register_script(_USED_LUA),

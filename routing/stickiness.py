@@ -39,6 +39,7 @@ from django.conf import settings
 from django.utils.crypto import salted_hmac
 
 from routing.health import ProcessDefault
+from routing.ratelimit import REDIS_CONNECTIONS, REDIS_POOL_WAIT_S
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +169,15 @@ class RedisCacheMap(CacheMap):
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            client = redis_async.Redis.from_url(
-                self.url, socket_timeout=0.5, socket_connect_timeout=0.5
+            # bounded and waited on, as routing.ratelimit's (a burst shares a few sockets)
+            pool = redis_async.BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=REDIS_CONNECTIONS,
+                timeout=REDIS_POOL_WAIT_S,
+                socket_timeout=0.5,
+                socket_connect_timeout=0.5,
             )
+            client = redis_async.Redis(connection_pool=pool)
             self._clients[loop] = client
         return client
 
