@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import re
 import subprocess
 from decimal import Decimal
 
@@ -16,7 +17,8 @@ from rest_framework.test import APIClient
 
 from billing import services as billing_services
 from billing.analytics.rollups import rollup_advance
-from billing.models import Report, ReportStatus, UsageRecord
+from billing.models import BudgetUsage, Report, ReportStatus, UsageRecord
+from billing.money import usd_text
 from billing.reports import services as reports
 from billing.reports.progress import report_progress as progress_of
 from billing.reports.statement_pdf import ledger_movements
@@ -148,10 +150,32 @@ def test_csv_report_of_a_team_lead_covers_their_subtree_only(
     assert client.get("/api/orgs/alpha/reports/").json()["count"] == 1
 
 
-def pdf_text(path) -> str:
+def pdf_text(path, *, page: int | None = None) -> str:
+    pages = [] if page is None else ["-f", str(page), "-l", str(page)]
     return subprocess.run(
-        ["pdftotext", "-layout", str(path), "-"], check=True, capture_output=True, text=True
+        ["pdftotext", "-layout", *pages, str(path), "-"],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
+
+
+def pdf_pages(path) -> int:
+    info = subprocess.run(["pdfinfo", str(path)], check=True, capture_output=True, text=True)
+    return int(
+        next(line for line in info.stdout.splitlines() if line.startswith("Pages:")).split()[1]
+    )
+
+
+def chart_text(text: str) -> str:
+    """The daily spend section: from its heading to the next one (the chart's labels)."""
+    return text.split("Daily spend", 1)[1].split("Spend by team", 1)[0]
+
+
+def cells(text: str, starts: str) -> list[str]:
+    """The cells (runs split by two or more spaces) of the line that starts with ``starts``."""
+    line = next(line for line in text.splitlines() if line.strip().startswith(starts))
+    return re.split(r"\s{2,}", line.strip())
 
 
 def test_pdf_report_totals_equal_the_database(data, django_capture_on_commit_callbacks):
@@ -168,7 +192,7 @@ def test_pdf_report_totals_equal_the_database(data, django_capture_on_commit_cal
     client = login(a.tree.owner)
     response, _ = create(client, "alpha", django_capture_on_commit_callbacks, kind="pdf")
     report = build(response.json()["id"])
-    assert report.pages >= 3
+    assert report.pages == pdf_pages(reports.report_path(report))
     text = pdf_text(reports.report_path(report))
     total = db_total(a.org)
     reference = sum(
@@ -198,6 +222,127 @@ def test_pdf_report_totals_equal_the_database(data, django_capture_on_commit_cal
         assert heading in text, heading
     requests_line = next(line for line in text.splitlines() if line.strip().startswith("Requests"))
     assert requests_line.split()[-1] == "30"
+
+
+def test_pdf_report_page_one_is_the_summary_with_the_analytics_figures(
+    data, django_capture_on_commit_callbacks
+):
+    a = data["a"]
+    budget = billing_services.budget_create(
+        actor=Actor.system(),
+        organization=a.org,
+        scope="team",
+        scope_id=a.team2.pk,
+        period="monthly",
+        limit_usd="12.50",
+        name="research cap",
+    )
+    client = login(a.tree.owner)
+    [listed] = client.get("/api/orgs/alpha/budgets/").json()["results"]
+    BudgetUsage.objects.create(
+        budget=budget, period_start=dt.datetime.fromisoformat(listed["period_start"]), spent="4.25"
+    )
+    response, _ = create(client, "alpha", django_capture_on_commit_callbacks, kind="pdf")
+    report = build(response.json()["id"])
+    path = reports.report_path(report)
+    assert report.pages == pdf_pages(path) == 3  # 30 requests; it was 8 with a page per table
+
+    period = "from=2026-11-02&to=2026-11-04"
+    totals = client.get(f"/api/orgs/alpha/analytics/summary/?{period}").json()["totals"]
+    departments = client.get(
+        f"/api/orgs/alpha/analytics/breakdown/?{period}&group_by=department"
+    ).json()["rows"]
+    models = client.get(f"/api/orgs/alpha/analytics/breakdown/?{period}&group_by=model").json()[
+        "rows"
+    ]
+    [listed] = client.get("/api/orgs/alpha/budgets/").json()["results"]
+    page1 = pdf_text(path, page=1)
+    assert "MegaRouter spend report" in page1  # the title block is on the summary page
+    assert cells(page1, "Period ") == ["Period", "2026-11-02 to 2026-11-04 (3 days)"]
+    assert cells(page1, "Total spend") == ["Total spend", usd_text(D(totals["cost"]))]
+    assert usd_text(D(totals["cost"])) == "$0.000465"
+    savings_net = usd_text(D(totals["savings_net"]))
+    assert cells(page1, "Savings, net of prompt cache lost") == [
+        "Savings, net of prompt cache lost",
+        f"{savings_net} (99.7% of the reference cost)",
+    ]
+    assert cells(page1, "Requests") == ["Requests", str(totals["requests"])] == ["Requests", "30"]
+    assert [r["department_name"] for r in departments] == ["Engineering"]
+    for row in departments:
+        assert cells(page1, f"{row['department_name']} (#{row['department']})")[1:] == [
+            str(row["requests"]),
+            f"{row['tokens_in'] + row['tokens_out']:,}",
+            usd_text(D(row["cost"])),
+            usd_text(D(row["reference_cost"])),
+            usd_text(D(row["savings"])),
+        ]
+    assert [r["model"] for r in models] == ["openai/gpt-4o-mini", "anthropic/claude-3-5-haiku"]
+    for row in models:
+        assert cells(page1, row["model"])[3] == usd_text(D(row["cost"]))
+    limit, spent = D(listed["limit_usd"]), D(listed["spent"])
+    assert (limit, spent) == (D("12.50"), D("4.25"))
+    assert cells(page1, f"research cap (team #{a.team2.pk})")[1:] == [
+        "monthly, block",
+        usd_text(limit),
+        usd_text(spent),
+        usd_text(limit - spent),
+        "34.0%",
+    ]
+    assert "Spend by team" not in page1  # the breakdowns follow the summary
+
+
+def test_pdf_report_of_one_day_charts_that_day(data, django_capture_on_commit_callbacks):
+    client = login(data["a"].tree.owner)
+    response, _ = create(
+        client,
+        "alpha",
+        django_capture_on_commit_callbacks,
+        kind="pdf",
+        **{"from": "2026-11-03", "to": "2026-11-03"},
+    )
+    report = build(response.json()["id"])
+    chart = chart_text(pdf_text(reports.report_path(report)))
+    # the x axis is the one day (it spanned 2025 to 2028 around a single point)
+    assert re.findall(r"\d{4}-\d{2}-\d{2}", chart) == ["2026-11-03"]
+    assert not re.search(r"\b20(2[0-5]|2[7-9])\b", chart)
+    assert "$0.0" in chart  # money labels on the y axis
+    assert "No spend" not in chart
+
+
+def test_pdf_report_of_a_year_has_month_ticks(data, django_capture_on_commit_callbacks):
+    client = login(data["a"].tree.owner)
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client.post(
+            "/api/orgs/alpha/reports/", {"kind": "pdf", "days": 365}, format="json"
+        )
+    assert response.status_code == 202
+    report = build(response.json()["id"])
+    assert (report.period_start, report.period_end) == (
+        dt.datetime(2025, 11, 6, tzinfo=UTC),
+        dt.datetime(2026, 11, 6, tzinfo=UTC),
+    )
+    chart = chart_text(pdf_text(reports.report_path(report)))
+    months = ["Dec 2025", "Jan 2026", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep"]
+    ticks = cells(chart, "Dec 2025")
+    assert ticks == [*months, "Oct", "Nov"]
+    assert not re.search(r"\d{4}-\d{2}-\d{2}", chart)  # no per-day labels
+
+
+def test_pdf_report_of_an_empty_period_says_so(data, django_capture_on_commit_callbacks):
+    client = login(data["a"].tree.owner)
+    response, _ = create(
+        client,
+        "alpha",
+        django_capture_on_commit_callbacks,
+        kind="pdf",
+        **{"from": "2026-10-01", "to": "2026-10-07"},
+    )
+    report = build(response.json()["id"])
+    path = reports.report_path(report)
+    text = pdf_text(path)
+    assert "No spend in this period." in chart_text(text)
+    assert cells(pdf_text(path, page=1), "Total spend") == ["Total spend", "$0.00"]
+    assert report.pages == pdf_pages(path) == 2
 
 
 def test_download_links_are_signed_per_user_and_expire(
