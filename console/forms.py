@@ -9,11 +9,14 @@ from decimal import Decimal
 from typing import Any
 
 from django import forms
+from django.contrib.auth.password_validation import password_validators_help_texts
 
 from billing.models import BudgetMode, BudgetPeriod
+from orgs import secrets
 from orgs.errors import InvalidInput
 from orgs.models import Node, Organization, Role
 from orgs.policy import RULES, STRATEGY_LABELS, PolicyError, PolicySpec, Rule
+from orgs.selectors import INVITATION_REFUSALS
 
 
 def add_service_errors(
@@ -156,7 +159,44 @@ class InvitationForm(StyledForm):
 
 
 class InvitationAcceptForm(StyledForm):
-    token = forms.CharField(max_length=200, help_text="The token from the invitation email.")
+    token = forms.CharField(
+        max_length=300, help_text="The token (mri_...) or the link from the invitation email."
+    )
+
+    def clean_token(self) -> str:
+        """The token itself, also when the whole link was pasted."""
+        value = self.cleaned_data["token"].strip().rstrip("/").rsplit("/", 1)[-1]
+        if secrets.prefix_of(value, secrets.INVITATION) is None:
+            raise forms.ValidationError(INVITATION_REFUSALS["invalid"])
+        return value
+
+
+class InvitationSignUpForm(StyledForm):
+    """A new person's account from an invitation: the email is the invitation's. The password
+    rules (Django's validators) are the service's; here only that both entries match."""
+
+    name = forms.CharField(max_length=150, label="Your name")
+    password1 = forms.CharField(
+        label="Password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+    password2 = forms.CharField(
+        label="Password again",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["password1"].help_text = " ".join(password_validators_help_texts())
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        first, second = data.get("password1"), data.get("password2")
+        if first and second and first != second:
+            self.add_error("password2", "The two passwords differ.")
+        return data
 
 
 class _KeyFields(StyledForm):

@@ -100,6 +100,8 @@ urlpatterns = [
     path("orgs/", account.org_list, name="org-list"),
     path("platform/billing/", platform.PlatformBillingView.as_view(), name="platform-billing"),
     path("invitations/accept/", account.invitation_accept, name="invitation-accept"),
+    # the link in invitation emails (orgs.selectors.INVITATION_PATH)
+    path("invitations/<str:token>/", account.invitation, name="invitation"),
     path("static/<path:path>", account.static, name="static"),
     path("o/<slug:org_slug>/", include(org_urls)),
 ]

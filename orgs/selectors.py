@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Exists, F, OuterRef, QuerySet
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.db.models.lookups import StartsWith
+from django.utils import timezone
 
-from orgs.models import Membership, Node, NodeUserPermission, Organization, Role
+from orgs import secrets
+from orgs.models import Invitation, Membership, Node, NodeUserPermission, Organization, Role
 from orgs.roles import ROLE_PERMISSIONS
 
 
@@ -100,6 +106,73 @@ def has_perm_at_root(*, user_id: int, organization_id: int, perm: str) -> bool:
         _grants(user_id=user_id, organization_id=organization_id, perm=perm)
         .filter(content_object__parent__isnull=True)
         .exists()
+    )
+
+
+# ---------------------------------------------------------------- invitations
+
+# Where an invitation's link opens: the console's ``console:invitation`` page (console/urls.py).
+INVITATION_PATH = "/invitations/{token}/"
+# Why an invitation cannot be used, by state (the API and the console give the same words).
+INVITATION_REFUSALS = {
+    "invalid": "This invitation token is not valid.",
+    "accepted": "This invitation has already been used.",
+    "revoked": "This invitation has been revoked.",
+    "expired": "This invitation has expired.",
+    "archived": "The invitation's node has been archived.",
+}
+
+
+def invitation_url(token: str) -> str:
+    """The absolute link an invitation email holds (``MEGAROUTER_PUBLIC_URL`` + the page)."""
+    return settings.MEGAROUTER_PUBLIC_URL + INVITATION_PATH.format(token=token)
+
+
+def invitation_state(invitation: Invitation, *, now: dt.datetime | None = None) -> str:
+    """``accepted``, ``revoked``, ``expired`` or ``pending``."""
+    if invitation.accepted_at is not None:
+        return "accepted"
+    if invitation.revoked_at is not None:
+        return "revoked"
+    if invitation.expires_at <= (now or timezone.now()):
+        return "expired"
+    return "pending"
+
+
+@dataclass(frozen=True)
+class InvitationLookup:
+    """What a raw token opens: the invitation (None when the token matches none) and whether it
+    can be used (``pending``) or why not (a key of ``INVITATION_REFUSALS``)."""
+
+    invitation: Invitation | None
+    state: str
+
+
+def invitation_for_token(*, token: str, lock: bool = False) -> InvitationLookup:
+    """The invitation a raw ``mri_`` token belongs to, compared in constant time. ``lock``
+    takes the row for update (inside the caller's transaction)."""
+    prefix = secrets.prefix_of(token or "", secrets.INVITATION)
+    if prefix is None:
+        return InvitationLookup(None, "invalid")
+    qs = Invitation.objects.select_related("organization", "node", "invited_by")
+    if lock:
+        qs = qs.select_for_update(of=("self",))
+    invitation = qs.filter(token_prefix=prefix).first()
+    if invitation is None or not secrets.matches(token, invitation.token_digest):
+        return InvitationLookup(None, "invalid")
+    state = invitation_state(invitation)
+    if state == "pending" and (
+        invitation.node.archived_at is not None or invitation.organization.archived_at is not None
+    ):
+        state = "archived"
+    return InvitationLookup(invitation, state)
+
+
+def user_with_email_exists(email: str) -> bool:
+    """Whether an account already uses this address (as its email or its username)."""
+    email = (email or "").strip()
+    return (
+        get_user_model().objects.filter(Q(email__iexact=email) | Q(username__iexact=email)).exists()
     )
 
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email, validate_slug
@@ -40,7 +42,16 @@ from orgs.models import (
 )
 from orgs.policy import PolicyError, routing_policy_clean, validate_model_patterns
 from orgs.roles import CREATE_KEYS, MANAGE_KEYS, OWNER_ONLY_ROLES, permissions_for
-from orgs.selectors import has_perm_on_node, is_owner_over, memberships_covering, subtree
+from orgs.selectors import (
+    INVITATION_REFUSALS,
+    has_perm_on_node,
+    invitation_for_token,
+    invitation_url,
+    is_owner_over,
+    memberships_covering,
+    subtree,
+    user_with_email_exists,
+)
 
 INVITATION_TTL = dt.timedelta(days=7)
 MAX_ROTATION_GRACE = dt.timedelta(days=30)
@@ -98,6 +109,59 @@ def _on_commit_invalidate(prefixes: list[str]) -> None:
 
 def _prefixes_of_keys(key_qs: Any) -> list[str]:
     return list(ApiKeySecret.objects.filter(api_key__in=key_qs).values_list("prefix", flat=True))
+
+
+# --- users --------------------------------------------------------------------------------
+
+
+def _user_insert(*, email: str, password: str, name: str = "", operator: bool = False) -> Any:
+    """A new active user whose username is ``email`` (lowercased). Field errors on ``email``,
+    ``name`` and ``password`` (Django's ``AUTH_PASSWORD_VALIDATORS``) before anything is
+    written; an address already in use (as an email or a username) is refused."""
+    errors: dict[str, list[str]] = {}
+    email = (email or "").strip().lower() if isinstance(email, str) else ""
+    try:
+        if len(email) > 150:
+            raise ValidationError("too long")
+        validate_email(email)
+    except ValidationError:
+        errors["email"] = ["Enter a valid email address (at most 150 characters)."]
+    else:
+        if user_with_email_exists(email):
+            errors["email"] = ["An account with this email address already exists."]
+    name = name.strip() if isinstance(name, str) else ""
+    if len(name) > 150:
+        errors["name"] = ["Ensure this field has no more than 150 characters."]
+    user_model = get_user_model()
+    user = user_model(username=email, email=email, first_name=name)
+    if not isinstance(password, str) or not password:
+        errors["password"] = ["This field may not be blank."]
+    else:
+        try:
+            validate_password(password, user=user)
+        except ValidationError as exc:
+            errors["password"] = list(exc.messages)
+    _raise(errors)
+    if operator:
+        user.is_staff = user.is_superuser = True
+    user.set_password(password)
+    try:
+        with transaction.atomic():
+            user.save()
+    except IntegrityError:
+        raise InvalidInput(
+            {"email": ["An account with this email address already exists."]}
+        ) from None
+    return user
+
+
+@transaction.atomic
+def user_create(*, email: str, password: str, name: str = "", operator: bool = False) -> Any:
+    """An account outside any organization (``manage.py bootstrap``): no audit row, as the
+    audit log is per organization; the membership that follows is audited there.
+    ``operator`` makes it a platform operator (Django staff and superuser: the admin site,
+    crediting balances)."""
+    return _user_insert(email=email, password=password, name=name, operator=operator)
 
 
 # --- organizations and nodes --------------------------------------------------------------
@@ -485,7 +549,7 @@ def membership_remove(*, actor: Actor, membership: Membership) -> Membership:
 @dataclass(frozen=True)
 class CreatedInvitation:
     invitation: Invitation
-    token: str  # shown once (emailed)
+    token: str  # shown once (emailed, inside the link)
 
 
 @transaction.atomic
@@ -496,8 +560,9 @@ def invitation_create(
     email: str,
     role: str,
     ttl: dt.timedelta = INVITATION_TTL,
-    accept_url: str = "",
 ) -> CreatedInvitation:
+    """A single-use, expiring invitation, emailed after commit as one absolute link
+    (``invitation_url``: ``MEGAROUTER_PUBLIC_URL`` + the console's invitation page)."""
     role = _check_role(role)
     email = (email or "").strip().lower()
     try:
@@ -527,12 +592,14 @@ def invitation_create(
         changes={"email": email, "node": node.pk, "role": role},
     )
     org_name = node.organization.name
+    inviter = f" by {actor.user.get_username()}" if actor.user is not None else ""
     body = (
-        f"You have been invited to join {org_name} on MegaRouter as {role} of {node.name}.\n\n"
-        f"Your invitation token (valid until {invitation.expires_at:%Y-%m-%d %H:%M} UTC, "
-        f"single use):\n\n    {new.raw}\n\n"
-        + (f"Accept it at {accept_url}\n" if accept_url else "")
-        + 'Accept with POST /api/invitations/accept/ {"token": "..."} while logged in.\n'
+        f"You have been invited{inviter} to join {org_name} on MegaRouter as "
+        f"{Role(role).label.lower()} of {node.name}.\n\n"
+        f"Open this link to accept (single use, valid until "
+        f"{invitation.expires_at:%Y-%m-%d %H:%M} UTC):\n\n"
+        f"    {invitation_url(new.raw)}\n\n"
+        f"If you have no MegaRouter account yet, the page lets you create one for {email}.\n"
     )
     transaction.on_commit(
         lambda: send_mail(
@@ -546,30 +613,18 @@ def invitation_create(
     return CreatedInvitation(invitation=invitation, token=new.raw)
 
 
-@transaction.atomic
-def invitation_accept(*, actor: Actor, token: str) -> Membership:
-    """Use the token: the logged-in user (whose email must match) becomes a member."""
-    user = actor.user
-    prefix = secrets.prefix_of(token or "", secrets.INVITATION)
-    invitation = (
-        Invitation.objects.select_for_update().filter(token_prefix=prefix).first()
-        if prefix
-        else None
+def _invitation_usable(token: str) -> Invitation:
+    """The pending invitation of ``token``, locked; else InvalidInput on ``token``."""
+    found = invitation_for_token(token=token, lock=True)
+    if found.state != "pending" or found.invitation is None:
+        raise InvalidInput({"token": [INVITATION_REFUSALS[found.state]]})
+    return found.invitation
+
+
+def _invitation_use(*, actor: Actor, invitation: Invitation, user: Any) -> Membership:
+    membership = _membership_insert(
+        actor=actor, node=invitation.node, user=user, role=invitation.role
     )
-    if invitation is None or not secrets.matches(token, invitation.token_digest):
-        raise InvalidInput({"token": ["This invitation token is not valid."]})
-    if invitation.accepted_at is not None:
-        raise InvalidInput({"token": ["This invitation has already been used."]})
-    if invitation.revoked_at is not None:
-        raise InvalidInput({"token": ["This invitation has been revoked."]})
-    if invitation.expires_at <= timezone.now():
-        raise InvalidInput({"token": ["This invitation has expired."]})
-    if user is None or (user.email or "").strip().lower() != invitation.email:
-        raise InvalidInput({"token": ["This invitation was sent to another email address."]})
-    node = Node.objects.select_related("organization").get(pk=invitation.node_id)
-    if node.archived_at is not None or node.organization.archived_at is not None:
-        raise InvalidInput({"token": ["The invitation's node has been archived."]})
-    membership = _membership_insert(actor=actor, node=node, user=user, role=invitation.role)
     invitation.accepted_at = timezone.now()
     invitation.accepted_by = user
     invitation.membership = membership
@@ -583,6 +638,47 @@ def invitation_accept(*, actor: Actor, token: str) -> Membership:
         changes={"membership": membership.pk},
     )
     return membership
+
+
+@transaction.atomic
+def invitation_accept(*, actor: Actor, token: str) -> Membership:
+    """Use the token: the logged-in user (whose email must match) becomes a member."""
+    invitation = _invitation_usable(token)
+    user = actor.user
+    if user is None or (user.email or "").strip().lower() != invitation.email:
+        raise InvalidInput({"token": ["This invitation was sent to another email address."]})
+    return _invitation_use(actor=actor, invitation=invitation, user=user)
+
+
+@transaction.atomic
+def invitation_accept_new_user(*, actor: Actor, token: str, name: str, password: str) -> Membership:
+    """Use the token as a new person: an account for the invitation's email (its username too)
+    with ``name`` and ``password`` (Django's password validators), then the membership.
+
+    No account takeover: when an account already uses that email the token is refused, and its
+    owner logs in and accepts with ``invitation_accept``. The new account is audited
+    (``user.create``) in the inviting organization, acting as itself."""
+    invitation = _invitation_usable(token)
+    if user_with_email_exists(invitation.email):
+        raise InvalidInput(
+            {
+                "token": [
+                    "An account with this email address already exists: log in, then open "
+                    "the invitation link again."
+                ]
+            }
+        )
+    user = _user_insert(email=invitation.email, password=password, name=name)
+    actor = Actor(user=user, ip=actor.ip, request_id=actor.request_id)
+    audit_event_record(
+        organization=invitation.organization_id,
+        actor=actor,
+        action="user.create",
+        target=user,
+        target_repr=user.get_username(),
+        changes={"email": user.email, "name": user.first_name, "invitation": invitation.pk},
+    )
+    return _invitation_use(actor=actor, invitation=invitation, user=user)
 
 
 @transaction.atomic

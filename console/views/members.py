@@ -18,7 +18,7 @@ from orgs import services
 from orgs.errors import InvalidInput
 from orgs.models import Invitation, Membership, Node, Role
 from orgs.roles import MANAGE_MEMBERS, VIEW_MEMBERS
-from orgs.selectors import MEMBER_FILTERS, MEMBER_SEARCH
+from orgs.selectors import MEMBER_FILTERS, MEMBER_SEARCH, invitation_state
 
 
 class _MemberBase(ConsoleOrgView):
@@ -148,16 +148,6 @@ class MemberActionView(_MemberBase):
         return redirect(reverse("console:members", kwargs={"org_slug": org_slug}))
 
 
-def invitation_status(invitation: Invitation, now: dt.datetime) -> str:
-    if invitation.accepted_at is not None:
-        return "accepted"
-    if invitation.revoked_at is not None:
-        return "revoked"
-    if invitation.expires_at <= now:
-        return "expired"
-    return "pending"
-
-
 class InvitationsView(_MemberBase):
     permission = MANAGE_MEMBERS
     post_permission = MANAGE_MEMBERS
@@ -177,7 +167,6 @@ class InvitationsView(_MemberBase):
                     email=form.cleaned_data["email"],
                     role=form.cleaned_data["role"],
                     ttl=dt.timedelta(hours=form.cleaned_data["ttl_hours"]),
-                    accept_url=request.build_absolute_uri(reverse("console:invitation-accept")),
                 )
             except InvalidInput as exc:
                 add_service_errors(form, exc)
@@ -195,7 +184,7 @@ class InvitationsView(_MemberBase):
         ).select_related("node", "invited_by")
         page = page_of(self.request, qs)
         now = timezone.now()
-        rows = [{"inv": inv, "status": invitation_status(inv, now)} for inv in page.object_list]
+        rows = [{"inv": inv, "status": invitation_state(inv, now=now)} for inv in page.object_list]
         return self.render(
             "console/invitations.html",
             {"page": page, "rows": rows, "form": form, "tab": "invitations"},

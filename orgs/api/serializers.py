@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.utils import timezone
 from rest_framework import serializers
 
 from orgs.models import (
@@ -17,6 +16,7 @@ from orgs.models import (
     PersonalAccessToken,
     Role,
 )
+from orgs.selectors import invitation_state
 
 # --- output -------------------------------------------------------------------------------
 
@@ -83,13 +83,7 @@ class InvitationOut(serializers.ModelSerializer):
         ]
 
     def get_status(self, obj: Invitation) -> str:
-        if obj.accepted_at is not None:
-            return "accepted"
-        if obj.revoked_at is not None:
-            return "revoked"
-        if obj.expires_at <= timezone.now():
-            return "expired"
-        return "pending"
+        return invitation_state(obj)
 
 
 class InvitationCreatedOut(InvitationOut):

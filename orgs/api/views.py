@@ -272,7 +272,6 @@ class InvitationViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.Retrieve
             email=data["email"],
             role=data["role"],
             ttl=dt.timedelta(hours=data["ttl_hours"]),
-            accept_url=request.build_absolute_uri("/api/invitations/accept/"),
         )
         return Response(s.InvitationOut(created.invitation).data, status=status.HTTP_201_CREATED)
 

@@ -5,7 +5,8 @@ a request with that key through the official ``openai`` SDK to the real gateway 
 0 serving ``megarouter.asgi``, console and /v1 alike, with the provider simulator upstream),
 process the usage (billing's usage task, the analytics rollup with lag 0), find the request's
 exact cost (the ``x-megarouter-cost-usd`` header) on the usage and spend pages, download a CSV
-and a PDF report and check their totals, look at every page; the invited member accepts.
+and a PDF report and check their totals, look at every page; the invited person opens the
+email's link, creates an account and joins.
 
 Screenshots of every page go to tests/artifacts/console/ (gitignored) for people to look at.
 """
@@ -26,6 +27,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from django.contrib.auth import get_user_model
 from django.core import mail
 from django.core.management import call_command
 from django.db import connections
@@ -39,7 +41,7 @@ from console.templatetags.console import usd
 from megarouter.celery import app as celery_app
 from orgs.keys import default_resolver
 from orgs.models import ApiKey, Invitation, Membership, Node
-from tests.console.factories import ModelFactory, ProviderFactory, UserFactory
+from tests.console.factories import ModelFactory, ProviderFactory
 from tests.gateway import factories as gw
 from tests.gateway.conftest import ServerThread, reset_caches
 
@@ -239,7 +241,7 @@ def test_new_admin_walkthrough(browser, stack, tmp_path, monkeypatch, settings):
     assert w.flash() == "Invitation sent to dana@example.com for Forecasting."
     assert page.locator("tbody tr").first.locator(".badge.pending").inner_text() == "Pending"
     assert len(mail.outbox) == 1
-    token = re.search(r"mri_[\w-]+", mail.outbox[0].body).group(0)
+    (invitation_link,) = re.findall(r"https?://\S+", mail.outbox[0].body)
     w.shot("invitations")
 
     # -- create a key and copy it ---------------------------------------------------------
@@ -483,19 +485,18 @@ def test_new_admin_walkthrough(browser, stack, tmp_path, monkeypatch, settings):
     w.navigate(page.get_by_role("button", name="Log out"))
     page.wait_for_url(f"{base}/login/")
 
-    # -- the invited member accepts --------------------------------------------------------
-    dana = UserFactory(username="dana", email="dana@example.com")
-    dana.set_password("dana's long password")
-    dana.save()
-    page.get_by_label("Username").fill("dana")
-    page.get_by_label("Password").fill("dana's long password")
-    w.navigate(page.get_by_role("button", name="Log in"))
-    page.wait_for_url(f"{base}/orgs/")
-    w.navigate(page.get_by_role("link", name="Accept an invitation"))
-    page.get_by_label("Token").fill(token)
-    w.navigate(page.get_by_role("button", name="Join"))
+    # -- the invited member, new here, opens the email's link and creates an account ------
+    w.go("/" + invitation_link.split("/", 3)[3])  # the link's host is MEGAROUTER_PUBLIC_URL
+    assert page.get_by_role("heading", level=1).inner_text() == "Join Demo Organization"
+    page.get_by_label("Your name").fill("Dana Scully")
+    page.get_by_label("Password", exact=True).fill("dana's long password")
+    page.get_by_label("Password again").fill("dana's long password")
+    w.shot("invitation-sign-up")
+    w.navigate(page.get_by_role("button", name="Create the account and join"))
     page.wait_for_url(f"{base}/o/demo/")
     assert w.flash() == "Welcome to Demo Organization: you are developer of Forecasting."
+    dana = get_user_model().objects.get(email="dana@example.com")
+    assert (dana.username, dana.first_name) == ("dana@example.com", "Dana Scully")
     membership = Membership.objects.get(user=dana, removed_at__isnull=True)
     assert (membership.node_id, membership.role) == (project.pk, "developer")
     assert Invitation.objects.get(email="dana@example.com").accepted_at is not None

@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import re
 
 import pytest
 from django.core import mail
@@ -316,7 +317,8 @@ def test_invitation_flow(t, owner, login, django_capture_on_commit_callbacks):
     assert len(mail.outbox) == 1
     message = mail.outbox[0]
     assert message.to == ["new.person@example.com"]
-    token = next(w for w in message.body.split() if w.startswith("mri_"))
+    assert "POST /api/" not in message.body
+    (token,) = re.findall(r"/invitations/(mri_[\w-]+)/", message.body)
 
     stranger = login(UserFactory(email="someone@example.com"))
     r = stranger.post("/api/invitations/accept/", {"token": token})
