@@ -95,6 +95,27 @@ def subtree(node: Node, *, include_self: bool = True) -> QuerySet[Node]:
     return qs if include_self else qs.exclude(pk=node.pk)
 
 
+def tenant_rows(queryset: QuerySet[Any], *, organization_id: int, ids: Any) -> dict[int, Any]:
+    """``{id: row}`` of the rows of ``queryset`` among ``ids`` that belong to the organization,
+    in one query (none when no id is usable). A row of another organization is absent, exactly
+    like a deleted one, so names read through this never cross tenants (the audit log's
+    sentences, console/audit_text.py)."""
+    wanted = {int(i) for i in ids if isinstance(i, int) or (isinstance(i, str) and i.isdigit())}
+    if not wanted:
+        return {}
+    rows = queryset.filter(organization_id=organization_id, pk__in=wanted)
+    return {row.pk: row for row in rows}
+
+
+def node_trails(*, organization_id: int, ids: Any) -> dict[int, list[Node]]:
+    """``{id: [root, ..., node]}`` for the organization's nodes among ``ids``, in two queries
+    (the nodes, then every ancestor they name in their paths)."""
+    nodes = tenant_rows(Node.objects.all(), organization_id=organization_id, ids=ids)
+    above = {a for node in nodes.values() for a in node.ancestor_ids} - set(nodes)
+    known = {**nodes, **tenant_rows(Node.objects.all(), organization_id=organization_id, ids=above)}
+    return {pk: [known[a] for a in node.ancestor_ids if a in known] for pk, node in nodes.items()}
+
+
 def root_node(organization: Organization | int) -> Node:
     org_id = organization.pk if isinstance(organization, Organization) else organization
     return Node.objects.get(organization_id=org_id, parent__isnull=True)
