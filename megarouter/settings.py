@@ -237,6 +237,11 @@ BILLING_RESERVATION_TTL = env.int("BILLING_RESERVATION_TTL", 900, min_value=30)
 # Gateway processes beat every 5 s; reconciliation closes the holds of a process silent for
 # 15 s (billing.admission.heartbeat). Off: holds are closed by their deadline only.
 BILLING_HEARTBEATS = env.bool("BILLING_HEARTBEATS", True)
+# Failed-request counts (billing/failures.py): seconds between a gateway process's writes of
+# what it counted in memory; 0 writes each count before the request answers (the test suite).
+BILLING_FAILURES_FLUSH_SECONDS = env.float(
+    "BILLING_FAILURES_FLUSH_SECONDS", 5.0, min_value=0.0, max_value=300.0
+)
 # Payment provider webhooks (Stripe-style signatures); unset: the receiver refuses everything.
 BILLING_PAYMENT_WEBHOOK_SECRET = env.str("BILLING_PAYMENT_WEBHOOK_SECRET", "")
 BILLING_PAYMENT_WEBHOOK_TOLERANCE = env.int("BILLING_PAYMENT_WEBHOOK_TOLERANCE", 300, min_value=1)

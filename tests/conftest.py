@@ -39,6 +39,15 @@ def _refresh_on_the_test_thread():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _failure_counts_inline():
+    """Failed-request counts are written before the response (not every 5 s from a task), so
+    a test reads them right after the request; tests/billing/test_failures.py covers the
+    flusher."""
+    settings.BILLING_FAILURES_FLUSH_SECONDS = 0
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _billing_redis_prefix():
     """Admission counters of this test session live under their own Redis prefix (removed at
     the end), so organization ids reused by a later run never meet stale counters."""

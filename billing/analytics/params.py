@@ -46,12 +46,19 @@ def _moment(raw: str, name: str, zone: zoneinfo.ZoneInfo, *, end: bool) -> dt.da
 
 
 def analytics_query_parse(
-    params: Mapping[str, Any], *, time_zone: str, now: dt.datetime | None = None
+    params: Mapping[str, Any],
+    *,
+    time_zone: str,
+    now: dt.datetime | None = None,
+    dimensions: Mapping[str, str] = DIMENSIONS,
+    whole_numbers: frozenset[str] = ID_DIMENSIONS,
 ) -> AnalyticsQuery:
     """``from`` / ``to`` (dates are whole days in the organization's zone, ``to`` included;
     or date-times) or ``days`` (the last N local days, today included; default 30);
     one parameter per dimension (comma-separated values); ``group_by`` (up to two
-    dimensions); ``bucket`` (hour | day)."""
+    dimensions); ``bucket`` (hour | day). ``dimensions``: the usage figures' by default, the
+    failed-request counts' (``FAILURE_DIMENSIONS``) for those; ``whole_numbers``: the ones
+    whose values are integers."""
     zone = zoneinfo.ZoneInfo(time_zone)
     now = now or timezone.now()
     get = params.get
@@ -76,25 +83,26 @@ def analytics_query_parse(
         raise InvalidInput({"from": f"The period is at most {MAX_DAYS} days."})
 
     filters: dict[str, list[Any]] = {}
-    for name in DIMENSIONS:
+    for name in dimensions:
         if get(name) in (None, ""):
             continue
         values = _values(params.getlist(name) if hasattr(params, "getlist") else get(name))
         if len(values) > MAX_VALUES:
             raise InvalidInput({name: f"At most {MAX_VALUES} values."})
-        if name in ID_DIMENSIONS:
+        if name in whole_numbers:
             try:
                 filters[name] = [int(v) for v in values]
             except ValueError:
-                raise InvalidInput({name: "Ids are whole numbers."}) from None
+                noun = "Ids" if name in ID_DIMENSIONS else "Values"
+                raise InvalidInput({name: f"{noun} are whole numbers."}) from None
         else:
             filters[name] = values
 
     group_by = tuple(_values(get("group_by") or []))
-    unknown = [g for g in group_by if g not in DIMENSIONS]
+    unknown = [g for g in group_by if g not in dimensions]
     if unknown:
         raise InvalidInput(
-            {"group_by": f"Unknown dimension {unknown[0]!r}; use {', '.join(DIMENSIONS)}."}
+            {"group_by": f"Unknown dimension {unknown[0]!r}; use {', '.join(dimensions)}."}
         )
     if len(group_by) > 2 or len(set(group_by)) != len(group_by):
         raise InvalidInput({"group_by": "Up to two different dimensions."})

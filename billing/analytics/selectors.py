@@ -52,6 +52,20 @@ DIMENSIONS: dict[str, str] = {
     "reference_model": "reference_model",
 }
 ID_DIMENSIONS = frozenset({"department", "team", "project", "member", "key"})
+# The failed-request counts' dimensions (billing.models.FailedRequestCount): ``status`` is the
+# HTTP status answered there (a number), ``code`` the error object's code.
+FAILURE_DIMENSIONS: dict[str, str] = {
+    "department": "department_id",
+    "team": "team_id",
+    "project": "project_id",
+    "member": "member_id",
+    "key": "key_id",
+    "model": "model",
+    "provider": "provider",
+    "status": "status",
+    "code": "code",
+}
+FAILURE_WHOLE_NUMBERS = ID_DIMENSIONS | {"status"}
 BUCKETS = ("hour", "day")
 UTC = dt.UTC
 
@@ -234,6 +248,51 @@ def analytics_timeseries(
         .order_by("t", *cols)
     )
     return [_rename(_finish(r), query.group_by) for r in rows]
+
+
+def _failures_filtered(qs: QuerySet[Any], query: AnalyticsQuery) -> QuerySet[Any]:
+    qs = qs.filter(hour__gte=query.start, hour__lt=query.end)
+    for name, values in query.filters.items():
+        qs = qs.filter(**{f"{FAILURE_DIMENSIONS[name]}__in": list(values)})
+    return qs
+
+
+def failures_totals(qs: QuerySet[Any], query: AnalyticsQuery) -> dict[str, Any]:
+    """Requests that did not succeed over ``query``'s period (hours: the counts are hourly):
+    ``failed`` in all, ``charged`` of them (streams cut short, which a usage record charged),
+    and by HTTP status. ``qs``: ``FailedRequestCount`` rows already scoped to the caller."""
+    filtered = _failures_filtered(qs, query)
+    by_status = {
+        str(row["status"]): int(row["n"])
+        for row in filtered.values("status").annotate(n=Sum("count")).order_by("status")
+    }
+    charged = filtered.filter(charged=True).aggregate(n=Sum("count"))["n"] or 0
+    return {"failed": sum(by_status.values()), "charged": int(charged), "by_status": by_status}
+
+
+def failures_breakdown(
+    qs: QuerySet[Any], query: AnalyticsQuery, *, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Counts grouped by ``query.group_by`` (one or two failure dimensions), most first."""
+    cols = {f"g_{d}": F(FAILURE_DIMENSIONS[d]) for d in query.group_by}
+    rows = (
+        _failures_filtered(qs, query)
+        .annotate(**cols)
+        .values(*cols)
+        .annotate(failed=Sum("count"))
+        .order_by("-failed", *cols)[:limit]
+    )
+    return [_rename({**r, "failed": int(r["failed"])}, query.group_by) for r in rows]
+
+
+def failure_share(requests: int, failures: Mapping[str, Any]) -> Decimal | None:
+    """The percentage of requests that did not succeed: failed over every request made (the
+    charged ones, which are usage records too, counted once). None without requests."""
+    # max: the charged ones reach the rollups' request count some seconds after their count
+    made = max(requests + failures["failed"] - failures["charged"], failures["failed"])
+    if not made:
+        return None
+    return (Decimal(failures["failed"]) / made * 100).quantize(Decimal("0.1"))
 
 
 def _rename(row: dict[str, Any], group_by: tuple[str, ...]) -> dict[str, Any]:

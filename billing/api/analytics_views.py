@@ -19,10 +19,15 @@ from rest_framework.response import Response
 
 from billing.analytics import selectors
 from billing.analytics.params import analytics_query_parse
-from billing.analytics.selectors import DIMENSIONS, ID_DIMENSIONS
+from billing.analytics.selectors import (
+    DIMENSIONS,
+    FAILURE_DIMENSIONS,
+    FAILURE_WHOLE_NUMBERS,
+    ID_DIMENSIONS,
+)
 from billing.api import analytics_serializers as s
 from billing.errors import InvalidInput
-from billing.models import Report, ReportStatus
+from billing.models import FailedRequestCount, Report, ReportStatus
 from billing.reports import services as reports
 from orgs.api.base import OrgScopedViewSet
 from orgs.errors import NotAllowed
@@ -35,6 +40,13 @@ PERIOD_PARAMS = [
     OpenApiParameter("to", str, description="End date (included) or ISO date-time (excluded)"),
     OpenApiParameter("days", int, description="The last N days, today included (default 30)"),
     *[OpenApiParameter(d, str, description=f"Filter: {d} (comma-separated)") for d in DIMENSIONS],
+]
+FAILURE_PARAMS = [
+    *PERIOD_PARAMS[:3],
+    *[
+        OpenApiParameter(d, str, description=f"Filter: {d} (comma-separated)")
+        for d in FAILURE_DIMENSIONS
+    ],
 ]
 GROUP_PARAM = OpenApiParameter("group_by", str, description="Up to two dimensions, comma-separated")
 BUCKET_PARAM = OpenApiParameter("bucket", str, enum=["hour", "day"])
@@ -49,6 +61,7 @@ class AnalyticsViewSet(OrgScopedViewSet):
         "summary": VIEW_BILLING,
         "breakdown": VIEW_BILLING,
         "timeseries": VIEW_BILLING,
+        "failures": VIEW_BILLING,
     }
     node_field: str | None = "project_id"
     source: type[Model] = Report  # replaced per request by the chosen rollup table
@@ -155,6 +168,38 @@ class AnalyticsViewSet(OrgScopedViewSet):
                 "points": self._rows(rows, query),
             }
         )
+
+    @extend_schema(parameters=[*FAILURE_PARAMS, GROUP_PARAM], responses={200: None})
+    def failures(self, request: Request, org_slug: str) -> Response:
+        """Requests that did not succeed (refused, failed, streams cut short), by status and
+        error code, and grouped by up to two of key, model, provider, project, ... ."""
+        query = analytics_query_parse(
+            request.query_params,
+            time_zone=self.organization.time_zone,
+            dimensions=FAILURE_DIMENSIONS,
+            whole_numbers=FAILURE_WHOLE_NUMBERS,
+        )
+        self.node_field = self._scope_column()
+        self.source = FailedRequestCount
+        qs = self.get_queryset()
+        body: dict[str, Any] = {
+            "organization": self.organization.slug,
+            "from": query.start.isoformat(),
+            "to": query.end.isoformat(),
+            "time_zone": query.time_zone,
+            "filters": {k: list(v) for k, v in query.filters.items()},
+            "totals": selectors.failures_totals(qs, query),
+            "group_by": list(query.group_by),
+        }
+        if query.group_by:
+            rows = selectors.failures_breakdown(qs, query)
+            labels = selectors.dimension_labels(self.organization.pk, rows, query.group_by)
+            for row in rows:
+                for d in query.group_by:
+                    if d in ID_DIMENSIONS:
+                        row[f"{d}_name"] = labels.get(d, {}).get(row[d])
+            body["rows"] = rows
+        return Response(body)
 
 
 @extend_schema(tags=["analytics"])

@@ -36,6 +36,11 @@ urlpatterns = [
         name="analytics-timeseries",
     ),
     path(
+        "orgs/<slug:org_slug>/analytics/failures/",
+        analytics.as_view({"get": "failures"}),
+        name="analytics-failures",
+    ),
+    path(
         "orgs/<slug:org_slug>/reports/",
         reports.as_view({"get": "list", "post": "create"}),
         name="report-list",

@@ -25,6 +25,7 @@ from billing.models.core import AMOUNT
 from orgs.models import Node, Organization
 
 __all__ = [
+    "FailedRequestCount",
     "Report",
     "ReportKind",
     "ReportStatus",
@@ -218,6 +219,49 @@ ROLLUP_MODELS: tuple[type[RollupMeasures], ...] = (
     UsageRollupDay,
     UsageRollupHour,
 )
+
+
+FAILURE_DIMS = ("key_id", "model", "provider", "status", "code")
+
+
+class FailedRequestCount(models.Model):
+    """Requests an organization's keys made that did not succeed, counted per UTC hour:
+    refused (invalid input, unknown model, budget, rate limit), failed (no deployment answered)
+    and streams ended by an error or a departed client. Metadata only, like the usage records;
+    requests a usage record charged (a stream cut short) are counted here too, ``charged``
+    says which. Unauthenticated requests belong to no organization and are not counted
+    (the ``megarouter_requests_total`` metric has them). Written by ``billing.failures``."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="failed_request_counts"
+    )
+    hour = models.DateTimeField()
+    department_id = models.BigIntegerField(default=0)
+    team_id = models.BigIntegerField(default=0)
+    project_id = models.BigIntegerField(default=0)
+    member_id = models.BigIntegerField(default=0)
+    key_id = models.BigIntegerField()
+    # The canonical model and provider of the last deployment tried, else the model asked for
+    # when it is a known model or routing alias ("" when the name is unknown: a caller's typos
+    # must not grow this table).
+    model = models.CharField(max_length=255, default="")
+    provider = models.CharField(max_length=64, default="")
+    status = models.PositiveSmallIntegerField()  # the HTTP status answered (499: client left)
+    code = models.CharField(max_length=64, default="")  # the error object's code
+    charged = models.BooleanField(default=False)
+    count = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "hour", *FAILURE_DIMS, "charged"],
+                name="billing_failed_request_key",
+            )
+        ]
+        indexes = [models.Index(fields=["organization", "hour"], name="billing_failed_org_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}h {self.status} {self.code} x{self.count}"
 
 
 class RollupWatermark(models.Model):

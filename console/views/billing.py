@@ -22,7 +22,15 @@ from billing import services as billing_services
 from billing.analytics import selectors as analytics
 from billing.analytics.params import analytics_query_parse
 from billing.errors import InvalidInput as BillingInvalidInput
-from billing.models import Budget, BudgetScope, Checkout, LedgerKind, Notification, UsageRecord
+from billing.models import (
+    Budget,
+    BudgetScope,
+    Checkout,
+    FailedRequestCount,
+    LedgerKind,
+    Notification,
+    UsageRecord,
+)
 from billing.money import plain_decimal
 from billing.reports.csv_export import COLUMNS, usage_csv_rows
 from console.forms import BudgetCreateForm, BudgetUpdateForm, CheckoutForm, add_service_errors
@@ -361,12 +369,36 @@ class UsageView(_BillingBase):
             row["name"] = names.get("project", {}).get(row["project"], "—")
         return {
             "totals": totals,
+            "failures": self._failures(query, totals["requests"]),
             "chart": spend_chart(points, days, zoneinfo.ZoneInfo(query.time_zone)),
             "by_model": analytics.analytics_breakdown(rows(by_model), by_model, limit=20),
             "by_project": projects,
             "first_day": days[0],
             "last_day": days[-1],
         }
+
+    def _failures(self, query: analytics.AnalyticsQuery, requests: int) -> dict[str, Any]:
+        """Requests that did not succeed (billing.failures), by status and code and per key,
+        model and provider: the analytics API's ``failures`` figures."""
+        failed = scoped_rows(self, FailedRequestCount, None)
+        totals = analytics.failures_totals(failed, query)
+        out: dict[str, Any] = {
+            "totals": totals,
+            "share": analytics.failure_share(requests, totals),
+            "by_code": analytics.failures_breakdown(
+                failed, replace(query, group_by=("status", "code")), limit=20
+            ),
+        }
+        for dimension in ("key", "model", "provider"):
+            rows = analytics.failures_breakdown(
+                failed, replace(query, group_by=(dimension, "status")), limit=10
+            )
+            labels = analytics.dimension_labels(self.organization.pk, rows, (dimension,))
+            for row in rows:
+                value = row[dimension]
+                row["label"] = labels.get(dimension, {}).get(value, value) or "—"
+            out[f"by_{dimension}"] = rows
+        return out
 
     def _period(self, query: analytics.AnalyticsQuery, params: dict[str, str]) -> dict[str, Any]:
         csv_params = {**params, "format": "csv"}

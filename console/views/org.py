@@ -13,8 +13,9 @@ from django.shortcuts import redirect
 
 from billing.analytics import selectors as analytics
 from billing.analytics.params import analytics_query_parse
-from billing.models import Notification
+from billing.models import FailedRequestCount, Notification
 from billing.selectors import balance_summary
+from console.audit_text import audit_lines
 from console.forms import (
     NodeArchiveForm,
     NodeCreateForm,
@@ -73,15 +74,12 @@ def money_overview(view: ConsoleOrgView) -> dict[str, Any]:
         for row in found:
             row["label"] = labels.get(row[dimension], row[dimension]) or "—"
         top.append((dimension, title, found))
-    requests = totals["requests"]
+    failures = analytics.failures_totals(scoped_rows(view, FailedRequestCount, None), query)
     return {
         "days": OVERVIEW_DAYS,
         "totals": totals,
-        "error_rate": (
-            (Decimal(totals["errors"]) / requests * 100).quantize(Decimal("0.1"))
-            if requests
-            else None
-        ),
+        "failures": failures,
+        "error_rate": analytics.failure_share(totals["requests"], failures),
         "balance": balance,
         "burn_per_day": daily,
         "runway_days": runway,
@@ -134,7 +132,9 @@ class OverviewView(ConsoleOrgView):
             ).count()
         recent = None
         if self.scope.can_at_root(VIEW_AUDIT):
-            recent = AuditEvent.objects.filter(organization=self.organization)[:8]
+            recent = audit_lines(
+                self.organization, AuditEvent.objects.filter(organization=self.organization)[:8]
+            )
         money = money_overview(self) if self.scope.can_at_root(VIEW_BILLING) else None
         return self.render(
             "console/overview.html",

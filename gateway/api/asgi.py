@@ -81,6 +81,10 @@ class GatewayASGI:
                     from billing.admission.writer import flush_started
 
                     await asyncio.to_thread(flush_started, 10.0)
+                with contextlib.suppress(Exception):  # the last failed-request counts
+                    from billing.failures import failures_shutdown
+
+                    await failures_shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

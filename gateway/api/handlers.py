@@ -8,6 +8,7 @@ rendered by :func:`dispatch` as the OpenAI error object (the Anthropic envelope 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from billing.failures import failure_key, failure_record
 from gateway import metrics, pipeline
 from gateway.api.http import SSE, SSE_DONE, SSE_HEADERS, ApiRequest, ApiResponse, sse_data
 from gateway.auth import authenticate
@@ -125,14 +127,58 @@ def _record(req: ApiRequest, ctx: CallContext, status: int) -> None:
 
 def _failed(req: ApiRequest, ctx: CallContext, error: GatewayError) -> None:
     _record(req, ctx, error.status)
+    req.failed_model, req.failed_provider = _failed_target(ctx)
     if ctx.plan is not None:
         error.headers.update(_headers(ctx, with_cost=False))
 
 
+def _failed_target(ctx: CallContext) -> tuple[str, str]:
+    """The model and provider a failure is counted against: the last deployment tried, else
+    the routed plan's first, else a routing alias asked for; "" before the name resolved
+    (a caller's typos must not each make a row)."""
+    if ctx.chosen is not None:
+        return ctx.chosen.model_id, ctx.chosen.provider
+    if ctx.attempts:
+        return ctx.attempts[-1].model_id, ctx.attempts[-1].provider
+    if ctx.plan is not None and ctx.plan.candidates:
+        first = ctx.plan.candidates[0]
+        return first.model_id, first.provider
+    if ctx.requested_model in ROUTING_ALIASES:
+        return ctx.requested_model, ""
+    return "", ""
+
+
 async def _authenticate(req: ApiRequest) -> Any:
     key = await authenticate(req.headers, req.client_ip)
+    req.key = key
     _log_ids(req, key)
     return key
+
+
+async def _count_stream_failure(req: ApiRequest, ctx: CallContext, logged: int) -> None:
+    """A stream answered 200, then ended by an error or by the client (charged for what it
+    relayed): counted as ``STREAM_OUTCOMES`` says."""
+    status, code = STREAM_OUTCOMES[logged]
+    if ctx.chosen is not None:
+        req.failed_model, req.failed_provider = ctx.chosen.model_id, ctx.chosen.provider
+    await _count_failure(req, status, code, charged=True)
+
+
+async def _count_failure(req: ApiRequest, status: int, code: str | None, charged: bool) -> None:
+    if req.key is None:  # not authenticated: no organization to count it for
+        return
+    failure = failure_key(
+        req.key,
+        model=req.failed_model,
+        provider=req.failed_provider,
+        status=status,
+        code=code,
+        charged=charged,
+    )
+    try:  # shielded: a stream's close runs while its task is being cancelled (client gone)
+        await asyncio.shield(failure_record(failure))
+    except Exception:  # a count is an observation: it never changes the answer
+        logger.warning("failed-request count not recorded", exc_info=True)
 
 
 # ---------------------------------------------------------------- stream renderers
@@ -252,7 +298,7 @@ async def _stream_response(
     assert ctx.chosen is not None
     created = first.created or int(time.time())  # some providers give no timestamp
     model_id = ctx.chosen.model_id
-    state = {"status": 200}
+    state = {"status": 200}  # or a STREAM_OUTCOMES key
 
     async def relay() -> AsyncIterator[bytes]:
         # Events of chunks that came in one upstream read go out in one write (``more``): a
@@ -286,6 +332,7 @@ async def _stream_response(
             )
             state["status"] = 599  # logged as an interrupted stream
             await pipeline.finish(ctx)  # charges what was relayed
+            await _count_stream_failure(req, ctx, 599)
             pending.append(cost_comment(ctx.cost))
             pending += renderer.error(failure)
             yield b"".join(pending)
@@ -297,6 +344,7 @@ async def _stream_response(
             # Settled before the last event, as on every other way out: the client (and a
             # test reading the body) sees the end only once the charge is written.
             await pipeline.finish(ctx)
+            await _count_stream_failure(req, ctx, 598)
             pending.append(cost_comment(ctx.cost))
             pending += renderer.error(InternalError("The gateway failed while streaming."))
             yield b"".join(pending)
@@ -309,11 +357,22 @@ async def _stream_response(
         await pipeline.finish(ctx)
         _record(req, ctx, state["status"])
         req.log_fields["stream_status"] = state["status"]
+        if state["status"] == 499:  # the others were counted before their last event
+            await _count_stream_failure(req, ctx, 499)
 
     headers = {**SSE_HEADERS, **_headers(ctx, with_cost=False)}
     return ApiResponse(
         status=200, content_type=SSE, headers=headers, stream=relay(), on_close=on_close
     )
+
+
+# A stream's log status -> the failure it is counted as (status, code): the upstream broke
+# (the error event is a 502's), the gateway failed, the client went away.
+STREAM_OUTCOMES = {
+    599: (502, "stream_interrupted"),
+    598: (500, "internal_error"),
+    499: (499, "client_disconnect"),
+}
 
 
 async def _run_chat(
@@ -499,6 +558,8 @@ async def dispatch(req: ApiRequest) -> ApiResponse:
     if not req.recorded:  # answered before routing: bad key or input, unknown path, models
         route = ROUTE_LABELS.get(req.route or "", "other")
         metrics.REQUESTS.labels(route, str(response.status), "", "", "none").inc()
+    if response.status >= 400:
+        await _count_failure(req, response.status, req.log_fields.get("error_code"), charged=False)
     return response
 
 

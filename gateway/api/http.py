@@ -25,6 +25,9 @@ class ApiRequest:
     log_fields: dict[str, Any] = field(default_factory=dict)
     route: str | None = None  # the matched route template (for logs and metrics)
     recorded: bool = False  # the per-request metrics were written by the handler
+    key: Any = None  # the caller's KeyContext once authenticated (failures are counted per key)
+    failed_model: str = ""  # for the failure count: the model and provider last tried
+    failed_provider: str = ""
 
 
 @dataclass(slots=True)
