@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 
+from console.audit_text import audit_lines
 from console.views.base import ConsoleOrgView, filtered, page_of
 from orgs.models import AuditEvent
 from orgs.roles import VIEW_AUDIT
@@ -56,6 +57,7 @@ class AuditView(ConsoleOrgView):
             "console/audit.html",
             {
                 "page": page,
+                "lines": audit_lines(self.organization, page.object_list),
                 "actions": list(actions),
                 "action": action,
                 "since": request.GET.get("since", "") if since else "",
