@@ -10,6 +10,7 @@ from typing import Any
 
 from django import forms
 from django.contrib.auth.password_validation import password_validators_help_texts
+from django.utils.functional import lazy
 
 from billing.models import BudgetMode, BudgetPeriod
 from orgs import secrets
@@ -171,6 +172,10 @@ class InvitationAcceptForm(StyledForm):
         return value
 
 
+# What AUTH_PASSWORD_VALIDATORS ask, read when a form renders.
+_password_rules = lazy(lambda: " ".join(password_validators_help_texts()), str)
+
+
 class InvitationSignUpForm(StyledForm):
     """A new person's account from an invitation: the email is the invitation's. The password
     rules (Django's validators) are the service's; here only that both entries match."""
@@ -180,16 +185,13 @@ class InvitationSignUpForm(StyledForm):
         label="Password",
         strip=False,
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=_password_rules(),
     )
     password2 = forms.CharField(
         label="Password again",
         strip=False,
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
     )
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.fields["password1"].help_text = " ".join(password_validators_help_texts())
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()

@@ -71,6 +71,7 @@ def test_the_console_invitation_emails_the_link_and_a_new_person_joins_through_i
     for text in ("Join Acme", "Developer of Gateway (project)", "acme-owner", "dana@example.com"):
         assert text in html, text
     assert 'name="password1"' in html
+    assert "Your password must contain at least 8 characters." in html  # the validators' rules
 
     response = visitor.post(
         path, {"name": "Dana Scully", "password1": PASSWORD, "password2": PASSWORD}
