@@ -66,15 +66,18 @@ class AuditLine:
         return mark_safe("".join(out))  # every part escaped above
 
     @property
-    def raw(self) -> str:
-        """The recorded action and target: ``membership.create · membership #7 · 3@5:developer``."""
+    def raw_target(self) -> str:
+        """The target as recorded: ``membership #7 · 3@5:developer``."""
         e = self.event
-        bits = [e.action]
-        if e.target_type or e.target_id:
-            bits.append(f"{e.target_type} #{e.target_id}")
+        bits = [f"{e.target_type} #{e.target_id}"] if e.target_type or e.target_id else []
         if e.target_repr:
             bits.append(e.target_repr)
         return " · ".join(bits)
+
+    @property
+    def raw(self) -> str:
+        """The recorded action and target: ``membership.create · membership #7 · 3@5:developer``."""
+        return " · ".join(bit for bit in (self.event.action, self.raw_target) if bit)
 
 
 # ---------------------------------------------------------------- recorded values
