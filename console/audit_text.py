@@ -106,7 +106,7 @@ _CHANGE_KINDS = {
     "membership": "membership",
     "invitation": "invitation",
 }
-_SCOPE_KINDS = {
+_SCOPE_KINDS: dict[str, str] = {
     BudgetScope.ORGANIZATION: "node",
     BudgetScope.DEPARTMENT: "node",
     BudgetScope.TEAM: "node",
