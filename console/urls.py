@@ -47,6 +47,7 @@ org_urls = [
     path("models/", catalog.ModelsView.as_view(), name="models"),
     path("models/<int:pk>/", catalog.ModelDetailView.as_view(), name="model"),
     path("deployments/", catalog.DeploymentsView.as_view(), name="deployments"),
+    path("deployments/<int:pk>/", catalog.DeploymentView.as_view(), name="deployment"),
     path("policies/", routing.PoliciesView.as_view(), name="policies"),
     path("policies/<int:pk>/delete/", routing.PolicyDeleteView.as_view(), name="policy-delete"),
     path("audit/", audit.AuditView.as_view(), name="audit"),

@@ -285,6 +285,22 @@ def failures_breakdown(
     return [_rename({**r, "failed": int(r["failed"])}, query.group_by) for r in rows]
 
 
+def failures_hourly(
+    qs: QuerySet[Any], query: AnalyticsQuery, dimension: str
+) -> dict[tuple[Any, dt.datetime], dict[str, int]]:
+    """``{(value, hour): {"failed": n, "charged": m}}`` by one dimension and UTC hour (the
+    health page's sparklines beside the usage time series)."""
+    column = FAILURE_DIMENSIONS[dimension]
+    out: dict[tuple[Any, dt.datetime], dict[str, int]] = {}
+    rows = _failures_filtered(qs, query).values(column, "hour", "charged").annotate(n=Sum("count"))
+    for r in rows:
+        cell = out.setdefault((r[column], r["hour"]), {"failed": 0, "charged": 0})
+        cell["failed"] += int(r["n"])
+        if r["charged"]:
+            cell["charged"] += int(r["n"])
+    return out
+
+
 def failure_share(requests: int, failures: Mapping[str, Any]) -> Decimal | None:
     """The percentage of requests that did not succeed: failed over every request made (the
     charged ones, which are usage records too, counted once). None without requests."""

@@ -118,6 +118,38 @@ def spend_chart(
     return {"width": width, "height": height, "bars": bars, "line": " ".join(line), "max": top}
 
 
+def sparkline(values: list[float | None], *, width: int = 120, height: int = 28) -> dict[str, Any]:
+    """A small line over ``values`` (None: no data that hour, the line skips it): the
+    polyline's points, the highest value and the last known one."""
+    known = [v for v in values if v is not None]
+    top = max(known) if known else 0.0
+    n = max(len(values) - 1, 1)
+    segments: list[list[str]] = [[]]
+    for i, v in enumerate(values):
+        if v is None:
+            if segments[-1]:
+                segments.append([])
+            continue
+        y = height - 2 - ((v / top) * (height - 4) if top > 0 else 0.0)
+        segments[-1].append(f"{round(i * width / n, 1)},{round(y, 1)}")
+    return {
+        "width": width,
+        "height": height,
+        # a lone point (one hour with data between gaps) as a short dash, so it shows
+        "lines": [
+            " ".join(seg if len(seg) > 1 else [*seg, _nudged(seg[0])]) for seg in segments if seg
+        ],
+        "max": top,
+        "last": known[-1] if known else None,
+        "points": len(known),
+    }
+
+
+def _nudged(point: str) -> str:
+    x, y = point.split(",")
+    return f"{round(float(x) + 2, 1)},{y}"
+
+
 class SpendView(ConsoleOrgView):
     """Spend over time, savings against the reference model, and a breakdown by the chosen
     dimension, over a period (preset or dates)."""

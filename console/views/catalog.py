@@ -6,6 +6,7 @@ managers."""
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 from typing import Any
 
@@ -14,11 +15,20 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
+from billing.analytics import selectors as analytics
+from billing.models import FailedRequestCount
+from console.views.analytics import scoped_rows, sparkline
 from console.views.base import ConsoleOrgView, page_of
-from orgs.roles import MANAGE_CREDENTIALS, VIEW_NODE
+from orgs.roles import MANAGE_CREDENTIALS, VIEW_BILLING, VIEW_NODE
 from routing.health import stats_for
-from routing.models import Model, ModelMode, ModelPrice, Provider
-from routing.selectors import deployment_list, model_list, model_price_history, price_at
+from routing.models import Deployment, Model, ModelMode, ModelPrice, Provider
+from routing.selectors import (
+    deployment_list,
+    model_list,
+    model_price_history,
+    price_at,
+    provider_health_summary,
+)
 
 CAPABILITIES = (
     ("tools", "Tools", "supports_tools"),
@@ -125,7 +135,61 @@ class ModelDetailView(ConsoleOrgView):
         )
 
 
+TRAFFIC_HOURS = 24
+
+
+def traffic_by(view: ConsoleOrgView, dimension: str, **filters: Any) -> dict[Any, dict[str, Any]]:
+    """This organization's traffic of the last 24 hours by ``dimension`` (``provider``), hour
+    by hour: requests, average latency and the share that did not succeed, as sparklines.
+    From the usage rollups and the failed-request counts (the usage page's figures); only for
+    organization-wide billing viewers (None for the others)."""
+    end = timezone.now().astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    end += dt.timedelta(hours=1)
+    hours = [end - dt.timedelta(hours=TRAFFIC_HOURS - i) for i in range(TRAFFIC_HOURS)]
+    query = analytics.AnalyticsQuery(
+        start=hours[0],
+        end=end,
+        bucket="hour",
+        group_by=(dimension,),
+        time_zone="UTC",
+        filters={k: [v] for k, v in filters.items()},
+    )
+    points = analytics.analytics_timeseries(
+        scoped_rows(view, analytics.analytics_source(query), None), query
+    )
+    served = {(p[dimension], p["t"]): p for p in points}
+    failed = analytics.failures_hourly(
+        scoped_rows(view, FailedRequestCount, None), query, dimension
+    )
+    values = {key for key, _ in served} | {key for key, _ in failed}
+    out: dict[Any, dict[str, Any]] = {}
+    for value in values:
+        latency: list[float | None] = []
+        share: list[float | None] = []
+        requests = failures = 0
+        for hour in hours:
+            p = served.get((value, hour))
+            f = failed.get((value, hour), {"failed": 0, "charged": 0})
+            n = p["requests"] if p else 0
+            made = max(n + f["failed"] - f["charged"], f["failed"])
+            requests, failures = requests + n, failures + f["failed"]
+            latency.append(
+                p["latency_ms_sum"] / p["latency_count"] if p and p["latency_count"] else None
+            )
+            share.append(f["failed"] / made * 100 if made else None)
+        out[value] = {
+            "requests": requests,
+            "failed": failures,
+            "latency": sparkline(latency),
+            "errors": sparkline(share),
+        }
+    return out
+
+
 class DeploymentsView(ConsoleOrgView):
+    """The health routing uses, per provider (problems first, with this organization's last
+    24 hours as sparklines) and per deployment; a deployment's page has the detail."""
+
     permission = VIEW_NODE
     section = "deployments"
 
@@ -155,5 +219,47 @@ class DeploymentsView(ConsoleOrgView):
             .distinct()
             .order_by("name"),
             "show_credentials": self.scope.can_at_root(MANAGE_CREDENTIALS),
+            "summary": self._summary(),
+            "can_traffic": self.scope.can_at_root(VIEW_BILLING),
         }
         return self.render("console/deployments.html", context)
+
+    def _summary(self) -> list[dict[str, Any]]:
+        ids = list(Deployment.objects.values_list("pk", flat=True))
+        rows = provider_health_summary(stats_for(ids))
+        if self.scope.can_at_root(VIEW_BILLING):
+            traffic = traffic_by(self, "provider")
+            for row in rows:
+                row["traffic"] = traffic.get(row["slug"])
+        return rows
+
+
+class DeploymentView(ConsoleOrgView):
+    """One deployment: where it points, its limits, the health and breaker state routing
+    uses now, and this organization's last 24 hours on its model at its provider."""
+
+    permission = VIEW_NODE
+    section = "deployments"
+
+    def get(self, request: HttpRequest, org_slug: str, pk: int) -> HttpResponse:
+        deployment = get_object_or_404(deployment_list(), pk=pk)
+        health = stats_for([deployment.pk]).get(deployment.pk)
+        traffic = None
+        if self.scope.can_at_root(VIEW_BILLING):
+            by_model = traffic_by(self, "model", provider=deployment.provider.slug)
+            traffic = by_model.get(deployment.model.canonical_id)
+        siblings = list(deployment_list().filter(model=deployment.model).exclude(pk=pk))
+        sibling_health = stats_for([d.pk for d in siblings])
+        for d in siblings:
+            d.health = sibling_health.get(d.pk)
+        return self.render(
+            "console/deployment.html",
+            {
+                "d": deployment,
+                "h": health,
+                "traffic": traffic,
+                "can_traffic": self.scope.can_at_root(VIEW_BILLING),
+                "deployments": siblings,
+                "show_credentials": self.scope.can_at_root(MANAGE_CREDENTIALS),
+            },
+        )

@@ -451,8 +451,17 @@ def test_new_admin_walkthrough(browser, stack, tmp_path, monkeypatch, settings):
     w.navigate(rows.first.locator("a").first)
     w.shot("model")
     w.nav("Deployments")
-    assert "swift-1-eu" in page.locator("tbody").inner_text()
+    assert "swift-1-eu" in page.locator("tbody").nth(1).inner_text()
+    assert page.locator("#providers-h + p + .table-wrap tbody tr").count() >= 1
+    # at 1366 px every column of both tables fits: nothing cut off on the right
+    page.set_viewport_size({"width": 1366, "height": 860})
+    overflowing = page.evaluate(
+        "[...document.querySelectorAll('.table-wrap')]"
+        ".filter(e => e.scrollWidth > e.clientWidth + 1).length"
+    )
+    assert overflowing == 0
     w.shot("deployments")
+    page.set_viewport_size({"width": 1360, "height": 860})
     w.nav("Audit log")
     assert page.locator("tbody tr").first.locator("code").inner_text() == "routing_policy.set"
     w.shot("audit")

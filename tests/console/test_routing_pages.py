@@ -3,10 +3,12 @@ console, over routing.policies, routing.engine and routing.health."""
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 from typing import Any
 
 import pytest
+import time_machine
 from django.test import Client
 
 from routing.health import HealthConfig, LocalHealth, health_store_set
@@ -18,6 +20,7 @@ from tests.console.factories import (
     ProviderFactory,
     Tenant,
     make_tenant,
+    spend,
 )
 
 pytestmark = pytest.mark.django_db
@@ -194,3 +197,92 @@ def test_deployments_show_live_health_and_breaker_state(acme, catalog, _fresh_ro
     assert (health["big-1"]["state"], health["big-1"]["consecutive_failures"]) == ("open", 5)
     body = response.content.decode()
     assert "Breaker open" in body and "Healthy" in body and "120.0 ms" in body
+
+
+# ---------------------------------------------------------------- provider summary, detail
+
+NOW = dt.datetime(2026, 12, 4, 10, 30, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def _clock() -> Any:
+    with time_machine.travel(NOW, tick=True):
+        yield
+
+
+def _sick(store: LocalHealth, catalog: dict[str, Any]) -> None:
+    store.record(catalog["small"].pk, ok=True, latency_ms=120.0)
+    for _ in range(5):
+        store.record(catalog["big"].pk, ok=False, latency_ms=30.0)
+    store.flush()
+
+
+def test_the_provider_summary_puts_problems_first(acme, catalog, _fresh_routing_state):
+    _sick(_fresh_routing_state, catalog)
+    DeploymentFactory(name="small-2", model=catalog["small"].model)  # never reached: no data
+    response = login(acme.viewer).get("/o/acme/deployments/")
+    summary = response.context["summary"]
+    assert [row["slug"] for row in summary] == ["dearco", "cheapco"]
+    dear, cheap = summary
+    assert (dear["open"], dear["healthy"]) == (1, 0)
+    assert dear["error_rate"] == round(_fresh_routing_state.view(catalog["big"].pk).error_rate, 4)
+    assert (cheap["healthy"], cheap["no_data"], cheap["latency_ms"]) == (1, 1, 120.0)
+    body = response.content.decode()
+    assert body.index("1 breaker open") < body.index("1 healthy") < body.index("1 no data")
+    detail = f"/o/acme/deployments/{catalog['big'].pk}/"
+    assert detail in body  # each deployment links to its page
+
+
+def test_sparklines_are_this_organizations_last_24_hours(acme, catalog, _clock):
+    from billing.analytics.rollups import rollup_advance
+    from billing.models import FailedRequestCount
+
+    tree = acme.tree
+    model = catalog["small"].model.canonical_id
+    for _ in range(3):
+        spend(tree.project, tree.owner_membership, acme.owner_key, "0.01", model=model)
+    _root, dept, team, project = tree.project.ancestor_ids
+    FailedRequestCount.objects.create(
+        organization=tree.org,
+        hour=NOW.replace(minute=0),
+        department_id=dept,
+        team_id=team,
+        project_id=project,
+        member_id=tree.owner_membership.pk,
+        key_id=acme.owner_key.pk,
+        model=model,
+        provider="cheapco",
+        status=502,
+        code="all_deployments_failed",
+        count=1,
+    )
+    rollup_advance(lag_seconds=0)
+    response = login(tree.owner).get("/o/acme/deployments/")
+    cheap = {row["slug"]: row for row in response.context["summary"]}["cheapco"]
+    assert (cheap["traffic"]["requests"], cheap["traffic"]["failed"]) == (3, 1)
+    assert cheap["traffic"]["latency"]["last"] == 120.0  # the recorded requests' latency
+    assert cheap["traffic"]["errors"]["last"] == 25.0  # 1 of the 4 requests made
+    body = response.content.decode()
+    assert "Average latency, hour by hour: last 120.0 ms" in body
+    assert "Did not succeed, hour by hour: last 25.0%" in body
+    page = login(tree.owner).get(f"/o/acme/deployments/{catalog['small'].pk}/")
+    assert page.status_code == 200
+    assert page.context["traffic"]["requests"] == 3
+    assert "3 answered, 1 did not succeed" in page.content.decode()
+    # another organization sees the same catalog and health, none of acme's traffic
+    other = make_tenant("other")
+    theirs = login(other.tree.owner).get(f"/o/other/deployments/{catalog['small'].pk}/")
+    assert theirs.status_code == 200 and theirs.context["traffic"] is None
+    assert "No requests from this organization" in theirs.content.decode()
+    summary = login(other.tree.owner).get("/o/other/deployments/").context["summary"]
+    assert all(row.get("traffic") is None for row in summary)
+
+
+def test_a_deployment_page_shows_the_health_routing_uses(acme, catalog, _fresh_routing_state):
+    _sick(_fresh_routing_state, catalog)
+    response = login(acme.viewer).get(f"/o/acme/deployments/{catalog['big'].pk}/")
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "Breaker open" in body and "5 failures in a row" in body
+    assert response.context["h"]["state"] == "open"
+    assert login(acme.viewer).get("/o/acme/deployments/999999/").status_code == 404
