@@ -44,6 +44,11 @@ Scenarios (``--only`` takes these names):
   tokens the simulator reported and the spend (the cost headers). Targets: every continuing
   turn stays (across both processes, through Redis), and the spend is lower than without.
 - ``key-guessing``: many wrong keys from one address: is it rate limited?
+- ``config-propagation``: with both workers idle for longer than the catalog check interval,
+  ``manage.py apply_config`` adds a model and its deployment on the simulator; as soon as the
+  command returns, 24 requests for it on fresh connections (both workers), 4 at a time, in
+  each of 3 rounds. Target: none answers 404 (the change reached every worker before it served
+  its next request), and the figures give each round's slowest answer.
 - ``logs``: the gateway's log lines (INFO) hold no key, credential, prompt or completion text.
 
 Exit status 1 when a scenario failed.
@@ -88,6 +93,7 @@ SCENARIOS = (
     "conversations",
     "key-guessing",
     "logs",
+    "config-propagation",
 )
 CANARY = "zebra-canary-" + secrets.token_hex(6)
 
@@ -929,6 +935,86 @@ async def logs(stack: Stack) -> Outcome:
     return out
 
 
+CONFIG_TOML = """
+version = 1
+
+[[credentials]]
+name = "chaos-new"
+api_key = "sk-chaos-new"
+
+[[models]]
+id = "benchsim/{name}"
+mode = "chat"
+context_window = 128000
+price = {{ input_per_token = "0.000001", output_per_token = "0.000002" }}
+
+[[deployments]]
+name = "chaos-{name}"
+model = "benchsim/{name}"
+credential = "chaos-new"
+base_url = "{base}"
+provider_model_name = "gpt-4o-mini"
+"""
+
+
+async def _fresh_post(port: int, key: str, model: str) -> h.Reply:
+    conn = h.Connection(port, {"Authorization": f"Bearer {key}"})
+    try:
+        return await asyncio.wait_for(conn.post("/v1/chat/completions", h.chat_body(model)), 30)
+    finally:
+        await conn.close()
+
+
+async def config_propagation(stack: Stack) -> Outcome:
+    import subprocess
+
+    out = Outcome("config-propagation")
+    base = str(stack.seeded.get("simulator_base") or "")
+    if not base:
+        return out.skip("the seed does not say the simulator's base URL")
+    rounds: list[dict[str, Any]] = []
+    for index in range(3):
+        await asyncio.sleep(5)  # both workers idle past the 1 s check interval
+        name = f"chaos-new-{stack.run_id}-{index}"
+        path = stack.tmp / f"{name}.toml"
+        path.write_text(CONFIG_TOML.format(name=name, base=base))
+        started = time.perf_counter()
+        subprocess.run(
+            [h.PY, "manage.py", "apply_config", str(path)],
+            cwd=h.ROOT,
+            env=stack.env(through_proxy=False),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        applied = time.perf_counter()
+        statuses: Counter[str] = Counter()
+        slowest = 0.0
+        for _ in range(6):  # 24 requests, 4 at a time, each on a new connection
+            replies = await asyncio.gather(
+                *(_fresh_post(stack.port, stack.key, f"benchsim/{name}") for _ in range(4))
+            )
+            for reply in replies:
+                statuses[str(reply.status)] += 1
+                slowest = max(slowest, reply.elapsed_ms)
+        rounds.append(
+            {
+                "apply_config_s": round(applied - started, 2),
+                "statuses": dict(statuses),
+                "slowest_ms": round(slowest, 1),
+            }
+        )
+    out.figures = {"rounds": rounds}
+    not_found = sum(r["statuses"].get("404", 0) for r in rounds)
+    others = sum(
+        n for r in rounds for code, n in r["statuses"].items() if code not in ("200", "404")
+    )
+    out.check(not_found == 0, f"{not_found} requests for the new model answered 404")
+    out.check(others == 0, f"{others} requests answered neither 200 nor 404")
+    return out
+
+
 RUNNERS = {
     "kill-worker": kill_worker,
     "redis-restart": redis_restart,
@@ -941,6 +1027,7 @@ RUNNERS = {
     "conversations": conversations,
     "key-guessing": key_guessing,
     "logs": logs,
+    "config-propagation": config_propagation,
 }
 
 

@@ -249,6 +249,7 @@ def seed(simulator_url: str, run_id: str) -> dict[str, Any]:
         "organization_id": org.pk,
         "budgets": budgets,
         "credential_secret": CREDENTIAL_SECRET,
+        "simulator_base": sim.base,  # the simulator's OpenAI base URL (chaos adds models on it)
     }
 
 

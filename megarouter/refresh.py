@@ -1,11 +1,15 @@
-"""Stale-while-revalidate for the hot path's in-process caches (catalog snapshot, policy table,
-budgets): once a value exists, a request never waits for its periodic re-check. The first
-request after the check interval gets the value it already had and schedules one refresh in
-the background (single flight per key). The refresh runs the cache's ordinary sync loader on
+"""Bounded revalidation for the hot path's in-process caches (catalog snapshot, policy table):
+once a value exists, the first request after the check interval (1 s) starts one re-check
+(single flight per key: the version counter, in the shared cache, then a rebuild only when it
+moved) and waits for it at most ``MEGAROUTER_REFRESH_WAIT_S`` (1 s). The re-check is a cache
+read (well under a millisecond) and a rebuild tens of milliseconds, so a configuration change
+reaches every worker before it serves its next request, an idle one included; a re-check that
+hangs (a database unreachable while the shared cache lost the version) costs that request the
+bound, then it gets the value it had and the refresh goes on in the background (requests
+arriving meanwhile wait on the same re-check, within the same bound). The refresh runs the cache's ordinary sync loader on
 a small thread pool of its own (not Django's shared sync thread, which the async cache API and
-cold key loads use: a refresh hanging on an unreachable database must not queue those), so a
-slow or unreachable database delays the refresh, never a request. A failed refresh is logged
-and retried by the next request after the interval. ``MEGAROUTER_REFRESH_POOL = False`` (the
+cold key loads use: a refresh hanging on an unreachable database must not queue those). A
+failed refresh is logged and retried by the next request after the interval. ``MEGAROUTER_REFRESH_POOL = False`` (the
 test suite) runs them on Django's sync thread instead, where a test's transaction is."""
 
 from __future__ import annotations
@@ -39,11 +43,12 @@ def _run(load: Callable[[], Any]) -> Any:
         connection.close()  # one short-lived connection per refresh: nothing held while idle
 
 
-def in_background(key: Any, load: Callable[[], Any]) -> None:
-    """Run ``load()`` (sync) off the request, unless a refresh for ``key`` is running."""
+def in_background(key: Any, load: Callable[[], Any]) -> asyncio.Future[Any]:
+    """Run ``load()`` (sync) off the request, unless a refresh for ``key`` is running; returns
+    the refresh (the running one, or the one started)."""
     running = _running.get(key)
     if running is not None and not running.done():
-        return
+        return running
     task: asyncio.Future[Any]
     if settings.MEGAROUTER_REFRESH_POOL:
         task = asyncio.get_running_loop().run_in_executor(_pool, _run, load)
@@ -51,6 +56,7 @@ def in_background(key: Any, load: Callable[[], Any]) -> None:
         task = asyncio.ensure_future(sync_to_async(load, thread_sensitive=True)())
     _running[key] = task
     task.add_done_callback(lambda done: _finished(key, done))
+    return task
 
 
 def _finished(key: Any, task: asyncio.Future[Any]) -> None:
@@ -70,8 +76,9 @@ class Versioned(Generic[T]):
     """A value built from the database and kept in the process, re-checked at most once per
     ``max_age`` seconds: ``is_stale(value)`` asks the version counter (shared cache, else the
     database) whether it changed, and a changed value is rebuilt. ``get`` is the sync read
-    (a check blocks the caller); ``aget`` the hot path's (the check runs in the background,
-    stale-while-revalidate). The catalog snapshot and the policy table are two of these."""
+    (a check blocks the caller); ``aget`` the hot path's (the check runs on the refresh pool
+    and the request waits for it within ``MEGAROUTER_REFRESH_WAIT_S``). The catalog snapshot
+    and the policy table are the two of these."""
 
     def __init__(self, name: str, build: Callable[[], T], is_stale: Callable[[T], bool]) -> None:
         self.name = name
@@ -99,9 +106,19 @@ class Versioned(Generic[T]):
         value = self.value
         if value is None:
             return await sync_to_async(self.get)(max_age)
-        if time.monotonic() - self.checked_at >= max_age:
-            in_background(self.name, lambda: self.get(max_age))
-        return value
+        if time.monotonic() - self.checked_at < max_age:
+            return value
+        # The re-check (and the rebuild when the version moved) runs off the request; the
+        # request waits for it up to MEGAROUTER_REFRESH_WAIT_S, so a change made while this
+        # worker was idle applies to its next request. Beyond the bound (a database that
+        # hangs) the request gets the value it had; the refresh goes on in the background.
+        refreshing = in_background(self.name, lambda: self.get(max_age))
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(refreshing), timeout=settings.MEGAROUTER_REFRESH_WAIT_S
+            )
+        except Exception:  # timed out, or failed (logged by _finished): the value it had
+            return value
 
     def reset(self) -> None:
         with self.lock:

@@ -225,14 +225,19 @@ BILLING_ADMISSION_BACKEND = env.choice(
 )
 if BILLING_ADMISSION_BACKEND == "redis" and not REDIS_URL:
     raise ConfigError("BILLING_ADMISSION_BACKEND", "redis needs REDIS_URL")
-# Seconds a reservation may stay open before reconciliation releases it (crashed process).
-# How the Redis backend's database rows are written: "behind" (batched by a writer thread, off
-# the request path; the usage stream in Redis covers the gap) or "inline" (each request
-# commits its own rows before it answers). billing/admission/writer.py.
 # megarouter/refresh.py: background cache refreshes on their own threads (False: on Django's
 # sync thread, which the test suite needs; not an operator setting).
 MEGAROUTER_REFRESH_POOL = True
+# The longest a request waits for the catalog's / policies' periodic re-check (a cache read,
+# and a rebuild when the configuration changed) before it is served the value it had.
+MEGAROUTER_REFRESH_WAIT_S = env.float(
+    "MEGAROUTER_REFRESH_WAIT_S", 1.0, min_value=0.0, max_value=30.0
+)
+# How the Redis backend's database rows are written: "behind" (batched by a writer thread, off
+# the request path; the usage stream in Redis covers the gap) or "inline" (each request
+# commits its own rows before it answers). billing/admission/writer.py.
 BILLING_USAGE_WRITE = env.choice("BILLING_USAGE_WRITE", "behind", ("behind", "inline"))
+# Seconds a reservation may stay open before reconciliation releases it (crashed process).
 BILLING_RESERVATION_TTL = env.int("BILLING_RESERVATION_TTL", 900, min_value=30)
 # Gateway processes beat every 5 s; reconciliation closes the holds of a process silent for
 # 15 s (billing.admission.heartbeat). Off: holds are closed by their deadline only.
