@@ -356,7 +356,9 @@ def _policy_form_field(rule: Rule) -> forms.Field:
         choices = [("", "Inherit"), *STRATEGY_LABELS.items()]
         return forms.ChoiceField(choices=choices, **common)
     if rule.kind in ("patterns", "names"):
-        return forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), **common)
+        # data-picker: console.js adds an input suggesting the catalog's entries (a datalist)
+        attrs = {"rows": 2, **({"data-picker": rule.names} if rule.names else {})}
+        return forms.CharField(widget=forms.Textarea(attrs=attrs), **common)
     if rule.kind == "flag":
         return forms.BooleanField(**common)
     if rule.choices:
@@ -365,7 +367,8 @@ def _policy_form_field(rule: Rule) -> forms.Field:
     if rule.kind in ("decimal", "integer"):
         attrs = {"inputmode": "decimal" if rule.kind == "decimal" else "numeric"}
         return forms.CharField(widget=forms.TextInput(attrs=attrs), **common)
-    return forms.CharField(max_length=255, **common)
+    attrs = {"list": f"choices-{rule.names}"} if rule.names else {}
+    return forms.CharField(max_length=255, widget=forms.TextInput(attrs=attrs), **common)
 
 
 class RoutingPolicyForm(StyledForm):

@@ -51,6 +51,10 @@ class Rule:
     positive: bool = False  # decimals: above zero (else zero or more)
     message: str = ""  # the bound's message, when the kind's default does not say enough
     choices: tuple[tuple[int, str], ...] = ()  # integers with names (quality tiers)
+    # What the entries name in the catalog (models | providers | regions): the console offers
+    # them to pick from, and entries that match nothing there today are pointed out (a
+    # warning, not an error: the catalog changes after a policy is written).
+    names: str = ""
 
 
 def _rule(**kwargs: Any) -> Any:
@@ -74,28 +78,31 @@ class PolicySpec:
         help="How auto chooses: balanced, cost, latency or availability first.",
     )  # fmt: skip
     allowed_models: tuple[str, ...] | None = _rule(
-        kind="patterns", merge=ALL_OF, label="Allowed models",
+        names="models", kind="patterns", merge=ALL_OF, label="Allowed models",
         help="Model ids or glob patterns (openai/*); empty: every model.",
     )  # fmt: skip
     blocked_models: tuple[str, ...] | None = _rule(
-        kind="patterns", merge=UNION, label="Blocked models", help="Model ids or glob patterns."
-    )
+        names="models", kind="patterns", merge=UNION, label="Blocked models",
+        help="Model ids or glob patterns.",
+    )  # fmt: skip
     preferred_models: tuple[str, ...] | None = _rule(
-        kind="patterns", merge=NEAREST, label="Preferred models",
+        names="models", kind="patterns", merge=NEAREST, label="Preferred models",
         help="Tried first by auto when they fit the request.",
     )  # fmt: skip
     fallbacks: tuple[str, ...] | None = _rule(
-        kind="names", merge=NEAREST, label="Fallbacks",
+        names="models", kind="names", merge=NEAREST, label="Fallbacks",
         help="Models tried, in this order, after the chosen ones failed.",
     )  # fmt: skip
     allowed_providers: tuple[str, ...] | None = _rule(
-        kind="names", merge=ALL_OF, label="Allowed providers", help="Provider slugs."
-    )
+        names="providers", kind="names", merge=ALL_OF, label="Allowed providers",
+        help="Provider slugs.",
+    )  # fmt: skip
     blocked_providers: tuple[str, ...] | None = _rule(
-        kind="names", merge=UNION, label="Blocked providers", help="Provider slugs."
-    )
+        names="providers", kind="names", merge=UNION, label="Blocked providers",
+        help="Provider slugs.",
+    )  # fmt: skip
     allowed_regions: tuple[str, ...] | None = _rule(
-        kind="names", merge=ALL_OF, label="Allowed regions",
+        names="regions", kind="names", merge=ALL_OF, label="Allowed regions",
         help="Only deployments in these regions (data residency).",
     )  # fmt: skip
     max_price_per_million: Decimal | None = _rule(
@@ -119,7 +126,7 @@ class PolicySpec:
         kind="flag", merge=ANY, label="Only providers with zero data retention"
     )
     reference_model: str | None = _rule(
-        kind="model", merge=NEAREST, label="Reference model",
+        names="models", kind="model", merge=NEAREST, label="Reference model",
         help="Savings are reported against this model.",
     )  # fmt: skip
     cost_quality: Decimal | None = _rule(

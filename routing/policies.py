@@ -417,6 +417,55 @@ def routing_policy_set(*, actor: Actor, node: Node, data: Mapping[str, Any]) -> 
     return policy
 
 
+def _is_glob(entry: str) -> bool:
+    return any(c in entry for c in "*?[")
+
+
+def catalog_choices(snapshot: Any) -> dict[str, list[str]]:
+    """What policy entries can name today, per ``Rule.names``: the catalog's model ids, its
+    provider slugs and the regions its deployments are in (sorted)."""
+    regions = {d.region for d in snapshot.deployments_by_id.values() if d.region}
+    return {
+        "models": sorted(snapshot.models),
+        "providers": sorted(snapshot.providers),
+        "regions": sorted(regions),
+    }
+
+
+def policy_catalog_warnings(document: Mapping[str, Any], snapshot: Any) -> dict[str, str]:
+    """The entries of a valid policy document that name nothing in the catalog ``snapshot``
+    today, one message per field: a typo (``gpt-4.1-mnii``) or a model not yet imported. A
+    warning, not an error: the catalog changes after a policy is written (a model is retired,
+    another is added) and the policy stays as written (docs/routing.md, "Policies")."""
+    choices = catalog_choices(snapshot)
+    warnings: dict[str, str] = {}
+    for name, rule in RULES.items():
+        value = document.get(name)
+        if not rule.names or value in (None, "", []):
+            continue
+        entries = [value] if isinstance(value, str) else list(value)
+        missing = [e for e in entries if not _names_something(e, rule.names, snapshot, choices)]
+        if missing:
+            what = {"models": "model", "providers": "provider", "regions": "region"}[rule.names]
+            listed = ", ".join(f"'{e}'" for e in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            verb = "matches" if len(missing) == 1 else "match"
+            warnings[name] = f"{listed}{more} {verb} no {what} in the catalog today"
+    return warnings
+
+
+def _names_something(entry: str, names: str, snapshot: Any, choices: dict[str, list[str]]) -> bool:
+    if _is_glob(entry):
+        return any(matches((entry,), known) for known in choices[names])
+    if names == "models":
+        try:
+            snapshot.resolve(entry)
+        except LookupError:  # unknown, or a bare name several providers use
+            return False
+        return True
+    return entry in choices[names]
+
+
 def routing_policy_delete(*, actor: Actor, policy: RoutingPolicy) -> None:
     with transaction.atomic():
         node = policy.node

@@ -13,11 +13,15 @@ from console.forms import RoutePreviewForm, RoutingPolicyForm
 from console.views.base import ConsoleOrgView
 from console.views.catalog import per_million
 from orgs.models import Node
+from orgs.policy import RULES
 from orgs.roles import MANAGE_POLICIES, VIEW_NODE
+from routing.catalog import catalog_snapshot
 from routing.complexity.features import RequestFeatures
 from routing.engine import NoRoute, RouteRequest, route
 from routing.policies import (
     PolicyError,
+    catalog_choices,
+    policy_catalog_warnings,
     policy_resolve,
     routing_policy_delete,
     routing_policy_set,
@@ -108,12 +112,15 @@ class PoliciesView(ConsoleOrgView):
             node = form.cleaned_data["node"]
             self.scope.require(node, MANAGE_POLICIES)
             try:
-                routing_policy_set(actor=self.scope.actor, node=node, data=form.document())
+                policy = routing_policy_set(actor=self.scope.actor, node=node, data=form.document())
             except PolicyError as exc:
                 for name, message in exc.errors.items():
                     form.add_error(name if name in form.fields else None, message)
             else:
                 messages.success(request, f"Routing policy of {node.name} saved.")
+                warnings = policy_catalog_warnings(policy.document, catalog_snapshot(max_age=0))
+                for name, text in warnings.items():
+                    messages.warning(request, f"{RULES[name].label}: {text}.")
                 return redirect("console:policies", org_slug=org_slug)
         preview_form = RoutePreviewForm(nodes=self._visible_nodes(), prefix="preview")
         return self._page(form, preview_form, None, status=400)
@@ -134,7 +141,14 @@ class PoliciesView(ConsoleOrgView):
             rows.append({"p": p, "doc": p.document, "can_manage": p.node_id in manageable})
         return self.render(
             "console/policies.html",
-            {"rows": rows, "form": form, "preview_form": preview_form, "preview": preview},
+            {
+                "rows": rows,
+                "form": form,
+                "preview_form": preview_form,
+                "preview": preview,
+                # the pickers' suggestions: what the policy's lists can name today
+                "choices": catalog_choices(catalog_snapshot()),
+            },
             status=status,
         )
 

@@ -19,8 +19,10 @@ from orgs.errors import InvalidInput
 from orgs.models import Node
 from orgs.roles import MANAGE_POLICIES, VIEW_NODE
 from routing.api import serializers as s
+from routing.catalog import catalog_snapshot
 from routing.policies import (
     PolicyError,
+    policy_catalog_warnings,
     policy_merge,
     policy_table,
     routing_policy_delete,
@@ -35,11 +37,15 @@ def _valid(serializer_class: type[Any], data: Any) -> dict[str, Any]:
     return dict(serializer.validated_data)
 
 
-def _set(view: RoutingPolicyViewSet, node: Node, document: dict[str, Any]) -> RoutingPolicy:
+def _set(view: RoutingPolicyViewSet, node: Node, document: dict[str, Any]) -> dict[str, Any]:
+    """The policy set, as the answer: the policy and ``warnings`` (its entries that name
+    nothing in the catalog today, per field; saved all the same)."""
     try:
-        return routing_policy_set(actor=view.actor, node=node, data=document)
+        policy = routing_policy_set(actor=view.actor, node=node, data=document)
     except PolicyError as error:
         raise InvalidInput({f"policy.{k}": v for k, v in error.errors.items()}) from None
+    warnings = policy_catalog_warnings(policy.document, catalog_snapshot(max_age=0))
+    return {**s.RoutingPolicyOut(policy).data, "warnings": warnings}
 
 
 @extend_schema(tags=["routing"])
@@ -72,16 +78,14 @@ class RoutingPolicyViewSet(
             raise InvalidInput({"node": [f'Invalid pk "{data["node"]}" - object does not exist.']})
         self.require(node, MANAGE_POLICIES)
         existed = RoutingPolicy.objects.filter(node=node).exists()
-        policy = _set(self, node, data["policy"])
         code = status.HTTP_200_OK if existed else status.HTTP_201_CREATED
-        return Response(s.RoutingPolicyOut(policy).data, status=code)
+        return Response(_set(self, node, data["policy"]), status=code)
 
     @extend_schema(request=s.RoutingPolicyReplaceIn, responses={200: s.RoutingPolicyOut})
     def update(self, request: Any, org_slug: str, pk: str) -> Response:
         policy = self.get_object()
         data = _valid(s.RoutingPolicyReplaceIn, request.data)
-        policy = _set(self, policy.node, data["policy"])
-        return Response(s.RoutingPolicyOut(policy).data)
+        return Response(_set(self, policy.node, data["policy"]))
 
     def destroy(self, request: Any, org_slug: str, pk: str) -> Response:
         routing_policy_delete(actor=self.actor, policy=self.get_object())

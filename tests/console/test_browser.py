@@ -426,8 +426,17 @@ def test_new_admin_walkthrough(browser, stack, tmp_path, monkeypatch, settings):
     form = page.locator("#set-policy")
     form.get_by_label("Applies at").select_option(label="\u2003Engineering (department)")
     form.get_by_label("Strategy").select_option("cost")
+    # the catalog picker under a list: suggestions from the catalog, Add appends a line
+    assert page.locator("#choices-models option[value='acme-ai/swift-1']").count() == 1
+    picker = form.get_by_label("Add to Blocked models")
+    picker.fill("acme-ai/swift-9")  # a typo: saved, and pointed out
+    form.locator(".picker").nth(1).get_by_role("button", name="Add").click()
+    assert form.locator("textarea[name=blocked_models]").input_value() == "acme-ai/swift-9"
     w.navigate(form.get_by_role("button", name="Save policy"))
     assert w.flash() == "Routing policy of Engineering saved."
+    assert page.locator(".messages li").nth(1).inner_text() == (
+        "Blocked models: 'acme-ai/swift-9' matches no model in the catalog today."
+    )
     preview = page.locator("#preview")
     preview.get_by_label("Request from").select_option(label="\u2003\u2003Forecasting (project)")
     preview.get_by_label("Prompt").fill("Summarise the plot of Hamlet in two sentences.")

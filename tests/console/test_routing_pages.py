@@ -286,3 +286,28 @@ def test_a_deployment_page_shows_the_health_routing_uses(acme, catalog, _fresh_r
     assert "Breaker open" in body and "5 failures in a row" in body
     assert response.context["h"]["state"] == "open"
     assert login(acme.viewer).get("/o/acme/deployments/999999/").status_code == 404
+
+
+def test_policy_lists_pick_from_the_catalog_and_point_out_unknown_entries(acme, catalog):
+    from routing.catalog import catalog_snapshot_reset
+
+    catalog_snapshot_reset()
+    client = login(acme.tree.owner)
+    page = client.get("/o/acme/policies/").content.decode()
+    assert '<datalist id="choices-models">' in page
+    assert '<option value="cheapco/small">' in page and '<option value="dearco/big">' in page
+    assert '<option value="dearco">' in page  # providers
+    assert 'name="allowed_models"' in page and 'data-picker="models"' in page
+    assert 'list="choices-models"' in page  # the reference model's input
+    response = client.post(
+        "/o/acme/policies/",
+        {"node": acme.tree.team.pk, "allowed_models": "cheapco/small\ndearco/bigg"},
+        follow=True,
+    )
+    shown = [str(m) for m in response.context["messages"]]
+    assert shown == [
+        f"Routing policy of {acme.tree.team.name} saved.",
+        "Allowed models: 'dearco/bigg' matches no model in the catalog today.",
+    ]
+    policy = RoutingPolicy.objects.get(node=acme.tree.team)
+    assert policy.document == {"allowed_models": ["cheapco/small", "dearco/bigg"]}

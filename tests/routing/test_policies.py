@@ -384,3 +384,42 @@ def test_reference_model_nearest_level_wins_up_to_the_request():
     key = ("key", PolicySpec.from_document({"strategy": "cost"}))
     assert policy_merge([*levels[:2], key]).reference_model == "anthropic/claude-a"
     assert policy_merge([]).reference_model is None  # the engine uses the default
+
+
+@pytest.mark.django_db
+def test_entries_naming_nothing_in_the_catalog_are_saved_with_warnings(login):
+    """A typo or a model not yet imported is kept as written (the catalog changes after a
+    policy is written) and pointed out, per field, in the answer."""
+    from routing.catalog import catalog_snapshot_reset
+    from tests.routing.factories import DeploymentFactory, ModelFactory, ProviderFactory
+
+    cheap = ProviderFactory(slug="cheapco", name="CheapCo")
+    model = ModelFactory(provider=cheap, provider_model_name="small")
+    DeploymentFactory(name="small-eu", model=model, region="eu-west-1")
+    catalog_snapshot_reset()
+    tree = make_tree("acme")
+    api = login(tree.owner)
+    document = {
+        "allowed_models": ["cheapco/*", "cheapco/smal"],
+        "fallbacks": ["small"],  # a bare name the catalog resolves
+        "allowed_providers": ["cheapco", "dearco"],
+        "allowed_regions": ["eu-west-1"],
+        "blocked_models": ["nope/*"],
+        "reference_model": "cheapco/small",
+    }
+    response = api.post(
+        URL.format(org="acme"), {"node": tree.team.pk, "policy": document}, format="json"
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["policy"]["allowed_models"] == ["cheapco/*", "cheapco/smal"]
+    assert response.json()["warnings"] == {
+        "allowed_models": "'cheapco/smal' matches no model in the catalog today",
+        "allowed_providers": "'dearco' matches no provider in the catalog today",
+        "blocked_models": "'nope/*' matches no model in the catalog today",
+    }
+    clean = api.put(
+        f"{URL.format(org='acme')}{response.json()['id']}/",
+        {"policy": {"allowed_models": ["cheapco/small"]}},
+        format="json",
+    )
+    assert clean.json()["warnings"] == {}

@@ -71,6 +71,42 @@
     });
   }
 
+  // Catalog pickers under policy lists: <textarea data-picker="models"> gets an input that
+  // suggests the catalog's entries (<datalist id="choices-models">) and an Add button that
+  // appends the entry as a new line. Without JavaScript the list is typed by hand.
+  document.querySelectorAll("textarea[data-picker]").forEach(function (area) {
+    var kind = area.getAttribute("data-picker");
+    if (!document.getElementById("choices-" + kind)) return;
+    var row = document.createElement("div");
+    row.className = "picker";
+    var input = document.createElement("input");
+    input.type = "text";
+    input.setAttribute("list", "choices-" + kind);
+    input.setAttribute("aria-label", "Add to " + (area.labels && area.labels[0] ? area.labels[0].textContent.trim() : kind));
+    input.placeholder = "Pick or type a " + kind.replace(/s$/, "") + ", or a pattern";
+    var add = document.createElement("button");
+    add.type = "button";
+    add.className = "btn small";
+    add.textContent = "Add";
+    var append = function () {
+      var value = input.value.trim();
+      if (!value) return;
+      var lines = area.value.split("\n").map(function (l) { return l.trim(); }).filter(Boolean);
+      if (lines.indexOf(value) === -1) lines.push(value);
+      area.value = lines.join("\n");
+      input.value = "";
+      announce("Added " + value);
+      input.focus();
+    };
+    add.addEventListener("click", append);
+    input.addEventListener("keydown", function (event) {
+      if (event.key === "Enter") { event.preventDefault(); append(); }
+    });
+    row.appendChild(input);
+    row.appendChild(add);
+    area.insertAdjacentElement("afterend", row);
+  });
+
   // Filter forms: changing a select submits (the Filter button stays for keyboards).
   document.querySelectorAll("form.filters select[data-autosubmit]").forEach(function (select) {
     select.addEventListener("change", function () { select.form.submit(); });
