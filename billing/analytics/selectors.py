@@ -84,6 +84,15 @@ class AnalyticsQuery:
         return {DIMENSIONS[d] for d in (*self.filters, *self.group_by)}
 
 
+def period_days(query: AnalyticsQuery) -> list[dt.date]:
+    """The local days a query's period covers, first to last (the last one included): the
+    x axis of the console's charts and the PDF's."""
+    zone = zoneinfo.ZoneInfo(query.time_zone)
+    first = query.start.astimezone(zone).date()
+    last = (query.end - dt.timedelta(microseconds=1)).astimezone(zone).date()
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
 def _is_utc_zone(name: str) -> bool:
     zone = zoneinfo.ZoneInfo(name)
     return name in ("UTC", "Etc/UTC", "Etc/GMT", "GMT") or zone.utcoffset(

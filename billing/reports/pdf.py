@@ -49,6 +49,7 @@ from billing.analytics.selectors import (
     analytics_totals,
     dimension_labels,
     node_scope_column,
+    period_days,
     scoped_queryset,
 )
 from billing.models import Budget, Report
@@ -130,16 +131,6 @@ def _period_label(report: Report, zone: zoneinfo.ZoneInfo) -> str:
     start = report.period_start.astimezone(zone)
     end = report.period_end.astimezone(zone)
     return f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} ({zone.key}, end excluded)"
-
-
-def period_days(query: AnalyticsQuery) -> list[dt.date]:
-    """The local days a query's period covers, first to last (the last one included): the
-    daily chart's x axis. The console's spend chart has the same helper
-    (``console.views.analytics.period_days``), which billing may not import."""
-    zone = zoneinfo.ZoneInfo(query.time_zone)
-    first = query.start.astimezone(zone).date()
-    last = (query.end - dt.timedelta(microseconds=1)).astimezone(zone).date()
-    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
 
 
 def report_pdf_write(*, report: Report, path: Path) -> int:

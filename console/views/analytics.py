@@ -63,14 +63,6 @@ def scoped_rows(view: ConsoleOrgView, source: type[Model], column: str | None) -
     return qs
 
 
-def period_days(query: analytics.AnalyticsQuery) -> list[dt.date]:
-    """The local days a query's period covers, first to last (the last one included)."""
-    zone = zoneinfo.ZoneInfo(query.time_zone)
-    first = query.start.astimezone(zone).date()
-    last = (query.end - dt.timedelta(microseconds=1)).astimezone(zone).date()
-    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-
-
 def spend_chart(
     points: list[dict[str, Any]],
     days: list[dt.date],
@@ -184,7 +176,7 @@ class SpendView(ConsoleOrgView):
             scoped_rows(self, series_source, column), series_query
         )
         zone = zoneinfo.ZoneInfo(query.time_zone)
-        days = period_days(query)
+        days = analytics.period_days(query)
         first, last = days[0], days[-1]
 
         breakdown_query = analytics.AnalyticsQuery(

@@ -34,7 +34,7 @@ from billing.models import (
 from billing.money import plain_decimal
 from billing.reports.csv_export import COLUMNS, usage_csv_rows
 from console.forms import BudgetCreateForm, BudgetUpdateForm, CheckoutForm, add_service_errors
-from console.views.analytics import period_days, scoped_rows, spend_chart
+from console.views.analytics import scoped_rows, spend_chart
 from console.views.base import ConsoleOrgView, filtered, page_of
 from orgs.errors import InvalidInput
 from orgs.models import ApiKey, Membership, Node, NodeKind
@@ -360,7 +360,7 @@ class UsageView(_BillingBase):
         totals = analytics.analytics_totals(rows(query), query)
         series = replace(query, bucket="day")
         points = analytics.analytics_timeseries(rows(series), series)
-        days = period_days(query)
+        days = analytics.period_days(query)
         by_model = replace(query, group_by=("model",))
         by_project = replace(query, group_by=("project",))
         projects = analytics.analytics_breakdown(rows(by_project), by_project, limit=20)
@@ -423,7 +423,7 @@ class UsageView(_BillingBase):
                 yield writer.writerow(row)
 
         response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
-        days = period_days(query)
+        days = analytics.period_days(query)
         name = f"usage-{self.organization.slug}-{days[0]:%Y%m%d}-{days[-1]:%Y%m%d}.csv"
         response["Content-Disposition"] = f'attachment; filename="{name}"'
         return response

@@ -25,7 +25,7 @@ from console.forms import (
     OrganizationUpdateForm,
     add_service_errors,
 )
-from console.views.analytics import period_days, scoped_rows, spend_chart
+from console.views.analytics import scoped_rows, spend_chart
 from console.views.base import ConsoleOrgView
 from orgs import services
 from orgs.errors import InvalidInput
@@ -83,7 +83,9 @@ def money_overview(view: ConsoleOrgView) -> dict[str, Any]:
         "balance": balance,
         "burn_per_day": daily,
         "runway_days": runway,
-        "chart": spend_chart(points, period_days(query), zoneinfo.ZoneInfo(query.time_zone)),
+        "chart": spend_chart(
+            points, analytics.period_days(query), zoneinfo.ZoneInfo(query.time_zone)
+        ),
         "top": top,
         "alerts": Notification.objects.filter(organization=org, read_at__isnull=True).count(),
     }
