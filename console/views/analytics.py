@@ -63,6 +63,21 @@ def scoped_rows(view: ConsoleOrgView, source: type[Model], column: str | None) -
     return qs
 
 
+def nice_ticks(top: Decimal, *, most: int = 4) -> list[Decimal]:
+    """Round values from 0 to at least ``top`` for a y axis, at most ``most`` steps: a step of
+    1, 2 or 5 times a power of ten ($0, $0.05, $0.10, ...)."""
+    if top <= 0:
+        return [Decimal(0)]
+    raw = top / most
+    power = Decimal(10) ** (raw.adjusted())
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    count = int((top / step).to_integral_value(rounding="ROUND_CEILING"))
+    return [step * i for i in range(count + 1)]
+
+
+GUTTER = 64  # the y axis labels' width, in the chart's units
+
+
 def spend_chart(
     points: list[dict[str, Any]],
     days: list[dt.date],
@@ -71,7 +86,8 @@ def spend_chart(
     width: int = 720,
     height: int = 180,
 ) -> dict[str, Any]:
-    """Geometry of the daily chart: actual spend as bars, the reference cost as a line."""
+    """Geometry of the daily chart: actual spend as bars, the reference cost as a line, a y
+    axis of round money values (gridlines and labels) and day labels."""
     by_day = {p["t"].astimezone(zone).date(): p for p in points}
     series = [
         {
@@ -82,9 +98,12 @@ def spend_chart(
         }
         for d in days
     ]
-    top = max([s["cost"] for s in series] + [s["reference"] for s in series] + [Decimal(0)])
+    highest = max([s["cost"] for s in series] + [s["reference"] for s in series] + [Decimal(0)])
+    ticks = nice_ticks(highest)
+    top = ticks[-1]
     n = max(len(series), 1)
-    slot = width / n
+    plot = width - GUTTER
+    slot = plot / n
     bar = max(slot * 0.7, 1.0)
     usable = height - 20
 
@@ -95,19 +114,28 @@ def spend_chart(
     line = []
     for i, s in enumerate(series):
         top_y = y(s["cost"])
+        centre = round(GUTTER + i * slot + slot / 2, 2)
         bars.append(
             {
                 **s,
-                "x": round(i * slot + (slot - bar) / 2, 2),
+                "x": round(GUTTER + i * slot + (slot - bar) / 2, 2),
                 "y": top_y,
                 "w": round(bar, 2),
                 "h": round(height - top_y, 2),
                 "label": i % max(n // 7, 1) == 0,
-                "lx": round(i * slot + slot / 2, 2),
+                "lx": centre,
             }
         )
-        line.append(f"{round(i * slot + slot / 2, 2)},{y(s['reference'])}")
-    return {"width": width, "height": height, "bars": bars, "line": " ".join(line), "max": top}
+        line.append(f"{centre},{y(s['reference'])}")
+    return {
+        "width": width,
+        "height": height,
+        "gutter": GUTTER,
+        "bars": bars,
+        "line": " ".join(line),
+        "max": highest,
+        "ticks": [{"value": t, "y": y(t)} for t in ticks],
+    }
 
 
 def sparkline(values: list[float | None], *, width: int = 120, height: int = 28) -> dict[str, Any]:

@@ -319,13 +319,15 @@ class BillingView(_BillingBase):
 
 
 USAGE_PARAMS = ("from", "to", "days", "project", "model")
+USAGE_DAYS = "30"  # the default period: the spend page's and the overview's too
 
 
 class UsageView(_BillingBase):
     """Requests, tokens and cost over a period: per day, per model and per project (the
     analytics selectors the API and the spend page read), the records themselves, and the
     same CSV as a report's. Query parameters are the analytics API's (``from`` / ``to`` /
-    ``days``, ``project``, ``model``), parsed by the same declaration."""
+    ``days``, ``project``, ``model``), parsed by the same declaration; the last 30 days by
+    default, like the spend page, which it links to for the money view."""
 
     permission = VIEW_BILLING
     at_root = True
@@ -335,10 +337,10 @@ class UsageView(_BillingBase):
         params = {k: request.GET[k] for k in USAGE_PARAMS if request.GET.get(k)}
         errors: dict[str, str] = {}
         try:
-            query = analytics_query_parse({"days": "14", **params}, time_zone=self._zone)
+            query = analytics_query_parse({"days": USAGE_DAYS, **params}, time_zone=self._zone)
         except BillingInvalidInput as exc:
             errors = {name: " ".join(texts) for name, texts in exc.errors.items()}
-            query = analytics_query_parse({"days": "14"}, time_zone=self._zone)
+            query = analytics_query_parse({"days": USAGE_DAYS}, time_zone=self._zone)
         records = analytics.analytics_records(scoped_rows(self, UsageRecord, None), query)
         if request.GET.get("format") == "csv":
             return self._csv(records, query)

@@ -123,6 +123,10 @@ def test_the_dashboard_shows_exact_spend_savings_and_the_chosen_breakdown(acme, 
     bars = response.context["chart"]["bars"]
     assert len(bars) == 7 and bars[-1]["cost"] == D("1.8") and bars[-1]["reference"] == 4 * REF
     assert [b["cost"] for b in bars[:-1]] == [D(0)] * 6
+    # a y axis of round values up to at least the highest day: $0, $0.50, ..., $2.00
+    ticks = [t["value"] for t in response.context["chart"]["ticks"]]
+    assert ticks == [D(0), D("0.5"), D("1.0"), D("1.5"), D("2.0")]
+    assert 'class="tick ytick">$2.00</text>' in html and 'class="tick ytick">$0.50</text>' in html
 
     by_project = client.get("/o/acme/spend/?by=project").context["rows"]
     assert [(r["label"], r["cost"]) for r in by_project] == [
@@ -336,3 +340,15 @@ def test_the_overview_shows_balance_runway_spend_savings_and_the_top_spenders(ac
     assert "Available balance" in html and "$1.80" in html and "Top keys" in html
     # a developer holds no organization-wide view_billing: no money on the overview
     assert login(acme.developer).get("/o/acme/").context["money"] is None
+
+
+def test_y_axis_ticks_are_round_values_covering_the_highest_bar():
+    from console.views.analytics import nice_ticks
+
+    assert nice_ticks(D(0)) == [D(0)]
+    assert nice_ticks(D("0.0022196")) == [D(0), D("0.001"), D("0.002"), D("0.003")]
+    assert nice_ticks(D("37")) == [D(0), D(10), D(20), D(30), D(40)]
+    assert nice_ticks(D("1.8")) == [D(0), D("0.5"), D("1.0"), D("1.5"), D("2.0")]
+    for top in (D("0.000001"), D("7.3"), D("123456")):
+        ticks = nice_ticks(top)
+        assert ticks[-1] >= top and len(ticks) <= 6

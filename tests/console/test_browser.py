@@ -356,7 +356,7 @@ def test_new_admin_walkthrough(browser, stack, tmp_path, monkeypatch, settings):
         "50",
         usd(cost),
     )
-    assert page.locator("svg.chart rect.bar").count() == 14
+    assert page.locator("svg.chart rect.bar").count() == 30  # the same 30 days as Spend
     with page.expect_download() as download:
         page.get_by_role("link", name="Download CSV").click()
     lines = Path(download.value.path()).read_text().strip().splitlines()
