@@ -14,7 +14,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,7 @@ class CatalogEntry:
     supports_streaming: bool = True
     supports_prompt_caching: bool = False
     deprecation_date: date | None = None
+    released_on: date | None = None
 
     @property
     def canonical_id(self) -> str:
@@ -341,6 +342,7 @@ def _litellm_entry(
         output_vector_size=(vector or None) if mode == ModelMode.EMBEDDING else None,
         supports_streaming=mode != ModelMode.EMBEDDING,
         deprecation_date=deprecation_date,
+        released_on=release_date_in_name(name),
         **flags,
     )
 
@@ -394,6 +396,7 @@ def _openrouter_entry(
     params = item.get("supported_parameters") or []
     if not isinstance(params, list):
         errors.append(f"{path}.supported_parameters: expected a list")
+    created = _int(item.get("created"), f"{path}.created", errors)
     if len(errors) > before:
         return None
     raw_name = item.get("name")
@@ -413,6 +416,8 @@ def _openrouter_entry(
         supports_json_schema="structured_outputs" in params,
         supports_reasoning="reasoning" in params or "include_reasoning" in params,
         supports_prompt_caching=bool(price.cached_input_per_token),
+        released_on=release_date_in_name(model_id)
+        or (datetime.fromtimestamp(created, UTC).date() if created else None),
     )
 
 
@@ -503,6 +508,23 @@ def same_model_key(name: str) -> str:
     return _DATE_SUFFIX.sub("", key)
 
 
+_NAME_DATE = re.compile(r"[-@](20\d\d)-?(\d\d)-?(\d\d)(?:-v\d+(?::\d+)?)?$")
+
+
+def release_date_in_name(name: str) -> date | None:
+    """The date a provider stamps on a dated snapshot's name, its release date:
+    ``gpt-4o-2024-08-06``, ``claude-haiku-4-5-20251001``, Bedrock's
+    ``anthropic.claude-haiku-4-5-20251001-v1:0``, Vertex's ``claude-haiku-4-5@20251001``. None
+    for an undated name (``gpt-5``) or one without the year (``gemini-2.5-flash-preview-05-20``)."""
+    match = _NAME_DATE.search(name)
+    if match is None:
+        return None
+    try:
+        return date(*(int(part) for part in match.groups()))
+    except ValueError:
+        return None
+
+
 _SMALL = {"mini", "nano", "lite", "flash", "haiku", "small", "tiny", "micro", "air", "instant"}
 _SMALL_SIZE = re.compile(r"^\d+(\.\d+)?b$")  # "8b", "3b": parameter counts under 10B
 _LARGE = {"opus", "pro", "large", "reasoner", "premier", "max", "ultra"}
@@ -554,6 +576,7 @@ _IMPORTED_FIELDS = (
     "quality_tier",
     "status",
     "deprecation_date",
+    "released_on",
     "source_key",
 )
 
@@ -578,6 +601,7 @@ def _entry_values(entry: CatalogEntry, today: date) -> dict[str, Any]:
         "quality_tier": derive_quality_tier(entry),
         "status": str(status),
         "deprecation_date": entry.deprecation_date,
+        "released_on": entry.released_on,
         "source_key": entry.source_key[:255],
     }
 

@@ -110,6 +110,9 @@ class Model(models.Model):
         max_length=16, choices=ModelStatus.choices, default=ModelStatus.ACTIVE
     )
     deprecation_date = models.DateField(null=True, blank=True)
+    # The day the provider released the model, when the catalog source says (docs/catalog.md,
+    # "Release dates"); /v1/models reports it as `created`.
+    released_on = models.DateField(null=True, blank=True)
     timeouts = models.JSONField(default=dict, blank=True, help_text=TIMEOUTS_HELP)
     source = models.CharField(
         max_length=64, blank=True, help_text="Where it came from: litellm, openrouter, operator."

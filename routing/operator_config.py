@@ -17,7 +17,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -247,6 +247,21 @@ class _Reader:
             self.fail(key, f"expected a list of strings, got {value!r}")
             return None
         return value
+
+    def day(self, key: str) -> date | None:
+        """A TOML date (``2025-08-07``) or the same as an ISO string (YAML, JSON)."""
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            try:
+                return date.fromisoformat(value)
+            except ValueError:
+                pass
+        self.fail(key, f"expected a date (YYYY-MM-DD), got {value!r}")
+        return None
 
     def table(self, key: str) -> dict[str, Any] | None:
         value = self.data.get(key)
@@ -527,7 +542,7 @@ def _validate_models(items: list[dict[str, Any]], ctx: Context) -> list[ModelPla
     plans: list[ModelPlan] = []
     allowed = {"id", "display_name", "family", "mode", "context_window", "max_output_tokens",
                "output_vector_size", "quality_tier", "status", "capabilities", "price",
-               "timeouts"}  # fmt: skip
+               "timeouts", "released_on"}  # fmt: skip
     for index, item in enumerate(items):
         r = _Reader(item, f"models[{index}]", ctx, allowed)
         model_id = r.text("id", required=True)
@@ -546,6 +561,9 @@ def _validate_models(items: list[dict[str, Any]], ctx: Context) -> list[ModelPla
             number = r.integer(key, min_value=1)
             if number is not None:
                 fields[key] = number
+        released_on = r.day("released_on")
+        if released_on is not None:
+            fields["released_on"] = released_on
         tier = item.get("quality_tier") if isinstance(item, dict) else None
         if tier is not None:
             if isinstance(tier, str) and tier.lower() in TIER_NAMES:

@@ -204,6 +204,7 @@ MODEL_OVERRIDABLE = (
     "status",
     "mode",
     "timeouts",
+    "released_on",
 )
 
 

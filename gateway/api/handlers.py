@@ -36,7 +36,7 @@ from gateway.pipeline import CallContext
 from gateway.providers.types import ChatChunk, ProviderError, Usage
 from gateway.wire import anthropic, completions, embeddings, openai_chat, responses
 from gateway.wire.common import ROUTING_ALIASES, Inbound, parse_json_object
-from routing.engine import NoRoute, model_for_key, models_for_key
+from routing.engine import NoRoute, model_for_key, models_created, models_for_key
 
 logger = logging.getLogger("megarouter.gateway")
 
@@ -497,28 +497,41 @@ async def embeddings_create(req: ApiRequest) -> ApiResponse:
     return ApiResponse.json(body, headers=_headers(ctx, with_cost=True))
 
 
-def _model_json(model_id: str, owner: str) -> dict[str, Any]:
-    # The catalog keeps no release date; 0 says "unknown" in the integer the schema asks for.
-    return {"id": model_id, "object": "model", "created": 0, "owned_by": owner}
+# `created` of what has no date, in the integer the schema asks for: the routing aliases (no
+# model), and a model deleted since the snapshot listing it was built.
+NO_DATE = 0
+
+
+def _model_json(model_id: str, owner: str, created: int) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": owner}
 
 
 async def models_list(req: ApiRequest) -> ApiResponse:
-    """The models this key may call (enabled deployments only), then the routing aliases."""
+    """The models this key may call (enabled deployments only), then the routing aliases.
+    ``created``: the model's release date, else when it entered the catalog (docs/api.md)."""
     key = await _authenticate(req)
-    data = [_model_json(m.canonical_id, m.provider) for m in await models_for_key(key)]
-    data += [_model_json(alias, "megarouter") for alias in ROUTING_ALIASES]
+    models = await models_for_key(key)
+    created = await models_created([m.canonical_id for m in models])
+    data = [
+        _model_json(m.canonical_id, m.provider, created.get(m.canonical_id, NO_DATE))
+        for m in models
+    ]
+    data += [_model_json(alias, "megarouter", NO_DATE) for alias in ROUTING_ALIASES]
     return ApiResponse.json({"object": "list", "data": data})
 
 
 async def models_retrieve(req: ApiRequest, model_id: str) -> ApiResponse:
     key = await _authenticate(req)
     if model_id in ROUTING_ALIASES:
-        return ApiResponse.json(_model_json(model_id, "megarouter"))
+        return ApiResponse.json(_model_json(model_id, "megarouter", NO_DATE))
     try:
         model = await model_for_key(key, model_id)
     except NoRoute as exc:
         raise route_error(exc) from None
-    return ApiResponse.json(_model_json(model.canonical_id, model.provider))
+    created = await models_created([model.canonical_id])
+    return ApiResponse.json(
+        _model_json(model.canonical_id, model.provider, created.get(model.canonical_id, NO_DATE))
+    )
 
 
 # ---------------------------------------------------------------- dispatch

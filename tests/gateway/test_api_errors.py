@@ -40,7 +40,9 @@ def world(committed_db):
         openai, "plain-1", supports_tools=False, supports_vision=False, supports_json_schema=False
     )
     claude = factories.model_create(anthropic, "claude-test")
-    embed = factories.model_create(openai, "embed-1", mode="embedding")
+    embed = factories.model_create(
+        openai, "embed-1", mode="embedding", released_on=dt.date(2025, 3, 1)
+    )
     credential = factories.credential_create()
     for model in (plain, claude, embed):
         factories.deployment_create(
@@ -261,13 +263,24 @@ def test_models_endpoints_respect_the_key(client, world):
         "auto:latency",
         "auto:availability",
     ]
+    # created: the release date (00:00 UTC) when the catalog has one, else when the model
+    # entered the catalog; 0 for the aliases
+    from routing.models import Model
+
+    added = Model.objects.get(canonical_id="openai/plain-1").created_at
+    released = int(dt.datetime(2025, 3, 1, tzinfo=dt.UTC).timestamp())
+    created = [m["created"] for m in listing.json()["data"]]
+    assert created == [released, int(added.timestamp()), 0, 0, 0, 0, 0]
     one = client.get("/v1/models/openai/plain-1", headers=headers)
     assert one.json() == {
         "id": "openai/plain-1",
         "object": "model",
-        "created": 0,
+        "created": int(added.timestamp()),
         "owned_by": "openai",
     }
+    embed = client.get("/v1/models/openai/embed-1", headers=headers).json()
+    assert embed["created"] == released == 1740787200
+    assert client.get("/v1/models/auto", headers=headers).json()["created"] == 0
     assert_error(
         client.get("/v1/models/anthropic/claude-test", headers=headers), 403, param="model"
     )

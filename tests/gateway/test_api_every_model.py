@@ -7,7 +7,7 @@ catalog's vector size."""
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from decimal import Decimal
 from pathlib import Path
 
@@ -81,6 +81,28 @@ def test_every_listed_model_answers_through_the_endpoint_of_its_mode(client):
         assert response.headers["x-megarouter-model"] == model_id
         assert Decimal(response.headers["x-megarouter-cost-usd"]) >= 0
     assert failures == {}
+
+
+def test_created_is_the_release_date_else_when_the_model_entered_the_catalog(client):
+    from routing.models import Model
+
+    listed = {m["id"]: m["created"] for m in client.get("/v1/models").json()["data"]}
+    rows = Model.objects.filter(canonical_id__in=listed).values_list(
+        "canonical_id", "released_on", "created_at"
+    )
+    expected = {
+        model_id: int((datetime.combine(day, time(), UTC) if day else added).timestamp())
+        for model_id, day, added in rows
+    }
+    assert {m: c for m, c in listed.items() if not m.startswith("auto")} == expected
+    assert listed["openai/gpt-4o-2024-08-06"] == 1722902400  # 2024-08-06, from its name
+    added = Model.objects.get(canonical_id="openai/gpt-5").created_at  # no date in the file
+    assert listed["openai/gpt-5"] == int(added.timestamp())
+    assert {m: c for m, c in listed.items() if m.startswith("auto")} == {
+        "auto": 0, "auto:balanced": 0, "auto:cost": 0, "auto:latency": 0, "auto:availability": 0
+    }  # fmt: skip
+    one = client.get("/v1/models/openai/gpt-4o-2024-08-06").json()
+    assert one["created"] == 1722902400
 
 
 def test_gemini_embeddings_are_served_and_charged_by_the_estimate(client):

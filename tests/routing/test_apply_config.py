@@ -461,3 +461,36 @@ price = { input_per_token = "0", output_per_token = "0" }
     assert (model.mode, model.output_vector_size) == ("embedding", 1024)
     with pytest.raises(ConfigFileError, match=r"models\[0\]\.output_vector_size"):
         config_apply_file(_write(tmp_path, text.replace("1024", "0"), "bad.toml"), environ=ENV)
+
+
+def test_a_models_release_date_is_set_in_the_operator_file(tmp_path):
+    _base_catalog()
+    text = """version = 1
+[[models]]
+id = "deepseek/deepseek-chat"
+released_on = 2024-12-26
+"""
+    config_apply_file(_write(tmp_path, text), environ=ENV)
+    model = Model.objects.get(canonical_id="deepseek/deepseek-chat")
+    assert (model.released_on, model.operator_overrides) == (
+        datetime(2024, 12, 26).date(),
+        ["released_on"],
+    )
+    quoted = text.replace("2024-12-26", '"2024-12-27"')
+    config_apply_file(_write(tmp_path, quoted, "quoted.toml"), environ=ENV)  # YAML and JSON
+    assert Model.objects.get(pk=model.pk).released_on == datetime(2024, 12, 27).date()
+    before = _state()
+    for bad, shown in (
+        ('"26 Dec 2024"', "'26 Dec 2024'"),
+        (
+            "2024-12-26T10:00:00Z",
+            "datetime.datetime(2024, 12, 26, 10, 0, tzinfo=datetime.timezone.utc)",
+        ),
+        ("20241226", "20241226"),
+    ):
+        with pytest.raises(ConfigFileError) as raised:
+            config_apply_file(_write(tmp_path, text.replace("2024-12-26", bad), "bad.toml"))
+        assert raised.value.errors == [
+            f"models[0].released_on: expected a date (YYYY-MM-DD), got {shown}"
+        ]
+    assert _state() == before

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import StringIO
@@ -20,6 +20,7 @@ from routing.catalog_import import (
     catalog_parse,
     derive_quality_tier,
     model_family,
+    release_date_in_name,
 )
 from routing.models import CatalogVersion, Model, ModelPrice, Provider, QualityTier
 from routing.selectors import price_at
@@ -72,6 +73,12 @@ def test_bundled_catalog_imports_300_plus_chat_models_and_second_run_changes_not
     assert opus.cache_write_per_token == Decimal("0.00000625")
     assert Provider.objects.get(slug="anthropic").kind == "anthropic"
     assert Provider.objects.get(slug="dashscope").kind == "openai"
+    # The file has no date field: a release date comes from a dated snapshot's name only.
+    released = dict(Model.objects.values_list("canonical_id", "released_on"))
+    assert released["openai/gpt-4o-2024-08-06"] == date(2024, 8, 6)
+    assert released["anthropic/claude-haiku-4-5-20251001"] == date(2025, 10, 1)
+    assert released["openai/gpt-5"] is None
+    assert sum(1 for day in released.values() if day is not None) >= 100
 
     before = _state()
     second = catalog_import()
@@ -209,6 +216,7 @@ def test_openrouter_format(tmp_path):
         Decimal("0.0000003"),
         Decimal("0.00000375"),
     )
+    assert sonnet.released_on == date(2025, 9, 29)  # OpenRouter's created, 1759161676
     deepseek = Model.objects.get(canonical_id="openrouter/deepseek/deepseek-chat-v3.1")
     assert (deepseek.supports_vision, deepseek.supports_json_schema) == (False, False)
     assert deepseek.max_output_tokens is None
@@ -294,6 +302,27 @@ def test_bundled_file_ships_with_the_package():
 )
 def test_model_family(name, family):
     assert model_family(name) == family
+
+
+@pytest.mark.parametrize(
+    ("name", "released"),
+    [
+        ("gpt-4o-2024-08-06", date(2024, 8, 6)),
+        ("claude-haiku-4-5-20251001", date(2025, 10, 1)),
+        ("anthropic.claude-3-5-sonnet-20241022-v2:0", date(2024, 10, 22)),
+        ("us.anthropic.claude-opus-4-1-20250805-v1:0", date(2025, 8, 5)),
+        ("claude-haiku-4-5@20251001", date(2025, 10, 1)),
+        ("openai/gpt-4o-2024-11-20", date(2024, 11, 20)),
+        ("gpt-5", None),
+        ("gemini-2.5-flash-preview-05-20", None),  # no year
+        ("mistral-large-2407", None),
+        ("gpt-4-0613", None),
+        ("qwen-plus-2025-13-40", None),  # not a day
+        ("model-20251001-extra", None),  # not at the end
+    ],
+)
+def test_release_date_in_name(name, released):
+    assert release_date_in_name(name) == released
 
 
 @pytest.mark.parametrize(
