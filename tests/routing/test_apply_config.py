@@ -21,7 +21,7 @@ from routing.models import (
     ModelPrice,
     Provider,
 )
-from routing.operator_config import ConfigFileError, config_apply_file
+from routing.operator_config import ConfigFileError, config_apply_file, config_load
 from routing.selectors import price_at
 
 pytestmark = pytest.mark.django_db
@@ -369,6 +369,35 @@ def test_demo_file_puts_every_main_provider_model_on_the_simulator(monkeypatch):
     )
     with time_machine.travel(BEFORE_SONNET_4_5_ENDS, tick=False):
         assert config_apply_file(ROOT / "config" / "demo.toml").changes == []
+
+
+def test_the_demo_key_can_call_300_current_models_and_no_deprecated_one(monkeypatch):
+    """What /v1/models lists for the demo key (a key without a policy: every model with an
+    enabled deployment), on the day the bundled catalog is read against elsewhere."""
+    _, snapshot = _apply_demo(monkeypatch, BEFORE_SONNET_4_5_ENDS)
+    served = sorted(snapshot.deployments)
+    assert len(served) >= 300
+    day = BEFORE_SONNET_4_5_ENDS.date()
+    assert [m for m in served if snapshot.models[m].deprecated_on(day)] == []
+    providers = {
+        "openai", "anthropic", "gemini", "deepseek", "xai", "mistral", "dashscope",
+        "moonshot", "zai", "groq", "together_ai", "cerebras",
+    }  # fmt: skip
+    assert {snapshot.models[m].provider for m in served} == providers
+    # every current model of those providers (chat, embedding, completion) but the three the
+    # file excludes (catalog entries that are no chat model to route to)
+    (excluded,) = [
+        s["exclude"]
+        for s in config_load(ROOT / "config" / "demo.toml")["deployment_sets"]
+        if "exclude" in s
+    ]
+    assert len(excluded) == 3
+    current = [
+        m.canonical_id
+        for m in snapshot.models.values()
+        if m.provider in providers and not m.deprecated_on(day) and m.canonical_id not in excluded
+    ]
+    assert sorted(current) == served
 
 
 def test_demo_applied_after_a_deprecation_date_leaves_that_model_out(monkeypatch):
