@@ -615,6 +615,7 @@ RECORD_FIELDS = (
     "fallback_used",
     "routing",
     "reference_model",
+    "tags",
 )
 
 

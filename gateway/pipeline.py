@@ -135,6 +135,8 @@ class CallContext:
     finished: bool = False
     cost: Decimal = ZERO
     settled: bool = False
+    # The caller's attribution (x-megarouter-tags, metadata): kept on the usage record
+    tags: dict[str, str] = field(default_factory=dict)
     # auto chat: the conversation's identity (a keyed hash, routing.stickiness), to record
     # which deployment holds its prompt cache once a turn is served
     conversation: str | None = None
@@ -866,4 +868,5 @@ def usage_event(ctx: CallContext, usage: Usage) -> UsageEventData:
             else str(settings.MEGAROUTER_DEFAULT_REFERENCE_MODEL)
         ),
         routing=routing,
+        tags=ctx.tags,
     )

@@ -6,11 +6,12 @@ read (well under a millisecond) and a rebuild tens of milliseconds, so a configu
 reaches every worker before it serves its next request, an idle one included; a re-check that
 hangs (a database unreachable while the shared cache lost the version) costs that request the
 bound, then it gets the value it had and the refresh goes on in the background (requests
-arriving meanwhile wait on the same re-check, within the same bound). The refresh runs the cache's ordinary sync loader on
-a small thread pool of its own (not Django's shared sync thread, which the async cache API and
-cold key loads use: a refresh hanging on an unreachable database must not queue those). A
-failed refresh is logged and retried by the next request after the interval. ``MEGAROUTER_REFRESH_POOL = False`` (the
-test suite) runs them on Django's sync thread instead, where a test's transaction is."""
+arriving meanwhile wait on the same re-check, within the same bound). The refresh runs the
+cache's ordinary sync loader on a small thread pool of its own (not Django's shared sync
+thread, which the async cache API and cold key loads use: a refresh hanging on an
+unreachable database must not queue those). A failed refresh is logged and retried by the
+next request after the interval. ``MEGAROUTER_REFRESH_POOL = False`` (the test suite) runs
+them on Django's sync thread instead, where a test's transaction is."""
 
 from __future__ import annotations
 

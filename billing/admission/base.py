@@ -173,6 +173,8 @@ class UsageEventData:
     routing: dict[str, Any] = field(default_factory=dict)
     # Canonical id savings are measured against ("": the default reference model).
     reference_model: str = ""
+    # The caller's request tags (gateway.wire.common.request_tags): metadata, never content.
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

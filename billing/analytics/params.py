@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import zoneinfo
 from collections.abc import Mapping
 from typing import Any
@@ -11,7 +12,13 @@ from typing import Any
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from billing.analytics.selectors import BUCKETS, DIMENSIONS, ID_DIMENSIONS, AnalyticsQuery
+from billing.analytics.selectors import (
+    BUCKETS,
+    DIMENSIONS,
+    ID_DIMENSIONS,
+    TAG_GROUP,
+    AnalyticsQuery,
+)
 from billing.errors import InvalidInput
 
 MAX_DAYS = 400
@@ -45,6 +52,29 @@ def _moment(raw: str, name: str, zone: zoneinfo.ZoneInfo, *, end: bool) -> dt.da
     return moment
 
 
+# A tag key as the gateway accepts it (gateway.wire.common.TAG_KEY; billing may not import it).
+TAG_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.:-]{0,62}[A-Za-z0-9])?")
+
+
+def _tag_key_ok(key: str) -> bool:
+    return TAG_KEY.fullmatch(key) is not None and "__" not in key
+
+
+def _tag_pair(raw: str) -> str:
+    key, sep, value = raw.partition("=")
+    if not sep or not value or not _tag_key_ok(key):
+        raise InvalidInput(
+            {"tag": "Use key=value (tag=feature=search); keys of letters, digits, _ . : -."}
+        )
+    return raw
+
+
+def _tag_group(name: str, dimensions: Mapping[str, str]) -> bool:
+    return (
+        "tag" in dimensions and name.startswith(TAG_GROUP) and _tag_key_ok(name[len(TAG_GROUP) :])
+    )
+
+
 def analytics_query_parse(
     params: Mapping[str, Any],
     *,
@@ -56,7 +86,8 @@ def analytics_query_parse(
     """``from`` / ``to`` (dates are whole days in the organization's zone, ``to`` included;
     or date-times) or ``days`` (the last N local days, today included; default 30);
     one parameter per dimension (comma-separated values); ``group_by`` (up to two
-    dimensions); ``bucket`` (hour | day). ``dimensions``: the usage figures' by default, the
+    dimensions, or ``tag:<key>``); ``bucket`` (hour | day). ``tag=key=value`` filters on request
+    tags (every pair given must match). ``dimensions``: the usage figures' by default, the
     failed-request counts' (``FAILURE_DIMENSIONS``) for those; ``whole_numbers``: the ones
     whose values are integers."""
     zone = zoneinfo.ZoneInfo(time_zone)
@@ -89,7 +120,9 @@ def analytics_query_parse(
         values = _values(params.getlist(name) if hasattr(params, "getlist") else get(name))
         if len(values) > MAX_VALUES:
             raise InvalidInput({name: f"At most {MAX_VALUES} values."})
-        if name in whole_numbers:
+        if name == "tag":
+            filters[name] = [_tag_pair(v) for v in values]
+        elif name in whole_numbers:
             try:
                 filters[name] = [int(v) for v in values]
             except ValueError:
@@ -99,7 +132,7 @@ def analytics_query_parse(
             filters[name] = values
 
     group_by = tuple(_values(get("group_by") or []))
-    unknown = [g for g in group_by if g not in dimensions]
+    unknown = [g for g in group_by if g not in dimensions and not _tag_group(g, dimensions)]
     if unknown:
         raise InvalidInput(
             {"group_by": f"Unknown dimension {unknown[0]!r}; use {', '.join(dimensions)}."}

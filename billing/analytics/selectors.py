@@ -25,6 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db.models import F, Model, QuerySet, Sum
+from django.db.models.fields.json import KT
 from django.db.models.functions import TruncDay, TruncHour
 
 from billing.analytics.reference import (
@@ -50,7 +51,11 @@ DIMENSIONS: dict[str, str] = {
     "strategy": "strategy",
     "status": "status",
     "reference_model": "reference_model",
+    # request tags: filter ``tag=feature=search`` (every pair must match), group by
+    # ``tag:feature``; raw records only (the rollups do not hold tags)
+    "tag": "tags",
 }
+TAG_GROUP = "tag:"
 ID_DIMENSIONS = frozenset({"department", "team", "project", "member", "key"})
 # The failed-request counts' dimensions (billing.models.FailedRequestCount): ``status`` is the
 # HTTP status answered there (a number), ``code`` the error object's code.
@@ -81,7 +86,7 @@ class AnalyticsQuery:
 
     @property
     def dimensions(self) -> set[str]:
-        return {DIMENSIONS[d] for d in (*self.filters, *self.group_by)}
+        return {DIMENSIONS.get(d, "tags") for d in (*self.filters, *self.group_by)}
 
 
 def period_days(query: AnalyticsQuery) -> list[dt.date]:
@@ -165,21 +170,36 @@ def _filtered(qs: QuerySet[Any], query: AnalyticsQuery, source: type[Model]) -> 
     tf = _time_field(source)
     qs = qs.filter(**{f"{tf}__gte": query.start, f"{tf}__lt": query.end})
     for name, values in query.filters.items():
-        if name == "reference_model" and source is UsageRecord:
+        if name == "tag":
+            qs = _tags_filtered(qs, values)
+        elif name == "reference_model" and source is UsageRecord:
             qs = qs.filter(reference_model_q(values))  # "": the default
         else:
             qs = qs.filter(**{f"{DIMENSIONS[name]}__in": list(values)})
     return qs
 
 
+def _tags_filtered(qs: QuerySet[Any], pairs: Sequence[str]) -> QuerySet[Any]:
+    for pair in pairs:  # "key=value", checked by the parser
+        key, _, value = pair.partition("=")
+        qs = qs.filter(**{f"tags__{key}": value})
+    return qs
+
+
 def _group_column(name: str, source: type[Model]) -> Any:
     if name == "reference_model" and source is UsageRecord:
         return reference_model_column()  # "": the default, as the rollups store it
+    if name.startswith(TAG_GROUP):
+        return KT(f"tags__{name[len(TAG_GROUP) :]}")  # "" ... None: the record has no such tag
     return F(DIMENSIONS[name])
 
 
+def _alias(dimension: str) -> str:
+    return "g_" + dimension.replace(":", "_").replace(".", "_").replace("-", "_")
+
+
 def _group_columns(query: AnalyticsQuery, source: type[Model]) -> dict[str, Any]:
-    return {f"g_{d}": _group_column(d, source) for d in query.group_by}
+    return {_alias(d): _group_column(d, source) for d in query.group_by}
 
 
 def analytics_reference_models(qs: QuerySet[Any], query: AnalyticsQuery) -> list[str]:
@@ -283,7 +303,7 @@ def failures_breakdown(
     qs: QuerySet[Any], query: AnalyticsQuery, *, limit: int = 1000
 ) -> list[dict[str, Any]]:
     """Counts grouped by ``query.group_by`` (one or two failure dimensions), most first."""
-    cols = {f"g_{d}": F(FAILURE_DIMENSIONS[d]) for d in query.group_by}
+    cols = {_alias(d): F(FAILURE_DIMENSIONS[d]) for d in query.group_by}
     rows = (
         _failures_filtered(qs, query)
         .annotate(**cols)
@@ -322,7 +342,7 @@ def failure_share(requests: int, failures: Mapping[str, Any]) -> Decimal | None:
 
 def _rename(row: dict[str, Any], group_by: tuple[str, ...]) -> dict[str, Any]:
     for d in group_by:
-        value = row.pop(f"g_{d}")
+        value = row.pop(_alias(d))
         if d in ID_DIMENSIONS:
             value = value or None  # rollups store "none" as 0
         row[d] = value

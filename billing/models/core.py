@@ -371,6 +371,10 @@ class UsageRecord(models.Model):
     # name the column: the database default): the default,
     # ``settings.MEGAROUTER_DEFAULT_REFERENCE_MODEL``. See billing.analytics.reference.
     reference_model = models.CharField(max_length=255, blank=True, default="", db_default="")
+    # The caller's request tags ({"feature": "search", "env": "prod", "user": "u-42"}): from
+    # the x-megarouter-tags header, OpenAI's metadata and user, Anthropic's metadata.user_id;
+    # bounded (docs/api.md, "Request tags"); analytics filter and group on them.
+    tags = models.JSONField(default=dict, blank=True, db_default={})
     ledger_entry = models.ForeignKey(
         LedgerEntry, null=True, on_delete=models.PROTECT, related_name="usage_records"
     )

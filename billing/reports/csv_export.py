@@ -42,6 +42,7 @@ COLUMNS = (
     "ttft_ms",
     "attempts",
     "fallback_used",
+    "tags",
 )
 _FIELDS = (
     "created_at",
@@ -66,6 +67,7 @@ _FIELDS = (
     "ttft_ms",
     "attempts",
     "fallback_used",
+    "tags",
 )
 
 
@@ -85,7 +87,7 @@ def usage_csv_rows(records: QuerySet[UsageRecord]) -> Iterator[tuple[Any, ...]]:
     for row in values.iterator(chunk_size=CHUNK):
         (created_at, request_id, dept, team, project, member, key, requested, model, provider,
          strategy, status, tin, tout, tcached, cost, cache_lost, reference_model, latency, ttft,
-         attempts, fallback) = row  # fmt: skip
+         attempts, fallback, tags) = row  # fmt: skip
         reference_model = effective_reference(reference_model)
         reference = pricer.cost(
             when=created_at,
@@ -120,7 +122,16 @@ def usage_csv_rows(records: QuerySet[UsageRecord]) -> Iterator[tuple[Any, ...]]:
             "" if ttft is None else ttft,
             attempts,
             "true" if fallback else "false",
+            _tags_text(tags),
         )
+
+
+def _tags_text(tags: Any) -> str:
+    """``feature=search;user=u-42``, keys sorted ("" without tags): one cell a spreadsheet can
+    split; the header form of the tags, with ';' (values may hold commas)."""
+    if not tags:
+        return ""
+    return ";".join(f"{k}={v}" for k, v in sorted(tags.items()))
 
 
 def usage_csv_write(*, report: Report, path: Path) -> int:

@@ -35,7 +35,7 @@ from gateway.errors import (
 from gateway.pipeline import CallContext
 from gateway.providers.types import ChatChunk, ProviderError, Usage
 from gateway.wire import anthropic, completions, embeddings, openai_chat, responses
-from gateway.wire.common import ROUTING_ALIASES, Inbound, parse_json_object
+from gateway.wire.common import ROUTING_ALIASES, Inbound, parse_json_object, request_tags
 from routing.engine import NoRoute, model_for_key, models_created, models_for_key
 
 logger = logging.getLogger("megarouter.gateway")
@@ -60,7 +60,16 @@ def _context(req: ApiRequest, route: str, key: Any, inbound: Inbound) -> CallCon
         client_request_id="x-request-id" in req.headers,
         debug=_debug(req),
         cache_breakpoints=inbound.cache_breakpoints,
+        tags=request_tags(req.headers, _metadata(route, inbound)),
     )
+
+
+def _metadata(route: str, inbound: Inbound) -> Any:
+    """The body's metadata a usage record keeps as tags: OpenAI's ``metadata`` object, or
+    Anthropic's ``metadata.user_id`` (parsed into ``chat.user``) as ``user``."""
+    if route in ("messages", "count_tokens"):
+        return {"user": inbound.chat.user} if inbound.chat.user else None
+    return inbound.chat.extra.get("metadata")
 
 
 def _debug(req: ApiRequest) -> bool:
@@ -485,6 +494,7 @@ async def embeddings_create(req: ApiRequest) -> ApiResponse:
         needs=frozenset({"embeddings"}),
         client_request_id="x-request-id" in req.headers,
         debug=_debug(req),
+        tags=request_tags(req.headers, None),
     )
     try:
         response = await pipeline.embed(ctx, request)

@@ -4,6 +4,8 @@ offending parameter, and the per-request routing override (``"megarouter": {...}
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,6 +239,55 @@ def get_stop(data: dict[str, Any], key: str = "stop", *, max_items: int = 4) -> 
 METADATA_KEYS = 16
 METADATA_KEY_CHARS = 64
 METADATA_VALUE_CHARS = 512
+
+# Request tags (docs/api.md, "Request tags"): what a usage record keeps of the caller's
+# attribution, metadata only. From the x-megarouter-tags header (``feature=search,env=prod``),
+# OpenAI's ``metadata`` and Anthropic's ``metadata.user_id`` (as ``user``). OpenAI's ``user``
+# is not kept: it is free text the caller did not mark as metadata.
+TAGS_HEADER = "x-megarouter-tags"
+TAG_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.:-]{0,62}[A-Za-z0-9])?")
+TAGS_MAX = 16  # in the header; with metadata's 16, at most 32 on a record
+TAG_VALUE_CHARS = 128  # longer metadata values are kept to their first 128 characters
+
+
+def request_tags(headers: Mapping[str, str], metadata: Any) -> dict[str, str]:
+    """The request's tags: ``metadata``'s (string values, cut to 128 characters), then the
+    header's, which win. A bad header is a 400 naming it; the errors never repeat a tag (they
+    are the caller's data)."""
+    tags: dict[str, str] = {}
+    if isinstance(metadata, Mapping):
+        for name, value in metadata.items():
+            if isinstance(name, str) and isinstance(value, str):
+                tags[name[:METADATA_KEY_CHARS]] = value[:TAG_VALUE_CHARS]
+    raw = headers.get(TAGS_HEADER)
+    if raw is not None:
+        tags.update(_header_tags(raw))
+    return tags
+
+
+def _header_tags(raw: str) -> dict[str, str]:
+    def bad(problem: str) -> InvalidRequest:
+        return InvalidRequest(
+            f"Invalid '{TAGS_HEADER}' header: {problem}. Use key=value pairs separated by "
+            f"commas (at most {TAGS_MAX}; keys of letters, digits, '_', '.', ':' or '-' up to "
+            f"64 characters; values up to {TAG_VALUE_CHARS} characters without commas).",
+            param=TAGS_HEADER,
+            code="invalid_tags",
+        )
+
+    pairs = [p.strip() for p in raw.split(",") if p.strip()]
+    if len(pairs) > TAGS_MAX:
+        raise bad(f"{len(pairs)} tags")
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not TAG_KEY.fullmatch(name) or "__" in name:
+            raise bad("a key is missing or has other characters")
+        if not value or len(value) > TAG_VALUE_CHARS or not value.isprintable():
+            raise bad("a value is empty, too long or not printable")
+        tags[name] = value
+    return tags
 
 
 def check_metadata(data: dict[str, Any], key: str = "metadata") -> dict[str, str] | None:

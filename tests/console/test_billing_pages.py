@@ -273,7 +273,7 @@ def test_usage_dashboard_totals_chart_and_csv(acme):
     csv_response = client.get("/o/acme/usage/?" + response.context["csv_query"])
     assert csv_response["Content-Type"] == "text/csv; charset=utf-8"
     lines = b"".join(csv_response.streaming_content).decode().strip().splitlines()
-    # the CSV a report has: the same 23 columns, savings included
+    # the CSV a report has: the same 25 columns, savings and tags included
     assert lines[0] == ",".join(COLUMNS)
     assert len(lines) == 2
     assert ",zeta/z-large,zeta," in lines[1] and ",100,50,0,0.750000000000," in lines[1]
