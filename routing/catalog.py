@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
@@ -94,6 +94,9 @@ class ModelInfo:
     prices: tuple[PriceVersion, ...] = field(repr=False)  # ascending effective_from
     deprecation_date: date | None = None
     output_vector_size: int | None = None  # embedding models: the most `dimensions` may ask
+    # ``created`` of /v1/models (Unix seconds): the release day at 00:00 UTC when the catalog
+    # knows it, else when the model entered this catalog (docs/catalog.md, "Release dates")
+    created: int = 0
     price_starts: tuple[datetime, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -266,6 +269,8 @@ _MODEL_FIELDS = (
     "quality_tier",
     "status",
     "deprecation_date",
+    "released_on",
+    "created_at",
 )
 
 
@@ -276,6 +281,10 @@ def _models(
     for m in Model.objects.order_by("canonical_id").values(*_MODEL_FIELDS):
         fields: dict[str, Any] = dict(m)
         provider = provider_by_id[fields.pop("provider_id")]
+        released, added = fields.pop("released_on"), fields.pop("created_at")
+        if released is not None:
+            added = datetime(released.year, released.month, released.day, tzinfo=UTC)
+        fields["created"] = int(added.timestamp())
         versions = tuple(prices.get(fields["id"], ()))
         model = ModelInfo(provider=provider.slug, prices=versions, **fields)
         models[model.canonical_id] = model

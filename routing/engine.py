@@ -31,7 +31,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from routing.catalog import (
@@ -64,7 +63,6 @@ from routing.eligibility import (
 )
 from routing.health import HealthStore, health_store
 from routing.policies import STRATEGIES, EffectivePolicy, PolicySpec, apolicy_for_key, matches
-from routing.selectors import model_created_times
 from routing.stickiness import CacheHolder, recall
 from routing.strategies import (
     DEFAULT_COST_QUALITY,
@@ -774,12 +772,6 @@ async def models_for_key(key: Any) -> list[ModelInfo]:
         for model_id in sorted(snapshot.deployments)
         if policy.model_allowed(model_id)
     ]
-
-
-async def models_created(model_ids: list[str]) -> dict[str, int]:
-    """The ``created`` of those ``/v1/models`` entries (``routing.selectors.
-    model_created_times``): one database read, as the snapshot carries no release dates."""
-    return await sync_to_async(model_created_times, thread_sensitive=True)(model_ids)
 
 
 async def model_for_key(key: Any, name: str) -> ModelInfo:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from datetime import UTC, datetime, time
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from django.db.models import QuerySet
@@ -33,21 +33,6 @@ def model_list(*, provider: str | None = None, mode: str | None = None) -> Query
     if mode:
         models = models.filter(mode=mode)
     return models
-
-
-def model_created_times(canonical_ids: Collection[str]) -> dict[str, int]:
-    """``created`` of ``/v1/models`` (Unix seconds) for these models, in one query: the
-    release day (``released_on``, at 00:00 UTC) when the catalog knows it, else the time the
-    model entered this catalog (``created_at``; docs/catalog.md, "Release dates")."""
-    rows = Model.objects.filter(canonical_id__in=list(canonical_ids)).values_list(
-        "canonical_id", "released_on", "created_at"
-    )
-    return {
-        canonical_id: int(
-            (datetime.combine(day, time(), UTC) if day is not None else added).timestamp()
-        )
-        for canonical_id, day, added in rows
-    }
 
 
 def deployment_list(*, enabled_only: bool = False) -> QuerySet[Deployment]:

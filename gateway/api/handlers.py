@@ -36,7 +36,7 @@ from gateway.pipeline import CallContext
 from gateway.providers.types import ChatChunk, ProviderError, Usage
 from gateway.wire import anthropic, completions, embeddings, openai_chat, responses
 from gateway.wire.common import ROUTING_ALIASES, Inbound, parse_json_object, request_tags
-from routing.engine import NoRoute, model_for_key, models_created, models_for_key
+from routing.engine import NoRoute, model_for_key, models_for_key
 
 logger = logging.getLogger("megarouter.gateway")
 
@@ -520,12 +520,7 @@ async def models_list(req: ApiRequest) -> ApiResponse:
     """The models this key may call (enabled deployments only), then the routing aliases.
     ``created``: the model's release date, else when it entered the catalog (docs/api.md)."""
     key = await _authenticate(req)
-    models = await models_for_key(key)
-    created = await models_created([m.canonical_id for m in models])
-    data = [
-        _model_json(m.canonical_id, m.provider, created.get(m.canonical_id, NO_DATE))
-        for m in models
-    ]
+    data = [_model_json(m.canonical_id, m.provider, m.created) for m in await models_for_key(key)]
     data += [_model_json(alias, "megarouter", NO_DATE) for alias in ROUTING_ALIASES]
     return ApiResponse.json({"object": "list", "data": data})
 
@@ -538,10 +533,7 @@ async def models_retrieve(req: ApiRequest, model_id: str) -> ApiResponse:
         model = await model_for_key(key, model_id)
     except NoRoute as exc:
         raise route_error(exc) from None
-    created = await models_created([model.canonical_id])
-    return ApiResponse.json(
-        _model_json(model.canonical_id, model.provider, created.get(model.canonical_id, NO_DATE))
-    )
+    return ApiResponse.json(_model_json(model.canonical_id, model.provider, model.created))
 
 
 # ---------------------------------------------------------------- dispatch
