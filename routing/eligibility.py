@@ -313,6 +313,10 @@ def eligible(
             flt.no("deprecated")
         elif flt.dimensions and entry.model.output_vector_size is None:
             flt.no("dimensions")  # auto asks the catalog: a size it does not know is out
+        elif entry.model.mode == "completion":
+            # text-completion (base) models take a chat request when asked for by name, but
+            # auto does not choose them: they are not tuned to follow a conversation
+            flt.no("mode")
         elif flt.model_ok(entry):
             deployments = tuple(d for d in entry.deployments if _static_ok(flt, d))
             if deployments:

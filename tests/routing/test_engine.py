@@ -93,6 +93,20 @@ def test_auto_leaves_out_a_model_past_its_deprecation_date_a_named_request_still
     assert names(named) == ["b-mid-eu"]
 
 
+def test_auto_leaves_out_text_completion_models_a_named_request_still_gets_them(catalog, store):
+    from routing.catalog import catalog_snapshot_reset
+    from routing.models import Model
+
+    # b-mid, the cheapest tier-2 model, becomes a base text-completion model
+    Model.objects.filter(canonical_id="beta/b-mid").update(mode="completion")
+    catalog_snapshot_reset()
+    chosen = route(request=req(), policy=policy(strategy="cost"), store=store)
+    assert names(chosen) == ["a-mid-us", "a-mid-eu", "b-large-us", "a-large-us"]
+    assert chosen.explain["rejected"]["mode"] == 1
+    named = route(request=req(model="beta/b-mid"), policy=policy(), store=store)
+    assert names(named) == ["b-mid-eu"]
+
+
 def test_auto_alias_names_the_strategy(catalog, store):
     decision = route(request=req(model="auto:cost"), policy=policy(), store=store)
     assert decision.strategy == "cost"
