@@ -249,7 +249,7 @@ def prompt_counts(request: ChatRequest | EmbeddingRequest) -> PromptCounts:
                     images_low += part.detail == "low"
                     images += part.detail != "low"
                 else:
-                    add(part.text)
+                    add(part.text or part.thinking)
         add(message.name)
         add(message.refusal)
         for call in message.tool_calls or ():
@@ -328,6 +328,7 @@ def _features(request: ChatRequest | EmbeddingRequest) -> RequestFeatures:
                 if part.type == "text"
                 else {"type": "image_url", "image_url": {"url": part.image_url or ""}}
                 for part in content
+                if not part.reasoning
             ]
         calls = len(message.tool_calls) if message.tool_calls else 0
         messages.append({"role": message.role, "content": content or "", "tool_calls": calls})
@@ -495,7 +496,11 @@ def _stream_opener(
 
 def _has_content(chunk: ChatChunk) -> bool:
     return chunk.usage is not None or any(
-        choice.delta.content or choice.delta.tool_calls or choice.finish_reason
+        choice.delta.content
+        or choice.delta.tool_calls
+        or choice.finish_reason
+        or choice.delta.thinking
+        or choice.delta.redacted_thinking is not None
         for choice in chunk.choices
     )
 
@@ -657,10 +662,12 @@ def _observe(ctx: CallContext, chunk: ChatChunk) -> None:
         ctx.usage = chunk.usage
     for choice in chunk.choices:
         delta = choice.delta
-        if delta.content or delta.tool_calls:
+        if delta.content or delta.tool_calls or delta.thinking:
             ctx.content_chunks += 1
         if delta.content:
             ctx.generated_chars += len(delta.content)
+        if delta.thinking:  # thinking is output, billed as such
+            ctx.generated_chars += len(delta.thinking)
         for call in delta.tool_calls or ():
             ctx.generated_chars += len(call.arguments or "") + len(call.name or "")
         if choice.finish_reason is not None:

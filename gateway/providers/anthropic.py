@@ -11,6 +11,14 @@ the gateway always sends one (the caller's, else the output admission held, see
 Usage: ``prompt_tokens`` = input + cache read + cache creation tokens (Anthropic's
 ``input_tokens`` excludes both), ``cached_tokens`` = cache read, ``cache_write_tokens`` = cache
 creation. ``stop_reason`` ``refusal`` maps to finish reason ``content_filter``.
+Extended thinking: ``ChatRequest.thinking`` goes as ``thinking``; an assistant turn's
+``thinking`` (with its signature) and ``redacted_thinking`` parts go back as they came, in
+their place before the turn's text and ``tool_use`` blocks (unsigned reasoning, from an
+OpenAI-compatible provider, is left out: Anthropic would refuse it). Answers' thinking blocks
+become thinking parts; streamed ``thinking_delta`` / ``signature_delta`` become
+``Delta.thinking`` / ``Delta.signature``, a redacted block ``Delta.redacted_thinking``.
+Anthropic counts thinking in ``output_tokens`` (no separate count), so it is billed at the
+output price.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from gateway.providers.types import (
     ChatResponse,
     Choice,
     ChunkChoice,
+    ContentPart,
     Delta,
     Endpoint,
     ErrorKind,
@@ -98,8 +107,22 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
         for part in content:
             if part.type == "text":
                 block = {"type": "text", "text": part.text or ""}
-            else:
+            elif part.type == "image":
                 block = _image_block(part.image_url)
+            elif part.type == "redacted_thinking" and message.role == "assistant":
+                blocks.append({"type": "redacted_thinking", "data": part.data or ""})
+                continue
+            elif part.type == "thinking" and message.role == "assistant" and part.signature:
+                blocks.append(
+                    {
+                        "type": "thinking",
+                        "thinking": part.thinking or "",
+                        "signature": part.signature,
+                    }
+                )
+                continue
+            else:
+                continue  # unsigned reasoning (another provider's): Anthropic refuses it
             blocks.append(_marked(block, part.cache_control))
     return blocks
 
@@ -167,6 +190,8 @@ def request_to_wire(request: ChatRequest, model: str, *, stream: bool) -> dict[s
         body["stop_sequences"] = request.stop
     if request.user:
         body["metadata"] = {"user_id": request.user}
+    if request.thinking is not None:
+        body["thinking"] = _thinking_wire(request)
     if request.tools:  # also with tool_choice "none": history may hold tool_use blocks
         body["tools"] = [
             {
@@ -197,6 +222,14 @@ def request_to_wire(request: ChatRequest, model: str, *, stream: bool) -> dict[s
     return body
 
 
+def _thinking_wire(request: ChatRequest) -> dict[str, Any]:
+    thinking = request.thinking
+    assert thinking is not None
+    if thinking.type == "enabled":
+        return {"type": "enabled", "budget_tokens": thinking.budget_tokens}
+    return {"type": "disabled"}
+
+
 def _part_mark(message: Message) -> dict[str, str] | None:
     """A system message's breakpoint: its own, or its last marked part's."""
     if message.cache_control:
@@ -224,10 +257,25 @@ def response_from_wire(data: dict[str, Any], fallback_model: str) -> ChatRespons
         raise error_from_body(0, httpx.Headers(), data)
     texts: list[str] = []
     calls: list[ToolCall] = []
+    parts: list[ContentPart] | None = None  # only when the answer holds reasoning
     for block in data["content"]:
         kind = block.get("type")
         if kind == "text":
             texts.append(block["text"])
+            if parts is not None:
+                parts.append(ContentPart(type="text", text=block["text"]))
+        elif kind in ("thinking", "redacted_thinking"):
+            if parts is None:
+                parts = [ContentPart(type="text", text=text) for text in texts]
+            if kind == "thinking":
+                part = ContentPart(
+                    type="thinking",
+                    thinking=block.get("thinking") or "",
+                    signature=block.get("signature") or "",
+                )
+            else:
+                part = ContentPart(type="redacted_thinking", data=block.get("data") or "")
+            parts.append(part)
         elif kind == "tool_use":
             calls.append(
                 ToolCall(
@@ -247,7 +295,7 @@ def response_from_wire(data: dict[str, Any], fallback_model: str) -> ChatRespons
                 index=0,
                 message=Message(
                     role="assistant",
-                    content=text,
+                    content=parts if parts is not None else text,
                     tool_calls=calls or None,
                     refusal=text if finish == "content_filter" else None,
                 ),
@@ -271,8 +319,10 @@ def error_from_body(status: int, headers: httpx.Headers, data: Any) -> ProviderE
 
 
 class AnthropicStreamDecoder(StreamDecoder):
-    """message_start -> role chunk; text_delta -> content; tool_use start / input_json_delta ->
-    tool call deltas; message_delta -> finish reason; message_stop -> the usage chunk."""
+    """message_start -> role chunk; text_delta -> content; thinking_delta / signature_delta ->
+    reasoning deltas (a redacted_thinking start -> its data); tool_use start /
+    input_json_delta -> tool call deltas; message_delta -> finish reason; message_stop -> the
+    usage chunk."""
 
     def __init__(self, model: str) -> None:
         self.sse = SSEDecoder()
@@ -321,11 +371,19 @@ class AnthropicStreamDecoder(StreamDecoder):
                     )
                 elif block.get("type") == "text" and block.get("text"):
                     out.append(self._chunk(Delta(content=block["text"])))
+                elif block.get("type") == "redacted_thinking":
+                    out.append(self._chunk(Delta(redacted_thinking=block.get("data") or "")))
+                elif block.get("type") == "thinking" and block.get("thinking"):
+                    out.append(self._chunk(Delta(thinking=block["thinking"])))
             elif kind == "content_block_delta":
                 delta = obj["delta"]
                 dtype = delta.get("type")
                 if dtype == "text_delta":
                     out.append(self._chunk(Delta(content=delta["text"])))
+                elif dtype == "thinking_delta":
+                    out.append(self._chunk(Delta(thinking=delta["thinking"])))
+                elif dtype == "signature_delta":
+                    out.append(self._chunk(Delta(signature=delta["signature"])))
                 elif dtype == "input_json_delta":
                     index = self.tool_index[int(obj["index"])]
                     out.append(
@@ -359,7 +417,7 @@ class AnthropicStreamDecoder(StreamDecoder):
                 break
             elif kind == "error":
                 raise error_from_body(0, httpx.Headers(), obj)
-            # ping, content_block_stop, thinking deltas: nothing to relay
+            # ping, content_block_stop: nothing to relay
 
     def finish(self) -> list[ChatChunk]:
         if not self.done:

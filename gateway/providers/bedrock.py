@@ -8,6 +8,12 @@ ConverseStream answers in the binary event stream framing (gateway.providers.eve
 decoded with CRC checks; its terminator is the ``metadata`` event (after ``messageStop``).
 Usage: ``prompt_tokens`` = inputTokens + cacheReadInputTokens + cacheWriteInputTokens (Bedrock
 reports the cache tokens apart from inputTokens).
+Extended thinking (Claude on Bedrock): ``ChatRequest.thinking`` enabled goes as
+``additionalModelRequestFields.thinking``; signed thinking parts go back as
+``reasoningContent.reasoningText {text, signature}``, redacted ones as
+``reasoningContent.redactedContent``, in their place in the assistant turn. Answers'
+``reasoningContent`` blocks and stream deltas (``text``, ``signature``, ``redactedContent``)
+become thinking parts and reasoning deltas. Reasoning tokens are inside ``outputTokens``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from gateway.providers.types import (
     ChatResponse,
     Choice,
     ChunkChoice,
+    ContentPart,
     Delta,
     Endpoint,
     ErrorKind,
@@ -97,6 +104,10 @@ def _content(message: Message) -> list[dict[str, Any]]:
     for part in content or ():
         if part.type == "text":
             blocks.append({"text": part.text or ""})
+        elif part.reasoning:
+            if message.role == "assistant" and (part.signature or part.data is not None):
+                blocks.append({"reasoningContent": _reasoning_wire(part)})
+            continue  # unsigned reasoning (another provider's) is not input
         else:
             url = part.image_url or ""
             if not url.startswith("data:"):
@@ -111,6 +122,21 @@ def _content(message: Message) -> list[dict[str, Any]]:
         if part.cache_control:
             blocks.append(CACHE_POINT)
     return blocks
+
+
+def _reasoning_wire(part: ContentPart) -> dict[str, Any]:
+    if part.type == "redacted_thinking":
+        return {"redactedContent": part.data or ""}
+    return {"reasoningText": {"text": part.thinking or "", "signature": part.signature or ""}}
+
+
+def _reasoning_part(block: dict[str, Any]) -> ContentPart:
+    if "redactedContent" in block:
+        return ContentPart(type="redacted_thinking", data=str(block["redactedContent"]))
+    text = block.get("reasoningText") or {}
+    return ContentPart(
+        type="thinking", thinking=text.get("text") or "", signature=text.get("signature")
+    )
 
 
 def _json_or_text(text: str) -> list[dict[str, Any]]:
@@ -220,6 +246,11 @@ def request_to_wire(request: ChatRequest) -> dict[str, Any]:
     tool_config = _tool_config(request)
     if tool_config is not None:
         body["toolConfig"] = tool_config
+    thinking = request.thinking
+    if thinking is not None and thinking.type == "enabled":
+        body["additionalModelRequestFields"] = {
+            "thinking": {"type": "enabled", "budget_tokens": thinking.budget_tokens}
+        }
     if request.extra:
         body.update(request.extra)
     return body
@@ -246,9 +277,16 @@ def response_from_wire(data: dict[str, Any], model: str) -> ChatResponse:
     message = data["output"]["message"]
     texts: list[str] = []
     calls: list[ToolCall] = []
+    parts: list[ContentPart] | None = None  # only when the answer holds reasoning
     for block in message.get("content") or ():
         if "text" in block:
             texts.append(block["text"])
+            if parts is not None:
+                parts.append(ContentPart(type="text", text=block["text"]))
+        elif "reasoningContent" in block:
+            if parts is None:
+                parts = [ContentPart(type="text", text=text) for text in texts]
+            parts.append(_reasoning_part(block["reasoningContent"]))
         elif "toolUse" in block:
             use = block["toolUse"]
             calls.append(
@@ -268,7 +306,7 @@ def response_from_wire(data: dict[str, Any], model: str) -> ChatResponse:
                 index=0,
                 message=Message(
                     role="assistant",
-                    content="".join(texts) if texts else None,
+                    content=parts if parts is not None else "".join(texts) if texts else None,
                     tool_calls=calls or None,
                 ),
                 finish_reason=finish,
@@ -350,6 +388,17 @@ class BedrockStreamDecoder(StreamDecoder):
                 delta = obj.get("delta") or {}
                 if "text" in delta:
                     out.append(self._chunk(Delta(content=delta["text"])))
+                elif "reasoningContent" in delta:
+                    reasoning = delta["reasoningContent"]
+                    out.append(
+                        self._chunk(
+                            Delta(
+                                thinking=reasoning.get("text"),
+                                signature=reasoning.get("signature"),
+                                redacted_thinking=reasoning.get("redactedContent"),
+                            )
+                        )
+                    )
                 elif "toolUse" in delta:
                     index = self.tool_index[int(obj.get("contentBlockIndex", 0))]
                     out.append(

@@ -108,6 +108,8 @@ def _parts(message: Message) -> list[dict[str, Any]]:
     for part in content or ():
         if part.type == "text":
             parts.append({"text": part.text or ""})
+        elif part.reasoning:
+            continue  # another provider's reasoning: Gemini keeps its own thoughts
         else:
             url = part.image_url or ""
             if url.startswith("data:"):

@@ -3,6 +3,11 @@ OpenAI-compatible provider by base URL: DeepSeek, xAI, Qwen (compatible mode), K
 Groq, Together, Fireworks, OpenRouter. The base URL includes the version prefix
 (``https://api.openai.com/v1``, ``https://api.deepseek.com/v1``); the adapter appends
 ``/chat/completions``, ``/embeddings``, ``/completions``.
+
+Reasoning text that OpenAI-compatible providers return beside the answer (DeepSeek, Qwen and
+vLLM ``reasoning_content``; OpenRouter and Groq ``reasoning``; in messages and stream deltas)
+becomes an unsigned thinking part / ``Delta.thinking``. Thinking parts are never sent back
+(DeepSeek refuses ``reasoning_content`` in input; OpenAI has no such field).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from gateway.providers.types import (
     ChatResponse,
     Choice,
     ChunkChoice,
+    ContentPart,
     Delta,
     Embedding,
     EmbeddingRequest,
@@ -63,12 +69,16 @@ def message_to_wire(message: Message) -> dict[str, Any]:
         for part in content:
             if part.type == "text":
                 parts.append({"type": "text", "text": part.text or ""})
+            elif part.reasoning:
+                continue  # reasoning is not input here (see the module docstring)
             else:
                 image: dict[str, Any] = {"url": part.image_url}
                 if part.detail:
                     image["detail"] = part.detail
                 parts.append({"type": "image_url", "image_url": image})
         out["content"] = parts
+        if not parts and any(part.reasoning for part in content):
+            out["content"] = None if message.tool_calls else ""
     else:
         out["content"] = content
     if message.name:
@@ -162,6 +172,22 @@ def usage_from_wire(data: dict[str, Any] | None) -> Usage:
     )
 
 
+def _reasoning(data: dict[str, Any]) -> str | None:
+    """The reasoning text beside a message or delta, under either compatible name."""
+    value = data.get("reasoning_content") or data.get("reasoning")
+    return value if isinstance(value, str) and value else None
+
+
+def _with_reasoning(reasoning: str | None, content: Any) -> Any:
+    """The message content, led by an unsigned thinking part when the provider reasoned."""
+    if reasoning is None:
+        return content
+    parts = [ContentPart(type="thinking", thinking=reasoning)]
+    if content:
+        parts.append(ContentPart(type="text", text=content))
+    return parts
+
+
 def response_from_wire(data: dict[str, Any], *, fallback_model: str) -> ChatResponse:
     if "error" in data and "choices" not in data:
         raise error_from_body(0, httpx.Headers(), data)
@@ -184,7 +210,7 @@ def response_from_wire(data: dict[str, Any], *, fallback_model: str) -> ChatResp
                 index=int(raw.get("index", len(choices))),
                 message=Message(
                     role="assistant",
-                    content=msg.get("content"),
+                    content=_with_reasoning(_reasoning(msg), msg.get("content")),
                     tool_calls=calls,
                     refusal=msg.get("refusal"),
                 ),
@@ -227,6 +253,7 @@ def chunk_from_wire(data: dict[str, Any], fallback_model: str) -> ChatChunk:
                     content=delta.get("content"),
                     tool_calls=calls,
                     refusal=delta.get("refusal"),
+                    thinking=_reasoning(delta),
                 ),
                 finish_reason=_FINISH.get(raw.get("finish_reason"), "stop"),
                 logprobs=raw.get("logprobs"),

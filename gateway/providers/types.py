@@ -21,14 +21,26 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"
 
 @dataclass(slots=True)
 class ContentPart:
-    """One part of a message: ``text`` or ``image`` (a URL or a ``data:`` URI)."""
+    """One part of a message: ``text``, ``image`` (a URL or a ``data:`` URI), or an assistant
+    turn's reasoning: ``thinking`` (its text and the provider's ``signature``, which Anthropic
+    checks when the block is passed back) or ``redacted_thinking`` (encrypted ``data``). The
+    reasoning parts keep their place among the text parts; :meth:`Message.text` skips them."""
 
-    type: Literal["text", "image"]
+    type: Literal["text", "image", "thinking", "redacted_thinking"]
     text: str | None = None
     image_url: str | None = None
     detail: str | None = None  # "auto" | "low" | "high"
     # A prompt-cache breakpoint after this part (Anthropic's cache_control object, as sent)
     cache_control: dict[str, str] | None = None
+    thinking: str | None = None  # type == "thinking": the reasoning text
+    # type == "thinking": the provider's signature, passed back unmodified (None: the provider
+    # gave none, as OpenAI-compatible reasoning_content has none)
+    signature: str | None = None
+    data: str | None = None  # type == "redacted_thinking": the encrypted reasoning
+
+    @property
+    def reasoning(self) -> bool:
+        return self.type in ("thinking", "redacted_thinking")
 
 
 @dataclass(slots=True)
@@ -60,6 +72,14 @@ class Message:
             return self.content
         return "".join(part.text or "" for part in self.content if part.type == "text")
 
+    def thinking_text(self) -> str | None:
+        """The reasoning text of this (assistant) turn's thinking parts, joined; None if it
+        has none."""
+        if not isinstance(self.content, list):
+            return None
+        texts = [part.thinking or "" for part in self.content if part.type == "thinking"]
+        return "".join(texts) if texts else None
+
 
 @dataclass(slots=True)
 class Tool:
@@ -76,6 +96,15 @@ class ResponseFormat:
     name: str | None = None
     schema: dict[str, Any] | None = None
     strict: bool | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class ThinkingConfig:
+    """Anthropic's extended thinking (``thinking``): enabled with a budget of reasoning tokens
+    (at least 1024, under ``max_tokens``), or disabled."""
+
+    type: Literal["enabled", "disabled"]
+    budget_tokens: int | None = None
 
 
 @dataclass(slots=True)
@@ -99,6 +128,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage
     reasoning_effort: str | None = None
+    thinking: ThinkingConfig | None = None  # Anthropic extended thinking, as the caller sent
     # Provider-specific fields passed through untouched by adapters that understand them.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -160,6 +190,11 @@ class Delta:
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
     refusal: str | None = None
+    # Reasoning, streamed before the answer: a fragment of a thinking block's text, the
+    # block's signature (it closes the block), or a whole redacted_thinking block's data.
+    thinking: str | None = None
+    signature: str | None = None
+    redacted_thinking: str | None = None
 
 
 @dataclass(slots=True)

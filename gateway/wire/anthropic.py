@@ -16,6 +16,7 @@ from gateway.providers.types import (
     ChatResponse,
     ContentPart,
     Message,
+    ThinkingConfig,
     Tool,
     ToolCall,
     Usage,
@@ -73,6 +74,9 @@ KNOWN = frozenset(
 # the input price, a price the catalog does not hold: refused rather than charged wrongly.
 MAX_CACHE_BREAKPOINTS = 4
 CACHE_TTLS = ("5m",)
+# Extended thinking: the smallest budget Anthropic takes (and it must stay under max_tokens).
+MIN_THINKING_BUDGET = 1024
+THINKING_DOCS = "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
 
 
 # The token-counting request's fields (``POST /v1/messages/count_tokens``): the message
@@ -101,12 +105,14 @@ def parse_count_tokens(data: dict[str, Any]) -> Inbound:
     """A ``count_tokens`` body: the same fields as a message, checked the same way, without
     ``max_tokens`` or any generation setting."""
     _reject_extra(data, COUNT_KNOWN)
-    inbound = parse_messages({**data, "max_tokens": 1})
+    inbound = parse_messages({**data, "max_tokens": 1}, counting=True)
     inbound.chat.max_tokens = None
     return inbound
 
 
-def parse_messages(data: dict[str, Any]) -> Inbound:
+def parse_messages(data: dict[str, Any], *, counting: bool = False) -> Inbound:
+    """A message body; ``counting``: a count_tokens body, which has no ``max_tokens`` for a
+    thinking budget to stay under."""
     _reject_extra(data, KNOWN)
     model = require_model(data)
     max_tokens = get_int(data, "max_tokens", minimum=1)
@@ -172,13 +178,50 @@ def parse_messages(data: dict[str, Any]) -> Inbound:
         _reject_extra(metadata, frozenset({"user_id"}), "metadata.")
         chat.user = get_str(metadata, "user_id", "metadata.user_id")
     get_choice(data, "service_tier", ("auto", "standard_only"))
-    thinking = get_dict(data, "thinking")
-    if thinking is not None and thinking.get("type") == "enabled":
-        budget = get_int(thinking, "budget_tokens", "thinking.budget_tokens", minimum=1)
-        chat.extra["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    chat.thinking = _thinking(data, None if counting else max_tokens)
+    if chat.thinking is not None and chat.thinking.type == "enabled":
         inbound.need(CAP_REASONING, "thinking")
     inbound.override = parse_override(data)
     return inbound
+
+
+def _thinking(data: dict[str, Any], max_tokens: int | None) -> ThinkingConfig | None:
+    """``thinking``, checked as Anthropic checks it: ``{"type": "disabled"}`` or
+    ``{"type": "enabled", "budget_tokens": N}`` with 1024 <= N < ``max_tokens``."""
+    raw = get_dict(data, "thinking")
+    if raw is None:
+        return None
+    kind = raw.get("type")
+    if kind is None:
+        raise missing("thinking.type")
+    if kind == "disabled":
+        _reject_extra(raw, frozenset({"type"}), "thinking.")
+        return ThinkingConfig(type="disabled")
+    if kind != "enabled":
+        raise InvalidRequest(
+            "Invalid value for 'thinking.type': expected enabled or disabled.",
+            param="thinking.type",
+            code="invalid_value",
+        )
+    _reject_extra(raw, frozenset({"type", "budget_tokens"}), "thinking.")
+    budget = get_int(raw, "budget_tokens", "thinking.budget_tokens")
+    if budget is None:
+        raise missing("thinking.budget_tokens")
+    if budget < MIN_THINKING_BUDGET:
+        raise InvalidRequest(
+            f"thinking.budget_tokens: Input should be greater than or equal to "
+            f"{MIN_THINKING_BUDGET}",
+            param="thinking.budget_tokens",
+            code="invalid_value",
+        )
+    if max_tokens is not None and max_tokens <= budget:
+        raise InvalidRequest(
+            "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
+            f"documentation at {THINKING_DOCS}#max-tokens-and-context-window-size",
+            param="thinking.budget_tokens",
+            code="invalid_value",
+        )
+    return ThinkingConfig(type="enabled", budget_tokens=budget)
 
 
 def _message(raw: Any, param: str, inbound: Inbound) -> None:
@@ -222,8 +265,10 @@ def _message(raw: Any, param: str, inbound: Inbound) -> None:
             result = _tool_result(block, block_param)
             result.cache_control = mark
             results.append(result)
+        elif kind in ("thinking", "redacted_thinking") and role == "assistant":
+            parts.append(_thinking_block(block, block_param, kind, mark))
         elif kind in ("thinking", "redacted_thinking"):
-            continue  # earlier turns' reasoning; not replayed to other providers
+            continue  # reasoning in a user turn means nothing to any provider
         elif kind is None:
             raise missing(f"{block_param}.type")
         else:
@@ -233,6 +278,30 @@ def _message(raw: Any, param: str, inbound: Inbound) -> None:
                 param=f"{block_param}.type",
             )
     _add_turn(messages, role, parts, calls, results, param)
+
+
+def _thinking_block(
+    block: dict[str, Any], param: str, kind: str, mark: dict[str, str] | None
+) -> ContentPart:
+    """An assistant turn's ``thinking`` / ``redacted_thinking`` block, kept exactly (Anthropic
+    checks its signature when it comes back); it takes no ``cache_control``."""
+    if mark is not None:
+        raise InvalidRequest(
+            f"{param}.cache_control: Extra inputs are not permitted",
+            param=f"{param}.cache_control",
+            code="unknown_parameter",
+        )
+    if kind == "redacted_thinking":
+        _reject_extra(block, frozenset({"type", "data"}), f"{param}.")
+        return ContentPart(
+            type="redacted_thinking", data=require_str(block, "data", f"{param}.data")
+        )
+    _reject_extra(block, frozenset({"type", "thinking", "signature"}), f"{param}.")
+    return ContentPart(
+        type="thinking",
+        thinking=require_str(block, "thinking", f"{param}.thinking"),
+        signature=require_str(block, "signature", f"{param}.signature"),
+    )
 
 
 def _cache_control(block: dict[str, Any], param: str, inbound: Inbound) -> dict[str, str] | None:
@@ -434,9 +503,13 @@ def render_message(response: ChatResponse, model_id: str) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     stop_reason = "end_turn"
     if choice is not None:
-        text = choice.message.text()
-        if text:
-            content.append({"type": "text", "text": text})
+        parts = choice.message.content
+        if isinstance(parts, list) and any(part.reasoning for part in parts):
+            content.extend(_blocks_with_thinking(parts))
+        else:
+            text = choice.message.text()
+            if text:
+                content.append({"type": "text", "text": text})
         for call in choice.message.tool_calls or []:
             content.append(
                 {
@@ -459,6 +532,23 @@ def render_message(response: ChatResponse, model_id: str) -> dict[str, Any]:
     }
 
 
+def _thinking_json(part: ContentPart) -> dict[str, Any]:
+    if part.type == "redacted_thinking":
+        return {"type": "redacted_thinking", "data": part.data or ""}
+    return {"type": "thinking", "thinking": part.thinking or "", "signature": part.signature or ""}
+
+
+def _blocks_with_thinking(parts: list[ContentPart]) -> list[dict[str, Any]]:
+    """An answer's reasoning and text blocks in the order the provider gave them."""
+    blocks: list[dict[str, Any]] = []
+    for part in parts:
+        if part.reasoning:
+            blocks.append(_thinking_json(part))
+        elif part.type == "text" and part.text:
+            blocks.append({"type": "text", "text": part.text})
+    return blocks
+
+
 def _msg_id(upstream_id: str) -> str:
     return upstream_id if upstream_id.startswith("msg_") else f"msg_{uuid.uuid4().hex}"
 
@@ -474,7 +564,7 @@ class MessagesStream:
 
     def __init__(self) -> None:
         self.block_index = -1
-        self.open_kind: str | None = None  # "text" or "tool_use"
+        self.open_kind: str | None = None  # "thinking", "text" or "tool_use"
         self.tool_blocks: dict[int, int] = {}  # tool-call index -> block index
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
@@ -498,6 +588,53 @@ class MessagesStream:
         self.open_kind = None
         return [_event("content_block_stop", {"index": self.block_index})]
 
+    def _open(self, kind: str, block: dict[str, Any]) -> list[bytes]:
+        events = self._close()
+        self.block_index += 1
+        self.open_kind = kind
+        events.append(
+            _event("content_block_start", {"index": self.block_index, "content_block": block})
+        )
+        return events
+
+    def _reasoning(self, delta: Any) -> list[bytes]:
+        """A delta's reasoning: a redacted_thinking block whole (start, stop), thinking text
+        into the open thinking block (a new one after a signature closed the last), the
+        signature as its signature_delta, which ends the block."""
+        events: list[bytes] = []
+        if delta.redacted_thinking is not None:
+            events += self._open(
+                "redacted_thinking", {"type": "redacted_thinking", "data": delta.redacted_thinking}
+            )
+            events += self._close()
+        if delta.thinking or (delta.signature is not None and self.open_kind != "thinking"):
+            if self.open_kind != "thinking":
+                events += self._open(
+                    "thinking", {"type": "thinking", "thinking": "", "signature": ""}
+                )
+            if delta.thinking:
+                events.append(
+                    _event(
+                        "content_block_delta",
+                        {
+                            "index": self.block_index,
+                            "delta": {"type": "thinking_delta", "thinking": delta.thinking},
+                        },
+                    )
+                )
+        if delta.signature is not None:
+            events.append(
+                _event(
+                    "content_block_delta",
+                    {
+                        "index": self.block_index,
+                        "delta": {"type": "signature_delta", "signature": delta.signature},
+                    },
+                )
+            )
+            events += self._close()
+        return events
+
     def chunk(self, chunk: ChatChunk) -> list[bytes]:
         events: list[bytes] = []
         if chunk.usage is not None:
@@ -506,6 +643,12 @@ class MessagesStream:
             if choice.index != 0:
                 continue
             delta = choice.delta
+            if (
+                delta.thinking is not None
+                or delta.signature is not None
+                or delta.redacted_thinking is not None
+            ):
+                events += self._reasoning(delta)
             if delta.content:
                 if self.open_kind != "text":
                     events += self._close()

@@ -400,14 +400,28 @@ def tool_calls_json(calls: list[ToolCall]) -> list[dict[str, Any]]:
     ]
 
 
+def _content(message: Message) -> str | None:
+    """The answer's text; None when it has none (tool calls, or reasoning only)."""
+    content = message.content
+    if isinstance(content, list) and not any(part.type == "text" for part in content):
+        return None
+    return message.text() if content is not None else None
+
+
 def render_chat(response: ChatResponse, model_id: str) -> dict[str, Any]:
+    """``chat.completion``; the provider's reasoning (Anthropic thinking, DeepSeek reasoning)
+    goes in ``message.reasoning_content``, as DeepSeek and OpenRouter send it, never in
+    ``content``."""
     choices = []
     for choice in response.choices:
         message: dict[str, Any] = {
             "role": "assistant",
-            "content": choice.message.text() if choice.message.content is not None else None,
+            "content": _content(choice.message),
             "refusal": choice.message.refusal,
         }
+        reasoning = choice.message.thinking_text()
+        if reasoning is not None:
+            message["reasoning_content"] = reasoning
         if choice.message.tool_calls:
             message["tool_calls"] = tool_calls_json(choice.message.tool_calls)
         choices.append(
@@ -439,6 +453,8 @@ def render_chunk(chunk: ChatChunk, model_id: str, *, include_usage: bool) -> dic
             delta["role"] = choice.delta.role
         if choice.delta.content is not None:
             delta["content"] = choice.delta.content
+        if choice.delta.thinking:
+            delta["reasoning_content"] = choice.delta.thinking
         if choice.delta.refusal is not None:
             delta["refusal"] = choice.delta.refusal
         if choice.delta.tool_calls:
