@@ -1,4 +1,11 @@
-"""The simulator's Anthropic Messages surface (``POST /anthropic/v1/messages``)."""
+"""The simulator's Anthropic Messages surface (``POST /anthropic/v1/messages``).
+
+Extended thinking as the real API does it: ``thinking`` enabled (budget >= 1024 and under
+``max_tokens``, else a 400) starts the answer with a thinking block, its text signed
+(engine.thinking_signature), streamed as thinking_delta then signature_delta; a follow-up whose
+final assistant turn (the one with the last tool_use) does not start with its thinking block,
+or carries a thinking block whose text or signature changed, is refused with Anthropic's 400.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,18 @@ from typing import Any
 
 import orjson
 
-from gateway.simulator.engine import Generation, Knobs, SimRequest, SimTool, generate, pieces
+from gateway.simulator.engine import (
+    Generation,
+    Knobs,
+    Rejected,
+    SimRequest,
+    SimTool,
+    generate,
+    pieces,
+    redacted_data,
+    redacted_valid,
+    thinking_signature,
+)
 from gateway.simulator.replies import Reply, StreamReply, json_reply, sse
 
 _STOP = {
@@ -16,6 +34,7 @@ _STOP = {
     "content_filter": "refusal",
 }
 REFUSAL = "I can't help with that."
+THINKING_DOCS = "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
 
 
 def _text_of(content: Any) -> str:
@@ -36,7 +55,7 @@ def _text_of(content: Any) -> str:
     return " ".join(out)
 
 
-def parse(model: str, knobs: Knobs, body: dict[str, Any]) -> SimRequest:
+def parse(model: str, knobs: Knobs, body: dict[str, Any], *, counting: bool = False) -> SimRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages: field required")
@@ -65,6 +84,7 @@ def parse(model: str, knobs: Knobs, body: dict[str, Any]) -> SimRequest:
                 isinstance(b, dict) and b.get("type") == "tool_result" for b in content
             )
             last_user = text
+    thinking = _thinking(body, counting=counting)
     tools = [SimTool(t["name"], t.get("input_schema")) for t in body.get("tools") or ()]
     choice = body.get("tool_choice") or {}
     tool_choice: str | dict[str, str] | None = {
@@ -88,7 +108,70 @@ def parse(model: str, knobs: Knobs, body: dict[str, Any]) -> SimRequest:
         tool_choice=tool_choice,
         stream=bool(body.get("stream")),
         breakpoints=tuple(breakpoints),
+        thinking=thinking,
     )
+
+
+def _thinking(body: dict[str, Any], *, counting: bool) -> bool:
+    """Whether extended thinking is on; its budget and the conversation's thinking blocks
+    checked as the real API checks them (``Rejected`` with its message)."""
+    config = body.get("thinking")
+    if not isinstance(config, dict) or config.get("type") != "enabled":
+        return False
+    budget = config.get("budget_tokens")
+    if not isinstance(budget, int) or budget < 1024:
+        raise Rejected(
+            "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+        )
+    if not counting and int(body["max_tokens"]) <= budget:
+        raise Rejected(
+            "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
+            f"documentation at {THINKING_DOCS}#max-tokens-and-context-window-size"
+        )
+    messages = body["messages"]
+    for index, message in enumerate(messages):
+        content = message.get("content")
+        if message.get("role") != "assistant" or not isinstance(content, list):
+            continue
+        for position, block in enumerate(content):
+            kind = block.get("type") if isinstance(block, dict) else None
+            where = f"messages.{index}.content.{position}"
+            if kind == "thinking" and block.get("signature") != thinking_signature(
+                str(block.get("thinking"))
+            ):
+                raise Rejected(f"{where}: Invalid `signature` in `thinking` block")
+            if kind == "redacted_thinking" and not redacted_valid(str(block.get("data"))):
+                raise Rejected(f"{where}: Invalid `data` in `redacted_thinking` block")
+    final = _final_tool_turn(messages)
+    if final is not None:
+        index, content = final
+        first = content[0].get("type") if content and isinstance(content[0], dict) else None
+        if first not in ("thinking", "redacted_thinking"):
+            raise Rejected(
+                f"messages.{index}.content.0.type: Expected `thinking` or `redacted_thinking`, "
+                f"but found `{first}`. When `thinking` is enabled, a final `assistant` message "
+                "must start with a thinking block (preceeding the lastmost set of `tool_use` and "
+                "`tool_result` blocks). We recommend you include thinking blocks from previous "
+                "turns. To avoid this requirement, disable `thinking`. Please consult our "
+                f"documentation at {THINKING_DOCS}"
+            )
+    return True
+
+
+def _final_tool_turn(messages: list[Any]) -> tuple[int, list[Any]] | None:
+    """The last assistant turn, with its index, when it called tools and the conversation
+    continues from its results (the turn the real API wants to start with thinking)."""
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        content = message.get("content")
+        if isinstance(content, list) and any(
+            isinstance(b, dict) and b.get("type") == "tool_use" for b in content
+        ):
+            return index, content
+        return None
+    return None
 
 
 def _marked(content: Any) -> bool:
@@ -107,7 +190,21 @@ def _usage(gen: Generation, output: int | None = None, written: int = 0) -> dict
     }
 
 
+def _reasoning_block(gen: Generation) -> dict[str, Any]:
+    """The answer's thinking block, signed (or redacted, for Anthropic's trigger string)."""
+    text = gen.thinking or ""
+    if gen.redacted:
+        return {"type": "redacted_thinking", "data": redacted_data(text)}
+    return {"type": "thinking", "thinking": text, "signature": thinking_signature(text)}
+
+
 def _content(gen: Generation) -> list[dict[str, Any]]:
+    if gen.thinking is not None and gen.finish != "content_filter":
+        return [_reasoning_block(gen), *_answer(gen)]
+    return _answer(gen)
+
+
+def _answer(gen: Generation) -> list[dict[str, Any]]:
     if gen.tool_calls:
         return [
             {
@@ -160,10 +257,31 @@ def _block_stop(index: int) -> bytes:
     return sse({"type": "content_block_stop", "index": index}, "content_block_stop")
 
 
-def _tool_use_events(gen: Generation) -> list[bytes]:
-    """One ``tool_use`` block per call (a ping after the first start), input as JSON pieces."""
+def _thinking_events(gen: Generation) -> list[bytes]:
+    """Block 0: the thinking block (a ping after its start), its text as thinking_delta
+    pieces, then its signature_delta; or a redacted_thinking block, whole in its start."""
+    block = _reasoning_block(gen)
+    if block["type"] == "redacted_thinking":
+        return [_block_start(0, block), sse({"type": "ping"}, "ping"), _block_stop(0)]
+    text = block["thinking"]
+    events = [
+        _block_start(0, {"type": "thinking", "thinking": "", "signature": ""}),
+        sse({"type": "ping"}, "ping"),
+    ]
+    events.extend(
+        _block_delta(0, {"type": "thinking_delta", "thinking": piece}) for piece in pieces(text)
+    )
+    events.append(_block_delta(0, {"type": "signature_delta", "signature": block["signature"]}))
+    events.append(_block_stop(0))
+    return events
+
+
+def _tool_use_events(gen: Generation, first: int = 0) -> list[bytes]:
+    """One ``tool_use`` block per call from block ``first`` (a ping after the first start
+    when it is block 0), input as JSON pieces."""
     events: list[bytes] = []
-    for index, call in enumerate(gen.tool_calls):
+    for offset, call in enumerate(gen.tool_calls):
+        index = first + offset
         block = {
             "type": "tool_use",
             "id": "toolu_" + call.id[5:],
@@ -181,12 +299,17 @@ def _tool_use_events(gen: Generation) -> list[bytes]:
     return events
 
 
-def _text_events(gen: Generation) -> list[bytes]:
-    """One text block (the refusal for a filtered answer), a ping after its start."""
+def _text_events(gen: Generation, index: int = 0) -> list[bytes]:
+    """One text block (the refusal for a filtered answer), a ping after its start when it is
+    block 0."""
     text = REFUSAL if gen.finish == "content_filter" else gen.text or ""
-    events = [_block_start(0, {"type": "text", "text": ""}), sse({"type": "ping"}, "ping")]
-    events.extend(_block_delta(0, {"type": "text_delta", "text": piece}) for piece in pieces(text))
-    events.append(_block_stop(0))
+    events = [_block_start(index, {"type": "text", "text": ""})]
+    if index == 0:
+        events.append(sse({"type": "ping"}, "ping"))
+    events.extend(
+        _block_delta(index, {"type": "text_delta", "text": piece}) for piece in pieces(text)
+    )
+    events.append(_block_stop(index))
     return events
 
 
@@ -207,7 +330,11 @@ def message_stream(request: SimRequest) -> StreamReply:
         },
     }
     events = [sse(start, "message_start")]
-    events.extend(_tool_use_events(gen) if gen.tool_calls else _text_events(gen))
+    first = 0
+    if gen.thinking is not None and gen.finish != "content_filter":
+        events.extend(_thinking_events(gen))
+        first = 1
+    events.extend(_tool_use_events(gen, first) if gen.tool_calls else _text_events(gen, first))
     events.append(
         sse(
             {

@@ -11,7 +11,9 @@ equal the non-streamed text and their count equals ``completion_tokens``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import math
 import random
 import re
@@ -122,6 +124,42 @@ class KnobError(ValueError):
     pass
 
 
+class Rejected(ValueError):
+    """A request the provider refuses with a 400 carrying exactly this message."""
+
+
+# Extended thinking (Anthropic): the simulator signs its thinking text with this key, so a
+# block passed back with its text or signature changed is refused, as the real API refuses it.
+THINKING_KEY = b"megarouter-simulator-thinking"
+# The prompt Anthropic documents for testing redacted thinking: the answer's reasoning comes
+# as a redacted_thinking block.
+REDACTED_TRIGGER = (
+    "ANTHROPIC_MAGIC_STRING_TRIGGER_REDACTED_THINKING_46C9A13E193C177646C7"
+    "398A98432ECCCE4C1253D5E2D82641AC0E52CC2876CB"
+)
+
+
+def thinking_signature(text: str) -> str:
+    """The signature of a thinking block's text: base64 of its HMAC-SHA256."""
+    digest = hmac.new(THINKING_KEY, text.encode("utf-8", "surrogatepass"), hashlib.sha256)
+    return base64.b64encode(digest.digest()).decode()
+
+
+def redacted_data(text: str) -> str:
+    """A redacted_thinking block's data: the text, then its signature (checkable later)."""
+    payload = base64.b64encode(text.encode("utf-8", "surrogatepass")).decode()
+    return f"{payload}.{thinking_signature('redacted:' + text)}"
+
+
+def redacted_valid(data: str) -> bool:
+    payload, _, signature = data.partition(".")
+    try:
+        text = base64.b64decode(payload, validate=True).decode("utf-8", "surrogatepass")
+    except ValueError:
+        return False
+    return hmac.compare_digest(signature, thinking_signature("redacted:" + text))
+
+
 # Knobs that size what the simulator builds: bounded, so no model name can make it allocate
 # without end (a fault must never take the rest of a ``make run`` stack down).
 KNOB_MAX = {"tokens": 1_000_000, "dims": 65_536, "reasoning": 1_000_000, "cached": 10_000_000}
@@ -149,11 +187,12 @@ class Knobs:
     dims: int | None = None
     cached: int = 0
     reasoning: int = 0
+    think: int = 0  # OpenAI surface: answer with reasoning_content first (DeepSeek's field)
     raw: str = ""
     cache_write: int = 0  # set by the prompt cache (Anthropic breakpoints), not a knob
 
     _INT = ("times", "seed", "retry_after_ms", "after", "stall_ms", "ttft_ms", "token_ms",
-            "tokens", "ctx", "dims", "cached", "reasoning")  # fmt: skip
+            "tokens", "ctx", "dims", "cached", "reasoning", "think")  # fmt: skip
     _FLOAT = ("for_s", "pct", "retry_after", "retry_after_date")
 
     def apply(self, spec: str) -> None:
@@ -233,6 +272,7 @@ class SimRequest:
     # Anthropic cache_control breakpoints: indexes into texts of the message each closes
     # (-1: after the tools)
     breakpoints: tuple[int, ...] = ()
+    thinking: bool = False  # extended thinking enabled: the answer starts with reasoning
 
 
 @dataclass(slots=True)
@@ -252,6 +292,8 @@ class Generation:
     completion_tokens: int
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    thinking: str | None = None  # the reasoning (extended thinking), counted in completion
+    redacted: bool = False  # the reasoning goes out as a redacted_thinking block
 
     @property
     def pieces(self) -> list[str]:
@@ -345,16 +387,24 @@ def generate(request: SimRequest, choice_index: int = 0) -> Generation:
     limit = None if knobs.fault == "overrun" else request.max_tokens  # ignores the limit
     if knobs.fault == "filter" or FILTER_TRIGGER in request.last_user:
         return Generation(id_hash, None, [], "content_filter", prompt, 0, cached)
+    thinking = None
+    if request.thinking:
+        thinking = "Let me think: " + " ".join(_words(seed[::-1], 6 + seed[1] % 7)) + "."
+        thought = count_tokens(thinking)  # billed as output: within completion_tokens
+        limit = None if limit is None else max(limit - thought, 0)
+    else:
+        thought = 0
 
     tool = _wants_tool(request)
     if tool is not None:
         rng = random.Random(seed)
         arguments = orjson.dumps(instance_for(tool.parameters or {}, rng)).decode()
         call = SimToolCall(id="call_" + id_hash, name=tool.name, arguments=arguments)
-        completion = count_tokens(arguments) + knobs.reasoning
+        completion = count_tokens(arguments) + knobs.reasoning + thought
         return Generation(
-            id_hash, None, [call], "tool_calls", prompt, completion, cached, knobs.reasoning
-        )
+            id_hash, None, [call], "tool_calls", prompt, completion, cached,
+            knobs.reasoning + thought, thinking, REDACTED_TRIGGER in request.last_user,
+        )  # fmt: skip
 
     if request.json_mode == "schema" and request.schema is not None:
         text = orjson.dumps(instance_for(request.schema, random.Random(seed))).decode()
@@ -377,9 +427,11 @@ def generate(request: SimRequest, choice_index: int = 0) -> Generation:
         [],
         finish,
         prompt,
-        len(parts) + knobs.reasoning,
+        len(parts) + knobs.reasoning + thought,
         cached,
-        knobs.reasoning,
+        knobs.reasoning + thought,
+        thinking,
+        REDACTED_TRIGGER in request.last_user,
     )
 
 

@@ -91,6 +91,7 @@ def parse_chat(provider: str, model: str, knobs: Knobs, body: dict[str, Any]) ->
         stream=bool(body.get("stream")),
         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
         n=_choices(body.get("n")),
+        thinking=bool(knobs.think),
     )
 
 
@@ -118,6 +119,8 @@ def _message(gen: Generation) -> dict[str, Any]:
     }
     if gen.finish == "content_filter":
         message["refusal"] = "I'm sorry, but I can't help with that request."
+    elif gen.thinking is not None:  # knob think: reasoning beside the answer, as DeepSeek
+        message["reasoning_content"] = gen.thinking
     if gen.tool_calls:
         message["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
@@ -164,6 +167,8 @@ def chat_stream(request: SimRequest) -> StreamReply:
         )
 
     events = [chunk({"role": "assistant", "content": "", "refusal": None})]
+    if gen.thinking is not None and gen.finish != "content_filter":
+        events.extend(chunk({"reasoning_content": piece}) for piece in pieces(gen.thinking))
     if gen.tool_calls:
         for index, call in enumerate(gen.tool_calls):
             events.append(

@@ -34,6 +34,7 @@ from gateway.simulator.engine import (
     KnobError,
     Knobs,
     PrefixCache,
+    Rejected,
     SimRequest,
     parse_knobs,
     prompt_tokens,
@@ -169,6 +170,8 @@ class Simulator:
             return self._dispatch(provider, method, rest, query, headers, body)
         except KnobError as exc:
             return Plan(self._error(provider, "400", Knobs(), detail=f"simulator knob: {exc}"))
+        except Rejected as exc:
+            return Plan(self._error(provider, "400", Knobs(), detail=str(exc)))
         except (ValueError, KeyError, TypeError, AttributeError, orjson.JSONDecodeError) as exc:
             return Plan(self._error(provider, "400", Knobs(), detail=f"invalid request: {exc}"))
 
@@ -264,7 +267,7 @@ class Simulator:
                 return Plan(self._error("anthropic", "400", Knobs(), detail=detail))
             model, spec = split_model(str(body.get("model") or ""))
             knobs = parse_knobs(spec, header_spec)
-            request = anthropic.parse(model, knobs, {**body, "max_tokens": 1})
+            request = anthropic.parse(model, knobs, {**body, "max_tokens": 1}, counting=True)
             count = prompt_tokens(request)
             return self._simple(
                 "anthropic", knobs, lambda: json_reply(200, {"input_tokens": count})
