@@ -91,6 +91,8 @@ class Attempt:
     error: str | None = None  # ErrorKind value, None when it answered
     status: int | None = None
     retry_after: float | None = None
+    elapsed_ms: float = 0.0  # the attempt's own time (a stream's: to its first content)
+    ended_at: float = 0.0  # time.perf_counter() at its end
 
 
 @dataclass(slots=True)
@@ -556,6 +558,8 @@ def _record_attempts(ctx: CallContext, records: list[AttemptRecord]) -> None:
                 error=record.outcome if failed else None,
                 status=record.status,
                 retry_after=record.retry_after,
+                elapsed_ms=record.elapsed_ms,
+                ended_at=record.ended_at,
             )
         )
         if failed and not record.outcome.startswith("skipped"):

@@ -225,6 +225,10 @@ BILLING_ADMISSION_BACKEND = env.choice(
 )
 if BILLING_ADMISSION_BACKEND == "redis" and not REDIS_URL:
     raise ConfigError("BILLING_ADMISSION_BACKEND", "redis needs REDIS_URL")
+# OpenTelemetry traces of /v1/ requests (megarouter/tracing.py): "otlp" exports over OTLP/HTTP
+# (the OTEL_EXPORTER_OTLP_* variables), "console" prints spans, "off"; unset: on when an
+# OTEL_EXPORTER_OTLP_ENDPOINT / _TRACES_ENDPOINT is set.
+MEGAROUTER_TRACING = env.choice("MEGAROUTER_TRACING", "", ("", "otlp", "console", "off"))
 # megarouter/refresh.py: background cache refreshes on their own threads (False: on Django's
 # sync thread, which the test suite needs; not an operator setting).
 MEGAROUTER_REFRESH_POOL = True

@@ -121,6 +121,8 @@ class AttemptRecord:
     retry_after: float | None = None
     elapsed_ms: float = 0.0
     waited_ms: float = 0.0
+    # time.perf_counter() when the record was made: the attempt's end (traces place it there)
+    ended_at: float = field(default_factory=time.perf_counter)
 
     @classmethod
     def of(cls, candidate: CandidateLike, outcome: str, **fields: Any) -> AttemptRecord:

@@ -85,6 +85,10 @@ class GatewayASGI:
                     from billing.failures import failures_shutdown
 
                     await failures_shutdown()
+                with contextlib.suppress(Exception):  # the spans still in the batch
+                    from megarouter import tracing
+
+                    await asyncio.to_thread(tracing.shutdown)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -36,6 +36,7 @@ from gateway.pipeline import CallContext
 from gateway.providers.types import ChatChunk, ProviderError, Usage
 from gateway.wire import anthropic, completions, embeddings, openai_chat, responses
 from gateway.wire.common import ROUTING_ALIASES, Inbound, parse_json_object, request_tags
+from megarouter import tracing
 from routing.engine import NoRoute, model_for_key, models_for_key
 
 logger = logging.getLogger("megarouter.gateway")
@@ -47,6 +48,11 @@ Handler = Callable[[ApiRequest], Awaitable[ApiResponse]]
 
 
 def _context(req: ApiRequest, route: str, key: Any, inbound: Inbound) -> CallContext:
+    req.call = _call_context(req, route, key, inbound)
+    return req.call
+
+
+def _call_context(req: ApiRequest, route: str, key: Any, inbound: Inbound) -> CallContext:
     return CallContext(
         request_id=req.request_id,
         route=route,
@@ -368,6 +374,7 @@ async def _stream_response(
         req.log_fields["stream_status"] = state["status"]
         if state["status"] == 499:  # the others were counted before their last event
             await _count_stream_failure(req, ctx, 499)
+        tracing.request_spans(req, ctx, state["status"])
 
     headers = {**SSE_HEADERS, **_headers(ctx, with_cost=False)}
     return ApiResponse(
@@ -496,6 +503,7 @@ async def embeddings_create(req: ApiRequest) -> ApiResponse:
         debug=_debug(req),
         tags=request_tags(req.headers, None),
     )
+    req.call = ctx
     try:
         response = await pipeline.embed(ctx, request)
     except GatewayError as error:
@@ -575,6 +583,8 @@ async def dispatch(req: ApiRequest) -> ApiResponse:
         metrics.REQUESTS.labels(route, str(response.status), "", "", "none").inc()
     if response.status >= 400:
         await _count_failure(req, response.status, req.log_fields.get("error_code"), charged=False)
+    if response.stream is None:  # a stream's spans are written when it ends (on_close)
+        tracing.request_spans(req, req.call, response.status)
     return response
 
 

@@ -4,6 +4,7 @@ Django async view (:mod:`gateway.api.views`: ``runserver``, WSGI, Django's test 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,8 @@ class ApiRequest:
     key: Any = None  # the caller's KeyContext once authenticated (failures are counted per key)
     failed_model: str = ""  # for the failure count: the model and provider last tried
     failed_provider: str = ""
+    call: Any = None  # the pipeline's CallContext once the body parsed (traces read it)
+    started: float = field(default_factory=time.perf_counter)
 
 
 @dataclass(slots=True)
