@@ -49,6 +49,10 @@ Scenarios (``--only`` takes these names):
   command returns, 24 requests for it on fresh connections (both workers), 4 at a time, in
   each of 3 rounds. Target: none answers 404 (the change reached every worker before it served
   its next request), and the figures give each round's slowest answer.
+- ``failure-counts``: 120 requests that do not succeed (an unknown model, a body that is not
+  JSON, a model the key may not use... here: unknown model and bad JSON, 60 each) on fresh
+  connections over both workers, then the failed-request counts after the 5 s flush: every
+  one counted once, by status and code, across both processes.
 - ``logs``: the gateway's log lines (INFO) hold no key, credential, prompt or completion text.
 
 Exit status 1 when a scenario failed.
@@ -94,6 +98,7 @@ SCENARIOS = (
     "key-guessing",
     "logs",
     "config-propagation",
+    "failure-counts",
 )
 CANARY = "zebra-canary-" + secrets.token_hex(6)
 
@@ -1015,6 +1020,57 @@ async def config_propagation(stack: Stack) -> Outcome:
     return out
 
 
+async def failure_counts(stack: Stack) -> Outcome:
+    import subprocess
+
+    out = Outcome("failure-counts")
+
+    def counts() -> dict[str, int]:
+        done = subprocess.run(
+            [
+                h.PY,
+                str(h.ROOT / "bench" / "seed.py"),
+                "--failures",
+                str(stack.seeded["organization_id"]),
+            ],
+            cwd=h.ROOT,
+            env=stack.env(through_proxy=False),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return orjson.loads(done.stdout.strip().splitlines()[-1])
+
+    before = counts()
+
+    async def refused(bad_json: bool) -> int:
+        conn = h.Connection(stack.port, {"Authorization": f"Bearer {stack.key}"})
+        try:
+            body = b"{not json" if bad_json else h.chat_body("benchsim/no-such-model")
+            reply = await asyncio.wait_for(conn.post("/v1/chat/completions", body), 30)
+            return reply.status
+        finally:
+            await conn.close()
+
+    statuses: Counter[int] = Counter()
+    for _ in range(15):  # 120 requests, 8 at a time, each on a new connection
+        got = await asyncio.gather(*(refused(i % 2 == 0) for i in range(8)))
+        statuses.update(got)
+    await asyncio.sleep(6.5)  # each worker writes its counts every 5 s
+    after = counts()
+    added = {
+        k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)
+    }
+    out.figures = {"answered": {str(k): v for k, v in statuses.items()}, "counted": added}
+    out.check(statuses == Counter({400: 60, 404: 60}), f"unexpected answers {dict(statuses)}")
+    out.check(
+        added == {"400 invalid_json": 60, "404 model_not_found": 60},
+        f"counted {added}, expected 60 of each",
+    )
+    return out
+
+
 RUNNERS = {
     "kill-worker": kill_worker,
     "redis-restart": redis_restart,
@@ -1028,6 +1084,7 @@ RUNNERS = {
     "key-guessing": key_guessing,
     "logs": logs,
     "config-propagation": config_propagation,
+    "failure-counts": failure_counts,
 }
 
 

@@ -3,6 +3,7 @@ services (no fixtures, no raw SQL). Run in a subprocess with the gateway's envir
 
     python bench/seed.py SIMULATOR_URL RUN_ID      # migrate + seed, prints one JSON line
     python bench/seed.py --usage ORG_ID            # usage rows recorded for an organization
+    python bench/seed.py --failures ORG_ID         # its failed-request counts, by status and code
 
 Seeding creates one organization (Org > Department > Team > Project, an owner membership and
 one API key), a provider ``benchsim`` on the simulator and these models (catalog id
@@ -284,11 +285,31 @@ def usage(organization_id: int) -> dict[str, Any]:
     return {"available": True, "records": records, "events": events, "costs": costs}
 
 
+def failures(organization_id: int) -> dict[str, int]:
+    """The organization's failed-request counts as the analytics read them: "status code" ->
+    requests (billing.analytics.selectors.failures_breakdown over every hour)."""
+    import datetime as dt
+
+    from billing.analytics.selectors import AnalyticsQuery, failures_breakdown
+    from billing.models import FailedRequestCount
+
+    now = dt.datetime.now(dt.UTC)
+    query = AnalyticsQuery(
+        start=now - dt.timedelta(days=1),
+        end=now + dt.timedelta(hours=1),
+        group_by=("status", "code"),
+    )
+    rows = FailedRequestCount.objects.filter(organization_id=organization_id)
+    return {f"{r['status']} {r['code']}": r["failed"] for r in failures_breakdown(rows, query)}
+
+
 def main(argv: list[str]) -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "megarouter.settings")
     django.setup()
     if argv[:1] == ["--usage"]:
         print(json.dumps(usage(int(argv[1]))))
+    elif argv[:1] == ["--failures"]:
+        print(json.dumps(failures(int(argv[1]))))
     else:
         print(json.dumps(seed(argv[0], argv[1])))
     return 0
