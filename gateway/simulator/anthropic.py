@@ -62,6 +62,8 @@ def parse(model: str, knobs: Knobs, body: dict[str, Any], *, counting: bool = Fa
     if "max_tokens" not in body:
         raise ValueError("max_tokens: Field required")
     texts: list[str] = []
+    blocks: list[int] = []  # content blocks per entry of texts (the cache's lookback)
+    tool_results = 0
     # cache_control breakpoints, by the message they close (index into texts; -1: the tools)
     breakpoints: list[int] = []
     if any(isinstance(t, dict) and t.get("cache_control") for t in body.get("tools") or ()):
@@ -69,20 +71,25 @@ def parse(model: str, knobs: Knobs, body: dict[str, Any], *, counting: bool = Fa
     system = body.get("system")
     if system:
         texts.append(system if isinstance(system, str) else _text_of(system))
+        blocks.append(len(system) if isinstance(system, list) else 1)
         if _marked(system):
             breakpoints.append(len(texts) - 1)
     last_user = ""
     last_is_tool_result = False
     for message in messages:
-        text = _text_of(message.get("content"))
+        content = message.get("content")
+        text = _text_of(content)
         texts.append(text)
-        if _marked(message.get("content")):
+        blocks.append(len(content) if isinstance(content, list) else 1)
+        if _marked(content):
             breakpoints.append(len(texts) - 1)
         if message.get("role") == "user":
-            content = message.get("content")
-            last_is_tool_result = isinstance(content, list) and any(
-                isinstance(b, dict) and b.get("type") == "tool_result" for b in content
+            results = sum(
+                isinstance(b, dict) and b.get("type") == "tool_result"
+                for b in (content if isinstance(content, list) else ())
             )
+            tool_results += results
+            last_is_tool_result = results > 0
             last_user = text
     thinking = _thinking(body, counting=counting)
     tools = [SimTool(t["name"], t.get("input_schema")) for t in body.get("tools") or ()]
@@ -101,6 +108,7 @@ def parse(model: str, knobs: Knobs, body: dict[str, Any], *, counting: bool = Fa
         texts=texts,
         last_user=last_user,
         last_is_tool_result=last_is_tool_result,
+        tool_results=tool_results,
         prefill=messages[-1].get("role") == "assistant",
         max_tokens=int(body["max_tokens"]),
         tools=tools,
@@ -108,6 +116,7 @@ def parse(model: str, knobs: Knobs, body: dict[str, Any], *, counting: bool = Fa
         tool_choice=tool_choice,
         stream=bool(body.get("stream")),
         breakpoints=tuple(breakpoints),
+        blocks=tuple(blocks),
         thinking=thinking,
     )
 

@@ -52,14 +52,17 @@ def parse(model: str, knobs: Knobs, body: dict[str, Any], *, stream: bool) -> Si
         texts.append(block.get("text", ""))
     last_user = ""
     last_is_tool_result = False
+    tool_results = 0
     for message in messages:
         text = _text_of(message.get("content"))
         texts.append(text)
         if message.get("role") == "user":
             last_user = text
-            last_is_tool_result = any(
+            results = sum(
                 isinstance(b, dict) and "toolResult" in b for b in message.get("content") or ()
             )
+            tool_results += results
+            last_is_tool_result = results > 0
     tool_config = body.get("toolConfig") or {}
     tools = [
         SimTool(t["toolSpec"]["name"], (t["toolSpec"].get("inputSchema") or {}).get("json"))
@@ -82,6 +85,7 @@ def parse(model: str, knobs: Knobs, body: dict[str, Any], *, stream: bool) -> Si
         texts=texts,
         last_user=last_user,
         last_is_tool_result=last_is_tool_result,
+        tool_results=tool_results,
         prefill=messages[-1].get("role") == "assistant",
         max_tokens=int(max_tokens) if max_tokens is not None else None,
         tools=tools,

@@ -188,11 +188,12 @@ class Knobs:
     cached: int = 0
     reasoning: int = 0
     think: int = 0  # OpenAI surface: answer with reasoning_content first (DeepSeek's field)
+    tool_turns: int = 0  # an agent loop: call a tool until the conversation holds N results
     raw: str = ""
     cache_write: int = 0  # set by the prompt cache (Anthropic breakpoints), not a knob
 
     _INT = ("times", "seed", "retry_after_ms", "after", "stall_ms", "ttft_ms", "token_ms",
-            "tokens", "ctx", "dims", "cached", "reasoning", "think")  # fmt: skip
+            "tokens", "ctx", "dims", "cached", "reasoning", "think", "tool_turns")  # fmt: skip
     _FLOAT = ("for_s", "pct", "retry_after", "retry_after_date")
 
     def apply(self, spec: str) -> None:
@@ -259,6 +260,7 @@ class SimRequest:
     texts: list[str]
     last_user: str = ""
     last_is_tool_result: bool = False
+    tool_results: int = 0  # tool results in the conversation (the ``tool_turns`` knob)
     prefill: bool = False  # the conversation ends with an assistant turn (a prefill)
     max_tokens: int | None = None
     tools: list[SimTool] = field(default_factory=list)
@@ -272,6 +274,7 @@ class SimRequest:
     # Anthropic cache_control breakpoints: indexes into texts of the message each closes
     # (-1: after the tools)
     breakpoints: tuple[int, ...] = ()
+    blocks: tuple[int, ...] = ()  # content blocks per entry of texts (default one each)
     thinking: bool = False  # extended thinking enabled: the answer starts with reasoning
 
 
@@ -368,9 +371,17 @@ def instance_for(schema: Any, rng: random.Random, depth: int = 0) -> Any:
 
 
 def _wants_tool(request: SimRequest) -> SimTool | None:
-    if not request.tools or request.tool_choice == "none" or request.last_is_tool_result:
+    if not request.tools or request.tool_choice == "none":
         return None
     choice = request.tool_choice
+    loop = request.knobs.tool_turns
+    if loop:  # an agent at work: one tool after another (in turn), until N results came back
+        if request.tool_results >= loop:
+            return None
+        if not isinstance(choice, dict):
+            return request.tools[request.tool_results % len(request.tools)]
+    elif request.last_is_tool_result:
+        return None
     if isinstance(choice, dict):
         return next((t for t in request.tools if t.name == choice.get("name")), request.tools[0])
     if choice == "required" or TOOL_TRIGGER_RE.search(request.last_user):
@@ -455,12 +466,15 @@ def pack_base64(vector: list[float]) -> str:
 # a prompt whose first messages repeat a prompt seen in the last PREFIX_CACHE_TTL_S reports
 # those messages' tokens as cached, from PREFIX_CACHE_MIN_TOKENS up, in steps of
 # PREFIX_CACHE_STEP. Anthropic and Bedrock cache only what ``cache_control`` / ``cachePoint``
-# marks, which the simulator does not model: they report no cached tokens.
+# marks: Anthropic's breakpoints are modelled (PrefixCache.marked_tokens), Bedrock's are not.
 PREFIX_CACHE_PROVIDERS = frozenset({"openai", "azure", "gemini"})
 PREFIX_CACHE_MIN_TOKENS = 1024
 PREFIX_CACHE_STEP = 128
 PREFIX_CACHE_TTL_S = 300.0
 PREFIX_CACHE_ENTRIES = 200_000
+# Anthropic checks for a cache hit at the block boundaries up to about 20 blocks before a
+# breakpoint (docs.claude.com, prompt caching: "automatic prefix checking").
+CACHE_LOOKBACK_BLOCKS = 20
 
 
 class PrefixCache:
@@ -506,9 +520,10 @@ class PrefixCache:
 
     def marked_tokens(self, provider: str, request: SimRequest) -> tuple[int, int]:
         """Anthropic's rule: (cache read, cache write) tokens. The longest breakpoint prefix
-        seen within the TTL is read; the prefix up to the last breakpoint is written when it
-        was not (below the minimum cacheable length nothing is cached); every breakpoint
-        prefix is kept for the TTL from now."""
+        seen within the TTL is read (at a breakpoint, or at a message boundary within
+        CACHE_LOOKBACK_BLOCKS blocks before one); the prefix up to the last breakpoint is
+        written when it was not (below the minimum cacheable length nothing is cached); every
+        breakpoint prefix is kept for the TTL from now."""
         h = hashlib.sha256(f"{provider}\x00{request.model}\x00{request.tools_json}".encode())
         tokens = count_tokens(request.tools_json) if request.tools_json else 0
         points = {-1: (h.digest(), tokens)}
@@ -520,9 +535,22 @@ class PrefixCache:
         marks = [points[b] for b in sorted(set(request.breakpoints)) if b in points]
         if not marks or marks[-1][1] < PREFIX_CACHE_MIN_TOKENS:
             return 0, 0
+        # where a read may hit: each breakpoint, and the message boundaries up to
+        # CACHE_LOOKBACK_BLOCKS content blocks before it (a breakpoint moved to the newest
+        # turn still reads the prefix the previous turn's breakpoint wrote)
+        blocks = request.blocks or (1,) * len(request.texts)
+        probes: list[tuple[bytes, int]] = []
+        for b in sorted(set(request.breakpoints)):
+            back, j = 0, b
+            while j in points and back <= CACHE_LOOKBACK_BLOCKS:
+                probes.append(points[j])
+                if j < 0:
+                    break
+                back += blocks[j] if j < len(blocks) else 1
+                j -= 1
         now = time.monotonic()
         with self._lock:
-            read = max((n for d, n in marks if self._seen.get(d, 0.0) > now), default=0)
+            read = max((n for d, n in probes if self._seen.get(d, 0.0) > now), default=0)
             for digest, _ in marks:
                 self._seen[digest] = now + self.ttl_s
         return read, marks[-1][1] - read

@@ -44,15 +44,16 @@ def parse(model: str, knobs: Knobs, body: dict[str, Any], *, stream: bool) -> Si
         texts.append(_text_of(system.get("parts")))
     last_user = ""
     last_is_tool_result = False
+    tool_results = 0
     for content in contents:
         parts = content.get("parts") or []
         text = _text_of(parts)
         texts.append(text)
         if content.get("role", "user") == "user":
             last_user = text
-            last_is_tool_result = any(
-                isinstance(p, dict) and "functionResponse" in p for p in parts
-            )
+            results = sum(isinstance(p, dict) and "functionResponse" in p for p in parts)
+            tool_results += results
+            last_is_tool_result = results > 0
     tools: list[SimTool] = []
     for tool in body.get("tools") or ():
         for decl in tool.get("functionDeclarations") or tool.get("function_declarations") or ():
@@ -78,6 +79,7 @@ def parse(model: str, knobs: Knobs, body: dict[str, Any], *, stream: bool) -> Si
         texts=texts,
         last_user=last_user,
         last_is_tool_result=last_is_tool_result,
+        tool_results=tool_results,
         prefill=contents[-1].get("role") == "model",
         max_tokens=int(max_tokens) if max_tokens is not None else None,
         tools=tools,

@@ -81,6 +81,7 @@ def parse_chat(provider: str, model: str, knobs: Knobs, body: dict[str, Any]) ->
         texts=texts,
         last_user=last_user,
         last_is_tool_result=messages[-1].get("role") == "tool",
+        tool_results=sum(m.get("role") == "tool" for m in messages),
         prefill=messages[-1].get("role") == "assistant",
         max_tokens=int(max_tokens) if max_tokens is not None else None,
         tools=tools,

@@ -117,6 +117,27 @@ def test_tool_call_response_and_stream_validate(client: httpx.Client) -> None:
         validate(json.loads(data), "CreateChatCompletionStreamResponse")
 
 
+def test_tool_turns_knob_keeps_calling_tools_until_n_results(client: httpx.Client) -> None:
+    tools = [
+        {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+        for name in ("read", "edit")
+    ]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Fix the bug."}]
+    called = []
+    for _ in range(4):
+        payload = {"model": "agent~tool_turns=3", "messages": messages, "tools": tools}
+        body = client.post("/openai/v1/chat/completions", json=payload, headers=OPENAI_AUTH)
+        message = body.json()["choices"][0]["message"]
+        if not message.get("tool_calls"):
+            break
+        call = message["tool_calls"][0]
+        called.append(call["function"]["name"])
+        messages += [message, {"role": "tool", "tool_call_id": call["id"], "content": "done"}]
+    # three tool calls in turn over the tools (no "tool" in the prompt), then an answer
+    assert called == ["read", "edit", "read"] and len(messages) == 7
+    assert message["content"] and body.json()["choices"][0]["finish_reason"] == "stop"
+
+
 def test_embeddings_models_completions_and_errors_validate(client: httpx.Client) -> None:
     emb = client.post("/openai/v1/embeddings", json={"model": "text-embedding-3-small", "input": ["a b", "c"]},
                       headers=OPENAI_AUTH).json()  # fmt: skip
