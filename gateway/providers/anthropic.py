@@ -217,8 +217,10 @@ def request_to_wire(request: ChatRequest, model: str, *, stream: bool) -> dict[s
         body["tool_choice"] = choice
     if stream:
         body["stream"] = True
-    if request.extra:
-        body.update(request.extra)
+    if request.top_k is not None:
+        body["top_k"] = request.top_k
+    # ``extra`` holds OpenAI-format fields (presence_penalty, metadata, ...): the Messages API
+    # refuses unknown fields, so none is sent
     return body
 
 

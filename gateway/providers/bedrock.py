@@ -246,13 +246,16 @@ def request_to_wire(request: ChatRequest) -> dict[str, Any]:
     tool_config = _tool_config(request)
     if tool_config is not None:
         body["toolConfig"] = tool_config
+    # Claude's own fields on Bedrock; ``extra`` (OpenAI-format fields) is not sent: Converse
+    # refuses unknown fields
+    model_fields: dict[str, Any] = {}
     thinking = request.thinking
     if thinking is not None and thinking.type == "enabled":
-        body["additionalModelRequestFields"] = {
-            "thinking": {"type": "enabled", "budget_tokens": thinking.budget_tokens}
-        }
-    if request.extra:
-        body.update(request.extra)
+        model_fields["thinking"] = {"type": "enabled", "budget_tokens": thinking.budget_tokens}
+    if request.top_k is not None:
+        model_fields["top_k"] = request.top_k
+    if model_fields:
+        body["additionalModelRequestFields"] = model_fields
     return body
 
 

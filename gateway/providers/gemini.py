@@ -162,6 +162,15 @@ def _generation_config(request: ChatRequest) -> dict[str, Any]:
         config["seed"] = request.seed
     if request.n != 1:
         config["candidateCount"] = request.n
+    if request.top_k is not None:
+        config["topK"] = request.top_k
+    # the OpenAI-format fields Gemini has (the others are not sent: it refuses unknown ones)
+    for name, wire in (
+        ("presence_penalty", "presencePenalty"),
+        ("frequency_penalty", "frequencyPenalty"),
+    ):
+        if request.extra.get(name) is not None:
+            config[wire] = request.extra[name]
     fmt = request.response_format
     if fmt is not None and fmt.type != "text":
         config["responseMimeType"] = "application/json"
@@ -219,8 +228,6 @@ def request_to_wire(request: ChatRequest) -> dict[str, Any]:
         body["tools"] = _function_declarations(request.tools)
         if request.tool_choice is not None:
             body["toolConfig"] = {"functionCallingConfig": _calling_mode(request.tool_choice)}
-    if request.extra:
-        body.update(request.extra)
     return body
 
 

@@ -129,7 +129,9 @@ class ChatRequest:
     include_usage: bool = False  # stream_options.include_usage
     reasoning_effort: str | None = None
     thinking: ThinkingConfig | None = None  # Anthropic extended thinking, as the caller sent
-    # Provider-specific fields passed through untouched by adapters that understand them.
+    top_k: int | None = None  # Anthropic's (and Gemini's topK, Bedrock Claude's top_k)
+    # OpenAI-format fields passed through untouched (the OpenAI-compatible adapter's body
+    # takes them as they are; adapters for other formats map the ones they have).
     extra: dict[str, Any] = field(default_factory=dict)
 
 

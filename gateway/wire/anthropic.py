@@ -167,9 +167,7 @@ def parse_messages(data: dict[str, Any], *, counting: bool = False) -> Inbound:
     chat = inbound.chat
     chat.temperature = get_number(data, "temperature", minimum=0, maximum=1)
     chat.top_p = get_number(data, "top_p", minimum=0, maximum=1)
-    top_k = get_int(data, "top_k", minimum=0)
-    if top_k is not None:
-        chat.extra["top_k"] = top_k
+    chat.top_k = get_int(data, "top_k", minimum=0)
     chat.stop = get_stop(data, "stop_sequences", max_items=16)
     chat.stream = bool(get_bool(data, "stream"))
     chat.include_usage = chat.stream
