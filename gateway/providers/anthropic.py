@@ -140,7 +140,7 @@ def _tool_input(arguments: str) -> Any:
 
 def request_to_wire(request: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
     system: list[str] = []
-    system_mark: dict[str, str] | None = None
+    system_blocks: list[dict[str, Any]] = []  # each with its breakpoint, as the client sent
     turns: list[dict[str, Any]] = []
 
     def add(role: str, blocks: list[dict[str, Any]]) -> None:
@@ -152,7 +152,7 @@ def request_to_wire(request: ChatRequest, model: str, *, stream: bool) -> dict[s
     for message in request.messages:
         if message.role in ("system", "developer"):
             system.append(message.text())
-            system_mark = _part_mark(message) or system_mark
+            system_blocks += _system_blocks(message)
         elif message.role == "tool":
             result = {
                 "type": "tool_result",
@@ -178,8 +178,8 @@ def request_to_wire(request: ChatRequest, model: str, *, stream: bool) -> dict[s
     if max_tokens is None:
         max_tokens = DEFAULT_MAX_TOKENS
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": turns}
-    if system and system_mark:  # a breakpoint: the system prompt as one marked text block
-        body["system"] = [_marked({"type": "text", "text": "\n\n".join(system)}, system_mark)]
+    if any("cache_control" in block for block in system_blocks):
+        body["system"] = system_blocks  # breakpoints: the blocks, each where the client put it
     elif system:
         body["system"] = "\n\n".join(system)
     if request.temperature is not None:
@@ -232,14 +232,20 @@ def _thinking_wire(request: ChatRequest) -> dict[str, Any]:
     return {"type": "disabled"}
 
 
-def _part_mark(message: Message) -> dict[str, str] | None:
-    """A system message's breakpoint: its own, or its last marked part's."""
-    if message.cache_control:
-        return message.cache_control
+def _system_blocks(message: Message) -> list[dict[str, Any]]:
+    """A system message as text blocks: its parts with their own breakpoints (the message's
+    own breakpoint, if any, on the last)."""
     if isinstance(message.content, list):
-        marks = [p.cache_control for p in message.content if p.cache_control]
-        return marks[-1] if marks else None
-    return None
+        blocks = [
+            _marked({"type": "text", "text": p.text}, p.cache_control)
+            for p in message.content
+            if p.type == "text" and p.text
+        ]
+    else:
+        blocks = [{"type": "text", "text": message.text()}] if message.text() else []
+    if blocks and message.cache_control:
+        blocks[-1] = _marked(blocks[-1], message.cache_control)
+    return blocks
 
 
 def usage_from_wire(data: dict[str, Any] | None) -> Usage:

@@ -222,8 +222,8 @@ def request_to_wire(request: ChatRequest) -> dict[str, Any]:
     messages: list[dict[str, Any]] = []
     for message in request.messages:
         if message.role in ("system", "developer"):
-            system.append({"text": message.text()})
-            if message.cache_control:
+            system += _content(message)  # its text blocks, a cache point after each marked one
+            if message.cache_control and isinstance(message.content, list):
                 system.append(CACHE_POINT)
         elif message.role == "tool":
             result = {

@@ -140,14 +140,17 @@ def parse_messages(data: dict[str, Any], *, counting: bool = False) -> Inbound:
                 messages.append(Message(role="system", content=system))
         elif isinstance(system, list):
             blocks = [as_dict(block, f"system[{i}]") for i, block in enumerate(system)]
-            text = "".join(
-                require_str(block, "text", f"system[{i}].text") for i, block in enumerate(blocks)
-            )
-            # a breakpoint inside the system prompt marks its end (the cached prefix then
-            # covers the whole system prompt, which Anthropic caches the same way)
-            marks = [_cache_control(b, f"system[{i}]", inbound) for i, b in enumerate(blocks)]
-            mark = next((m for m in reversed(marks) if m), None)
-            messages.append(Message(role="system", content=text, cache_control=mark))
+            # the blocks as parts, each with its breakpoint: the Anthropic adapter sends them
+            # as they came (other formats read the text, the parts joined)
+            parts = [
+                ContentPart(
+                    type="text",
+                    text=require_str(block, "text", f"system[{i}].text"),
+                    cache_control=_cache_control(block, f"system[{i}]", inbound),
+                )
+                for i, block in enumerate(blocks)
+            ]
+            messages.append(Message(role="system", content=parts))
         else:
             raise InvalidRequest(
                 "Invalid type for 'system': expected a string or an array of text blocks.",

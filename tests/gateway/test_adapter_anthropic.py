@@ -222,3 +222,45 @@ def test_count_tokens_sends_the_prompt_fields_only() -> None:
     assert set(sent) == {"model", "messages", "system", "tools"}
     assert sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
     assert adapter.supports_count_tokens and not get_adapter("openai").supports_count_tokens
+
+
+def test_system_blocks_keep_each_breakpoint_where_the_client_put_it():
+    """Two marked system blocks (a stable preamble and a per-project part, as some coding
+    agents send): both breakpoints reach Anthropic, and Bedrock gets a cache point after each."""
+    from gateway.providers import bedrock
+    from gateway.providers.anthropic import request_to_wire
+    from gateway.wire.anthropic import parse_messages
+
+    mark = {"type": "ephemeral"}
+    system = [
+        {"type": "text", "text": "You are a coding agent.", "cache_control": mark},
+        {"type": "text", "text": "Project rules: run the tests."},
+        {"type": "text", "text": "Repository map: ...", "cache_control": mark},
+    ]
+    inbound = parse_messages(
+        {
+            "model": "anthropic/claude-sonnet-4",
+            "max_tokens": 64,
+            "system": system,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+    )
+    body = request_to_wire(inbound.chat, "claude-sonnet-4", stream=False)
+    assert body["system"] == system
+    converse = bedrock.request_to_wire(inbound.chat)
+    assert converse["system"] == [
+        {"text": "You are a coding agent."},
+        {"cachePoint": {"type": "default"}},
+        {"text": "Project rules: run the tests."},
+        {"text": "Repository map: ..."},
+        {"cachePoint": {"type": "default"}},
+    ]
+    unmarked = parse_messages(
+        {
+            "model": "anthropic/claude-sonnet-4",
+            "max_tokens": 64,
+            "system": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+    )
+    assert request_to_wire(unmarked.chat, "claude-sonnet-4", stream=False)["system"] == "ab"

@@ -376,13 +376,11 @@ def test_claude_code_session_caches_from_turn_two_and_costs_exactly(
         assert body["model"] == f"claude-agent-sim~tool_turns={TOOL_TURNS}"
         assert body["stream"] is True and body["max_tokens"] == 8192
         assert body["thinking"] == THINKING and body["metadata"] == {"user_id": USER_ID}
-        # the conversation and tools exactly as the client sent them, breakpoints included;
-        # the system prompt's blocks as one text block that keeps the last block's breakpoint
+        # the conversation, tools and system blocks exactly as the client sent them,
+        # breakpoints included
         assert body["messages"] == client_body["messages"], f"turn {number}"
         assert body["tools"] == client_body["tools"]
-        assert body["system"] == [
-            {"type": "text", "text": "".join(b["text"] for b in SYSTEM), "cache_control": EPHEMERAL}
-        ]
+        assert body["system"] == client_body["system"] == SYSTEM
         marks = _marks(body)
         assert marks == _marks(client_body) == _marks_expected(client_body)
         assert len(marks) <= 4
