@@ -97,7 +97,9 @@ def _claim(
 
 
 def _title(budget: Budget, threshold: int) -> str:
-    label = budget.name or f"{budget.scope} budget"
+    label = budget.name or (
+        f"The budget of requests tagged {budget.tag}" if budget.tag else f"{budget.scope} budget"
+    )
     return f"{label} reached {threshold}% of its limit"[:200]
 
 
@@ -109,6 +111,7 @@ def _payload(alert: BudgetAlert) -> dict[str, object]:
         "budget_id": budget.pk,
         "scope": budget.scope,
         "scope_id": budget.scope_id,
+        **({"tag": budget.tag} if budget.tag else {}),
         "period": budget.period,
         "period_start": alert.period_start.isoformat(),
         "threshold": alert.threshold,

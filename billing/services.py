@@ -7,6 +7,7 @@ ledger insert in one transaction. Everything else calls it.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -406,7 +407,7 @@ def budget_scope_node(*, organization: Organization, scope: str, scope_id: Any) 
     another organization are refused with the same error."""
     if scope not in BudgetScope.values:
         raise InvalidInput({"scope": [f"Must be one of {', '.join(BudgetScope.values)}."]})
-    if scope == BudgetScope.ORGANIZATION:
+    if scope in (BudgetScope.ORGANIZATION, BudgetScope.TAG):  # a tag spans the organization
         root = Node.objects.get(organization=organization, parent__isnull=True)
         return root.pk, root
     if isinstance(scope_id, bool) or not isinstance(scope_id, int):
@@ -433,6 +434,28 @@ def budget_scope_node(*, organization: Organization, scope: str, scope_id: Any) 
     if found is None:
         raise missing
     return found.pk, found.project
+
+
+# A tag budget's tag: "key=value" as requests carry it (gateway.wire.common.request_tags).
+BUDGET_TAG = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.:-]{0,62}[A-Za-z0-9])?=[^,|]{1,128}")
+
+
+def _clean_budget_tag(scope: str, tag: Any) -> str:
+    if scope != BudgetScope.TAG:
+        if tag:
+            raise InvalidInput({"tag": ["Only a tag budget has a tag."]})
+        return ""
+    value = tag.strip() if isinstance(tag, str) else ""
+    if (
+        not BUDGET_TAG.fullmatch(value)
+        or "__" in value.partition("=")[0]
+        or not value.isprintable()
+    ):
+        raise InvalidInput(
+            {"tag": ['A request tag as "key=value" (feature=search): the key of letters, digits, '
+                     '_ . : - up to 64 characters; the value up to 128, without "," or "|".']}
+        )  # fmt: skip
+    return value
 
 
 def _clean_budget_fields(values: dict[str, Any]) -> dict[str, Any]:
@@ -523,8 +546,10 @@ def budget_create(
     name: str = "",
     notify_emails: list[str] | None = None,
     webhook_url: str = "",
+    tag: str = "",
 ) -> Budget:
     resolved_id, node = budget_scope_node(organization=organization, scope=scope, scope_id=scope_id)
+    tag = _clean_budget_tag(scope, tag)
     fields = _clean_budget_fields(
         {
             "period": period,
@@ -538,14 +563,24 @@ def budget_create(
     )
     with transaction.atomic():
         budget = Budget.objects.create(
-            organization=organization, node=node, scope=scope, scope_id=resolved_id, **fields
+            organization=organization,
+            node=node,
+            scope=scope,
+            scope_id=resolved_id,
+            tag=tag,
+            **fields,
         )
         audit_event_record(
             organization=organization,
             actor=actor,
             action="budget.create",
             target=budget,
-            changes={"scope": scope, "scope_id": resolved_id, **fields},
+            changes={
+                "scope": scope,
+                "scope_id": resolved_id,
+                **({"tag": tag} if tag else {}),
+                **fields,
+            },
         )
         _budgets_changed(organization.pk)
     return budget

@@ -385,6 +385,9 @@ class AuditNames:
         if name:
             words += f" {_quoted(name)}"
         ref = Ref(words, self.url("budget", budget.pk) if budget is not None and link else "")
+        if scope == BudgetScope.TAG:
+            tag = budget.tag if budget is not None else _changes(e).get("tag") or ""
+            return ["the ", ref, " of requests tagged ", f"{tag}" if tag else "(a tag)"]
         return ["the ", ref, " of ", *self.scope(scope, scope_id)]
 
     def scope(self, scope: str, scope_id: int | None) -> list[Part]:

@@ -266,6 +266,12 @@ class BudgetCreateForm(StyledForm):
     target = forms.ChoiceField(
         label="Applies to", help_text="The organization, a place in the tree, a member or a key."
     )
+    tag = forms.CharField(
+        max_length=200,
+        required=False,
+        label="Request tag",
+        help_text="For “Request tags”: key=value, as requests carry it (feature=search).",
+    )
     name = forms.CharField(max_length=200, required=False)
     period = forms.ChoiceField(choices=[])
     limit_usd = forms.DecimalField(
@@ -313,6 +319,7 @@ class BudgetUpdateForm(BudgetCreateForm):
         super().__init__(*args, targets=[], **kwargs)
         del self.fields["target"]
         del self.fields["period"]
+        del self.fields["tag"]
 
 
 class CheckoutForm(StyledForm):

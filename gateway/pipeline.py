@@ -197,6 +197,7 @@ async def prepare(ctx: CallContext, request: ChatRequest | EmbeddingRequest) -> 
             ),
             exact=ctx.max_tokens is not None,
             n=ctx.n,
+            tags=tuple(f"{k}={v}" for k, v in ctx.tags.items()),
         )
     except AdmissionRefused as exc:
         metrics.BUDGET_REFUSALS.labels(refusal_layer(exc)).inc()

@@ -41,9 +41,10 @@ class AdmissionContext:
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     time_zone: str = "UTC"
+    tags: tuple[str, ...] = ()  # the request's tags as "key=value" (tag budgets apply by them)
 
     @classmethod
-    def from_key_context(cls, ctx: Any) -> AdmissionContext:
+    def from_key_context(cls, ctx: Any, tags: tuple[str, ...] = ()) -> AdmissionContext:
         return cls(
             organization_id=ctx.organization_id,
             department_id=ctx.department_id,
@@ -54,6 +55,7 @@ class AdmissionContext:
             rpm_limit=ctx.rpm_limit,
             tpm_limit=ctx.tpm_limit,
             time_zone=ctx.time_zone,
+            tags=tags,
         )
 
     def scope_ids(self) -> dict[str, int | None]:
@@ -97,6 +99,7 @@ class BudgetInfo:
     period: str
     limit_usd: Decimal
     mode: str
+    tag: str = ""  # a tag budget's "key=value"
 
     @property
     def blocks(self) -> bool:
@@ -110,7 +113,7 @@ LAYER_ORDER = {s: i for i, s in enumerate(BudgetScope.values)}
 def budgets_load(organization_id: int) -> tuple[BudgetInfo, ...]:
     """Every budget of an organization (one query)."""
     rows = Budget.objects.filter(organization_id=organization_id).values_list(
-        "id", "scope", "scope_id", "period", "limit_usd", "mode"
+        "id", "scope", "scope_id", "period", "limit_usd", "mode", "tag"
     )
     return tuple(BudgetInfo(*row) for row in rows)
 
@@ -130,7 +133,9 @@ def budgets_applicable(ctx: AdmissionContext, budgets: tuple[BudgetInfo, ...]) -
     out = [
         b
         for b in budgets
-        if b.scope == BudgetScope.ORGANIZATION or (ids.get(b.scope) == b.scope_id)
+        if b.scope == BudgetScope.ORGANIZATION
+        or (b.scope == BudgetScope.TAG and b.tag in ctx.tags)
+        or (b.scope != BudgetScope.TAG and ids.get(b.scope) == b.scope_id)
     ]
     out.sort(key=lambda b: (LAYER_ORDER[b.scope], b.id))
     return out
@@ -142,10 +147,12 @@ def budgets_query(ctx: AdmissionContext) -> list[BudgetInfo]:
     for scope, scope_id in ctx.scope_ids().items():
         if scope_id is not None:
             q |= Q(scope=scope, scope_id=scope_id)
+    if ctx.tags:
+        q |= Q(scope=BudgetScope.TAG, tag__in=ctx.tags)
     rows = (
         Budget.objects.filter(organization_id=ctx.organization_id)
         .filter(q)
-        .values_list("id", "scope", "scope_id", "period", "limit_usd", "mode")
+        .values_list("id", "scope", "scope_id", "period", "limit_usd", "mode", "tag")
     )
     out = [BudgetInfo(*row) for row in rows]
     out.sort(key=lambda b: (LAYER_ORDER[b.scope], b.id))

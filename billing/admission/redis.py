@@ -75,6 +75,7 @@ from billing.models import (
     BillingAccount,
     Budget,
     BudgetPeriod,
+    BudgetScope,
     BudgetUsage,
     UsageEvent,
     UsageRecord,
@@ -110,8 +111,10 @@ def _script(name: str) -> str:
 
 
 def budget_definition(b: BudgetInfo) -> str:
-    """A budget as the reserve script reads it: scope|scope id|period|limit (nano)|mode."""
-    return f"{b.scope}|{b.scope_id}|{b.period}|{nano_floor(b.limit_usd)}|{b.mode}"
+    """A budget as the reserve script reads it: scope|scope id|period|limit (nano)|mode; a tag
+    budget's "scope id" is its tag ("key=value", which holds no "|")."""
+    sid = b.tag if b.scope == BudgetScope.TAG else b.scope_id
+    return f"{b.scope}|{sid}|{b.period}|{nano_floor(b.limit_usd)}|{b.mode}"
 
 
 def _scope_ids(ctx: AdmissionContext) -> tuple[int | None, ...]:
@@ -151,7 +154,9 @@ def _raise_refusal(
         retry = max(1, math.ceil(60 - epoch_seconds % 60))  # the minute window's end
         raise RateLimited(limit=result[1], retry_after=retry)
     if status == "budget":
-        scope_id = int(result[3]) if len(result) > 3 and result[3] else 0
+        raw = result[3] if len(result) > 3 else ""
+        raw = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+        scope_id = int(raw) if raw.isdigit() else 0  # a tag budget's is its tag
         raise BudgetExceeded(layer=result[2], scope_id=scope_id, budget_id=int(result[1]))
     if status == "balance":
         raise BalanceExhausted(organization_id=ctx.organization_id)
@@ -297,6 +302,7 @@ class RedisBackend:
             "",  # the organization scope applies to every request of the organization
             *(str(i) if i is not None else "" for i in _scope_ids(ctx)),
             *period_args(ctx.time_zone, now),
+            *ctx.tags,  # ARGV[27..]: tag budgets apply by them
         ]
         client, scripts = self._client()
         result = await scripts["reserve"](keys=keys, args=args, client=client)

@@ -66,13 +66,14 @@ async def admission_reserve(
     output_tokens: int,
     exact: bool,
     n: int = 1,
+    tags: tuple[str, ...] = (),
 ) -> Reservation:
     """Hold the worst case over the candidates' prices: ``input_tokens`` (an upper bound of
     the prompt) and ``output_tokens`` (all of them when ``exact``, else as many as the tightest
     layer pays for, down to ``MEGAROUTER_MIN_OUTPUT_TOKENS`` per choice). Raises
     ``AdmissionRefused`` (a budget, the balance, a rate limit), and ``AdmissionUnavailable``
     when the counters' store cannot be reached: a request is refused rather than run
-    unmetered."""
+    unmetered. ``tags``: the request's tags as "key=value" (tag budgets apply by them)."""
     in_price, out_price = worst_case_prices(prices)
     hold = HoldRequest(
         input_amount=in_price * input_tokens,
@@ -83,7 +84,8 @@ async def admission_reserve(
         min_output=min(output_tokens, int(settings.MEGAROUTER_MIN_OUTPUT_TOKENS) * max(1, n)),
     )
     try:
-        return await get_backend().reserve(charge_id, AdmissionContext.from_key_context(key), hold)
+        context = AdmissionContext.from_key_context(key, tags)
+        return await get_backend().reserve(charge_id, context, hold)
     except AdmissionRefused:
         raise
     except Exception as exc:

@@ -46,6 +46,9 @@ class BudgetCreateIn(serializers.Serializer):
     name = serializers.CharField(required=False, allow_blank=True, default="")
     notify_emails = serializers.JSONField(required=False)
     webhook_url = serializers.CharField(required=False, allow_blank=True, default="")
+    tag = serializers.CharField(
+        required=False, allow_blank=True, default="", help_text='scope "tag": "key=value"'
+    )
 
 
 class BudgetUpdateIn(serializers.Serializer):
@@ -109,6 +112,7 @@ class BudgetOut(serializers.ModelSerializer):
             "name",
             "scope",
             "scope_id",
+            "tag",
             "node",
             "period",
             "limit_usd",

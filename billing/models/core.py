@@ -144,6 +144,7 @@ class BudgetScope(models.TextChoices):
     PROJECT = "project", "Project"
     MEMBER = "member", "Member"
     KEY = "key", "API key"
+    TAG = "tag", "Request tag"
 
 
 class BudgetPeriod(models.TextChoices):
@@ -170,8 +171,12 @@ class Budget(models.Model):
     # member's node or the key's project).
     node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="budgets")
     scope = models.CharField(max_length=16, choices=BudgetScope.choices)
-    # Node id (organization/department/team/project), Membership id (member) or ApiKey id (key).
+    # Node id (organization/department/team/project), Membership id (member) or ApiKey id (key);
+    # the root node's id for a tag budget.
     scope_id = models.BigIntegerField()
+    # A tag budget's request tag, "key=value" (docs/api.md, "Request tags"): it counts every
+    # request of the organization that carries the tag; "" for the other scopes.
+    tag = models.CharField(max_length=200, blank=True, default="", db_default="")
     name = models.CharField(max_length=200, blank=True, default="")
     period = models.CharField(max_length=16, choices=BudgetPeriod.choices)
     limit_usd = models.DecimalField(**AMOUNT)

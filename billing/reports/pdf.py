@@ -495,7 +495,7 @@ def _budget_table(report: Report) -> Any:
         share = f"{spent / b.limit_usd * 100:.1f}%" if b.limit_usd else "n/a"
         rows.append(
             [
-                Paragraph(f"{b.name or b.scope} ({b.scope} #{b.scope_id})", STYLES["BodyText"]),
+                Paragraph(f"{b.name or b.scope} ({_budget_target(b)})", STYLES["BodyText"]),
                 f"{b.period}, {b.mode}",
                 money(b.limit_usd),
                 money(spent),
@@ -508,3 +508,7 @@ def _budget_table(report: Report) -> Any:
         rows,
         [58 * mm, 28 * mm, 26 * mm, 26 * mm, 26 * mm, 16 * mm],
     )
+
+
+def _budget_target(b: Budget) -> str:
+    return f"tag {b.tag}" if b.tag else f"{b.scope} #{b.scope_id}"

@@ -109,6 +109,8 @@ class BudgetsView(_BillingBase):
             ),
             ("API keys", [(f"key:{k.pk}", f"{k.name} ({k.project.name})") for k in keys]),
         ]
+        if self.scope.can_at_root(MANAGE_BILLING):  # a tag spans the whole organization
+            groups.append(("Request tags", [("tag:0", "Requests with the tag given below")]))
         return [g for g in groups if g[1]]
 
     def get(self, request: HttpRequest, org_slug: str) -> HttpResponse:
@@ -129,6 +131,7 @@ class BudgetsView(_BillingBase):
                     scope=scope,
                     scope_id=scope_id,
                     period=form.cleaned_data["period"],
+                    tag=form.cleaned_data["tag"] if scope == BudgetScope.TAG else "",
                     **form.budget_fields(),
                 )
             except InvalidInput as exc:
@@ -169,6 +172,8 @@ class BudgetsView(_BillingBase):
                 target = f"member {members.get(b.scope_id, b.scope_id)}"
             elif b.scope == BudgetScope.KEY:
                 target = f"key {keys.get(b.scope_id, b.scope_id)}"
+            elif b.scope == BudgetScope.TAG:
+                target = f"requests tagged {b.tag}"
             else:
                 target = b.node.name
             rows.append(

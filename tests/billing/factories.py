@@ -71,6 +71,7 @@ def budget(world: World, scope: str, limit: str, *, period: str = "monthly", **k
         "project": world.tree.project.pk,
         "member": world.member_id,
         "key": world.key_id,
+        "tag": None,
     }
     return services.budget_create(
         actor=SYSTEM,

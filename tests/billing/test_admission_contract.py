@@ -347,3 +347,29 @@ def test_the_record_keeps_the_prompt_cache_given_up_by_switching(backend, world)
     services.usage_events_post()
     by_id = dict(UsageRecord.objects.values_list("request_id", "cache_lost"))
     assert by_id == {"req-lost": D("0.0018"), "req-kept": D(0), "req-none": D(0)}
+
+
+def test_a_tag_budget_counts_only_the_requests_that_carry_its_tag(backend, world):
+    """A budget on the request tag feature=search: a request with the tag is held and charged
+    against it, one without it (or with another value) is not; at its limit, a tagged request
+    is refused naming the tag layer while untagged ones go on."""
+    tagged = budget(world, "tag", "1", tag="feature=search")
+    search = world.ctx(tags=("env=prod", "feature=search"))
+    other = world.ctx(tags=("feature=chat",))
+
+    async def scenario():
+        first = await backend.reserve(rid(), search, HoldRequest.fixed(D("0.6"), 10))
+        untagged = await backend.reserve(rid(), other, HoldRequest.fixed(D("0.6"), 10))
+        refused = None
+        try:
+            await backend.reserve(rid(), search, HoldRequest.fixed(D("0.6"), 10))
+        except BudgetExceeded as exc:
+            refused = exc
+        plain = await backend.reserve(rid(), world.ctx(), HoldRequest.fixed(D("0.6"), 10))
+        return first, untagged, refused, plain
+
+    first, untagged, refused, plain = run(scenario)
+    assert [b[0] for b in first.budgets] == [tagged.pk]
+    assert untagged.budgets == () and plain.budgets == ()
+    assert refused is not None
+    assert (refused.layer, refused.budget_id) == ("tag", tagged.pk)

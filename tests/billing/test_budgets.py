@@ -88,7 +88,11 @@ def test_member_and_key_budgets_are_governed_by_their_nodes():
     [
         (
             {"scope": "galaxy"},
-            {"scope": ["Must be one of organization, department, team, project, member, key."]},
+            {
+                "scope": [
+                    "Must be one of organization, department, team, project, member, key, tag."
+                ]
+            },
         ),
         ({"scope": "team", "scope_id": None}, {"scope_id": ["Required for this scope (an id)."]}),
         (

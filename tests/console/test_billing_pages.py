@@ -117,6 +117,32 @@ def test_budget_create_update_delete(acme):
     assert not Budget.objects.filter(pk=b.pk).exists()
 
 
+def test_a_tag_budget_from_the_console(acme):
+    """Organization-wide billing managers pick "Request tags" and give the tag; a bad tag is
+    the field's error; someone managing billing below the root is not offered the choice."""
+    client = login(acme.tree.owner)
+    page = client.get("/o/acme/budgets/").content.decode()
+    assert 'value="tag:0"' in page and 'name="tag"' in page
+    data = {
+        "target": "tag:0",
+        "tag": "feature=search",
+        "period": "monthly",
+        "limit_usd": "20",
+        "mode": "block",
+        "thresholds": "50, 80, 100",
+    }
+    bad = client.post("/o/acme/budgets/", {**data, "tag": "feature"})
+    assert bad.status_code == 400 and "tag" in bad.context["form"].errors
+    assert not Budget.objects.filter(scope="tag").exists()
+    assert client.post("/o/acme/budgets/", data)["Location"] == "/o/acme/budgets/"
+    b = Budget.objects.get(scope="tag")
+    assert (b.tag, b.node_id, b.limit_usd) == ("feature=search", acme.tree.root.pk, D("20"))
+    rows = client.get("/o/acme/budgets/").context["rows"]
+    assert "requests tagged feature=search" in [r["target"] for r in rows]
+    admin_page = login(acme.admin).get("/o/acme/budgets/").content.decode()
+    assert 'value="tag:0"' not in admin_page  # a department admin's budgets stay in its tree
+
+
 def test_budget_field_errors_change_nothing(acme):
     client = login(acme.tree.owner)
     before = list(Budget.objects.values_list("id", "limit_usd"))

@@ -171,3 +171,54 @@ def test_a_report_keeps_to_a_tag(tagged, settings, tmp_path):
     assert report is not None and report.status == "done", report and report.error
     assert Report.objects.get(pk=report.pk).filters == {"tag": ["feature=search"]}
     assert report.rows == 2  # the two search requests of this organization
+
+
+def _committed(call):
+    """``call()`` on a thread of its own (its own connection, autocommit): what it writes is
+    committed, so the server thread sees it (the test's own transaction would hide it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    def run():
+        try:
+            return call()
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result()
+
+
+def test_a_tag_budget_set_through_the_api_stops_the_tagged_requests(gateway_server, sim_world):
+    """A tag budget created through the management API (over HTTP, the same server) applies to
+    the next request: requests tagged feature=capped are refused at its limit (the tag layer
+    named), the same key's other requests are served; bad tags are field errors."""
+    from orgs.services import access_token_create
+
+    world = sim_world
+    token = _committed(
+        lambda: access_token_create(user=world.tenant.membership.user, name="tag budgets")
+    ).raw_token
+    url = f"/api/orgs/{world.tenant.organization.slug}/budgets/"
+    body = {"scope": "tag", "tag": "feature=capped", "period": "monthly", "limit_usd": "0.000001"}
+    management = {"authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=gateway_server.url, timeout=30) as http:
+        created = http.post(url, json=body, headers=management)
+        assert created.status_code == 201, created.text
+        assert (created.json()["scope"], created.json()["tag"]) == ("tag", "feature=capped")
+        try:
+            for bad in ("feature", "a b=c", "k=v|w", "k=" + "v" * 129):
+                refused = http.post(url, json={**body, "tag": bad}, headers=management)
+                assert refused.status_code == 400 and "tag" in refused.json(), bad
+            wrong = http.post(url, json={**body, "scope": "organization"}, headers=management)
+            assert wrong.status_code == 400 and "tag" in wrong.json()
+            tag = {"x-megarouter-tags": "feature=capped"}
+            capped = _post(http, "/v1/chat/completions", CHAT, world, tag)
+            free = _post(http, "/v1/chat/completions", CHAT, world, {"x-megarouter-tags": "a=b"})
+            assert capped.status_code == 429, capped.text
+            assert capped.json()["error"]["code"] == "budget_exceeded"
+            assert capped.headers["x-megarouter-budget-layer"] == "tag"
+            assert free.status_code == 200
+        finally:
+            http.delete(f"{url}{created.json()['id']}/", headers=management)

@@ -18,6 +18,7 @@
 -- ARGV[13] the reserving process  ARGV[14] now (unix ms)
 -- ARGV[15..20] the request's scope ids: organization, department, team, project, member, key
 -- ARGV[21..26] period start (unix s) and counter ttl: daily, weekly, monthly
+-- ARGV[27..] the request's tags, "key=value" (a tag budget's scope id is its tag)
 -- Returns {'ok', epoch, output tokens, amount, "id|start|scope" ...} or a refusal:
 -- {'rebuild'}, {'duplicate'}, {'rate', what}, {'budget', id, scope, scope id}, {'balance'}.
 local epoch = redis.call('GET', KEYS[1])
@@ -32,13 +33,16 @@ local periods = {
   daily = {ARGV[21], ARGV[22]}, weekly = {ARGV[23], ARGV[24]}, monthly = {ARGV[25], ARGV[26]},
   lifetime = {'0', '0'},
 }
+local tags = {}
+for i = 27, #ARGV do tags[ARGV[i]] = true end
 local counters, limits, ttls, matched, scopes, sids = {}, {}, {}, {}, {}, {}
 local defs = redis.call('HGETALL', KEYS[8])
 for i = 1, #defs, 2 do
   local scope, sid, period, limit, mode =
     string.match(defs[i + 1], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
   local p = periods[period]
-  if p and (scope == 'organization' or (sid ~= '' and scope_ids[scope] == sid)) then
+  if p and (scope == 'organization' or (scope == 'tag' and tags[sid])
+      or (sid ~= '' and scope_ids[scope] == sid)) then
     local n = #counters + 1
     counters[n] = ARGV[12] .. defs[i] .. ':' .. p[1]
     limits[n] = (mode == 'block') and tonumber(limit) or -1

@@ -42,7 +42,14 @@ SCOPE_FIELD = {
     BudgetScope.MEMBER: "member_id",
     BudgetScope.KEY: "key_id",
 }
-RECORD_COLUMNS = ("organization_id", "cost", "budget_periods", "created_at", *SCOPE_FIELD.values())
+RECORD_COLUMNS = (
+    "organization_id",
+    "cost",
+    "budget_periods",
+    "created_at",
+    "tags",
+    *SCOPE_FIELD.values(),
+)
 
 
 def balance_problems() -> list[str]:
@@ -78,6 +85,9 @@ def balance_problems() -> list[str]:
 def _applies(budget: Budget, record: dict[str, Any]) -> bool:
     if budget.scope == BudgetScope.ORGANIZATION:
         return True
+    if budget.scope == BudgetScope.TAG:  # the request carried the tag
+        key, _, value = budget.tag.partition("=")
+        return (record["tags"] or {}).get(key) == value
     return record[SCOPE_FIELD[budget.scope]] == budget.scope_id
 
 
