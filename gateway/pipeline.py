@@ -60,6 +60,7 @@ from gateway.providers.types import (
     ProviderError,
     Usage,
 )
+from megarouter import tracing
 from orgs.keys import KeyContext
 from orgs.policy import PolicySpec
 from routing.complexity import RequestFeatures
@@ -139,6 +140,8 @@ class CallContext:
     settled: bool = False
     # The caller's attribution (x-megarouter-tags, metadata): kept on the usage record
     tags: dict[str, str] = field(default_factory=dict)
+    # (name, start, end) of the steps a trace shows (megarouter.tracing); None: tracing is off
+    steps: list[tuple[str, float, float]] | None = None
     # auto chat: the conversation's identity (a keyed hash, routing.stickiness), to record
     # which deployment holds its prompt cache once a turn is served
     conversation: str | None = None
@@ -173,16 +176,20 @@ async def prepare(ctx: CallContext, request: ChatRequest | EmbeddingRequest) -> 
     ctx.input_tokens_estimate = prompt_tokens_estimate(counts)
     if isinstance(request, ChatRequest):
         ctx.n = max(1, request.n or 1)
+    started = time.perf_counter() if ctx.steps is not None else 0.0
     try:
         ctx.plan = await route_call(
             key=ctx.key, request=_route_request(ctx, request), override=ctx.override
         )
     except NoRoute as exc:
         raise route_error(exc) from None
+    finally:
+        tracing.step(ctx.steps, "route", started)
     candidates = ctx.plan.candidates
     ctx.input_tokens_bound = prompt_tokens_bound(counts, {c.info.kind for c in candidates})
     if not ctx.charge_id:
         ctx.charge_id = uuid.uuid4().hex if ctx.client_request_id else ctx.request_id
+    started = time.perf_counter() if ctx.steps is not None else 0.0
     try:
         ctx.admission = await admission_reserve(
             charge_id=ctx.charge_id,
@@ -202,6 +209,8 @@ async def prepare(ctx: CallContext, request: ChatRequest | EmbeddingRequest) -> 
     except AdmissionRefused as exc:
         metrics.BUDGET_REFUSALS.labels(refusal_layer(exc)).inc()
         raise refusal_error(exc) from None
+    finally:
+        tracing.step(ctx.steps, "admission.reserve", started)
     ctx.output_tokens_reserve = ctx.admission.output_tokens
 
 
@@ -797,6 +806,14 @@ async def finish(ctx: CallContext) -> None:
     if ctx.settled:
         return
     ctx.settled = True
+    started = time.perf_counter() if ctx.steps is not None else 0.0
+    try:
+        await _settle(ctx)
+    finally:
+        tracing.step(ctx.steps, "admission.settle", started)
+
+
+async def _settle(ctx: CallContext) -> None:
     if ctx.failover is not None:  # the answering deployment's outcome, for health and breakers
         if ctx.finished or ctx.stream_error is None:  # done, or the client left: not its fault
             ctx.failover.finish(ok=True, output_tokens=ctx.generated_tokens())

@@ -16,9 +16,13 @@ request:
   W3C ``traceparent`` when one came: HTTP status, error code, the requested and chosen model,
   provider, strategy, attempts, tokens, cost, time to first token, organization / project /
   key ids (``gen_ai.*`` names from OpenTelemetry's GenAI conventions where one fits);
+- one INTERNAL span per step: ``authenticate``, ``route`` (the routing decision),
+  ``admission.reserve`` (the hold), ``admission.settle`` (the charge, or the release);
 - one CLIENT span per provider attempt (``attempt <deployment>``): deployment, provider,
   model, outcome, upstream status, Retry-After; an error status when it failed. A stream's
   answering attempt spans to its first content (the rest is the request span's).
+
+Off, the request path pays one dict read per step (``steps`` is None: no clock is read).
 """
 
 from __future__ import annotations
@@ -95,6 +99,19 @@ def tracer() -> Any:
     return _state["tracer"]
 
 
+def enabled() -> bool:
+    """Whether spans are written (after the first check, one dict read): the request path
+    records its step times only then."""
+    return tracer() is not None
+
+
+def step(steps: list[tuple[str, float, float]] | None, name: str, started: float) -> None:
+    """Record a step of the request (``authenticate``, ``route``, ``admission.reserve``,
+    ``admission.settle``) from ``started`` to now; ``steps`` None: tracing is off."""
+    if steps is not None:
+        steps.append((name, started, time.perf_counter()))
+
+
 def shutdown() -> None:
     """Flush and stop (the gateway's lifespan shutdown; tests)."""
     with _lock:
@@ -140,6 +157,11 @@ def _write(found: Any, req: Any, ctx: Any, status: int) -> None:
     if status >= 500 or status in (499, 598, 599):
         span.set_status(Status(StatusCode.ERROR))
     inside = trace.set_span_in_context(span)
+    steps = [*(req.steps or ()), *((ctx.steps or ()) if ctx is not None else ())]
+    for name, begun, ended in steps:
+        found.start_span(name, context=inside, start_time=_ns(begun, now_perf, now_ns)).end(
+            end_time=_ns(ended, now_perf, now_ns)
+        )
     for attempt in ctx.attempts if ctx is not None else ():
         if attempt.error is not None and attempt.error.startswith("skipped"):
             continue  # not called: the request span's attempts count says so

@@ -49,6 +49,8 @@ Handler = Callable[[ApiRequest], Awaitable[ApiResponse]]
 
 def _context(req: ApiRequest, route: str, key: Any, inbound: Inbound) -> CallContext:
     req.call = _call_context(req, route, key, inbound)
+    if req.steps is not None:
+        req.call.steps = []
     return req.call
 
 
@@ -164,7 +166,13 @@ def _failed_target(ctx: CallContext) -> tuple[str, str]:
 
 
 async def _authenticate(req: ApiRequest) -> Any:
-    key = await authenticate(req.headers, req.client_ip)
+    if tracing.enabled():
+        req.steps = []
+    started = time.perf_counter() if req.steps is not None else 0.0
+    try:
+        key = await authenticate(req.headers, req.client_ip)
+    finally:
+        tracing.step(req.steps, "authenticate", started)
     req.key = key
     _log_ids(req, key)
     return key
@@ -502,6 +510,7 @@ async def embeddings_create(req: ApiRequest) -> ApiResponse:
         client_request_id="x-request-id" in req.headers,
         debug=_debug(req),
         tags=request_tags(req.headers, None),
+        steps=[] if req.steps is not None else None,
     )
     req.call = ctx
     try:

@@ -30,6 +30,7 @@ class ApiRequest:
     failed_model: str = ""  # for the failure count: the model and provider last tried
     failed_provider: str = ""
     call: Any = None  # the pipeline's CallContext once the body parsed (traces read it)
+    steps: list[Any] | None = None  # (name, start, end) of traced steps; None: tracing is off
     started: float = field(default_factory=time.perf_counter)
 
 

@@ -104,3 +104,106 @@ def test_tracing_is_off_unless_configured(settings, monkeypatch):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # nothing listens
     assert tracing.tracer() is not None
     tracing.shutdown()
+
+
+class _Receiver:
+    """A real OTLP/HTTP trace receiver on 127.0.0.1: POST /v1/traces with the protobuf
+    ExportTraceServiceRequest, kept decoded."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+
+        received = self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                message = ExportTraceServiceRequest()
+                message.ParseFromString(body)
+                received.append((self.path, self.headers["content-type"], message))
+                reply = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def spans(self):
+        out = []
+        for _path, _type, message in self.requests:
+            for resource in message.resource_spans:
+                service = {a.key: a.value.string_value for a in resource.resource.attributes}
+                for scope in resource.scope_spans:
+                    out += [(service, span) for span in scope.spans]
+        return out
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_spans_reach_a_real_otlp_receiver_configured_by_the_standard_variables(
+    gateway_server, sim_world, settings, monkeypatch
+):
+    receiver = _Receiver()
+    try:
+        tracing.shutdown()
+        settings.MEGAROUTER_TRACING = ""
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "gateway-under-test")
+        with httpx.Client(base_url=gateway_server.url, timeout=30) as http:
+            response = _post(http, sim_world, _chat("openai/gpt-sim"), {"traceparent": PARENT})
+        assert response.status_code == 200
+        tracing._state["provider"].force_flush()
+        spans = receiver.spans()
+        assert {path for path, _, _ in receiver.requests} == {"/v1/traces"}
+        assert {ctype for _, ctype, _ in receiver.requests} == {"application/x-protobuf"}
+        names = [span.name for _, span in spans]
+        assert sorted(names) == sorted(
+            [
+                "POST /v1/chat/completions",
+                "authenticate",
+                "route",
+                "admission.reserve",
+                "attempt sim-gpt",
+                "admission.settle",
+            ]
+        )
+        assert all(service["service.name"] == "gateway-under-test" for service, _ in spans)
+        assert {span.trace_id.hex() for _, span in spans} == {TRACE_ID}
+        server = next(span for _, span in spans if span.name.startswith("POST"))
+        children = [span for _, span in spans if span is not server]
+        assert all(span.parent_span_id == server.span_id for span in children)
+        attributes = {a.key: a.value for a in server.attributes}
+        assert attributes["gen_ai.response.model"].string_value == "openai/gpt-sim"
+        assert attributes["gen_ai.usage.output_tokens"].int_value > 0
+        assert (
+            attributes["megarouter.cost_usd"].string_value
+            == response.headers["x-megarouter-cost-usd"]
+        )
+        starts = {span.name: span.start_time_unix_nano for span in children}
+        assert starts["authenticate"] <= starts["route"] <= starts["admission.reserve"]
+        assert (
+            starts["admission.reserve"] <= starts["attempt sim-gpt"] <= starts["admission.settle"]
+        )
+        assert CANARY not in repr([s.SerializeToString() for _, s in spans])
+    finally:
+        tracing.shutdown()
+        receiver.close()
