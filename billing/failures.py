@@ -33,7 +33,7 @@ from billing.models import FailedRequestCount
 
 logger = logging.getLogger(__name__)
 
-INLINE_TRIES = 5  # writes each count before the response: attempts before keeping it
+INLINE_TRIES = 40  # writes each count before the response: attempts (2 s) before keeping it
 MAX_PENDING = 50_000  # distinct rows held between flushes; beyond, new combinations are dropped
 
 
