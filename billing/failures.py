@@ -3,11 +3,12 @@ provider, HTTP status and error code, by UTC hour. Metadata only.
 
 The gateway calls :func:`failure_record` once per unsuccessful authenticated request. Counting
 is in memory (a dict increment under a lock, nothing awaited on the request path); a flusher
-adds the counts to the table every ``BILLING_FAILURES_FLUSH_SECONDS`` (5 s), in one
-transaction, by upsert (``count = count + n``), so any number of gateway processes add to the
-same rows. A process that dies loses at most its last interval's counts (these are
-observations, not charges: no money depends on them); a stopping one writes its last counts
-at shutdown. 0 (the test suite) writes each count before the response.
+thread per process (started by the first count, whatever transport serves it) adds the
+counts to the table every ``BILLING_FAILURES_FLUSH_SECONDS`` (5 s), in one transaction, by
+upsert (``count = count + n``), so any number of gateway processes add to the same rows. A
+process that dies loses at most its last interval's counts (these are observations, not
+charges: no money depends on them); a stopping one writes its last counts at shutdown. 0 (the
+test suite) writes each count before the response.
 
 A 429 storm costs one row per (key, hour, code), not one per request: the table's size is
 bounded by keys x hours x the handful of codes, and an unknown model name is stored as "" so
@@ -20,6 +21,7 @@ import asyncio
 import datetime as dt
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,7 +87,8 @@ class FailureCounter:
 
 
 _counter = FailureCounter()
-_flusher: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+_flusher: dict[str, threading.Thread] = {}
+_flusher_lock = threading.Lock()
 
 
 def failure_key(
@@ -128,16 +131,32 @@ async def failure_record(failure: FailureKey) -> None:
                 return
             await asyncio.sleep(0.05)
         return
-    loop = asyncio.get_running_loop()
-    task = _flusher.get(loop)
-    if task is None or task.done():
-        _flusher[loop] = loop.create_task(_flush_forever(every))
+    _flusher_start(every)
 
 
-async def _flush_forever(every: float) -> None:
+def _flusher_start(every: float) -> None:
+    """The process's flusher: one daemon thread, started by the first count (whatever serves
+    the request: the ASGI front door's loop, or a Django view's per-request loop)."""
+    thread = _flusher.get("thread")
+    if thread is not None and thread.is_alive():
+        return
+    with _flusher_lock:
+        thread = _flusher.get("thread")
+        if thread is None or not thread.is_alive():
+            thread = threading.Thread(
+                target=_flush_forever, args=(every,), name="failure-counts", daemon=True
+            )
+            _flusher["thread"] = thread
+            thread.start()
+
+
+def _flush_forever(every: float) -> None:
     while True:
-        await asyncio.sleep(every)
-        await asyncio.to_thread(_flush_in_thread)
+        time.sleep(every)
+        try:
+            _flush_in_thread()
+        except Exception:  # logged by failures_flush; the next round tries again
+            logger.warning("failed-request flush round failed", exc_info=True)
 
 
 def _flush_in_thread() -> None:
@@ -198,14 +217,11 @@ def _upsert(key: FailureKey, n: int) -> None:
 
 
 async def failures_shutdown() -> None:
-    """The last counts of a stopping process (the gateway's lifespan shutdown)."""
-    task = _flusher.pop(asyncio.get_running_loop(), None)
-    if task is not None:
-        task.cancel()
+    """The last counts of a stopping process (the gateway's lifespan shutdown; the flusher
+    thread is a daemon and ends with the process)."""
     await asyncio.to_thread(_flush_in_thread)
 
 
 def reset_failures() -> None:
     """Tests: forget what was counted and not flushed."""
     _counter.take()
-    _flusher.clear()

@@ -40,9 +40,9 @@ def _refresh_on_the_test_thread():
 
 @pytest.fixture(scope="session", autouse=True)
 def _failure_counts_inline():
-    """Failed-request counts are written before the response (not every 5 s from a task), so
-    a test reads them right after the request; tests/billing/test_failures.py covers the
-    flusher."""
+    """Failed-request counts are written before the response (not every 5 s by the flusher
+    thread), so a test reads them right after the request; tests/gateway/test_api_failures.py
+    covers the flusher."""
     settings.BILLING_FAILURES_FLUSH_SECONDS = 0
     yield
 
