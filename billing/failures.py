@@ -27,7 +27,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, transaction
+from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -151,15 +151,23 @@ def _flusher_start(every: float) -> None:
 
 
 def _flush_forever(every: float) -> None:
-    while True:
-        time.sleep(every)
-        try:
-            _flush_in_thread()
-        except Exception:  # logged by failures_flush; the next round tries again
-            logger.warning("failed-request flush round failed", exc_info=True)
+    """Every ``every`` seconds (the setting, read each round), the counts; ends when the
+    setting turns to 0 (counts written before the response), closing its connection."""
+    try:
+        while every > 0:
+            time.sleep(every)
+            try:
+                _flush_in_thread()
+            except Exception:  # the next round tries again
+                logger.warning("failed-request flush round failed", exc_info=True)
+            every = float(settings.BILLING_FAILURES_FLUSH_SECONDS)
+    finally:
+        connection.close()
 
 
 def _flush_in_thread() -> None:
+    if not _counter.pending:  # nothing counted: the database is not touched
+        return
     close_old_connections()  # a connection the database dropped since the last flush
     failures_flush()
 

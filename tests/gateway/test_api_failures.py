@@ -204,6 +204,13 @@ def test_the_flusher_writes_within_its_interval(settings, transactional_db):
 
     asyncio.run(scenario())
     reset_failures()
+    # the interval back to 0 (written before the response): the flusher thread ends
+    from billing import failures
+
+    settings.BILLING_FAILURES_FLUSH_SECONDS = 0
+    thread = failures._flusher["thread"]
+    thread.join(timeout=2)
+    assert not thread.is_alive()
 
 
 def test_the_usage_page_and_overview_show_the_api_figures(counted):
