@@ -5,7 +5,9 @@ per cell.
 
     make budget-exactness          # or: .venv/bin/python bench/budget_exactness.py [--quick]
 
-Cells: each layer (key, member, organization, team node, prepaid balance) x each variant:
+Cells: each layer (key, member, organization, team node, request tag, prepaid balance) x each
+variant (the tag layer's requests carry ``x-megarouter-tags: feature=bench``, its budget is on
+that tag):
 
 | variant | requests |
 |---|---|
@@ -55,7 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import harness as h
 
-LAYERS = ("key", "member", "organization", "team", "balance")
+LAYERS = ("key", "member", "organization", "team", "tag", "balance")
+TAG = "feature=bench"  # the tag layer's budget, and the tag every request of its cells carries
 VARIANTS = ("plain", "stream", "long", "prompt", "lowered", "deleted")
 # Per token: bx-std $0.10 / $0.40 per million (a plain request costs about $0.00002),
 # bx-long $0.01 / $0.04 per million (a 16,000-token answer about $0.00064).
@@ -245,9 +248,14 @@ def outcome_of(reply: h.Reply) -> Outcome:
     return out
 
 
-async def one(port: int, key: str, payload: bytes, stream: bool, delay: float = 0) -> Outcome:
+async def one(
+    port: int, key: str, payload: bytes, stream: bool, delay: float = 0, tagged: bool = False
+) -> Outcome:
     await asyncio.sleep(delay)
-    conn = h.Connection(port, {"Authorization": f"Bearer {key}"})
+    headers = {"Authorization": f"Bearer {key}"}
+    if tagged:
+        headers["x-megarouter-tags"] = TAG
+    conn = h.Connection(port, headers)
     try:
         return outcome_of(await conn.post("/v1/chat/completions", payload, stream=stream))
     except Exception as exc:  # a reset connection and the like: counted as an error
@@ -278,6 +286,8 @@ class Api:
 
 
 def scope_of(layer: str, tenant: dict[str, Any]) -> dict[str, Any]:
+    if layer == "tag":
+        return {"scope": "tag", "tag": TAG}
     ids = {"key": tenant["key_id"], "member": tenant["member_id"], "team": tenant["team_id"]}
     return {"scope": layer, "scope_id": ids.get(layer)}
 
@@ -339,7 +349,9 @@ async def run_cell(
         # the lowering; the others start together
         pace = LOWER_PACE_S if cell.variant == "lowered" else 0.0
         tasks = [
-            asyncio.ensure_future(one(port, tenant["key"], payload, stream, i * pace))
+            asyncio.ensure_future(
+                one(port, tenant["key"], payload, stream, i * pace, tagged=cell.layer == "tag")
+            )
             for i in range(requests)
         ]
         if cell.variant == "lowered" and budget is not None:
