@@ -241,6 +241,9 @@ MEGAROUTER_REFRESH_WAIT_S = env.float(
 # the request path; the usage stream in Redis covers the gap) or "inline" (each request
 # commits its own rows before it answers). billing/admission/writer.py.
 BILLING_USAGE_WRITE = env.choice("BILLING_USAGE_WRITE", "behind", ("behind", "inline"))
+# "behind": how long a batch waits for more requests after its first before it commits
+# (fewer, larger transactions under load; 0 commits whatever queued during the last commit).
+BILLING_USAGE_LINGER_S = env.float("BILLING_USAGE_LINGER_S", 0.05, min_value=0.0, max_value=5.0)
 # Seconds a reservation may stay open before reconciliation releases it (crashed process).
 BILLING_RESERVATION_TTL = env.int("BILLING_RESERVATION_TTL", 900, min_value=30)
 # Gateway processes beat every 5 s; reconciliation closes the holds of a process silent for

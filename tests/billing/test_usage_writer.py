@@ -85,6 +85,30 @@ def test_settle_counts_at_once_and_the_rows_follow_in_batches(behind):
     ) == D("0.60")
 
 
+def test_settles_spaced_within_the_linger_share_one_transaction(behind, settings):
+    """A busy worker commits once per linger, not once per request: 20 settles queued 1 ms
+    apart (well inside the 200 ms linger) are one batch; with no linger, each waits for no
+    one and they take several."""
+    w = make_world("wb-linger", balance="10")
+
+    async def spaced(n: int) -> None:
+        for _ in range(n):
+            res = await behind.reserve(uuid.uuid4().hex, w.ctx(), HoldRequest.fixed(D("0.05"), 100))
+            await behind.settle(res, D("0.01"), event())
+            await asyncio.sleep(0.001)
+        await behind.flush_writes()
+
+    settings.BILLING_USAGE_LINGER_S = 0.2
+    run(spaced, 20)
+    assert behind.writer().batches == 1
+    assert behind.writer().events_written == 20
+
+    settings.BILLING_USAGE_LINGER_S = 0.0
+    run(spaced, 20)
+    assert behind.writer().events_written == 40
+    assert behind.writer().batches > 2
+
+
 def test_open_holds_reach_the_database_and_releases_remove_them(behind):
     w = make_world("wb-hold", balance="10")
 
