@@ -13,7 +13,7 @@ Per request (``billing.admission.service`` is what the gateway calls)::
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any, Protocol
@@ -184,6 +184,9 @@ class UsageEventData:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+_USAGE_FIELDS = tuple(f.name for f in fields(UsageEventData))
+
+
 @dataclass(slots=True)
 class Reservation:
     """An admitted request's hold. Pass it back to ``settle`` or ``release`` exactly once."""
@@ -262,7 +265,11 @@ def usage_event_row(
 ) -> dict[str, Any]:
     """The ``UsageEvent`` row's fields: metadata of the finished request, never content."""
     ctx = res.ctx
-    payload = asdict(data)
+    # a field-by-field copy, not ``asdict``: its recursive deep copy of the explanation was
+    # about 1 % of a worker's CPU; the two dicts are copied one level (nobody mutates below)
+    payload = {name: getattr(data, name) for name in _USAGE_FIELDS}
+    payload["routing"] = dict(data.routing)
+    payload["tags"] = dict(data.tags)
     payload.update(
         department_id=ctx.department_id,
         team_id=ctx.team_id,
