@@ -188,6 +188,9 @@ def seed(simulator_url: str, run_id: str) -> dict[str, Any]:
 
     sim = Simulator(simulator_url)
     sim.model("bench-fast", "gpt-4o-mini")
+    # the `auto` path (``auto_key``): the same fast upstream at a tenth of the price, so the
+    # routing decision has two models to weigh
+    sim.model("bench-fast-mini", "gpt-4o-mini", price_in="0.0000002", price_out="0.0000008")
     sim.model("bench-20ms", "gpt-4o-mini~ttft_ms=20")
     sim.model("bench-ttft", "gpt-4o-mini~tokens=16")
     sim.model("bench-stream", "gpt-4o-mini~tokens=64~token_ms=20")
@@ -224,6 +227,15 @@ def seed(simulator_url: str, run_id: str) -> dict[str, Any]:
         cached_in="0.0000002",
     )
 
+    from orgs import services as org_services
+
+    auto = org_services.api_key_create(
+        actor=actor,
+        project=t.nodes["proj"],
+        membership=membership,
+        name="bench-auto",
+        allowed_models=["benchsim/bench-fast", "benchsim/bench-fast-mini"],
+    )
     from billing import services as billing
 
     billing.transfer_record(
@@ -247,6 +259,7 @@ def seed(simulator_url: str, run_id: str) -> dict[str, Any]:
     return {
         "key": created.raw_key,
         "key_id": created.api_key.pk,
+        "auto_key": auto.raw_key,  # model "auto" over bench-fast and bench-fast-mini
         "organization_id": org.pk,
         "budgets": budgets,
         "credential_secret": CREDENTIAL_SECRET,

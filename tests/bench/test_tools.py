@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from bench.profile import parse_collapsed
+from bench.profile import OTHER, categorize, parse_collapsed
 from bench.tcp_proxy import TcpProxy
 
 
@@ -107,3 +107,29 @@ def test_parse_collapsed_counts_own_and_total_samples() -> None:
     assert total["main (app.py:1)"] == 10
     assert total["handle (app.py:9)"] == 9
     assert total["loop (app.py:2)"] == 1  # a recursive frame counts once per sample
+
+
+def test_categorize_names_the_innermost_cost_a_rule_names() -> None:
+    loop = "Runner.run (asyncio/runners.py:118)"
+    reserve = "admission_reserve (billing/admission/service.py:88)"
+    redis = "AbstractConnection.send_packed_command (redis/connection.py:1349)"
+    text = (
+        # a Redis call made by the reserve step counts as the reserve, not as Redis
+        f"{loop};GatewayASGI.handle (gateway/api/asgi.py:132);{reserve};{redis} 5\n"
+        # httpx under the adapter is the transport (a named cost), not the adapter
+        f"{loop};Adapter.complete (gateway/providers/base.py:369);"
+        "AsyncClient.send (httpx/_client.py:1600) 3\n"
+        # no specific frame: the server fallback; nothing at all: the event loop
+        f"{loop};RequestResponseCycle.send (uvicorn/protocols/http/httptools_impl.py:524) 2\n"
+        f"{loop} 1\n"
+        "Thread.run (threading.py:982);UsageWriter._run (billing/admission/writer.py:336) 4\n"
+    )
+    shares, samples = categorize(text)
+    assert samples == 15
+    assert shares == {
+        "admission: reserve": 5,
+        "HTTP client transport (httpx, httpx-aiohttp, aiohttp)": 3,
+        "HTTP server (uvicorn, httptools, the ASGI front door)": 2,
+        OTHER: 1,
+        "usage write-behind (writer thread)": 4,
+    }
