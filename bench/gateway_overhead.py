@@ -1,7 +1,7 @@
 """Gateway-added latency and throughput, /v1/chat/completions, measured with wrk.
 
     .venv/bin/python bench/gateway_overhead.py [--duration 8] [--workers 1]
-        [--skip-django-view] [--services]
+        [--skip-django-view] [--services] [--auto]
 
 Starts the provider simulator and, one after the other, the gateway served two ways: the raw
 ASGI front door (``megarouter.asgi:application``, production) and the same handlers behind a
@@ -41,9 +41,17 @@ tenant = f.tenant_create()
 key = f.api_key_create(tenant)
 provider = f.provider_create("openai", "openai", sys.argv[1] + "/openai/v1")
 model = f.model_create(provider, "gpt-bench")
+credential = f.credential_create()
 f.deployment_create(model, name="sim-bench", base_url=sys.argv[1] + "/openai/v1",
-                    upstream_name="gpt-4o-mini", credential=f.credential_create())
-print(json.dumps({"key": key}))
+                    upstream_name="gpt-4o-mini", credential=credential)
+# ``--auto``: a tenth-price twin on the same upstream, and a key limited to the two
+from decimal import Decimal
+mini = f.model_create(provider, "gpt-bench-mini", price_in=Decimal("0.0000002"),
+                      price_out=Decimal("0.0000008"), quality_tier=2)
+f.deployment_create(mini, name="sim-bench-mini", base_url=sys.argv[1] + "/openai/v1",
+                    upstream_name="gpt-4o-mini", credential=credential)
+auto_key = f.api_key_create(tenant, allowed_models=["openai/gpt-bench", "openai/gpt-bench-mini"])
+print(json.dumps({"key": key, "auto_key": auto_key}))
 """
 
 LUA = """
@@ -94,6 +102,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--skip-django-view", action="store_true")
     parser.add_argument(
+        "--auto",
+        action="store_true",
+        help='send model "auto" (the routing decision on the path) with a key limited to two '
+        "models on the same upstream, instead of a fixed model",
+    )
+    parser.add_argument(
         "--services",
         action="store_true",
         help="keep DATABASE_URL / REDIS_URL (PostgreSQL + Redis admission); the database "
@@ -135,12 +149,14 @@ def main() -> int:
                 capture_output=True,
                 text=True,
             )
-            key = json.loads(seeded.stdout.strip().splitlines()[-1])["key"]
+            keys = json.loads(seeded.stdout.strip().splitlines()[-1])
+            key = keys["auto_key"] if args.auto else keys["key"]
             rows = []
             sim_script = Path(tmp) / "sim.lua"
             sim_script.write_text(LUA.replace("MODEL", "gpt-4o-mini").replace("KEY", "sk-sim"))
             gw_script = Path(tmp) / "gw.lua"
-            gw_script.write_text(LUA.replace("MODEL", "openai/gpt-bench").replace("KEY", key))
+            model = "auto" if args.auto else "openai/gpt-bench"
+            gw_script.write_text(LUA.replace("MODEL", model).replace("KEY", key))
             upstream = f"{sim}/openai/v1/chat/completions"
             wrk(upstream, sim_script, 1, 2)  # warm-up
             base1, base32 = (
@@ -198,7 +214,10 @@ def main() -> int:
                     proc.terminate()
                     proc.wait(10)
     mode = "PostgreSQL + Redis" if args.services else "embedded (SQLite)"
-    print(f"{mode}; uvicorn workers: {args.workers}; wrk {args.duration}s per run; times in ms")
+    print(
+        f"{mode}; model {'auto' if args.auto else 'fixed'}; uvicorn workers: {args.workers}; "
+        f"wrk {args.duration}s per run; times in ms"
+    )
     print("| server | c=1 p50 | c=1 p90 | c=1 p99 | added p50 | added p99 | c=32 req/s | non-2xx |")
     print("|---|---|---|---|---|---|---|---|")
     base = rows[0][1]
