@@ -37,12 +37,17 @@ test: $(STAMP) lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # Benchmarks and reliability scenarios (docs/performance.md). BENCH_QUICK=1 for a short run.
-# LiteLLM, for the comparison, lives in its own virtualenv (not a project dependency).
+# LiteLLM, for the comparison, lives in virtualenvs of its own (not a project dependency):
+# the pinned release, and the newest release the registry serves (upgraded on every run).
 bench/litellm-venv/bin/litellm:
 	$(PYTHON) -m venv bench/litellm-venv
 	bench/litellm-venv/bin/pip install --quiet 'litellm[proxy]==1.108.7'
 
-bench: $(STAMP) bench/litellm-venv/bin/litellm
+bench/litellm-latest-venv/bin/pip:
+	$(PYTHON) -m venv bench/litellm-latest-venv
+
+bench: $(STAMP) bench/litellm-venv/bin/litellm bench/litellm-latest-venv/bin/pip
+	bench/litellm-latest-venv/bin/pip install --quiet --upgrade 'litellm[proxy]'
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 chaos: $(STAMP)

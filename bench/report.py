@@ -13,10 +13,14 @@ END = "<!-- bench:results:end -->"
 TARGETS = {
     "added_p50_ms": 2.0,
     "added_p99_ms": 5.0,
-    "rps_ratio_vs_litellm": 3.0,
+    "rps_ratio_vs_litellm": 8.0,  # against every LiteLLM version measured
+    "rps": 1200.0,
+    "added_ttft_p50_ms": 2.0,
     "added_ttft_p99_ms": 5.0,
     "streams": 500,
 }
+# The LiteLLM targets a run may have: the pinned release and the newest the registry served.
+LITELLMS = ("litellm", "litellm-latest")
 
 
 def _ms(value: float | None) -> str:
@@ -57,7 +61,7 @@ def verdict(value: float | None, target: float, *, higher_is_better: bool = Fals
 def figures(results: dict[str, Any]) -> dict[str, Any]:
     """The headline figures, per target, with the project's targets."""
     out: dict[str, Any] = {}
-    for name in ("megarouter", "litellm"):
+    for name in ("megarouter", *LITELLMS):
         if name not in (results.get("latency") or {}):
             continue
         sustained = _get(results, "throughput", name, "sustained") or {}
@@ -73,47 +77,65 @@ def figures(results: dict[str, Any]) -> dict[str, Any]:
             "rss_idle_mib": _get(results, "rss_idle_mib", name),
             "rss_peak_mib": _get(results, "rss_load_peak_mib", name),
         }
-    gw, ll = out.get("megarouter", {}), out.get("litellm", {})
-    if gw.get("sustained_rps") and ll.get("sustained_rps"):
-        out["rps_ratio_vs_litellm"] = gw["sustained_rps"] / ll["sustained_rps"]
+    gw = out.get("megarouter", {})
+    for name in LITELLMS:
+        ll = out.get(name, {})
+        if gw.get("sustained_rps") and ll.get("sustained_rps"):
+            out[f"rps_ratio_vs_{name.replace('-', '_')}"] = (
+                gw["sustained_rps"] / ll["sustained_rps"]
+            )
     return out
+
+
+def _versions(results: dict[str, Any]) -> dict[str, str]:
+    versions = dict(results.get("litellm_versions") or {})
+    if results.get("litellm_version") and "litellm" not in versions:  # results before 2026-12
+        versions["litellm"] = results["litellm_version"]
+    return versions
 
 
 def render_table(results: dict[str, Any]) -> str:
     fig = figures(results)
     machine = results.get("machine", {})
-    gw, ll = fig.get("megarouter", {}), fig.get("litellm", {})
+    gw = fig.get("megarouter", {})
+    versions = _versions(results)
+    lls = [name for name in LITELLMS if name in fig]
+    ll_heads = "".join(f" LiteLLM {versions.get(name, '?')} |" for name in lls)
     lines = [
         f"Run {results.get('run_id')} ({results.get('mode')} mode), "
         f"{results.get('workers')} server workers each. Machine: {machine.get('nproc')} cores "
         f"({machine.get('cpu')}), {machine.get('memory_gib')} GiB, load average "
-        f"{machine.get('loadavg')} at start, {results.get('load_after')} at the end."
-        + (f" LiteLLM {results['litellm_version']}." if results.get("litellm_version") else ""),
+        f"{machine.get('loadavg')} at start, {results.get('load_after')} at the end.",
         "",
-        "| figure | direct (simulator) | MegaRouter | LiteLLM | target | MegaRouter verdict |",
-        "|---|---|---|---|---|---|",
+        f"| figure | direct (simulator) | MegaRouter |{ll_heads} target | MegaRouter verdict |",
+        "|---|---|---|" + "---|" * len(lls) + "---|---|",
     ]
 
     def pct(figure: str, name: str, key: str) -> str:
         return _ms(_get(results, figure, name, key))
 
+    def each(text: Any) -> str:
+        return "".join(f" {text(name)} |" for name in lls)
+
     for figure, label in (("latency", "c=1 latency"), ("ttft", "c=1 time to first token")):
         for key in ("p50", "p99"):
             lines.append(
                 f"| {label} {key} (ms) | {pct(figure, 'direct', key)} | "
-                f"{pct(figure, 'megarouter', key)} | {pct(figure, 'litellm', key)} | | |"
+                f"{pct(figure, 'megarouter', key)} |"
+                + each(lambda n, f=figure, k=key: pct(f, n, k))
+                + " | |"
             )
-    lines += [
-        f"| added latency p50 (ms) | | {_ms(gw.get('added_p50_ms'))} | "
-        f"{_ms(ll.get('added_p50_ms'))} | <= 2 | "
-        f"{verdict(gw.get('added_p50_ms'), TARGETS['added_p50_ms'])} |",
-        f"| added latency p99 (ms) | | {_ms(gw.get('added_p99_ms'))} | "
-        f"{_ms(ll.get('added_p99_ms'))} | <= 5 | "
-        f"{verdict(gw.get('added_p99_ms'), TARGETS['added_p99_ms'])} |",
-        f"| added TTFT p99 (ms) | | {_ms(gw.get('added_ttft_p99_ms'))} | "
-        f"{_ms(ll.get('added_ttft_p99_ms'))} | <= 5 | "
-        f"{verdict(gw.get('added_ttft_p99_ms'), TARGETS['added_ttft_p99_ms'])} |",
-    ]
+    for figure, label, bound in (
+        ("added_p50_ms", "added latency p50 (ms)", "<= 2"),
+        ("added_p99_ms", "added latency p99 (ms)", "<= 5"),
+        ("added_ttft_p50_ms", "added TTFT p50 (ms)", "<= 2"),
+        ("added_ttft_p99_ms", "added TTFT p99 (ms)", "<= 5"),
+    ):
+        lines.append(
+            f"| {label} | | {_ms(gw.get(figure))} |"
+            + each(lambda n, f=figure: _ms(fig[n].get(f)))
+            + f" {bound} | {verdict(gw.get(figure), TARGETS[figure])} |"
+        )
     direct_sustained = _get(results, "throughput", "direct", "sustained") or {}
 
     def rps(row: dict[str, Any], name: str) -> str:
@@ -126,20 +148,27 @@ def render_table(results: dict[str, Any]) -> str:
         )
         return "none" if not value else f"{value:,.0f} (c={conns})"
 
-    ratio = fig.get("rps_ratio_vs_litellm")
-    ratio_verdict = "not measured"
-    if ratio:
-        met = verdict(ratio, TARGETS["rps_ratio_vs_litellm"], higher_is_better=True)
-        ratio_verdict = f"{ratio:.1f}x: {met}"
+    ratios = []
+    for name in lls:
+        ratio = fig.get(f"rps_ratio_vs_{name.replace('-', '_')}")
+        if ratio:
+            met = verdict(ratio, TARGETS["rps_ratio_vs_litellm"], higher_is_better=True)
+            ratios.append(f"{ratio:.1f}x {versions.get(name, name)}: {met}")
+    absolute = verdict(gw.get("sustained_rps"), TARGETS["rps"], higher_is_better=True)
     lines.append(
         f"| sustained req/s, 20 ms upstream, p99 < 1 s | {rps(direct_sustained, 'direct')} | "
-        f"{rps({}, 'megarouter')} | {rps({}, 'litellm')} | >= 3x LiteLLM | {ratio_verdict} |"
+        f"{rps({}, 'megarouter')} |"
+        + each(lambda n: rps({}, n))
+        + f" >= 8x LiteLLM and >= 1,200 | {'; '.join(ratios) or 'not measured'}; "
+        f"1,200: {absolute} |"
     )
     direct_rows = _get(results, "streams", "direct") or []
     lines.append(
         "| concurrent 64x20 ms streams with no stall > 100 ms | "
         f"{clean_streams(direct_rows) if direct_rows else 'n/a'} | "
-        f"{gw.get('clean_streams', 'n/a')} | {ll.get('clean_streams', 'n/a')} | >= 500 | "
+        f"{gw.get('clean_streams', 'n/a')} |"
+        + each(lambda n: fig[n].get("clean_streams", "n/a"))
+        + f" >= 500 | "
         f"{verdict(gw.get('clean_streams'), TARGETS['streams'], higher_is_better=True)} |"
     )
 
@@ -151,13 +180,15 @@ def render_table(results: dict[str, Any]) -> str:
         return f"{', '.join(f'{v:.0f}' for v in idle)} idle; {peak or 0:.0f} peak"
 
     lines.append(
-        f"| resident memory per worker (MiB) | | {rss('megarouter')} | {rss('litellm')} | | |"
+        f"| resident memory per worker (MiB) | | {rss('megarouter')} |" + each(rss) + " | |"
     )
     routing = results.get("routing_decision") or {}
     lines.append(
         "| routing decision | | "
         + (routing.get("skipped") or routing.get("error") or "below (bench/routing_decision.py)")
-        + " | | < 1 ms | |"
+        + " |"
+        + " |" * len(lls)
+        + " < 1 ms | |"
     )
     if routing.get("output"):
         lines += ["", "Routing decision, in process (microseconds):", "", "```"]

@@ -46,7 +46,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import harness as h
 from bench.report import render_table, update_docs
 
-LITELLM = h.ROOT / "bench" / "litellm-venv" / "bin" / "litellm"
+# The LiteLLM releases compared: the pinned one and the newest the registry served (the
+# Makefile upgrades that virtualenv before each run). Target name -> its executable.
+LITELLMS = {
+    "litellm": h.ROOT / "bench" / "litellm-venv" / "bin" / "litellm",
+    "litellm-latest": h.ROOT / "bench" / "litellm-latest-venv" / "bin" / "litellm",
+}
+LITELLM = LITELLMS["litellm"]
+# Seconds LiteLLM's uvicorn supervisor waits for a worker's start-up health check: its workers
+# import for a long while on a busy 2-core machine, and the default killed them mid-start.
+LITELLM_WORKER_HEALTHCHECK_S = 180
+# Both gateways log at the same level (MegaRouter: LOG_LEVEL in bench/harness.production_env).
+LOG_LEVEL = "WARNING"
 LITELLM_KEY = "sk-bench-master"
 SIM_KEY = "sk-sim"
 MODELS = {
@@ -120,19 +131,27 @@ def litellm_config(sim_url: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def litellm_service(port: int, config: Path, workers: int, env: dict[str, str], log: Path):
+def litellm_service(
+    port: int,
+    config: Path,
+    workers: int,
+    env: dict[str, str],
+    log: Path,
+    executable: Path = LITELLM,
+    name: str = "litellm",
+):
     litellm_env = {
         **env,
-        "LITELLM_LOG": "ERROR",
+        "LITELLM_LOG": LOG_LEVEL,
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "DISABLE_ADMIN_UI": "True",
     }
     for name in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH", "DATABASE_URL", "REDIS_URL"):
         litellm_env.pop(name, None)
     return h.Service(
-        "litellm",
+        name,
         [
-            str(LITELLM),
+            str(executable),
             "--config",
             str(config),
             "--host",
@@ -141,6 +160,8 @@ def litellm_service(port: int, config: Path, workers: int, env: dict[str, str], 
             str(port),
             "--num_workers",
             str(workers),
+            "--timeout_worker_healthcheck",
+            str(LITELLM_WORKER_HEALTHCHECK_S),
         ],
         litellm_env,
         port=port,
@@ -346,40 +367,48 @@ def main() -> int:
                 gateway.workers,
             ),
         ]
-        if args.no_litellm:
-            results["notes"].append("LiteLLM: skipped (--no-litellm)")
-        elif not LITELLM.exists():
-            results["notes"].append(
-                "LiteLLM: skipped (python3 -m venv bench/litellm-venv && "
-                "bench/litellm-venv/bin/pip install 'litellm[proxy]')"
-            )
-        else:
-            config = tmp / "litellm.yaml"
+        results["litellm_versions"] = {}
+        for ll_name, executable in LITELLMS.items() if not args.no_litellm else ():
+            if not executable.exists():
+                results["notes"].append(
+                    f"{ll_name}: skipped ({executable.parent.parent.name} missing: make bench "
+                    "creates it)"
+                )
+                continue
+            config = tmp / f"{ll_name}.yaml"
             config.write_text(litellm_config(sim_url))
             ll_port = h.free_port()
             litellm = litellm_service(
-                ll_port, config, args.workers, h.base_env(tmp), out_dir / f"litellm-{run_id}.log"
+                ll_port,
+                config,
+                args.workers,
+                h.base_env(tmp),
+                out_dir / f"{ll_name}-{run_id}.log",
+                executable,
+                ll_name,
             )
-            started.append(litellm.start(timeout=180))
+            started.append(litellm.start(timeout=LITELLM_WORKER_HEALTHCHECK_S + 60))
             version = subprocess.run(
                 [
-                    str(LITELLM.parent / "python"),
+                    str(executable.parent / "python"),
                     "-c",
                     "import importlib.metadata as m;print(m.version('litellm'))",
                 ],
                 capture_output=True,
                 text=True,
             ).stdout.strip()
-            results["litellm_version"] = version
+            results["litellm_versions"][ll_name] = version
             targets.append(
                 Target(
-                    "litellm",
+                    ll_name,
                     ll_port,
                     LITELLM_KEY,
                     {k: v[0] for k, v in MODELS.items()},
                     litellm.workers,
                 )
             )
+        if args.no_litellm:
+            results["notes"].append("LiteLLM: skipped (--no-litellm)")
         names = [t.name for t in targets]
         print(f"[bench] targets up: {names}; warming up", flush=True)
         # Several connections, so every worker has served (and imported what it imports

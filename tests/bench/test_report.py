@@ -68,7 +68,8 @@ def test_table_names_targets_and_verdicts() -> None:
     assert "| added latency p50 (ms) | | 1.75 | 16.00 | <= 2 | met |" in table
     assert "| added latency p99 (ms) | | 6.50 | 40.00 | <= 5 | MISSED |" in table
     assert "| added TTFT p99 (ms) | | 4.00 | 99.00 | <= 5 | met |" in table
-    assert "| 800 (c=64) | 200 (c=4) | >= 3x LiteLLM | 4.0x: met |" in table
+    assert "| 800 (c=64) | 200 (c=4) | >= 8x LiteLLM and >= 1,200 | 4.0x litellm: MISSED; " in table
+    assert "1,200: MISSED |" in table
     assert "| 100 | 100 | 0 | >= 500 | MISSED |" in table
     assert "100, 101 idle; 112 peak" in table
     assert "Note: budgets: not wired" in table
@@ -89,3 +90,25 @@ def test_update_docs_appends_then_replaces_the_block(tmp_path: Path, existing: s
     assert f"{report.START}\nsecond table\n{report.END}" in text
     if existing:
         assert text.startswith(existing.rstrip("\n"))
+
+
+def test_both_litellm_versions_get_a_column_and_a_ratio() -> None:
+    result = {**RESULT, "litellm_versions": {"litellm": "1.108.7", "litellm-latest": "1.110.2"}}
+    for figure, row in (
+        ("latency", {"p50": 20.25, "p90": 25.0, "p99": 51.0}),
+        ("ttft", {"p50": 18.5, "p90": 20.0, "p99": 60.0}),
+        ("throughput", {"steps": [], "sustained": {"rps": 100.0, "connections": 8}}),
+        (
+            "streams",
+            [{"streams": 500, "complete": 500, "stalls": 0, "errors": {}, "max_gap_ms": 9}],
+        ),
+    ):
+        result[figure] = {**RESULT[figure], "litellm-latest": row}
+    fig = report.figures(result)
+    assert fig["rps_ratio_vs_litellm"] == 4.0
+    assert fig["rps_ratio_vs_litellm_latest"] == 8.0
+    table = report.render_table(result)
+    assert "| MegaRouter | LiteLLM 1.108.7 | LiteLLM 1.110.2 | target |" in table
+    assert "| added latency p50 (ms) | | 1.75 | 16.00 | 20.00 | <= 2 | met |" in table
+    assert "4.0x 1.108.7: MISSED; 8.0x 1.110.2: met; 1,200: MISSED |" in table
+    assert "| >= 500 | MISSED |" in table
