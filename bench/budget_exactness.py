@@ -1,7 +1,8 @@
 """Budget exactness from outside: a production-mode deployment (PostgreSQL, Redis, a gateway of
-``--workers`` uvicorn processes, a Celery worker with beat, the provider simulator), budgets
-created through the management API just before each burst, ``--requests`` concurrent requests
-per cell.
+``--workers`` uvicorn processes, or ``--groups`` such gateways on ports of their own sharing
+the database and Redis as two hosts would, a Celery worker with beat, the provider
+simulator), budgets created through the management API just before each burst, ``--requests``
+concurrent requests per cell.
 
     make budget-exactness          # or: .venv/bin/python bench/budget_exactness.py [--quick]
 
@@ -328,9 +329,11 @@ class Cell:
 
 
 async def run_cell(
-    port: int, books: Books, tenant: dict[str, Any], cell: Cell, requests: int
+    ports: list[int], books: Books, tenant: dict[str, Any], cell: Cell, requests: int
 ) -> Cell:
-    api = Api(port, tenant)
+    """``ports``: one per gateway group; the management API goes to the first, the requests
+    to each in turn (two groups share nothing but PostgreSQL and Redis, as two hosts would)."""
+    api = Api(ports[0], tenant)
     budget: dict[str, Any] | None = None
     try:
         if cell.layer != "balance":
@@ -350,7 +353,14 @@ async def run_cell(
         pace = LOWER_PACE_S if cell.variant == "lowered" else 0.0
         tasks = [
             asyncio.ensure_future(
-                one(port, tenant["key"], payload, stream, i * pace, tagged=cell.layer == "tag")
+                one(
+                    ports[i % len(ports)],
+                    tenant["key"],
+                    payload,
+                    stream,
+                    i * pace,
+                    tagged=cell.layer == "tag",
+                )
             )
             for i in range(requests)
         ]
@@ -517,13 +527,17 @@ def plan(args: argparse.Namespace) -> list[Cell]:
 
 
 async def bench(
-    args: argparse.Namespace, gateway: h.Service, port: int, books: Books, tenants: list[dict]
+    args: argparse.Namespace,
+    gateway: h.Service,
+    ports: list[int],
+    books: Books,
+    tenants: list[dict],
 ) -> dict:
     cells = plan(args)
     for cell, tenant in zip(cells, tenants, strict=False):
-        await run_cell(port, books, tenant, cell, args.requests)
+        await run_cell(ports, books, tenant, cell, args.requests)
         print(json.dumps(cell.row()), file=sys.stderr, flush=True)
-    crashed = None if args.no_crash else await crash(gateway, port, books, tenants[-1])
+    crashed = None if args.no_crash else await crash(gateway, ports[0], books, tenants[-1])
     return {"cells": cells, "crash": crashed}
 
 
@@ -532,6 +546,13 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--limit", default="0.01")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--groups",
+        type=int,
+        default=1,
+        help="gateway groups (each its own uvicorn with --workers workers, sharing PostgreSQL "
+        "and Redis as two hosts would); each cell's requests go to them in turn",
+    )
     parser.add_argument("--layers", nargs="+", default=list(LAYERS), choices=LAYERS)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--no-crash", action="store_true")
@@ -555,7 +576,8 @@ def main() -> int:
         env = h.production_env(data, database_url=args.database_url, redis_url=args.redis_url)
         env["BILLING_REDIS_PREFIX"] = f"bx{run_id}"
         env["BILLING_ADMISSION_BACKEND"] = args.admission
-        sim_port, port = h.free_port(), h.free_port()
+        sim_port = h.free_port()
+        ports = [h.free_port() for _ in range(args.groups)]
         started.append(h.simulator_service(sim_port, h.base_env(data)).start())
         books = Books(env)
         balances = [args.limit if c.layer == "balance" else "1000" for c in plan(args)]
@@ -565,12 +587,14 @@ def main() -> int:
             run_id=run_id,
             balances=[*balances, "1000"],  # the last: the crash
         )
-        log = results / f"budget-{run_id}-gateway.log"
-        gateway = h.gateway_service(port, env, args.workers, log).start()
-        started.append(gateway)
+        gateways = []
+        for group, port in enumerate(ports):
+            log = results / f"budget-{run_id}-gateway{group}.log"
+            gateways.append(h.gateway_service(port, env, args.workers, log).start())
+            started.append(gateways[-1])
         started.append(h.celery_service(env, data / "celery.log", beat=True).start())
         try:
-            out = h.run_async(bench(args, gateway, port, books, seeded["tenants"]))
+            out = h.run_async(bench(args, gateways[0], ports, books, seeded["tenants"]))
         finally:
             books.close()
         check = subprocess.run(
@@ -585,6 +609,7 @@ def main() -> int:
         "run_id": run_id,
         "machine": h.machine_info(),
         "workers": args.workers,
+        "groups": args.groups,
         "admission": args.admission,
         "requests_per_cell": args.requests,
         "limit": args.limit,
