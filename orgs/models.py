@@ -30,6 +30,9 @@ class Organization(models.Model):
     slug = models.SlugField(max_length=80, unique=True)
     # IANA zone used for budget periods and reports (validated against zoneinfo).
     time_zone = models.CharField(max_length=64, default="UTC")
+    # Members must pass MFA to open any of its console pages (console.access.OrgView) or call
+    # its management API from a browser session (docs/identity.md).
+    require_mfa = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     archived_at = models.DateTimeField(null=True, blank=True)
 
