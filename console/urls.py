@@ -74,7 +74,9 @@ urlpatterns = [
     path("login/mfa/", login.login_mfa, name="login-mfa"),
     path("account/mfa/", mfa.mfa_page, name="mfa"),
     path("account/mfa/<slug:action>/", mfa.mfa_action, name="mfa-action"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("account/sessions/", mfa.sessions_page, name="sessions"),
+    path("account/sessions/end-others/", mfa.sessions_end_others, name="sessions-end-others"),
+    path("logout/", login.LogoutView.as_view(), name="logout"),
     path(
         "password-reset/",
         auth_views.PasswordResetView.as_view(

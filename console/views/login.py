@@ -32,6 +32,7 @@ from django_otp.plugins.otp_static.models import StaticDevice
 from console.forms import MfaCodeForm
 from orgs import mfa
 from orgs.login_limits import login_blocked, login_failed, login_succeeded
+from orgs.login_sessions import login_session_ended, login_session_record
 
 PENDING_KEY = "mfa_pending"
 PENDING_TTL_S = 300
@@ -40,6 +41,17 @@ PENDING_TTL_S = 300
 def client_ip(request: HttpRequest) -> str | None:
     """The address the limits count (``REMOTE_ADDR``, as the audit log records it)."""
     return request.META.get("REMOTE_ADDR") or None
+
+
+def record_session(request: HttpRequest, *, mfa_passed: bool) -> None:
+    """The sessions page's row of the session a login just started (``orgs.login_sessions``)."""
+    login_session_record(
+        user=request.user,
+        session_key=request.session.session_key or "",
+        ip=client_ip(request),
+        user_agent=request.META.get("HTTP_USER_AGENT", ""),
+        mfa=mfa_passed,
+    )
 
 
 class LoginView(auth_views.LoginView):
@@ -76,7 +88,16 @@ class LoginView(auth_views.LoginView):
             }
             return redirect("console:login-mfa")
         login_succeeded(account=user.get_username())
-        return super().form_valid(form)
+        response = super().form_valid(form)
+        self.request.session.save()  # a key to record before the response
+        record_session(self.request, mfa_passed=False)
+        return response
+
+
+class LogoutView(auth_views.LogoutView):
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        login_session_ended(session_key=request.session.session_key)
+        return super().post(request, *args, **kwargs)
 
 
 def _pending(request: HttpRequest) -> tuple[Any, dict[str, Any]] | None:
@@ -138,6 +159,8 @@ def login_mfa(request: HttpRequest) -> HttpResponse:
         request.session.pop(PENDING_KEY, None)
         auth_login(request, user, backend=data["backend"])
     otp_login(request, device)
+    request.session.save()
+    record_session(request, mfa_passed=True)
     login_succeeded(account=account)
     if isinstance(device, StaticDevice):
         left = mfa.recovery_codes_left(user)

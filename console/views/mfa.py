@@ -1,6 +1,8 @@
-"""The user's own multi-factor authentication page (``/account/mfa/``): turn it on (a QR code and
-the secret in text, confirmed with a code before it counts), see the recovery codes once, make
-new ones, turn it off (password and a code). The services are in ``orgs.mfa``."""
+"""The user's own security pages. ``/account/mfa/``: turn multi-factor authentication on (a QR
+code and the secret in text, confirmed with a code before it counts), see the recovery codes
+once, make new ones, turn it off (password and a code); services in ``orgs.mfa``.
+``/account/sessions/``: the user's live console sessions and "sign out other sessions";
+services in ``orgs.login_sessions``."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from console.forms import MfaCodeForm, MfaConfirmForm, MfaDisableForm, add_servi
 from console.views.base import render_page
 from orgs import mfa
 from orgs.errors import InvalidInput
+from orgs.login_sessions import login_sessions_alive, login_sessions_end_others
 
 
 def _next(request: HttpRequest) -> str:
@@ -110,3 +113,25 @@ def _codes(request: HttpRequest, codes: list[str], *, first: bool) -> HttpRespon
     )
     response["Cache-Control"] = "no-store"
     return response
+
+
+@login_required
+@require_http_methods(["GET"])
+def sessions_page(request: HttpRequest) -> HttpResponse:
+    return render_page(
+        request,
+        "console/sessions.html",
+        {
+            "sessions": login_sessions_alive(user=request.user),
+            "current_key": request.session.session_key,
+        },
+    )
+
+
+@login_required
+@require_POST
+def sessions_end_others(request: HttpRequest) -> HttpResponse:
+    ended = login_sessions_end_others(user=request.user, current_key=request.session.session_key)
+    noun = "session" if ended == 1 else "sessions"
+    messages.success(request, f"Signed out {ended} other {noun}.")
+    return redirect("console:sessions")

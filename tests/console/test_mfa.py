@@ -24,7 +24,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from console.audit_text import audit_lines
 from orgs import mfa, services
 from orgs.audit import Actor
-from orgs.models import AuditEvent, Organization, Role
+from orgs.models import AuditEvent, LoginSession, Organization, Role
 from tests.console.factories import SYSTEM, UserFactory, add_member, make_tenant, make_tree
 
 pytestmark = pytest.mark.django_db
@@ -180,6 +180,8 @@ def test_login_with_mfa_asks_for_a_code_after_the_password(acme, clock):
     assert response["Location"] == "/o/acme/keys/"
     assert client.get("/o/acme/keys/").status_code == 200
     assert client.session["otp_device_id"] == TOTPDevice.objects.get(user=user).persistent_id
+    session = LoginSession.objects.get(user=user)  # the sessions page's row
+    assert (session.session_key, session.mfa) == (client.session.session_key, True)
 
 
 def test_a_code_is_refused_when_replayed_or_older_than_the_last_one_used(acme, clock):
