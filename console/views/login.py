@@ -22,9 +22,11 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth import login as auth_login
 from django.contrib.auth import views as auth_views
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_http_methods
 from django_otp import login as otp_login
 from django_otp.plugins.otp_static.models import StaticDevice
@@ -98,6 +100,19 @@ class LogoutView(auth_views.LogoutView):
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         login_session_ended(session_key=request.session.session_key)
         return super().post(request, *args, **kwargs)
+
+
+def admin_login(request: HttpRequest) -> HttpResponse:
+    """``/admin/login/``: the Django admin's own login form would skip the rate limits and MFA
+    (and answer whether a password is right for any account), so it sends people to the
+    console's login and back. Logged in already: staff go to the admin, others get 403."""
+    if request.user.is_authenticated:
+        if request.user.is_staff:
+            return redirect("admin:index")
+        raise PermissionDenied("The Django admin is for platform staff.")
+    next_url = _safe_next(request, request.GET.get("next", "")) if request.GET.get("next") else ""
+    query = urlencode({"next": next_url or reverse("admin:index")})
+    return redirect(f"{reverse('console:login')}?{query}")
 
 
 def _pending(request: HttpRequest) -> tuple[Any, dict[str, Any]] | None:

@@ -416,3 +416,27 @@ def test_the_management_api_takes_tokens_and_verified_sessions_only(acme, clock)
     assert verified.get("/api/orgs/acme/keys/").status_code == 200
     response = verified.post("/api/tokens/", {"name": "ci-2"}, content_type="application/json")
     assert response.status_code == 201
+
+
+def test_the_django_admin_logs_in_through_the_console_login(acme, clock):
+    staff = with_password(UserFactory(username="operator", is_staff=True, is_superuser=True))
+    key, _codes = enrol(staff)
+    client = Client()
+    response = client.get("/admin/", follow=True)
+    assert response.redirect_chain == [
+        ("/admin/login/?next=/admin/", 302),
+        ("/login/?next=%2Fadmin%2F", 302),
+    ]
+    # the admin's own form is gone: a right password posted there logs nobody in
+    response = client.post("/admin/login/", {"username": "operator", "password": PASSWORD})
+    assert response["Location"] == "/login/?next=%2Fadmin%2F"
+    assert "_auth_user_id" not in client.session
+    # through the console: password, then the code
+    client.post("/login/?next=/admin/", {"username": "operator", "password": PASSWORD})
+    clock.shift(30)
+    assert client.post("/login/mfa/", {"code": totp(key, now())})["Location"] == "/admin/"
+    assert client.get("/admin/").status_code == 200
+    assert client.get("/admin/login/")["Location"] == "/admin/"
+    member = Client()
+    member.force_login(acme.developer)
+    assert member.get("/admin/login/").status_code == 403
