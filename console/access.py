@@ -9,7 +9,10 @@ a page and the API always agree on who may see and change what:
   organization, or on its root node when ``at_root`` is set; else 403;
 - rows are fetched through ``scoped_get``: another organization's row or no row is 404, a row
   of the caller's organization outside the subtrees their role shows is 403;
-- a write on one node checks the permission on that node (``require``), 403 when missing.
+- a write on one node checks the permission on that node (``require``), 403 when missing;
+- an organization that requires MFA (``Organization.require_mfa``) sends a member whose session
+  has not passed MFA to set it up (``/account/mfa/``) or, when they have it, to enter a code
+  (``/login/mfa/``), before any of its pages (docs/identity.md).
 
 Views never decide permissions themselves; they name them.
 """
@@ -19,13 +22,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
+from django.utils.http import urlencode
 from django.views import View
 
 from orgs.audit import Actor
+from orgs.mfa import mfa_enabled, session_verified
 from orgs.models import Node, NodeUserPermission, Organization
 from orgs.selectors import has_perm_on_node, organizations_for_user, permitted_node_ids
 
@@ -115,6 +122,8 @@ class OrgView(LoginRequiredMixin, View):
         org = organizations_for_user(user=request.user).filter(slug=kwargs.get("org_slug")).first()
         if org is None:
             raise Http404("No such organization.")
+        if org.require_mfa and not session_verified(request.user):
+            return mfa_redirect(request, org)
         self.organization = org
         self.scope = OrgScope.build(organization=org, request=request)
         if hasattr(request, "log_fields"):
@@ -156,6 +165,18 @@ class OrgView(LoginRequiredMixin, View):
             "scope": self.scope,
             "section": self.section,
         }
+
+
+def mfa_redirect(request: HttpRequest, org: Organization) -> HttpResponse:
+    """Where a member goes when ``org`` requires MFA and this session has not passed it."""
+    query = urlencode({"next": request.get_full_path()})
+    if mfa_enabled(request.user):
+        return HttpResponseRedirect(f"{reverse('console:login-mfa')}?{query}")
+    messages.info(
+        request,
+        f"{org.name} requires multi-factor authentication: set it up to continue.",
+    )
+    return HttpResponseRedirect(f"{reverse('console:mfa')}?{query}")
 
 
 def node_of(obj: Model, node_field: str) -> Node:

@@ -427,6 +427,14 @@ def _organization_update(e: AuditEvent, n: AuditNames) -> list[Part]:
     return ["changed the settings of ", n.organization_ref(), f": {changes_text(_changes(e))}"]
 
 
+@sentence("organization.mfa_require")
+def _organization_mfa_require(e: AuditEvent, n: AuditNames) -> list[Part]:
+    _old, new = _changes(e).get("require_mfa") or [None, None]
+    if new:
+        return ["required multi-factor authentication of every member of ", n.organization_ref()]
+    return ["stopped requiring multi-factor authentication in ", n.organization_ref()]
+
+
 @sentence("organization.archive")
 def _organization_archive(e: AuditEvent, n: AuditNames) -> list[Part]:
     revoked = _changes(e).get("revoked_keys") or 0

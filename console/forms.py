@@ -450,6 +450,51 @@ class OrganizationArchiveForm(StyledForm):
     )
 
 
+class OrganizationMfaForm(StyledForm):
+    require_mfa = forms.BooleanField(
+        required=False,
+        label="Require multi-factor authentication of every member",
+        help_text="Members without it are sent to set it up before any page of this "
+        "organization. Personal access tokens keep working.",
+    )
+
+
+class MfaCodeForm(StyledForm):
+    """A code from the authenticator app (six digits) or a recovery code."""
+
+    code = forms.CharField(
+        label="Code",
+        max_length=32,
+        help_text="The 6-digit code from your authenticator app, or one of your recovery codes.",
+        widget=forms.TextInput(
+            attrs={"autocomplete": "one-time-code", "inputmode": "text", "autofocus": True}
+        ),
+    )
+
+
+class MfaConfirmForm(StyledForm):
+    code = forms.RegexField(
+        label="Code from the app",
+        regex=r"^\s*\d{3}\s?\d{3}\s*$",
+        max_length=12,
+        error_messages={"invalid": "Enter the 6 digits the app shows."},
+        help_text="The 6-digit code the app shows for MegaRouter now.",
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}),
+    )
+
+
+class MfaDisableForm(StyledForm):
+    password = forms.CharField(
+        label="Password", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "off"})
+    )
+    code = forms.CharField(
+        label="Code",
+        max_length=32,
+        help_text="The 6-digit code from your authenticator app, or one of your recovery codes.",
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code"}),
+    )
+
+
 class ReportCreateForm(StyledForm):
     """A CSV or PDF report of one subtree over whole local days (``until`` included)."""
 

@@ -10,7 +10,9 @@ from console.views import (
     billing,
     catalog,
     keys,
+    login,
     members,
+    mfa,
     org,
     platform,
     routing,
@@ -68,12 +70,13 @@ org_urls = [
 
 urlpatterns = [
     path("", account.home, name="home"),
-    path(
-        "login/",
-        auth_views.LoginView.as_view(redirect_authenticated_user=True),
-        name="login",
-    ),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("login/", login.LoginView.as_view(), name="login"),
+    path("login/mfa/", login.login_mfa, name="login-mfa"),
+    path("account/mfa/", mfa.mfa_page, name="mfa"),
+    path("account/mfa/<slug:action>/", mfa.mfa_action, name="mfa-action"),
+    path("account/sessions/", mfa.sessions_page, name="sessions"),
+    path("account/sessions/end-others/", mfa.sessions_end_others, name="sessions-end-others"),
+    path("logout/", login.LogoutView.as_view(), name="logout"),
     path(
         "password-reset/",
         auth_views.PasswordResetView.as_view(

@@ -70,6 +70,9 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "guardian",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
     "orgs",
     "routing",
     "billing",
@@ -85,6 +88,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # request.user.is_verified(): the session passed the MFA step (docs/identity.md)
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -121,6 +126,19 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/login/"
+
+# Multi-factor authentication (docs/identity.md): the name authenticator apps show beside the
+# account; django-otp's own back-off after wrong codes stays on (1 s, 2 s, 4 s...).
+OTP_TOTP_ISSUER = env.str("MEGAROUTER_MFA_ISSUER", "MegaRouter")
+# Failed console logins (password or MFA code) allowed per account and per client address in a
+# window (docs/identity.md, "Login rate limits"); counted in the Django cache (Redis in
+# production, so every process shares them). 0 turns a limit off.
+MEGAROUTER_LOGIN_FAILURES_PER_ACCOUNT = env.int(
+    "MEGAROUTER_LOGIN_FAILURES_PER_ACCOUNT", 10, min_value=0
+)
+MEGAROUTER_LOGIN_FAILURES_PER_IP = env.int("MEGAROUTER_LOGIN_FAILURES_PER_IP", 10, min_value=0)
+MEGAROUTER_LOGIN_FAILURE_WINDOW_S = env.int("MEGAROUTER_LOGIN_FAILURE_WINDOW_S", 900, min_value=1)
+MEGAROUTER_LOGIN_FAILURE_PREFIX = "login-fail"  # the counters' cache keys (tests use their own)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -30,6 +30,9 @@ class Organization(models.Model):
     slug = models.SlugField(max_length=80, unique=True)
     # IANA zone used for budget periods and reports (validated against zoneinfo).
     time_zone = models.CharField(max_length=64, default="UTC")
+    # Members must pass MFA to open any of its console pages (console.access.OrgView) or call
+    # its management API from a browser session (docs/identity.md).
+    require_mfa = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     archived_at = models.DateTimeField(null=True, blank=True)
 
@@ -279,6 +282,30 @@ class PersonalAccessToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix})"
+
+
+class LoginSession(models.Model):
+    """A console session started by logging in (``orgs.login_sessions``): listed on the user's
+    sessions page and ended from there. ``session_key`` is the session store's key (the same
+    secret Django's session table holds), so ending a row deletes its session."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="login_sessions"
+    )
+    session_key = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=200, blank=True)
+    mfa = models.BooleanField(default=False)  # the session passed multi-factor authentication
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        # the sessions page: a user's live rows
+        indexes = [models.Index(fields=["user", "ended_at"], name="loginsession_user_live")]
+
+    def __str__(self) -> str:
+        return f"session of {self.user_id} from {self.ip or 'unknown'}"
 
 
 class AuditEvent(models.Model):

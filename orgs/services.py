@@ -27,6 +27,7 @@ from orgs import keys as key_cache
 from orgs import secrets
 from orgs.audit import Actor, audit_event_record, diff
 from orgs.errors import InvalidInput, NotAllowed
+from orgs.mfa import mfa_enabled
 from orgs.models import (
     PARENT_KIND,
     ApiKey,
@@ -222,6 +223,34 @@ def organization_update(
         action="organization.update",
         target=organization,
         changes=changes,
+    )
+    return organization
+
+
+@transaction.atomic
+def organization_mfa_require(
+    *, actor: Actor, organization: Organization, required: bool
+) -> Organization:
+    """Turn the organization's MFA requirement on or off. Owners only (at the root); an owner
+    turning it on must have MFA on their own account first (docs/identity.md)."""
+    organization = Organization.objects.select_for_update().get(pk=organization.pk)
+    root = Node.objects.get(organization=organization, parent__isnull=True)
+    if actor.user is not None and not is_owner_over(user_id=actor.user.pk, node=root):
+        raise NotAllowed("Only an owner can change whether the organization requires MFA.")
+    if required and actor.user is not None and not mfa_enabled(actor.user):
+        raise InvalidInput(
+            {"require_mfa": ["Turn on multi-factor authentication for your own account first."]}
+        )
+    if organization.require_mfa == required:
+        return organization
+    organization.require_mfa = required
+    organization.save(update_fields=["require_mfa"])
+    audit_event_record(
+        organization=organization,
+        actor=actor,
+        action="organization.mfa_require",
+        target=organization,
+        changes={"require_mfa": [not required, required]},
     )
     return organization
 

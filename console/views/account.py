@@ -21,6 +21,7 @@ from console.forms import (
     add_service_errors,
 )
 from console.views.base import render_page
+from console.views.login import record_session
 from orgs import services
 from orgs.audit import Actor
 from orgs.errors import InvalidInput
@@ -135,6 +136,8 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
                 add_service_errors(form, exc, {"password": "password1"})
             else:
                 auth_login(request, membership.user, backend=settings.AUTHENTICATION_BACKENDS[0])
+                request.session.save()
+                record_session(request, mfa_passed=False)
                 return _welcome(request, membership)
         return render(request, "console/invitation.html", context, status=400)
     return render(request, "console/invitation.html", context)

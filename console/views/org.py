@@ -22,6 +22,7 @@ from console.forms import (
     NodeMoveForm,
     NodeRenameForm,
     OrganizationArchiveForm,
+    OrganizationMfaForm,
     OrganizationUpdateForm,
     add_service_errors,
 )
@@ -29,6 +30,7 @@ from console.views.analytics import scoped_rows, spend_chart
 from console.views.base import ConsoleOrgView
 from orgs import services
 from orgs.errors import InvalidInput
+from orgs.mfa import mfa_enabled
 from orgs.models import PARENT_KIND, ApiKey, AuditEvent, Membership, Node, NodeKind
 from orgs.roles import MANAGE_NODE, VIEW_AUDIT, VIEW_BILLING, VIEW_KEYS, VIEW_MEMBERS, VIEW_NODE
 from orgs.selectors import is_owner_over, root_node
@@ -154,7 +156,9 @@ class SettingsView(ConsoleOrgView):
         org = self.organization
         return OrganizationUpdateForm(data, initial={"name": org.name, "time_zone": org.time_zone})
 
-    def _page(self, form: Any, archive_form: Any = None, status: int = 200) -> HttpResponse:
+    def _page(
+        self, form: Any, archive_form: Any = None, mfa_form: Any = None, status: int = 200
+    ) -> HttpResponse:
         is_owner = is_owner_over(user_id=self.request.user.pk, node=root_node(self.organization))
         return self.render(
             "console/settings.html",
@@ -162,6 +166,9 @@ class SettingsView(ConsoleOrgView):
                 "form": form,
                 "is_owner": is_owner,
                 "archive_form": archive_form or OrganizationArchiveForm(),
+                "mfa_form": mfa_form
+                or OrganizationMfaForm(initial={"require_mfa": self.organization.require_mfa}),
+                "own_mfa": mfa_enabled(self.request.user),
             },
             status=status,
         )
@@ -173,6 +180,8 @@ class SettingsView(ConsoleOrgView):
         self.scope.require(None, MANAGE_NODE)  # organization-wide, as the API
         if action == "archive":
             return self._archive()
+        if action == "mfa":
+            return self._mfa()
         if action:
             raise Http404
         form = self._form(request.POST)
@@ -190,6 +199,26 @@ class SettingsView(ConsoleOrgView):
                 messages.success(request, "Organization settings saved.")
                 return redirect("console:settings", org_slug=self.organization.slug)
         return self._page(form, status=400)
+
+    def _mfa(self) -> HttpResponse:
+        """Owners only (``orgs.services.organization_mfa_require`` refuses anyone else: 403)."""
+        form = OrganizationMfaForm(self.request.POST)
+        if form.is_valid():
+            required = form.cleaned_data["require_mfa"]
+            try:
+                services.organization_mfa_require(
+                    actor=self.scope.actor, organization=self.organization, required=required
+                )
+            except InvalidInput as exc:
+                add_service_errors(form, exc)
+            else:
+                text = "now requires" if required else "no longer requires"
+                messages.success(
+                    self.request,
+                    f"{self.organization.name} {text} multi-factor authentication.",
+                )
+                return redirect("console:settings", org_slug=self.organization.slug)
+        return self._page(self._form(), mfa_form=form, status=400)
 
     def _archive(self) -> HttpResponse:
         """Owners only (``orgs.services.organization_archive`` refuses anyone else: 403)."""

@@ -35,6 +35,7 @@ from orgs.api.errors import management_exception_handler
 from orgs.api.filters import DeclaredFilters
 from orgs.audit import Actor
 from orgs.errors import NotAllowed
+from orgs.mfa import organizations_requiring_mfa, session_verified
 from orgs.models import Node, Organization
 from orgs.selectors import (
     has_perm_anywhere,
@@ -45,6 +46,26 @@ from orgs.selectors import (
 )
 
 SAFE_ACTIONS = frozenset({"list", "retrieve", "metadata"})
+MFA_REQUIRED = (
+    "This organization requires multi-factor authentication: log in to the console with it, "
+    "or use a personal access token."
+)
+
+
+def mfa_ok(request: Any) -> bool:
+    """The MFA rule of the management API (docs/identity.md): a personal access token passes;
+    a browser session passes once it has passed MFA."""
+    if isinstance(request.successful_authenticator, AccessTokenAuthentication):
+        return True
+    return session_verified(request.user)
+
+
+def mfa_ok_for_new_token(request: Any) -> bool:
+    """A session may create a personal access token once it has passed MFA, or while none of
+    the user's organizations requires it (so a token cannot be a way around the rule)."""
+    if mfa_ok(request):
+        return True
+    return not organizations_requiring_mfa(request.user).exists()
 
 
 class ManagementAPIMixin:
@@ -81,6 +102,8 @@ class OrgScopedViewSet(ManagementAPIMixin, viewsets.GenericViewSet):
         org = organizations_for_user(user=request.user).filter(slug=slug).first()
         if org is None:
             raise Http404
+        if org.require_mfa and not mfa_ok(request):
+            raise PermissionDenied(MFA_REQUIRED, code="mfa_required")
         self.organization = org
         self.actor = Actor.from_request(request)
         if hasattr(request, "log_fields"):

@@ -14,11 +14,18 @@ from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
 from orgs import services
 from orgs.api import serializers as s
-from orgs.api.base import ManagementAPIMixin, OrgScopedViewSet
+from orgs.api.base import (
+    MFA_REQUIRED,
+    ManagementAPIMixin,
+    OrgScopedViewSet,
+    mfa_ok,
+    mfa_ok_for_new_token,
+)
 from orgs.audit import Actor
 from orgs.errors import InvalidInput, NotAllowed
 from orgs.models import (
@@ -75,6 +82,13 @@ class OrganizationViewSet(
         if getattr(self, "swagger_fake_view", False):
             return Organization.objects.none()
         return _with_root(organizations_for_user(user=self.request.user))
+
+    def get_object(self) -> Organization:
+        """One organization; its MFA rule applies as in ``OrgScopedViewSet`` (403)."""
+        org = super().get_object()
+        if org.require_mfa and not mfa_ok(self.request):
+            raise PermissionDenied(MFA_REQUIRED, code="mfa_required")
+        return org
 
     @extend_schema(request=s.OrganizationCreateIn, responses={201: s.OrganizationOut})
     def create(self, request: Any) -> Response:
@@ -450,6 +464,8 @@ class AccessTokenViewSet(
 
     @extend_schema(request=s.AccessTokenCreateIn, responses={201: s.AccessTokenCreatedOut})
     def create(self, request: Any) -> Response:
+        if not mfa_ok_for_new_token(request):
+            raise PermissionDenied(MFA_REQUIRED, code="mfa_required")
         data = _valid(s.AccessTokenCreateIn, request.data)
         created = services.access_token_create(
             user=request.user, name=data["name"], expires_at=data.get("expires_at")

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from billing.models import Budget, LedgerEntry
 from orgs.models import (
@@ -30,7 +31,9 @@ def snapshot() -> dict[str, Any]:
     """Everything a console change could touch."""
     return {
         "orgs": list(
-            Organization.objects.values_list("id", "name", "slug", "time_zone", "archived_at")
+            Organization.objects.values_list(
+                "id", "name", "slug", "time_zone", "require_mfa", "archived_at"
+            )
         ),
         "nodes": list(
             Node.objects.order_by("id").values_list(
@@ -75,12 +78,22 @@ def snapshot() -> dict[str, Any]:
 
 @pytest.fixture
 def world() -> tuple[Tenant, Tenant]:
-    return make_tenant("acme"), make_tenant("other")
+    acme, other = make_tenant("acme"), make_tenant("other")
+    for owner in (acme.tree.owner, other.tree.owner):  # owners turning on required MFA need it
+        TOTPDevice.objects.create(user=owner, name="console", confirmed=True)
+    return acme, other
 
 
 def client_for(user: Any) -> Client:
+    """A logged-in session; one that passed MFA when the user has it (tests/console/test_mfa.py
+    goes through the login pages)."""
     client = Client()
     client.force_login(user)
+    device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
+    if device is not None:
+        session = client.session
+        session["otp_device_id"] = device.persistent_id
+        session.save()
     return client
 
 
@@ -126,6 +139,7 @@ def mutations(t: Tenant) -> list[tuple[str, dict[str, Any]]]:
         (f"{o}/policies/", {"node": t.tree.dept.pk, "strategy": "latency"}),
         (f"{o}/policies/{t.policy.pk}/delete/", {}),
         (f"{o}/nodes/{t.tree.project.pk}/archive/", {"revoke_keys": "on"}),
+        (f"{o}/settings/mfa/", {"require_mfa": "on"}),
         (f"{o}/settings/archive/", {"revoke_keys": "on"}),
     ]
 

@@ -167,6 +167,8 @@ def tour(t: Tenant, *, archive: bool = True) -> dict[str, Any]:
         end=start + dt.timedelta(days=31),
     )
     routing_policy_delete(actor=actor, policy=t.policy)
+    services.organization_mfa_require(actor=SYSTEM, organization=org, required=True)
+    services.organization_mfa_require(actor=SYSTEM, organization=org, required=False)
     if archive:
         services.organization_archive(actor=actor, organization=org, revoke_keys=True)
     return {"ada": ada, "bob": bob_membership, "ci": ci, "key_budget": key_budget, "report": report}
