@@ -203,7 +203,7 @@ def organizations_for_service_token(*, token: ServiceToken) -> QuerySet[Organiza
 def service_tokens_of(*, organization: Organization) -> QuerySet[ServiceToken]:
     """The organization's service tokens with what their lists show."""
     return ServiceToken.objects.filter(organization=organization).select_related(
-        "node", "created_by"
+        "organization", "node", "created_by"
     )
 
 

@@ -140,6 +140,12 @@ class OrgScopedViewSet(ManagementAPIMixin, viewsets.GenericViewSet):
         perm = self.required_permission()
         allowed = self.holds_at_root(perm) if self.node_field is None else self.holds(perm)
         if not allowed:
+            if token is not None and self.holds(perm):
+                raise PermissionDenied(
+                    "This endpoint is organization-wide; this service token is limited to "
+                    f"{token.node.name}.",
+                    code="permission_denied",
+                )
             if token is not None:
                 raise PermissionDenied(
                     f"This service token's scopes do not grant {perm}.", code="permission_denied"

@@ -203,3 +203,22 @@ def test_another_tenants_tokens_are_404_and_unchanged(acme, globex):
     add_member(globex.tree.team, Role.ADMIN, acme.developer)
     page = login(acme.developer).get("/o/globex/service-tokens/")
     assert [row["token"].name for row in page.context["rows"]] == []
+
+
+def test_what_a_token_does_reads_as_the_token_in_the_audit_log(acme):
+    raw = services.service_token_create(
+        actor=SYSTEM, node=acme.tree.root, name="finops", scopes=["budgets:write"]
+    ).raw_token
+    api = Client(HTTP_AUTHORIZATION=f"Token {raw}")
+    response = api.patch(
+        f"/api/orgs/acme/budgets/{acme.budget.pk}/",
+        '{"limit_usd": "12.00"}',
+        content_type="application/json",
+    )
+    assert response.status_code == 200
+    lines = login(acme.tree.owner).get("/o/acme/audit/?action=budget.update").context["lines"]
+    prefix = ServiceToken.objects.get().prefix
+    assert lines[0].text == (
+        f"The service token finops ({prefix}) set the monthly budget of the project "
+        "Engineering \u203a Platform \u203a Gateway to $12.00 (was $10.00)"
+    )

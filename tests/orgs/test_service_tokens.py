@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import time_machine
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import resolve
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.permissions import SAFE_METHODS
@@ -498,3 +500,33 @@ def test_service_token_endpoints_are_tenant_isolated(t, other):
     assert b_token.revoked_at is None
     assert client_for(b_raw).get("/api/orgs/beta/keys/").status_code == 200
     assert Budget.objects.count() == 0
+
+
+def test_a_node_limited_token_is_refused_organization_wide_endpoints(t):
+    _tok, raw = mint(t.team, ["audit:read", "billing:read"])
+    for path in ("/api/orgs/alpha/audit-events/", "/api/orgs/alpha/billing/ledger/"):
+        r = client_for(raw).get(path)
+        assert r.status_code == 403, path
+        assert r.json() == {
+            "detail": "This endpoint is organization-wide; this service token is limited to "
+            "Platform.",
+            "code": "permission_denied",
+        }
+    _tok, raw = mint(t.root, ["audit:read"])
+    assert client_for(raw).get("/api/orgs/alpha/audit-events/").status_code == 200
+
+
+def test_the_service_token_list_costs_the_same_queries_for_2_or_8_tokens(t):
+    client = owner_client(t.owner)
+    for i in range(2):
+        mint(t.team, ["keys:read"], name=f"a{i}")
+    with CaptureQueriesContext(connection) as few:
+        assert len(client.get("/api/orgs/alpha/service-tokens/").json()["results"]) == 2
+    creator = Actor(user=t.owner)
+    for i in range(6):
+        services.service_token_create(
+            actor=creator, node=t.project, name=f"b{i}", scopes=["keys:read"]
+        )
+    with CaptureQueriesContext(connection) as many:
+        assert len(client.get("/api/orgs/alpha/service-tokens/").json()["results"]) == 8
+    assert len(many) == len(few) == 6  # session, user, organization, permission, count, page
