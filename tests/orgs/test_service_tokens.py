@@ -530,3 +530,14 @@ def test_the_service_token_list_costs_the_same_queries_for_2_or_8_tokens(t):
     with CaptureQueriesContext(connection) as many:
         assert len(client.get("/api/orgs/alpha/service-tokens/").json()["results"]) == 8
     assert len(many) == len(few) == 6  # session, user, organization, permission, count, page
+
+
+def test_the_admin_lists_tokens_read_only_and_never_shows_the_digest(t):
+    token, _raw = mint(t.team, ["keys:read"], name="ci")
+    admin_user = UserFactory(is_staff=True, is_superuser=True)
+    client = owner_client(admin_user)
+    listing = client.get("/admin/orgs/servicetoken/")
+    assert listing.status_code == 200 and token.prefix in listing.content.decode()
+    detail = client.get(f"/admin/orgs/servicetoken/{token.pk}/change/")
+    assert detail.status_code == 200 and token.digest not in detail.content.decode()
+    assert client.get("/admin/orgs/servicetoken/add/").status_code == 403
