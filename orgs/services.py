@@ -478,7 +478,7 @@ def _check_may_grant(*, actor: Actor, node: Node, role: str) -> None:
         if actor.service_token.node_id not in node.ancestor_ids:
             raise NotAllowed("This node is outside the service token's subtree.")
         return
-    if actor.user is None:  # the system (seeding, management commands) is trusted
+    if actor.is_system:  # the system (seeding, management commands) is trusted
         return
     if role in OWNER_ONLY_ROLES and not is_owner_over(user_id=actor.user.pk, node=node):
         raise NotAllowed("Only an owner can grant, change or remove the owner role.")
@@ -776,7 +776,7 @@ def _clean_key_fields(values: dict[str, Any]) -> dict[str, Any]:
 def _actor_may_manage_key(*, actor: Actor, api_key: ApiKey) -> bool:
     if actor.service_token is not None:
         return service_token_may(token=actor.service_token, node=api_key.project, perm=MANAGE_KEYS)
-    if actor.user is None:
+    if actor.is_system:
         return True
     project = api_key.project
     if has_perm_on_node(user_id=actor.user.pk, node=project, perm=MANAGE_KEYS):
@@ -1024,7 +1024,7 @@ def _check_may_hand_out(*, actor: Actor, node: Node, scopes: list[str]) -> None:
     the token's node, and needs ``manage_members`` there; tokens never mint tokens."""
     if actor.service_token is not None:
         raise NotAllowed("A service token cannot create or change service tokens.")
-    if actor.user is None:  # the system (seeding, management commands) is trusted
+    if actor.is_system:  # the system (seeding, management commands) is trusted
         return
     if not has_perm_on_node(user_id=actor.user.pk, node=node, perm=MANAGE_MEMBERS):
         raise NotAllowed("Your role does not allow managing service tokens here.")

@@ -541,3 +541,19 @@ def test_the_admin_lists_tokens_read_only_and_never_shows_the_digest(t):
     detail = client.get(f"/admin/orgs/servicetoken/{token.pk}/change/")
     assert detail.status_code == 200 and token.digest not in detail.content.decode()
     assert client.get("/admin/orgs/servicetoken/add/").status_code == 403
+
+
+def test_a_token_is_never_the_trusted_system(t):
+    """Services treat an actor without a user as the system; a token's actor has none, and is
+    refused where the system would pass."""
+    bot, _raw = mint(t.root, SCOPES)
+    actor = Actor(service_token=bot)
+    assert not actor.is_system and SYSTEM.is_system
+    before = snapshot()
+    with pytest.raises(NotAllowed, match="may not credit, refund or adjust"):
+        billing_services.balance_refund(actor=actor, organization=t.org, amount="5.00", reason="x")
+    with pytest.raises(NotAllowed, match="Only an owner can archive"):
+        services.organization_archive(actor=actor, organization=t.org, revoke_keys=True)
+    with pytest.raises(NotAllowed, match="cannot grant the owner role"):
+        services.membership_create(actor=actor, node=t.team, user=UserFactory(), role="owner")
+    assert snapshot() == before
