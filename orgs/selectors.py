@@ -298,6 +298,8 @@ KEY_FILTERS = {
     "revoked": ("revoked_at", "present"),
 }
 KEY_SEARCH = ("name", "prefix")
+SERVICE_TOKEN_FILTERS = {"node": ("node_id", int), "revoked": ("revoked_at", "present")}
+SERVICE_TOKEN_SEARCH = ("name", "prefix")
 AUDIT_FILTERS = {
     "action": ("action", str),
     "actor": ("actor_id", int),

@@ -18,9 +18,12 @@ from orgs import services
 from orgs.errors import InvalidInput, NotAllowed
 from orgs.models import Node, ServiceToken
 from orgs.roles import MANAGE_MEMBERS
-from orgs.selectors import service_token_state, service_tokens_of
-
-LIST_FILTERS = {"node": ("node_id", int), "revoked": ("revoked_at", "present")}
+from orgs.selectors import (
+    SERVICE_TOKEN_FILTERS,
+    SERVICE_TOKEN_SEARCH,
+    service_token_state,
+    service_tokens_of,
+)
 
 
 class _ServiceTokenBase(ConsoleOrgView):
@@ -70,7 +73,12 @@ class ServiceTokensView(_ServiceTokenBase):
         qs = service_tokens_of(organization=self.organization).filter(
             node_id__in=self.scope.visible_ids(MANAGE_MEMBERS)
         )
-        page = page_of(self.request, filtered(self.request, qs, self.request.GET, LIST_FILTERS))
+        page = page_of(
+            self.request,
+            filtered(
+                self.request, qs, self.request.GET, SERVICE_TOKEN_FILTERS, SERVICE_TOKEN_SEARCH
+            ),
+        )
         now = timezone.now()
         rows = [
             {

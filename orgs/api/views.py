@@ -48,6 +48,8 @@ from orgs.selectors import (
     MEMBER_SEARCH,
     NODE_FILTERS,
     NODE_SEARCH,
+    SERVICE_TOKEN_FILTERS,
+    SERVICE_TOKEN_SEARCH,
     has_perm_at_root,
     organizations_for_user,
     root_node,
@@ -366,8 +368,8 @@ class ServiceTokenViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.Retrie
     node_field = "node"
     scope_resource = None  # people only: a token never mints or extends tokens
     lookup_value_regex = r"\d+"
-    list_filters = {"node": ("node_id", int), "revoked": ("revoked_at", "present")}
-    search_fields = ("name", "prefix")
+    list_filters = SERVICE_TOKEN_FILTERS
+    search_fields = SERVICE_TOKEN_SEARCH
 
     def get_base_queryset(self) -> QuerySet[ServiceToken]:
         return service_tokens_of(organization=self.organization)

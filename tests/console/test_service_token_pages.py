@@ -222,3 +222,21 @@ def test_what_a_token_does_reads_as_the_token_in_the_audit_log(acme):
         f"The service token finops ({prefix}) set the monthly budget of the project "
         "Engineering \u203a Platform \u203a Gateway to $12.00 (was $10.00)"
     )
+
+
+def test_the_list_filters_with_the_apis_declarations(acme):
+    mint(acme.tree.team, ["keys:read"], name="terraform")
+    gone = mint(acme.tree.team, ["keys:read"], name="old-ci")
+    services.service_token_revoke(actor=SYSTEM, token=gone)
+    client = login(acme.tree.owner)
+
+    def names(query: str) -> list[str]:
+        page = client.get(f"/o/acme/service-tokens/?{query}")
+        return [row["token"].name for row in page.context["rows"]]
+
+    assert names("") == ["old-ci", "terraform"]
+    assert names("revoked=false") == ["terraform"]
+    assert names("revoked=true") == ["old-ci"]
+    assert names("q=terra") == ["terraform"]
+    page = client.get("/o/acme/service-tokens/?revoked=maybe")
+    assert [str(m) for m in page.context["messages"]] == ["revoked: Expected a boolean."]
