@@ -148,7 +148,9 @@ def operator_required(actor: Actor) -> None:
     installation: staff with ``billing.credit_balance``, or the system itself), never a tenant
     role's. Raises NotAllowed otherwise."""
     user = actor.user
-    if user is None:
+    if actor.service_token is not None:
+        raise NotAllowed("A service token may not credit, refund or adjust a balance.")
+    if actor.is_system:
         return  # the system: migrations, seeds, the payment webhook
     if not (user.is_active and user.is_staff and user.has_perm("billing.credit_balance")):
         raise NotAllowed(

@@ -30,7 +30,17 @@ from django.utils.safestring import SafeString, mark_safe
 
 from billing.models import Budget, BudgetPeriod, BudgetScope, Report, ReportKind
 from billing.money import usd_text
-from orgs.models import ApiKey, AuditEvent, Invitation, Membership, NodeKind, Organization, Role
+from orgs.audit import SERVICE_TOKEN_LABEL
+from orgs.models import (
+    ApiKey,
+    AuditEvent,
+    Invitation,
+    Membership,
+    NodeKind,
+    Organization,
+    Role,
+    ServiceToken,
+)
 from orgs.selectors import node_trails, tenant_rows
 from routing.policy_models import RoutingPolicy
 
@@ -97,6 +107,7 @@ _TARGET_KINDS = {
     "budget": "budget",
     "report": "report",
     "routingpolicy": "policy",
+    "servicetoken": "service_token",
 }
 # Changes that name another object by id (a plain id or [old, new]).
 _CHANGE_KINDS = {
@@ -255,6 +266,9 @@ class AuditNames:
         self.reports: dict[int, Report] = rows(Report.objects.all(), "report")
         self.policies: dict[int, RoutingPolicy] = rows(RoutingPolicy.objects.all(), "policy")
         self.invitations: dict[int, Invitation] = rows(Invitation.objects.all(), "invitation")
+        self.service_tokens: dict[int, ServiceToken] = rows(
+            ServiceToken.objects.all(), "service_token"
+        )
         for e in events:
             if e.target_type == "budget":
                 scope, scope_id, _period = self._budget_recorded(e)
@@ -263,6 +277,7 @@ class AuditNames:
         wanted["node"].update(r.node_id for r in self.reports.values())
         wanted["node"].update(p.node_id for p in self.policies.values())
         wanted["node"].update(i.node_id for i in self.invitations.values())
+        wanted["node"].update(t.node_id for t in self.service_tokens.values())
         self.memberships: dict[int, Membership] = rows(
             Membership.objects.select_related("user"), "membership"
         )
@@ -285,6 +300,8 @@ class AuditNames:
             return user_label(e.actor)
         if e.actor_label == "system":
             return "System"
+        if e.actor_label.startswith(SERVICE_TOKEN_LABEL):  # "service token ci (mrs_...)"
+            return "The " + e.actor_label
         return f"{e.actor_label} (a deleted user)" if e.actor_label else "Someone"
 
     # -- objects
@@ -359,6 +376,17 @@ class AuditNames:
         if not email:
             return f"a deleted invitation (id {e.target_id})", None
         return Ref(str(email), self.url("invitations") if inv else ""), inv
+
+    def service_token(self, e: AuditEvent) -> list[Part]:
+        """``the service token 'ci'`` (linked to the service tokens page while it exists)."""
+        token = self.service_tokens.get(_int(e.target_id) or 0)
+        name = token.name if token is not None else _changes(e).get("name") or ""
+        if not name and (m := _KEY_REPR.match(e.target_repr)):
+            name = m.group(1)
+        if not name:
+            return [f"a deleted service token (id {e.target_id})"]
+        url = self.url("service-tokens") if token is not None else ""
+        return ["the service token ", Ref(_quoted(name), url)]
 
     def _budget_recorded(self, e: AuditEvent) -> tuple[str, int | None, str]:
         """(scope, scope id, period) from the budget row, else from what the event recorded."""
@@ -583,6 +611,35 @@ def _api_key_rotate(e: AuditEvent, n: AuditNames) -> list[Part]:
     grace = _int(_changes(e).get("grace_seconds")) or 0
     tail = f"works for {_duration(grace)} more" if grace else "stopped working at once"
     return ["rotated ", *n.key_of(e), f"; the old secret {tail}"]
+
+
+@sentence("service_token.create")
+def _service_token_create(e: AuditEvent, n: AuditNames) -> list[Part]:
+    c = _changes(e)
+    token = n.service_tokens.get(_int(e.target_id) or 0)
+    node = token.node_id if token is not None else c.get("node")
+    trail = n.trails.get(_int(node) or 0)
+    where: list[Part] = (
+        [" for the whole organization"]
+        if trail and len(trail) == 1
+        else [" limited to ", *n.node(node, kind=True)]
+    )
+    scopes = ", ".join(str(s) for s in c.get("scopes") or []) or "no scopes"
+    expiry = f", expiring {_date(c['expires_at'])}" if c.get("expires_at") else ""
+    return ["created ", *n.service_token(e), *where, f" with {scopes}{expiry}"]
+
+
+@sentence("service_token.update")
+def _service_token_update(e: AuditEvent, n: AuditNames) -> list[Part]:
+    old, new = _old_new(_changes(e).get("expires_at"))
+    was = _date(old) if old else "never"
+    now = f"to expire {_date(new)}" if new else "to never expire"
+    return ["set ", *n.service_token(e), f" {now} (was {was})"]
+
+
+@sentence("service_token.revoke")
+def _service_token_revoke(e: AuditEvent, n: AuditNames) -> list[Part]:
+    return ["revoked ", *n.service_token(e)]
 
 
 @sentence("billing.transfer")

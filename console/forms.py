@@ -17,6 +17,7 @@ from orgs import secrets
 from orgs.errors import InvalidInput
 from orgs.models import Node, Organization, Role
 from orgs.policy import RULES, STRATEGY_LABELS, PolicyError, PolicySpec, Rule
+from orgs.roles import SCOPE_DESCRIPTIONS, SCOPES
 from orgs.selectors import INVITATION_REFUSALS
 
 
@@ -523,3 +524,37 @@ class ReportCreateForm(StyledForm):
         if since and until and until < since:
             self.add_error("until", "The period must end on or after its first day.")
         return data
+
+
+class ServiceTokenForm(StyledForm):
+    name = forms.CharField(max_length=200, help_text="What uses it, e.g. “terraform” or “ci”.")
+    node = NodeChoiceField(
+        queryset=Node.objects.none(),
+        empty_label=None,
+        label="Limited to",
+        help_text="The token acts on this node and everything below it.",
+    )
+    scopes = forms.MultipleChoiceField(
+        choices=[(scope, f"{scope}: {SCOPE_DESCRIPTIONS[scope]}") for scope in SCOPES],
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Only scopes your role on the node covers can be granted.",
+    )
+    expires_at = forms.DateTimeField(
+        required=False,
+        label="Expires",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="UTC. Empty: never.",
+    )
+
+    def __init__(self, *args: Any, nodes: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["node"].queryset = nodes
+
+
+class ServiceTokenExpiryForm(StyledForm):
+    expires_at = forms.DateTimeField(
+        required=False,
+        label="Expires",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="UTC. Empty: never.",
+    )

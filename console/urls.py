@@ -16,6 +16,7 @@ from console.views import (
     org,
     platform,
     routing,
+    service_tokens,
 )
 
 app_name = "console"
@@ -41,6 +42,12 @@ org_urls = [
         "invitations/<int:pk>/revoke/",
         members.InvitationRevokeView.as_view(),
         name="invitation-revoke",
+    ),
+    path("service-tokens/", service_tokens.ServiceTokensView.as_view(), name="service-tokens"),
+    path(
+        "service-tokens/<int:pk>/<slug:action>/",
+        service_tokens.ServiceTokenActionView.as_view(),
+        name="service-token-action",
     ),
     path("keys/", keys.KeysView.as_view(), name="keys"),
     path("keys/new/", keys.KeyCreateView.as_view(), name="key-new"),

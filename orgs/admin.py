@@ -2,7 +2,15 @@
 
 from django.contrib import admin
 
-from orgs.models import ApiKey, AuditEvent, Invitation, Membership, Node, Organization
+from orgs.models import (
+    ApiKey,
+    AuditEvent,
+    Invitation,
+    Membership,
+    Node,
+    Organization,
+    ServiceToken,
+)
 
 
 @admin.register(Organization)
@@ -42,6 +50,22 @@ class InvitationAdmin(admin.ModelAdmin):
     list_select_related = ("organization", "node")
     exclude = ("token_digest",)
     readonly_fields = ("token_prefix",)
+
+
+@admin.register(ServiceToken)
+class ServiceTokenAdmin(admin.ModelAdmin):
+    """Read only: tokens are created, re-dated and revoked through the services (audited)."""
+
+    list_display = ("name", "prefix", "organization", "node", "expires_at", "revoked_at")
+    search_fields = ("name", "prefix")
+    list_select_related = ("organization", "node")
+    exclude = ("digest",)
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
 
 
 @admin.register(AuditEvent)

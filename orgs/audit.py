@@ -19,15 +19,18 @@ from orgs.models import AuditEvent, Organization
 
 _SECRET_NAME = re.compile(r"(secret|token|password|digest|credential|api_key_raw|raw)", re.I)
 REDACTED = "[redacted]"
+# How an event written by a service token names its actor (``AuditEvent.actor_label``).
+SERVICE_TOKEN_LABEL = "service token "  # noqa: S105 (words, not a secret)
 
 
 @dataclass(frozen=True)
 class Actor:
     """Who is acting, and from where: passed by views to every writing service."""
 
-    user: Any = None  # a User, or None for the system
+    user: Any = None  # a User, or None for the system (and for a service token)
     ip: str | None = None
     request_id: str = ""
+    service_token: Any = None  # an orgs.models.ServiceToken when one authenticated the request
 
     @classmethod
     def system(cls) -> Actor:
@@ -35,14 +38,23 @@ class Actor:
 
     @classmethod
     def from_request(cls, request: Any) -> Actor:
+        token = getattr(request.user, "service_token", None)
         return cls(
-            user=request.user if request.user.is_authenticated else None,
+            user=request.user if request.user.is_authenticated and token is None else None,
             ip=request.META.get("REMOTE_ADDR") or None,
             request_id=getattr(request, "request_id", ""),
+            service_token=token,
         )
 
     @property
+    def is_system(self) -> bool:
+        """Migrations, seeds, management commands, webhooks: trusted, unlike a token."""
+        return self.user is None and self.service_token is None
+
+    @property
     def label(self) -> str:
+        if self.service_token is not None:
+            return f"{SERVICE_TOKEN_LABEL}{self.service_token.name} ({self.service_token.prefix})"
         return self.user.get_username() if self.user is not None else "system"
 
 

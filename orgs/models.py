@@ -308,6 +308,34 @@ class LoginSession(models.Model):
         return f"session of {self.user_id} from {self.ip or 'unknown'}"
 
 
+class ServiceToken(models.Model):
+    """An organization's token for the management API (``Authorization: Token mrs_...``): it
+    belongs to the organization, not a person, holds only its ``scopes`` (``orgs.roles.SCOPES``)
+    and only on ``node``'s subtree (the root node: the whole organization)."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="service_tokens"
+    )
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="service_tokens")
+    name = models.CharField(max_length=200)
+    prefix = models.CharField(max_length=16, unique=True)
+    digest = models.CharField(max_length=64)
+    scopes = models.JSONField(default=list)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix})"
+
+
 class AuditEvent(models.Model):
     """Who changed what, written in the same transaction as the change. Never holds secrets."""
 

@@ -1,6 +1,7 @@
-"""Secrets shown once: gateway keys (``mrk_``), personal access tokens (``mrp_``) and invitation
-tokens (``mri_``). Stored as a lookup prefix plus an HMAC-SHA256 digest keyed with
-``settings.KEY_HMAC_SECRET``; compared with ``hmac.compare_digest``.
+"""Secrets shown once: gateway keys (``mrk_``), personal access tokens (``mrp_``), service tokens
+(``mrs_``, an organization's scoped tokens) and invitation tokens (``mri_``). Stored as a lookup
+prefix plus an HMAC-SHA256 digest keyed with ``settings.KEY_HMAC_SECRET``; compared with
+``hmac.compare_digest``.
 
 Raw format: ``<kind><12 lowercase alphanumerics>_<43 url-safe characters>``; the stored prefix is
 the first 16 characters (kind + lookup id).
@@ -18,6 +19,7 @@ from django.conf import settings
 
 GATEWAY_KEY = "mrk_"
 ACCESS_TOKEN = "mrp_"  # noqa: S105 (a prefix, not a secret)
+SERVICE_TOKEN = "mrs_"  # noqa: S105 (a prefix, not a secret)
 INVITATION = "mri_"
 _LOOKUP_ALPHABET = string.ascii_lowercase + string.digits
 _LOOKUP_LEN = 12

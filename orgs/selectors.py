@@ -13,8 +13,16 @@ from django.db.models.lookups import StartsWith
 from django.utils import timezone
 
 from orgs import secrets
-from orgs.models import Invitation, Membership, Node, NodeUserPermission, Organization, Role
-from orgs.roles import ROLE_PERMISSIONS
+from orgs.models import (
+    Invitation,
+    Membership,
+    Node,
+    NodeUserPermission,
+    Organization,
+    Role,
+    ServiceToken,
+)
+from orgs.roles import ROLE_PERMISSIONS, scope_permissions
 
 
 def organizations_for_user(*, user: Any) -> QuerySet[Organization]:
@@ -130,6 +138,75 @@ def has_perm_at_root(*, user_id: int, organization_id: int, perm: str) -> bool:
     )
 
 
+# ---------------------------------------------------------------- service tokens
+# What a service token may do: its scopes' permissions (orgs.roles.SCOPE_PERMISSIONS), on its
+# node's subtree only. The management API's choke point asks these instead of the user grants.
+
+# Why a service token is refused (the API's 401 answers), by state.
+SERVICE_TOKEN_REFUSALS = {
+    "invalid": "Invalid token.",
+    "revoked": "This service token has been revoked.",
+    "expired": "This service token has expired.",
+    "archived": "This service token's organization or node has been archived.",
+}
+
+
+def service_token_state(token: ServiceToken, *, now: dt.datetime | None = None) -> str:
+    """``revoked``, ``expired``, ``archived`` or ``active`` (the node and organization loaded)."""
+    if token.revoked_at is not None:
+        return "revoked"
+    if token.expires_at is not None and token.expires_at <= (now or timezone.now()):
+        return "expired"
+    if token.node.archived_at is not None or token.organization.archived_at is not None:
+        return "archived"
+    return "active"
+
+
+def service_token_for(raw: str) -> tuple[ServiceToken | None, str]:
+    """The token a raw ``mrs_`` secret opens (compared in constant time) and its state (a key of
+    ``SERVICE_TOKEN_REFUSALS``, or ``active``); one query."""
+    prefix = secrets.prefix_of(raw or "", secrets.SERVICE_TOKEN)
+    if prefix is None:
+        return None, "invalid"
+    qs = ServiceToken.objects.select_related("organization", "node")
+    token = qs.filter(prefix=prefix).first()
+    if token is None or not secrets.matches(raw, token.digest):
+        return None, "invalid"
+    return token, service_token_state(token)
+
+
+def service_token_may(*, token: ServiceToken, node: Node, perm: str) -> bool:
+    """Whether the token holds ``perm`` on ``node`` (inside its subtree, in one of its scopes)."""
+    return (
+        node.organization_id == token.organization_id
+        and token.node_id in node.ancestor_ids
+        and perm in scope_permissions(token.scopes)
+    )
+
+
+def service_token_may_at_root(*, token: ServiceToken, perm: str) -> bool:
+    """Organization-wide: the token is not limited to a node below the root."""
+    return token.node.parent_id is None and perm in scope_permissions(token.scopes)
+
+
+def service_token_node_ids(*, token: ServiceToken, perm: str) -> QuerySet[Any]:
+    """Ids of the nodes where the token holds ``perm`` (a subquery: use with ``__in``)."""
+    if perm not in scope_permissions(token.scopes):
+        return Node.objects.none().values("id")
+    return subtree(token.node).values("id")
+
+
+def organizations_for_service_token(*, token: ServiceToken) -> QuerySet[Organization]:
+    return Organization.objects.filter(pk=token.organization_id, archived_at__isnull=True)
+
+
+def service_tokens_of(*, organization: Organization) -> QuerySet[ServiceToken]:
+    """The organization's service tokens with what their lists show."""
+    return ServiceToken.objects.filter(organization=organization).select_related(
+        "organization", "node", "created_by"
+    )
+
+
 # ---------------------------------------------------------------- invitations
 
 # Where an invitation's link opens: the console's ``console:invitation`` page (console/urls.py).
@@ -221,6 +298,8 @@ KEY_FILTERS = {
     "revoked": ("revoked_at", "present"),
 }
 KEY_SEARCH = ("name", "prefix")
+SERVICE_TOKEN_FILTERS = {"node": ("node_id", int), "revoked": ("revoked_at", "present")}
+SERVICE_TOKEN_SEARCH = ("name", "prefix")
 AUDIT_FILTERS = {
     "action": ("action", str),
     "actor": ("actor_id", int),

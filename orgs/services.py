@@ -40,9 +40,19 @@ from orgs.models import (
     Organization,
     PersonalAccessToken,
     Role,
+    ServiceToken,
 )
 from orgs.policy import PolicyError, routing_policy_clean, validate_model_patterns
-from orgs.roles import CREATE_KEYS, MANAGE_KEYS, OWNER_ONLY_ROLES, permissions_for
+from orgs.roles import (
+    CREATE_KEYS,
+    MANAGE_KEYS,
+    MANAGE_MEMBERS,
+    OWNER_ONLY_ROLES,
+    SCOPE_PERMISSIONS,
+    SCOPES,
+    permissions_for,
+    scope_permissions,
+)
 from orgs.selectors import (
     INVITATION_REFUSALS,
     has_perm_on_node,
@@ -50,6 +60,7 @@ from orgs.selectors import (
     invitation_url,
     is_owner_over,
     memberships_covering,
+    service_token_may,
     subtree,
     user_with_email_exists,
 )
@@ -266,7 +277,9 @@ def organization_archive(
     if organization.archived_at is not None:
         raise InvalidInput({"organization": ["The organization is already archived."]})
     root = Node.objects.get(organization=organization, parent__isnull=True)
-    if actor.user is not None and not is_owner_over(user_id=actor.user.pk, node=root):
+    if actor.service_token is not None or (
+        actor.user is not None and not is_owner_over(user_id=actor.user.pk, node=root)
+    ):
         raise NotAllowed("Only an owner can archive the organization.")
     live_keys = ApiKey.objects.filter(organization=organization, revoked_at__isnull=True)
     live_count = live_keys.count()
@@ -482,7 +495,19 @@ def _check_role(role: Any) -> str:
 
 
 def _check_may_grant(*, actor: Actor, node: Node, role: str) -> None:
-    if actor.user is None:  # the system (seeding, management commands) is trusted
+    if actor.service_token is not None:
+        # A token grants no more than it holds: never the owner role, nor a role with a
+        # permission outside its scopes, nor outside its subtree.
+        missing = permissions_for(role) - scope_permissions(actor.service_token.scopes)
+        if role in OWNER_ONLY_ROLES or missing:
+            raise NotAllowed(
+                f"A service token cannot grant the {role} role: it needs "
+                f"{', '.join(sorted(missing)) or 'an owner'}, which the token does not hold."
+            )
+        if actor.service_token.node_id not in node.ancestor_ids:
+            raise NotAllowed("This node is outside the service token's subtree.")
+        return
+    if actor.is_system:  # the system (seeding, management commands) is trusted
         return
     if role in OWNER_ONLY_ROLES and not is_owner_over(user_id=actor.user.pk, node=node):
         raise NotAllowed("Only an owner can grant, change or remove the owner role.")
@@ -778,7 +803,9 @@ def _clean_key_fields(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _actor_may_manage_key(*, actor: Actor, api_key: ApiKey) -> bool:
-    if actor.user is None:
+    if actor.service_token is not None:
+        return service_token_may(token=actor.service_token, node=api_key.project, perm=MANAGE_KEYS)
+    if actor.is_system:
         return True
     project = api_key.project
     if has_perm_on_node(user_id=actor.user.pk, node=project, perm=MANAGE_KEYS):
@@ -810,6 +837,12 @@ def api_key_create(
     if project.archived_at is not None:
         raise InvalidInput({"project": ["The project is archived."]})
     if membership is None:
+        if actor.service_token is not None:
+            raise NotAllowed(
+                "A service token cannot create API keys: a key belongs to a member (its "
+                "spend, budgets and lifetime follow the membership). Rotate, change or revoke "
+                "keys with keys:write."
+            )
         if actor.user is None:
             raise InvalidInput({"membership": ["A system-created key needs a membership."]})
         membership = memberships_covering(
@@ -987,4 +1020,141 @@ def access_token_revoke(*, token: PersonalAccessToken) -> PersonalAccessToken:
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
+    return token
+
+
+# ---------------------------------------------------------------- service tokens
+
+
+@dataclass(frozen=True)
+class CreatedServiceToken:
+    token: ServiceToken
+    raw_token: str  # shown once
+
+
+def _clean_scopes(scopes: Any, errors: dict[str, list[str]]) -> list[str]:
+    if not isinstance(scopes, list | tuple) or not scopes:
+        errors["scopes"] = ["Choose at least one scope."]
+        return []
+    unknown = sorted({str(s) for s in scopes} - set(SCOPES))
+    if unknown:
+        errors["scopes"] = [f"Unknown scope(s): {', '.join(unknown)}."]
+        return []
+    return [scope for scope in SCOPES if scope in scopes]  # the documented order, no repeats
+
+
+def _check_future(expires_at: dt.datetime | None, errors: dict[str, list[str]]) -> None:
+    if expires_at is not None and expires_at <= timezone.now():
+        errors["expires_at"] = ["The expiry must be in the future."]
+
+
+def _check_may_hand_out(*, actor: Actor, node: Node, scopes: list[str]) -> None:
+    """No privilege escalation: a person hands out only scopes whose permissions they hold on
+    the token's node, and needs ``manage_members`` there; tokens never mint tokens."""
+    if actor.service_token is not None:
+        raise NotAllowed("A service token cannot create or change service tokens.")
+    if actor.is_system:  # the system (seeding, management commands) is trusted
+        return
+    if not has_perm_on_node(user_id=actor.user.pk, node=node, perm=MANAGE_MEMBERS):
+        raise NotAllowed("Your role does not allow managing service tokens here.")
+    held = {
+        perm
+        for perm in scope_permissions(scopes)
+        if has_perm_on_node(user_id=actor.user.pk, node=node, perm=perm)
+    }
+    beyond = [s for s in scopes if not SCOPE_PERMISSIONS[s] <= held]
+    if beyond:
+        raise NotAllowed(
+            f"Your role on this node does not cover the scope(s) {', '.join(beyond)}; a token "
+            "can hold only what its creator may do."
+        )
+
+
+@transaction.atomic
+def service_token_create(
+    *,
+    actor: Actor,
+    node: Node,
+    name: str,
+    scopes: list[str],
+    expires_at: dt.datetime | None = None,
+) -> CreatedServiceToken:
+    """A token of ``node``'s organization, limited to ``node``'s subtree (the root node: the
+    whole organization) and to ``scopes``. The raw token is returned once."""
+    errors: dict[str, list[str]] = {}
+    name = _clean_name(name, errors)
+    scopes = _clean_scopes(scopes, errors)
+    _check_future(expires_at, errors)
+    if node.archived_at is not None:
+        errors["node"] = ["The node is archived."]
+    _raise(errors)
+    _check_may_hand_out(actor=actor, node=node, scopes=scopes)
+    new = secrets.new_secret(secrets.SERVICE_TOKEN)
+    token = ServiceToken.objects.create(
+        organization_id=node.organization_id,
+        node=node,
+        name=name,
+        prefix=new.prefix,
+        digest=new.digest,
+        scopes=scopes,
+        created_by=actor.user,
+        expires_at=expires_at,
+    )
+    audit_event_record(
+        organization=node.organization_id,
+        actor=actor,
+        action="service_token.create",
+        target=token,
+        changes={"name": name, "node": node.pk, "scopes": scopes, "expires_at": expires_at},
+    )
+    return CreatedServiceToken(token=token, raw_token=new.raw)
+
+
+def _lock_service_token(token: ServiceToken) -> ServiceToken:
+    return ServiceToken.objects.select_for_update().select_related("node").get(pk=token.pk)
+
+
+@transaction.atomic
+def service_token_update(
+    *, actor: Actor, token: ServiceToken, expires_at: dt.datetime | None
+) -> ServiceToken:
+    """Change when the token expires (None: never). Extending a token's life hands its scopes
+    out again, so the same rule as creating it applies."""
+    token = _lock_service_token(token)
+    errors: dict[str, list[str]] = {}
+    if token.revoked_at is not None:
+        errors["expires_at"] = ["The token is revoked."]
+    _check_future(expires_at, errors)
+    _raise(errors)
+    _check_may_hand_out(actor=actor, node=token.node, scopes=list(token.scopes))
+    changes = diff(token, {"expires_at": expires_at})
+    if changes:
+        token.expires_at = expires_at
+        token.save(update_fields=["expires_at"])
+        audit_event_record(
+            organization=token.organization_id,
+            actor=actor,
+            action="service_token.update",
+            target=token,
+            changes=changes,
+        )
+    return token
+
+
+@transaction.atomic
+def service_token_revoke(*, actor: Actor, token: ServiceToken) -> ServiceToken:
+    """The token stops working at once (it is looked up on every request). Idempotent."""
+    token = _lock_service_token(token)
+    if actor.service_token is not None:
+        raise NotAllowed("A service token cannot create or change service tokens.")
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+        audit_event_record(
+            organization=token.organization_id,
+            actor=actor,
+            action="service_token.revoke",
+            target=token,
+            changes={"name": token.name},
+        )
     return token

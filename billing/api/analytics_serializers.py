@@ -68,7 +68,7 @@ class ReportOut(serializers.ModelSerializer):
         ]
 
     def get_download_url(self, report: Report) -> str | None:
-        user = self.context.get("user")
-        if report.status != "done" or user is None:
+        owner = self.context.get("link_owner")
+        if report.status != "done" or owner is None:
             return None
-        return report_download_url(report=report, user_id=user.pk)
+        return report_download_url(report=report, user_id=owner)

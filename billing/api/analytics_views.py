@@ -57,6 +57,7 @@ class AnalyticsViewSet(OrgScopedViewSet):
     """Spend, tokens, savings and latency over a period, from the rollups."""
 
     view_permission = VIEW_BILLING
+    scope_resource = "analytics"
     action_permissions = {
         "summary": VIEW_BILLING,
         "breakdown": VIEW_BILLING,
@@ -73,6 +74,10 @@ class AnalyticsViewSet(OrgScopedViewSet):
         """None for organization-wide viewers; else the rollup column their visible subtrees
         are filtered on: ``team_id`` when every grant is at a department or team (the
         team-level tables answer), ``project_id`` when some grant is on a project alone."""
+        if self.service_token is not None:  # its one subtree
+            if self.holds_at_root(VIEW_BILLING):
+                return None
+            return "project_id" if self.service_token.node.kind == NodeKind.PROJECT else "team_id"
         user_id, org_id = self.request.user.pk, self.organization.pk
         assert user_id is not None  # IsAuthenticated ran
         if has_perm_at_root(user_id=user_id, organization_id=org_id, perm=VIEW_BILLING):
@@ -209,6 +214,7 @@ class ReportViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
 
     serializer_class = s.ReportOut
     view_permission = VIEW_BILLING
+    scope_resource = "reports"
     action_permissions = {"create": VIEW_BILLING, "download": VIEW_BILLING}
     node_field = "node"
     lookup_value_regex = r"\d+"
@@ -218,7 +224,14 @@ class ReportViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
         return Report.objects.select_related("organization", "node")
 
     def get_serializer_context(self) -> dict[str, Any]:
-        return {**super().get_serializer_context(), "user": self.request.user}
+        return {**super().get_serializer_context(), "link_owner": self._link_owner()}
+
+    def _link_owner(self) -> int:
+        """Whom a signed download link is for: the user's id, or a service token's id negated
+        (never a user's id)."""
+        if self.service_token is not None:
+            return -self.service_token.pk
+        return int(self.request.user.pk)
 
     @extend_schema(request=s.ReportCreateIn, parameters=PERIOD_PARAMS, responses={202: s.ReportOut})
     def create(self, request: Request, org_slug: str) -> Response:
@@ -263,8 +276,7 @@ class ReportViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
     def download(self, request: Request, org_slug: str, pk: str) -> FileResponse:
         report = self.get_object()
         token = request.query_params.get("token", "")
-        user_id = request.user.pk or 0
-        if not reports.report_token_valid(report=report, user_id=user_id, token=token):
+        if not reports.report_token_valid(report=report, user_id=self._link_owner(), token=token):
             raise NotAllowed("This download link is invalid or has expired.")
         if report.status != ReportStatus.DONE:
             raise Http404

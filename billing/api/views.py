@@ -44,6 +44,7 @@ class BalanceViewSet(OrgScopedViewSet):
     role can credit, refund or adjust (docs/billing.md, "Credit")."""
 
     view_permission = VIEW_BILLING
+    scope_resource = "billing"
     action_permissions = {"balance": VIEW_BILLING}
     node_field = None
     serializer_class = s.BalanceOut
@@ -65,6 +66,7 @@ class CheckoutViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMo
 
     serializer_class = s.CheckoutOut
     view_permission = VIEW_BILLING
+    scope_resource = "billing"
     action_permissions = {"create": MANAGE_BILLING}
     node_field = None
     lookup_value_regex = r"\d+"
@@ -87,6 +89,7 @@ class LedgerViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
 
     serializer_class = s.LedgerEntryOut
     view_permission = VIEW_BILLING
+    scope_resource = "billing"
     node_field = None
     lookup_value_regex = r"\d+"
     list_filters = selectors.LEDGER_FILTERS
@@ -102,6 +105,7 @@ class BudgetViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
 
     serializer_class = s.BudgetOut
     view_permission = VIEW_BILLING
+    scope_resource = "budgets"
     action_permissions = {
         "create": MANAGE_BILLING,
         "partial_update": MANAGE_BILLING,
@@ -163,6 +167,7 @@ class NotificationViewSet(OrgScopedViewSet, mixins.ListModelMixin):
 
     serializer_class = s.NotificationOut
     view_permission = VIEW_BILLING
+    scope_resource = "billing"
     node_field = None
     list_filters = selectors.NOTIFICATION_FILTERS
 
@@ -176,6 +181,7 @@ class UsageViewSet(OrgScopedViewSet, mixins.ListModelMixin):
 
     serializer_class = s.UsageRecordOut
     view_permission = VIEW_BILLING
+    scope_resource = "usage"
     node_field = None
     list_filters = {
         "since": ("created_at__gte", "datetime"),

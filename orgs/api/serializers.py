@@ -15,8 +15,10 @@ from orgs.models import (
     Organization,
     PersonalAccessToken,
     Role,
+    ServiceToken,
 )
-from orgs.selectors import invitation_state
+from orgs.roles import SCOPES
+from orgs.selectors import invitation_state, service_token_state
 
 # --- output -------------------------------------------------------------------------------
 
@@ -155,6 +157,42 @@ class AccessTokenCreatedOut(AccessTokenOut):
         fields = [*AccessTokenOut.Meta.fields, "token"]
 
 
+class ServiceTokenOut(serializers.ModelSerializer):
+    created_by = serializers.SerializerMethodField()
+    state = serializers.SerializerMethodField()
+    scopes = serializers.ListField(child=serializers.CharField())
+
+    class Meta:
+        model = ServiceToken
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "node",
+            "scopes",
+            "state",
+            "created_by",
+            "created_at",
+            "expires_at",
+            "last_used_at",
+            "revoked_at",
+        ]
+
+    def get_created_by(self, obj: ServiceToken) -> str | None:
+        return obj.created_by.get_username() if obj.created_by else None
+
+    def get_state(self, obj: ServiceToken) -> str:
+        """``active``, ``revoked``, ``expired`` or ``archived``."""
+        return service_token_state(obj)
+
+
+class ServiceTokenCreatedOut(ServiceTokenOut):
+    token = serializers.CharField(read_only=True, help_text="The secret, shown only this once.")
+
+    class Meta(ServiceTokenOut.Meta):
+        fields = [*ServiceTokenOut.Meta.fields, "token"]
+
+
 # --- input --------------------------------------------------------------------------------
 
 
@@ -237,6 +275,24 @@ class ApiKeyUpdateIn(_KeyFields):
 
 class ApiKeyRotateIn(serializers.Serializer):
     grace_seconds = serializers.IntegerField(min_value=0, max_value=2_592_000, default=0)
+
+
+class ServiceTokenCreateIn(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    node = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_ID,
+        required=False,
+        help_text="Limit the token to this node's subtree (default: the whole organization).",
+    )
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=SCOPES), allow_empty=False, max_length=len(SCOPES)
+    )
+    expires_at = serializers.DateTimeField(allow_null=True, required=False)
+
+
+class ServiceTokenUpdateIn(serializers.Serializer):
+    expires_at = serializers.DateTimeField(allow_null=True)
 
 
 class AccessTokenCreateIn(serializers.Serializer):

@@ -15,6 +15,7 @@ scoped.register("members", views.MemberViewSet, basename="member")
 scoped.register("invitations", views.InvitationViewSet, basename="invitation")
 scoped.register("keys", views.ApiKeyViewSet, basename="api-key")
 scoped.register("audit-events", views.AuditEventViewSet, basename="audit-event")
+scoped.register("service-tokens", views.ServiceTokenViewSet, basename="service-token")
 
 accept = views.InvitationAcceptView.as_view({"post": "create"})
 

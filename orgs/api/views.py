@@ -36,6 +36,7 @@ from orgs.models import (
     Node,
     Organization,
     PersonalAccessToken,
+    ServiceToken,
 )
 from orgs.roles import (
     CREATE_KEYS,
@@ -54,8 +55,12 @@ from orgs.selectors import (
     MEMBER_SEARCH,
     NODE_FILTERS,
     NODE_SEARCH,
+    SERVICE_TOKEN_FILTERS,
+    SERVICE_TOKEN_SEARCH,
     has_perm_at_root,
     organizations_for_user,
+    root_node,
+    service_tokens_of,
 )
 
 
@@ -150,6 +155,7 @@ class NodeViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelM
 
     serializer_class = s.NodeOut
     view_permission = VIEW_NODE
+    scope_resource = "nodes"
     action_permissions = {
         "create": MANAGE_NODE,
         "partial_update": MANAGE_NODE,
@@ -212,6 +218,7 @@ class MemberViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
 
     serializer_class = s.MemberOut
     view_permission = VIEW_MEMBERS
+    scope_resource = "members"
     action_permissions = {
         "create": MANAGE_MEMBERS,
         "partial_update": MANAGE_MEMBERS,
@@ -266,6 +273,7 @@ class InvitationViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.Retrieve
 
     serializer_class = s.InvitationOut
     view_permission = MANAGE_MEMBERS
+    scope_resource = "invitations"
     action_permissions = {"create": MANAGE_MEMBERS, "revoke": MANAGE_MEMBERS}
     node_field = "node"
     lookup_value_regex = r"\d+"
@@ -304,6 +312,7 @@ class ApiKeyViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
 
     serializer_class = s.ApiKeyOut
     view_permission = VIEW_KEYS
+    scope_resource = "keys"
     action_permissions = {
         "create": CREATE_KEYS,
         "partial_update": CREATE_KEYS,
@@ -356,6 +365,65 @@ class ApiKeyViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
         return Response(s.created_key_payload(created.api_key, created.raw_key))
 
 
+@extend_schema(tags=["service tokens"])
+class ServiceTokenViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
+    """The organization's service tokens (``Authorization: Token mrs_...``): they belong to the
+    organization, hold only their scopes, on their node's subtree. The secret is returned once,
+    by create. Managing them needs ``manage_members`` on the token's node, and a creator's role
+    there must cover every scope asked for. Service tokens cannot manage service tokens."""
+
+    serializer_class = s.ServiceTokenOut
+    view_permission = MANAGE_MEMBERS
+    action_permissions = {
+        "create": MANAGE_MEMBERS,
+        "partial_update": MANAGE_MEMBERS,
+        "revoke": MANAGE_MEMBERS,
+    }
+    node_field = "node"
+    scope_resource = None  # people only: a token never mints or extends tokens
+    lookup_value_regex = r"\d+"
+    list_filters = SERVICE_TOKEN_FILTERS
+    search_fields = SERVICE_TOKEN_SEARCH
+
+    def get_base_queryset(self) -> QuerySet[ServiceToken]:
+        return service_tokens_of(organization=self.organization)
+
+    @extend_schema(request=s.ServiceTokenCreateIn, responses={201: s.ServiceTokenCreatedOut})
+    def create(self, request: Any, org_slug: str) -> Response:
+        data = _valid(s.ServiceTokenCreateIn, request.data)
+        if "node" in data:
+            node = _org_node(self, "node", data["node"])
+        else:
+            node = root_node(self.organization)
+        self.require(node, MANAGE_MEMBERS)
+        created = services.service_token_create(
+            actor=self.actor,
+            node=node,
+            name=data["name"],
+            scopes=data["scopes"],
+            expires_at=data.get("expires_at"),
+        )
+        payload = dict(s.ServiceTokenOut(created.token).data)
+        payload["token"] = created.raw_token
+        return Response(payload, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.ServiceTokenUpdateIn, responses={200: s.ServiceTokenOut})
+    def partial_update(self, request: Any, org_slug: str, pk: str) -> Response:
+        """Change the expiry (``null``: never expires)."""
+        token = self.get_object()
+        data = _valid(s.ServiceTokenUpdateIn, request.data)
+        token = services.service_token_update(
+            actor=self.actor, token=token, expires_at=data["expires_at"]
+        )
+        return Response(s.ServiceTokenOut(token).data)
+
+    @extend_schema(request=None, responses={200: s.ServiceTokenOut})
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Any, org_slug: str, pk: str) -> Response:
+        token = services.service_token_revoke(actor=self.actor, token=self.get_object())
+        return Response(s.ServiceTokenOut(token).data)
+
+
 def _csv_safe(value: Any) -> str:
     text = "" if value is None else str(value)
     # Spreadsheet formula injection: a cell must not start with = + - @ (or tab / CR).
@@ -375,6 +443,7 @@ class AuditEventViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.Retrieve
 
     serializer_class = s.AuditEventOut
     view_permission = VIEW_AUDIT
+    scope_resource = "audit"
     action_permissions = {"export": VIEW_AUDIT}
     node_field = None
     lookup_value_regex = r"\d+"

@@ -56,6 +56,7 @@ class RoutingPolicyViewSet(
 ):
     serializer_class = s.RoutingPolicyOut
     view_permission = VIEW_NODE
+    scope_resource = "policies"
     action_permissions = {
         "create": MANAGE_POLICIES,
         "update": MANAGE_POLICIES,

@@ -25,10 +25,11 @@ from billing.models import (
     UsageRollupDayTeam,
     UsageRollupHour,
 )
+from orgs import services
 from orgs.models import Role
 from routing.models import ModelPrice
 from tests.billing.analytics_helpers import make_tenant, record, reference_catalog, team_lead
-from tests.orgs.factories import add_member
+from tests.orgs.factories import SYSTEM, add_member
 
 pytestmark = pytest.mark.django_db
 D = Decimal
@@ -523,6 +524,40 @@ def test_team_lead_sees_only_their_subtree(data):
     assert [(r["team"], r["cost"]) for r in rows] == [(a.team2.pk, "0.000105000000")]
     other = client.get(f"/api/orgs/alpha/analytics/summary/?{PERIOD}&team={a.tree.team.pk}")
     assert other.json()["totals"]["requests"] == 0
+
+
+def _token_client(node, scopes):
+    raw = services.service_token_create(
+        actor=SYSTEM, node=node, name="analytics-bot", scopes=scopes
+    ).raw_token
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
+    return client
+
+
+def test_a_service_token_reads_analytics_of_its_subtree_only(data):
+    a = data["a"]
+    org_wide = _token_client(a.tree.root, ["analytics:read"])
+    body = org_wide.get(f"/api/orgs/alpha/analytics/summary/?{PERIOD}").json()
+    assert body["totals"] == TOTALS
+    team = _token_client(a.team2, ["analytics:read"])
+    body = team.get(f"/api/orgs/alpha/analytics/summary/?{PERIOD}").json()
+    assert (body["totals"]["requests"], body["totals"]["cost"]) == (1, "0.000105000000")
+    assert body["source"] == "usagerollupdayteam"  # filtered on team_id, as a team lead's
+    project = _token_client(a.tree.project, ["analytics:read"])
+    body = project.get(f"/api/orgs/alpha/analytics/summary/?{PERIOD}").json()
+    assert body["source"] == "usagerollupdaynode"
+    assert (body["totals"]["requests"], body["totals"]["cost"]) == (3, "0.007200000000")
+    response = _token_client(a.tree.root, ["usage:read"]).get(
+        f"/api/orgs/alpha/analytics/summary/?{PERIOD}"
+    )
+    assert response.status_code == 403 and response.json()["code"] == "missing_scope"
+    assert (
+        _token_client(a.tree.root, ["analytics:read"])
+        .get(f"/api/orgs/beta/analytics/summary/?{PERIOD}")
+        .status_code
+        == 404
+    )
 
 
 def test_project_viewer_sees_their_project_from_the_project_table(data):

@@ -24,10 +24,11 @@ from billing.reports.progress import report_progress as progress_of
 from billing.reports.statement_pdf import ledger_movements
 from billing.reports.statements import statements_build_due
 from billing.reports.tasks import report_build_task, statements_monthly
+from orgs import services
 from orgs.audit import Actor
 from orgs.models import AuditEvent, Role
 from tests.billing.analytics_helpers import make_tenant, record, reference_catalog, team_lead
-from tests.orgs.factories import add_member
+from tests.orgs.factories import SYSTEM, add_member
 
 pytestmark = pytest.mark.django_db
 D = Decimal
@@ -369,6 +370,32 @@ def test_download_links_are_signed_per_user_and_expire(
     later = signing.time.time() + 3601
     monkeypatch.setattr(signing.time, "time", lambda: later)
     assert client.get(url).status_code == 403  # expired
+
+
+def test_a_service_token_requests_and_downloads_its_own_report(
+    data, django_capture_on_commit_callbacks
+):
+    a = data["a"]
+    raw = services.service_token_create(
+        actor=SYSTEM, node=a.tree.root, name="exporter", scopes=["reports:read", "reports:write"]
+    ).raw_token
+    bot = APIClient()
+    bot.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
+    response, _ = create(bot, "alpha", django_capture_on_commit_callbacks, kind="csv")
+    assert response.status_code == 202
+    report = build(response.json()["id"])
+    assert report.requested_by_id is None
+    url = bot.get(f"/api/orgs/alpha/reports/{report.pk}/").json()["download_url"]
+    download = bot.get(url)
+    assert download.status_code == 200
+    rows = list(csv.DictReader(b"".join(download.streaming_content).decode().splitlines()))
+    assert len(rows) == 30
+    owner = login(a.tree.owner)
+    assert owner.get(url).status_code == 403  # the link is the token's
+    owner_url = owner.get(f"/api/orgs/alpha/reports/{report.pk}/").json()["download_url"]
+    assert bot.get(owner_url).status_code == 403
+    event = AuditEvent.objects.get(organization=a.org, action="report.create")
+    assert event.actor_label.startswith("service token exporter (mrs_")
 
 
 def test_failed_build_records_the_error_and_is_not_rerun(data, monkeypatch, settings):

@@ -20,6 +20,7 @@ from orgs.models import (
     Membership,
     Node,
     Organization,
+    ServiceToken,
 )
 from routing.policy_models import RoutingPolicy
 from tests.console.factories import Tenant, make_tenant
@@ -71,6 +72,9 @@ def snapshot() -> dict[str, Any]:
             RoutingPolicy.objects.order_by("id").values_list("id", "node_id", "document")
         ),
         "ledger": list(LedgerEntry.objects.order_by("id").values_list("id", "amount")),
+        "service_tokens": list(
+            ServiceToken.objects.order_by("id").values_list("id", "expires_at", "revoked_at")
+        ),
         "audit": AuditEvent.objects.count(),
         "users": get_user_model().objects.count(),
     }
@@ -116,6 +120,7 @@ def mutations(t: Tenant) -> list[tuple[str, dict[str, Any]]]:
             {"email": "x@example.com", "node": t.tree.team.pk, "role": "viewer", "ttl_hours": 24},
         ),
         (f"{o}/invitations/{t.invitation.pk}/revoke/", {}),
+        (f"{o}/service-tokens/", {"name": "ci", "node": t.tree.team.pk, "scopes": ["keys:read"]}),
         (f"{o}/keys/new/", {"project": t.tree.project.pk, "name": "sneaky"}),
         (f"{o}/keys/{key}/update/", {"name": "changed", "rpm_limit": 5}),
         (f"{o}/keys/{key}/rotate/", {"grace_hours": 0}),
@@ -255,6 +260,7 @@ def test_viewer_sees_every_page_without_change_controls(world):
             assert control not in body, (url, control)
     # Pages only for those who manage members or read the audit log.
     assert client.get(f"/o/{acme.tree.org.slug}/invitations/").status_code == 403
+    assert client.get(f"/o/{acme.tree.org.slug}/service-tokens/").status_code == 403
     assert client.get(f"/o/{acme.tree.org.slug}/audit/").status_code == 403
     assert client.get(f"/o/{acme.tree.org.slug}/keys/new/").status_code == 403
 
@@ -262,7 +268,10 @@ def test_viewer_sees_every_page_without_change_controls(world):
 def test_outsider_gets_404_for_every_page(world):
     acme, other = world
     client = client_for(other.tree.owner)
-    for url in [*pages(acme), f"/o/{acme.tree.org.slug}/audit/"]:
+    for url in [
+        *pages(acme),
+        *(f"/o/{acme.tree.org.slug}/{p}/" for p in ("audit", "service-tokens")),
+    ]:
         assert client.get(url).status_code == 404, url
 
 
