@@ -3,6 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
+from console.forms import PasswordLoginForm
 from console.views import (
     account,
     analytics,
@@ -14,6 +15,7 @@ from console.views import (
     org,
     platform,
     routing,
+    sso,
 )
 
 app_name = "console"
@@ -51,6 +53,14 @@ org_urls = [
     path("policies/", routing.PoliciesView.as_view(), name="policies"),
     path("policies/<int:pk>/delete/", routing.PolicyDeleteView.as_view(), name="policy-delete"),
     path("audit/", audit.AuditView.as_view(), name="audit"),
+    path("sso/", sso.SsoView.as_view(), name="sso"),
+    path("sso/<slug:action>/", sso.SsoView.as_view(), name="sso-action"),
+    path("sso/providers/<int:pk>/", sso.SsoProviderView.as_view(), name="sso-provider"),
+    path(
+        "sso/providers/<int:pk>/<slug:action>/",
+        sso.SsoProviderView.as_view(),
+        name="sso-provider-action",
+    ),
     path("budgets/", billing.BudgetsView.as_view(), name="budgets"),
     path("budgets/<int:pk>/", billing.BudgetDetailView.as_view(), name="budget"),
     path(
@@ -70,9 +80,16 @@ urlpatterns = [
     path("", account.home, name="home"),
     path(
         "login/",
-        auth_views.LoginView.as_view(redirect_authenticated_user=True),
+        auth_views.LoginView.as_view(
+            redirect_authenticated_user=True, authentication_form=PasswordLoginForm
+        ),
         name="login",
     ),
+    # single sign-on (docs/identity.md): by email from the login page, an organization's
+    # login URL, and the redirect URI registered at the identity provider
+    path("sso/", sso.sso_by_email, name="sso-email"),
+    path("sso/<slug:org_slug>/", sso.sso_org, name="sso-org"),
+    path("sso/<slug:org_slug>/callback/", sso.sso_callback, name="sso-callback"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(
         "password-reset/",
