@@ -361,6 +361,19 @@ def test_the_provider_of_one_organization_never_signs_anyone_into_another(acme, 
     assert not AuditEvent.objects.filter(organization=acme.tree.org, action="sso.login").exists()
 
 
+def test_an_organizations_login_url_never_starts_another_organizations_provider(acme, globex):
+    client = Client()
+    refused(
+        client.get(f"/sso/globex/?provider={acme.provider.pk}"),
+        404,
+        "Single sign-on is not set up",
+    )
+    assert not client.session.get("sso_pending")  # no sign-in was started
+    assert start(client, globex, f"?provider={globex.provider.pk}").startswith(globex.op.issuer)
+    # a provider id that is not a number reads the same
+    refused(Client().get("/sso/globex/?provider=x"), 404, "Single sign-on is not set up")
+
+
 def test_a_mapping_cannot_point_at_another_organizations_node(acme, globex):
     from orgs.errors import InvalidInput
 
