@@ -18,14 +18,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.httpx_client import OAuth2Client
-from authlib.oauth2.rfc6749.errors import OAuth2Error
 from django.core.cache import cache
 from joserfc import errors as jose_errors
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from identity.errors import SsoRefused
+
+try:  # Authlib's client is built on httpx2 when it is installed, else on httpx
+    import httpx2
+
+    _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, httpx2.HTTPError)
+except ImportError:  # pragma: no cover - httpx2 comes with the dev tools (openai, anthropic)
+    _TRANSPORT_ERRORS = (httpx.HTTPError,)
 
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 # Authlib's client is built on whichever httpx it finds (httpx2 when installed): a plain number.
@@ -169,11 +176,12 @@ def exchange_code(
                 code=code,
                 code_verifier=code_verifier,
             )
-        except OAuth2Error as exc:
+        except AuthlibBaseError as exc:  # the token endpoint's error answer
+            error = str(getattr(exc, "error", "") or "an error")[:80]
             raise SsoRefused(
-                "token_exchange_failed", f"The token endpoint answered {exc.error}."
+                "token_exchange_failed", f"The token endpoint answered {error}."
             ) from None
-        except (httpx.HTTPError, ValueError):
+        except (*_TRANSPORT_ERRORS, ValueError):
             raise SsoRefused("provider_unreachable") from None
     id_token = token.get("id_token")
     if not isinstance(id_token, str) or not id_token:

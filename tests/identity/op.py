@@ -178,9 +178,13 @@ class TestOP:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._httpd.shutdown()
+        self.stop()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+            self._thread.join(timeout=5)
         self._httpd.server_close()
-        self._thread.join(timeout=5)
 
     # -- authlib server
 

@@ -318,6 +318,24 @@ def test_no_mapped_group_creates_no_account(acme):
     _nothing_created(acme)
 
 
+def test_a_client_secret_the_provider_does_not_accept_is_shown(acme):
+    services.identity_provider_update(
+        actor=SYSTEM, provider=acme.provider, client_secret="typed-wrong"
+    )
+    response = sign_in(Client(), acme, "alice")
+    refused(response, 502, "The sign-in could not be completed")
+    assert "The token endpoint answered invalid_client." in response.content.decode()
+    _nothing_created(acme)
+
+
+def test_a_token_endpoint_that_does_not_answer_is_shown(acme):
+    client = Client()
+    back = authorize(acme.op, start(client, acme), "alice")
+    acme.op.stop()  # the discovery document stays cached; the token endpoint is gone
+    refused(callback(client, back), 502, "The identity provider did not answer")
+    _nothing_created(acme)
+
+
 def test_an_error_from_the_provider_is_shown(acme):
     client = Client()
     url = start(client, acme)
