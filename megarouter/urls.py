@@ -12,6 +12,7 @@ urlpatterns = [
     path("", include("gateway.api.urls")),
     path("admin/", admin.site.urls),
     path("api/", include("orgs.api.urls")),
+    path("api/", include("identity.api.urls")),
     path("api/", include("routing.api.urls")),
     path("api/", include("billing.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
