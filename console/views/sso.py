@@ -143,7 +143,6 @@ def sso_callback(request: HttpRequest, org_slug: str) -> HttpResponse:
     except SsoRefused as exc:
         return _refused(request, exc, org)
     auth_login(request, outcome.user, backend="django.contrib.auth.backends.ModelBackend")
-    request.session["sso_provider"] = outcome.provider.pk
     request.session["console_org"] = org.slug
     next_url = (pending or {}).get("next") or ""
     if next_url and url_has_allowed_host_and_scheme(
