@@ -32,7 +32,7 @@ from django.utils.http import urlencode
 from django.views import View
 
 from orgs.audit import Actor
-from orgs.mfa import mfa_enabled, session_verified
+from orgs.mfa import mfa_enabled, session_passes_mfa
 from orgs.models import Node, NodeUserPermission, Organization
 from orgs.selectors import has_perm_on_node, organizations_for_user, permitted_node_ids
 
@@ -122,7 +122,7 @@ class OrgView(LoginRequiredMixin, View):
         org = organizations_for_user(user=request.user).filter(slug=kwargs.get("org_slug")).first()
         if org is None:
             raise Http404("No such organization.")
-        if org.require_mfa and not session_verified(request.user):
+        if org.require_mfa and not session_passes_mfa(request, org):
             return mfa_redirect(request, org)
         self.organization = org
         self.scope = OrgScope.build(organization=org, request=request)

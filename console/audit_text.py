@@ -30,6 +30,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from billing.models import Budget, BudgetPeriod, BudgetScope, Report, ReportKind
 from billing.money import usd_text
+from identity.models import IdentityProvider
 from orgs.audit import SERVICE_TOKEN_LABEL
 from orgs.models import (
     ApiKey,
@@ -108,6 +109,7 @@ _TARGET_KINDS = {
     "report": "report",
     "routingpolicy": "policy",
     "servicetoken": "service_token",
+    "identityprovider": "provider",
 }
 # Changes that name another object by id (a plain id or [old, new]).
 _CHANGE_KINDS = {
@@ -116,6 +118,9 @@ _CHANGE_KINDS = {
     "project": "node",
     "membership": "membership",
     "invitation": "invitation",
+    "provider": "provider",
+    "added": "membership",  # sso.login: the memberships a sign-in's group mapping changed
+    "removed": "membership",
 }
 _SCOPE_KINDS: dict[str, str] = {
     BudgetScope.ORGANIZATION: "node",
@@ -268,6 +273,9 @@ class AuditNames:
         self.invitations: dict[int, Invitation] = rows(Invitation.objects.all(), "invitation")
         self.service_tokens: dict[int, ServiceToken] = rows(
             ServiceToken.objects.all(), "service_token"
+        )
+        self.providers: dict[int, IdentityProvider] = rows(
+            IdentityProvider.objects.all(), "provider"
         )
         for e in events:
             if e.target_type == "budget":
@@ -426,6 +434,34 @@ class AuditNames:
         if scope == BudgetScope.ORGANIZATION:
             return ["the organization ", self.organization_ref()]
         return self.node(scope_id, kind=True)
+
+    def provider(self, provider_id: Any, *, recorded: str = "") -> list[Part]:
+        provider = self.providers.get(_int(provider_id) or 0)
+        if provider is not None:
+            ref = Ref(_quoted(provider.name), self.url("sso-provider", provider.pk))
+            return ["the identity provider ", ref]
+        if recorded:
+            return [f"the identity provider {_quoted(recorded)}"]
+        return [f"a deleted identity provider (id {provider_id})"]
+
+    def provider_of(self, e: AuditEvent) -> list[Part]:
+        if e.target_type == "identityprovider":
+            name = _old_new(_changes(e).get("name"))[1] or e.target_repr
+            return self.provider(e.target_id, recorded=str(name or ""))
+        return self.provider(_changes(e).get("provider"))
+
+    def memberships_text(self, ids: Any) -> list[Part]:
+        """ "Engineering > Platform as developer, ..." for membership ids."""
+        out: list[Part] = []
+        for membership_id in _ids(ids):
+            m = self.memberships.get(membership_id)
+            if out:
+                out.append(", ")
+            if m is None:
+                out.append(f"a deleted membership (id {membership_id})")
+            else:
+                out.extend([*self.node(m.node_id), f" as {_label(Role, m.role)}"])
+        return out
 
     def money(self, value: Any, *, sign: bool = False) -> Ref:
         return Ref(usd_text(value, sign=sign) or str(value), self.url("billing"))
@@ -731,6 +767,74 @@ def _policy_node(e: AuditEvent, n: AuditNames, policy: RoutingPolicy | None) -> 
         return n.node(policy.node_id, kind=True)
     m = _NODE_REPR.match(e.target_repr)
     return [f"the {_label(NodeKind, m.group(1))} {_quoted(m.group(2))}"] if m else ["a node"]
+
+
+@sentence("identity_provider.create")
+def _identity_provider_create(e: AuditEvent, n: AuditNames) -> list[Part]:
+    domains = _changes(e).get("domains") or []
+    tail = f" for {', '.join(str(d) for d in domains)}" if domains else ""
+    return ["added ", *n.provider_of(e), tail]
+
+
+@sentence("identity_provider.update")
+def _identity_provider_update(e: AuditEvent, n: AuditNames) -> list[Part]:
+    changes = dict(_changes(e))
+    secret = changes.pop("client_secret", None)
+    words = [changes_text(changes)] if changes else []
+    if secret is not None:
+        words.append("a new client secret")
+    return ["changed ", *n.provider_of(e), f": {', '.join(words)}" if words else ""]
+
+
+def _mapping_words(e: AuditEvent, n: AuditNames) -> list[Part]:
+    c = _changes(e)
+    return [
+        f"the group {c.get('group') or '(unknown)'} of ",
+        *n.provider_of(e),
+        f" to {_label(Role, c.get('role'))} on ",
+        *n.node(c.get("node")),
+    ]
+
+
+@sentence("group_mapping.create")
+def _group_mapping_create(e: AuditEvent, n: AuditNames) -> list[Part]:
+    return ["mapped ", *_mapping_words(e, n)]
+
+
+@sentence("group_mapping.delete")
+def _group_mapping_delete(e: AuditEvent, n: AuditNames) -> list[Part]:
+    return ["stopped mapping ", *_mapping_words(e, n)]
+
+
+@sentence("sso_policy.update")
+def _sso_policy_update(e: AuditEvent, n: AuditNames) -> list[Part]:
+    _old, required = _old_new(_changes(e).get("sso_required"))
+    if required is False:
+        return ["allowed password login again for the members of ", n.organization_ref()]
+    return ["required single sign-on (no password login) for the members of ", n.organization_ref()]
+
+
+@sentence("sso.login")
+def _sso_login(e: AuditEvent, n: AuditNames) -> list[Part]:
+    c = _changes(e)
+    groups = [str(g) for g in c.get("groups") or []]
+    out: list[Part] = ["signed in with single sign-on through ", *n.provider_of(e)]
+    out.append(f" (mapped groups: {', '.join(groups)})" if groups else " (no mapped group)")
+    if _ids(c.get("added")):
+        out.extend(["; joined ", *n.memberships_text(c.get("added"))])
+    if _ids(c.get("removed")):
+        out.extend(["; left ", *n.memberships_text(c.get("removed"))])
+    return out
+
+
+@sentence("sso.account_create")
+def _sso_account_create(e: AuditEvent, n: AuditNames) -> list[Part]:
+    return ["created their account by single sign-on through ", *n.provider_of(e)]
+
+
+@sentence("sso.account_link")
+def _sso_account_link(e: AuditEvent, n: AuditNames) -> list[Part]:
+    return ["linked their existing account to ", *n.provider_of(e)]
 
 
 def _unknown(e: AuditEvent, n: AuditNames) -> list[Part]:

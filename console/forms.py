@@ -9,10 +9,12 @@ from decimal import Decimal
 from typing import Any
 
 from django import forms
+from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.password_validation import password_validators_help_texts
 from django.utils.functional import lazy
 
 from billing.models import BudgetMode, BudgetPeriod
+from identity.selectors import password_login_refusal
 from orgs import secrets
 from orgs.errors import InvalidInput
 from orgs.models import Node, Organization, Role
@@ -557,4 +559,82 @@ class ServiceTokenExpiryForm(StyledForm):
         label="Expires",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
         help_text="UTC. Empty: never.",
+    )
+
+
+# ---------------------------------------------------------------- single sign-on
+
+
+class SsoEmailForm(StyledForm):
+    email = forms.EmailField(label="Work email", max_length=254)
+
+
+class PasswordLoginForm(AuthenticationForm):
+    """Django's login form, refusing a password login where single sign-on is required
+    (``identity.selectors.password_login_refusal``)."""
+
+    def confirm_login_allowed(self, user: Any) -> None:
+        super().confirm_login_allowed(user)
+        refusal = password_login_refusal(user)
+        if refusal:
+            raise forms.ValidationError(refusal, code="sso_required")
+
+
+class IdentityProviderForm(StyledForm):
+    name = forms.CharField(max_length=100, help_text="Shown on the login page, e.g. Okta.")
+    discovery_url = forms.URLField(
+        label="Discovery URL",
+        max_length=500,
+        assume_scheme="https",
+        help_text="The issuer's /.well-known/openid-configuration address.",
+    )
+    client_id = forms.CharField(label="Client id", max_length=255)
+    client_secret = forms.CharField(
+        label="Client secret",
+        max_length=1000,
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Stored encrypted and never shown again.",
+    )
+    domains = forms.CharField(
+        label="Email domains",
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="One per line or comma separated. New accounts and the login page's email "
+        "routing use them; see docs/identity.md for how they are trusted.",
+    )
+    scopes = forms.CharField(max_length=200, initial="openid email profile")
+    groups_claim = forms.CharField(label="Groups claim", max_length=100, initial="groups")
+    enabled = forms.BooleanField(required=False, initial=True)
+
+    def __init__(self, *args: Any, secret_required: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not secret_required:
+            self.fields["client_secret"].help_text = "Leave empty to keep the stored secret."
+
+    def service_fields(self) -> dict[str, Any]:
+        data = dict(self.cleaned_data)
+        data["domains"] = lines(data["domains"])
+        return data
+
+
+class GroupMappingForm(StyledForm):
+    group = forms.CharField(
+        max_length=255, help_text="The value in the groups claim, or * for every user."
+    )
+    node = NodeChoiceField(queryset=Node.objects.none(), label="Place")
+    role = forms.ChoiceField(
+        choices=[(r.value, r.label) for r in Role if r != Role.OWNER],
+    )
+
+    def __init__(self, *args: Any, nodes: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["node"].queryset = nodes
+
+
+class SsoPolicyForm(StyledForm):
+    password_login_allowed = forms.BooleanField(
+        required=False,
+        label="Members may also log in with a password",
+        help_text="Off: members of this organization and addresses of its domains must use "
+        "single sign-on.",
     )

@@ -3,6 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
+from console.forms import PasswordLoginForm
 from console.views import (
     account,
     analytics,
@@ -17,6 +18,7 @@ from console.views import (
     platform,
     routing,
     service_tokens,
+    sso,
 )
 
 app_name = "console"
@@ -60,6 +62,14 @@ org_urls = [
     path("policies/", routing.PoliciesView.as_view(), name="policies"),
     path("policies/<int:pk>/delete/", routing.PolicyDeleteView.as_view(), name="policy-delete"),
     path("audit/", audit.AuditView.as_view(), name="audit"),
+    path("sso/", sso.SsoView.as_view(), name="sso"),
+    path("sso/<slug:action>/", sso.SsoView.as_view(), name="sso-action"),
+    path("sso/providers/<int:pk>/", sso.SsoProviderView.as_view(), name="sso-provider"),
+    path(
+        "sso/providers/<int:pk>/<slug:action>/",
+        sso.SsoProviderView.as_view(),
+        name="sso-provider-action",
+    ),
     path("budgets/", billing.BudgetsView.as_view(), name="budgets"),
     path("budgets/<int:pk>/", billing.BudgetDetailView.as_view(), name="budget"),
     path(
@@ -77,12 +87,21 @@ org_urls = [
 
 urlpatterns = [
     path("", account.home, name="home"),
-    path("login/", login.LoginView.as_view(), name="login"),
+    path(
+        "login/",
+        login.LoginView.as_view(authentication_form=PasswordLoginForm),
+        name="login",
+    ),
     path("login/mfa/", login.login_mfa, name="login-mfa"),
     path("account/mfa/", mfa.mfa_page, name="mfa"),
     path("account/mfa/<slug:action>/", mfa.mfa_action, name="mfa-action"),
     path("account/sessions/", mfa.sessions_page, name="sessions"),
     path("account/sessions/end-others/", mfa.sessions_end_others, name="sessions-end-others"),
+    # single sign-on (docs/identity.md): by email from the login page, an organization's
+    # login URL, and the redirect URI registered at the identity provider
+    path("sso/", sso.sso_by_email, name="sso-email"),
+    path("sso/<slug:org_slug>/", sso.sso_org, name="sso-org"),
+    path("sso/<slug:org_slug>/callback/", sso.sso_callback, name="sso-callback"),
     path("logout/", login.LogoutView.as_view(), name="logout"),
     path(
         "password-reset/",

@@ -51,7 +51,7 @@ if PRODUCTION:
 
 # Provider credentials are encrypted at rest with these Fernet keys (comma-separated; the first
 # encrypts, all decrypt, so a new key goes first and `manage.py credentials_rotate` re-encrypts).
-# Outside production an unset value derives one key from SECRET_KEY (see routing/crypto.py).
+# Outside production an unset value derives one key from SECRET_KEY (see megarouter/crypto.py).
 MEGAROUTER_ENCRYPTION_KEYS = env.list("MEGAROUTER_ENCRYPTION_KEYS", [])
 if PRODUCTION and not MEGAROUTER_ENCRYPTION_KEYS:
     raise ConfigError(
@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "django_otp.plugins.otp_totp",
     "django_otp.plugins.otp_static",
     "orgs",
+    "identity",
     "routing",
     "billing",
     "gateway",

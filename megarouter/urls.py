@@ -14,6 +14,7 @@ urlpatterns = [
     path("admin/login/", admin_login, name="admin-login"),  # the console's login (docs/identity.md)
     path("admin/", admin.site.urls),
     path("api/", include("orgs.api.urls")),
+    path("api/", include("identity.api.urls")),
     path("api/", include("routing.api.urls")),
     path("api/", include("billing.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -67,6 +67,22 @@ def organizations_requiring_mfa(user: Any) -> QuerySet[Organization]:
     return organizations_for_user(user=user).filter(require_mfa=True)
 
 
+# The session key where a single sign-on login keeps the id of the organization whose
+# identity provider signed the user in (console.views.sso).
+SSO_SESSION_ORG = "sso_organization_id"
+
+
+def session_passes_mfa(request: Any, organization: Organization) -> bool:
+    """An organization's MFA requirement is about password logins: a session passes it once it
+    passed MFA, or when it was signed in by that organization's own identity provider (which
+    applies the organization's own second-factor policy). A session signed in by another
+    organization's provider does not pass (docs/identity.md)."""
+    if session_verified(request.user):
+        return True
+    session = getattr(request, "session", None)
+    return session is not None and session.get(SSO_SESSION_ORG) == organization.pk
+
+
 def session_verified(user: Any) -> bool:
     """Whether this request's session passed MFA (``django_otp.middleware.OTPMiddleware`` sets
     ``is_verified`` on session users; a user authenticated by a token has none: False)."""

@@ -126,10 +126,13 @@ def _prefixes_of_keys(key_qs: Any) -> list[str]:
 # --- users --------------------------------------------------------------------------------
 
 
-def _user_insert(*, email: str, password: str, name: str = "", operator: bool = False) -> Any:
+def _user_insert(
+    *, email: str, password: str | None, name: str = "", operator: bool = False
+) -> Any:
     """A new active user whose username is ``email`` (lowercased). Field errors on ``email``,
     ``name`` and ``password`` (Django's ``AUTH_PASSWORD_VALIDATORS``) before anything is
-    written; an address already in use (as an email or a username) is refused."""
+    written; an address already in use (as an email or a username) is refused. ``password``
+    None: an account with no usable password (single sign-on only)."""
     errors: dict[str, list[str]] = {}
     email = (email or "").strip().lower() if isinstance(email, str) else ""
     try:
@@ -146,7 +149,9 @@ def _user_insert(*, email: str, password: str, name: str = "", operator: bool = 
         errors["name"] = ["Ensure this field has no more than 150 characters."]
     user_model = get_user_model()
     user = user_model(username=email, email=email, first_name=name)
-    if not isinstance(password, str) or not password:
+    if password is None:
+        pass
+    elif not isinstance(password, str) or not password:
         errors["password"] = ["This field may not be blank."]
     else:
         try:
@@ -156,7 +161,10 @@ def _user_insert(*, email: str, password: str, name: str = "", operator: bool = 
     _raise(errors)
     if operator:
         user.is_staff = user.is_superuser = True
-    user.set_password(password)
+    if password is None:
+        user.set_unusable_password()
+    else:
+        user.set_password(password)
     try:
         with transaction.atomic():
             user.save()
@@ -174,6 +182,13 @@ def user_create(*, email: str, password: str, name: str = "", operator: bool = F
     ``operator`` makes it a platform operator (Django staff and superuser: the admin site,
     crediting balances)."""
     return _user_insert(email=email, password=password, name=name, operator=operator)
+
+
+def user_create_external(*, email: str, name: str = "") -> Any:
+    """An account that signs in through an identity provider only (no usable password),
+    created by ``identity.services`` on a first single sign-on, which audits it in the
+    provider's organization. Must run inside the caller's transaction."""
+    return _user_insert(email=email, password=None, name=name)
 
 
 # --- organizations and nodes --------------------------------------------------------------

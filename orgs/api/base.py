@@ -46,7 +46,7 @@ from orgs.api.errors import management_exception_handler
 from orgs.api.filters import DeclaredFilters
 from orgs.audit import Actor
 from orgs.errors import NotAllowed
-from orgs.mfa import organizations_requiring_mfa, session_verified
+from orgs.mfa import organizations_requiring_mfa, session_passes_mfa, session_verified
 from orgs.models import Node, Organization, ServiceToken
 from orgs.roles import scope_permissions
 from orgs.selectors import (
@@ -68,13 +68,16 @@ MFA_REQUIRED = (
 )
 
 
-def mfa_ok(request: Any) -> bool:
+def mfa_ok(request: Any, organization: Organization | None = None) -> bool:
     """The MFA rule of the management API (docs/identity.md): a personal access token or a
-    service token passes; a browser session passes once it has passed MFA."""
+    service token passes; a browser session passes once it has passed MFA, or for the
+    organization whose identity provider signed it in."""
     if isinstance(
         request.successful_authenticator, (AccessTokenAuthentication, ServiceTokenAuthentication)
     ):
         return True
+    if organization is not None:
+        return session_passes_mfa(request, organization)
     return session_verified(request.user)
 
 
@@ -149,7 +152,7 @@ class OrgScopedViewSet(ManagementAPIMixin, viewsets.GenericViewSet):
         org = orgs.filter(slug=slug).first()
         if org is None:
             raise Http404
-        if org.require_mfa and not mfa_ok(request):
+        if org.require_mfa and not mfa_ok(request, org):
             raise PermissionDenied(MFA_REQUIRED, code="mfa_required")
         self.organization = org
         self.actor = Actor.from_request(request)

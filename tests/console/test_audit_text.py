@@ -9,6 +9,7 @@ import datetime as dt
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import time_machine
@@ -23,16 +24,18 @@ from billing import services as billing_services
 from billing.models import Budget
 from billing.reports.services import report_create
 from console.audit_text import SENTENCES, Ref, audit_lines
+from identity import services as identity_services
 from orgs import services
 from orgs.audit import Actor, audit_event_record
 from orgs.models import ApiKey, AuditEvent, Organization, Role
 from routing.policies import routing_policy_delete
 from tests.console.factories import SYSTEM, Tenant, UserFactory, add_member, make_key, make_tenant
+from tests.identity.op import TestOP, authorize
 
 pytestmark = pytest.mark.django_db
 
 ROOT = Path(settings.BASE_DIR)
-PACKAGES = ("orgs", "billing", "routing", "gateway", "console", "megarouter", "scripts")
+PACKAGES = ("orgs", "identity", "billing", "routing", "gateway", "console", "megarouter", "scripts")
 # What the recorded ids look like (Membership, Budget, Report, Node and LedgerEntry ``str()``s,
 # "type #id"): none of it may reach a sentence.
 RAW = re.compile(
@@ -90,6 +93,57 @@ def acme() -> Tenant:
     return make_tenant("acme")
 
 
+CALLBACK = "http://testserver/sso/acme/callback/"
+
+
+def _sso_sign_in(op: TestOP, t: Tenant, provider: Any, username: str) -> None:
+    started = identity_services.sso_start(provider=provider, redirect_uri=CALLBACK)
+    back = parse_qs(urlsplit(authorize(op, started.url, username)).query)
+    identity_services.sso_complete(
+        organization=t.tree.org,
+        pending=started.pending,
+        params={"code": back["code"][0]},
+        redirect_uri=CALLBACK,
+        actor=Actor(ip="192.0.2.8"),
+    )
+
+
+def identity_tour(t: Tenant, actor: Actor) -> None:
+    """Single sign-on's actions, against a real provider (tests/identity/op.py)."""
+    tree, org = t.tree, t.tree.org
+    with TestOP("tour") as op:
+        op.add_client("mr-acme", "tour-secret", CALLBACK)
+        provider = identity_services.identity_provider_create(
+            actor=actor,
+            organization=org,
+            name="Okta",
+            discovery_url=op.discovery_url,
+            client_id="mr-acme",
+            client_secret="tour-secret",
+            domains=["acme.example"],
+        )
+        identity_services.identity_provider_update(
+            actor=actor, provider=provider, scopes="openid email", client_secret="tour-secret"
+        )
+        mapping = identity_services.group_mapping_create(
+            actor=actor, provider=provider, group="eng-platform", node=tree.team, role="developer"
+        )
+        gone = identity_services.group_mapping_create(
+            actor=actor, provider=provider, group="all", node=tree.root, role="viewer"
+        )
+        identity_services.group_mapping_delete(actor=actor, mapping=gone)
+        for allowed in (False, True, False):
+            identity_services.sso_policy_update(
+                actor=actor, organization=org, password_login_allowed=allowed
+            )
+        op.add_user("erin", email="erin@acme.example", name="Erin", groups=[mapping.group])
+        _sso_sign_in(op, t, provider, "erin")
+        t.viewer.email = "viewer@acme.example"
+        t.viewer.save()
+        op.add_user("viewer", email="viewer@acme.example", groups=[])
+        _sso_sign_in(op, t, provider, "viewer")
+
+
 def tour(t: Tenant, *, archive: bool = True) -> dict[str, Any]:
     """Every action the code records, on acme, through the services (make_tenant did the
     creations), the organization archived last unless not ``archive``. Returns what the
@@ -100,6 +154,7 @@ def tour(t: Tenant, *, archive: bool = True) -> dict[str, Any]:
     )
     services.membership_create(actor=SYSTEM, node=tree.root, user=ada, role=Role.OWNER)
     actor = Actor(user=ada, ip="192.0.2.7")
+    identity_tour(t, actor)
     services.organization_update(actor=actor, organization=org, name="Acme Inc", time_zone="UTC")
     services.node_update(actor=actor, node=t.other_dept, name="R&D")
     lab = services.node_create(actor=actor, parent=t.other_dept, name="Lab", slug="lab")
@@ -280,6 +335,41 @@ def test_the_tour_renders_every_action_as_a_sentence_without_raw_ids(acme):
     ]
     assert texts["service_token.revoke"] == [
         f"{ada} revoked the service token \u2018terraform\u2019"
+    ]
+    assert texts["identity_provider.create"] == [
+        f"{ada} added the identity provider \u2018Okta\u2019 for acme.example"
+    ]
+    assert texts["identity_provider.update"] == [
+        f"{ada} changed the identity provider \u2018Okta\u2019: scopes from "
+        "openid email profile to openid email, a new client secret"
+    ]
+    assert texts["group_mapping.create"][-1] == (
+        f"{ada} mapped the group eng-platform of the identity provider \u2018Okta\u2019 to "
+        "developer on Engineering \u203a Platform"
+    )
+    assert texts["group_mapping.delete"] == [
+        f"{ada} stopped mapping the group all of the identity provider \u2018Okta\u2019 to "
+        "viewer on Acme"  # the root node keeps the name it was created with
+    ]
+    assert texts["sso_policy.update"] == [
+        f"{ada} required single sign-on (no password login) for the members of Acme Inc",
+        f"{ada} allowed password login again for the members of Acme Inc",
+        f"{ada} required single sign-on (no password login) for the members of Acme Inc",
+    ]
+    assert texts["sso.account_create"] == [
+        "Erin (erin@acme.example) created their account by single sign-on through the "
+        "identity provider \u2018Okta\u2019"
+    ]
+    assert texts["sso.account_link"] == [
+        "acme-viewer (viewer@acme.example) linked their existing account to the identity "
+        "provider \u2018Okta\u2019"
+    ]
+    assert texts["sso.login"] == [
+        "acme-viewer (viewer@acme.example) signed in with single sign-on through the "
+        "identity provider \u2018Okta\u2019 (no mapped group)",
+        "Erin (erin@acme.example) signed in with single sign-on through the identity "
+        "provider \u2018Okta\u2019 (mapped groups: eng-platform); joined "
+        "Engineering \u203a Platform as developer",
     ]
     assert texts["organization.seed_scale"] == [
         "System seeded Scale scale with 2 members, 1 department, 1 team, 1 project and 1 key"

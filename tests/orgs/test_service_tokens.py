@@ -233,6 +233,9 @@ PEOPLE_ONLY = {
     "AccessTokenViewSet",
     "InvitationAcceptView",
     "ServiceTokenViewSet",
+    # single sign-on is configured by an owner, a person (identity/api/views.py)
+    "IdentityProviderViewSet",
+    "GroupMappingViewSet",
 }
 # Not a management endpoint: the payment provider's webhook, authenticated by its signature.
 NOT_MANAGEMENT = {"PaymentWebhookView"}
