@@ -3,6 +3,8 @@ when DATABASE_URL / REDIS_URL are set (as .ci/run does)."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from django.conf import settings
 
@@ -73,3 +75,11 @@ def _billing_redis_prefix():
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_login_limits(settings) -> None:
+    """Every test counts failed logins afresh (the test client's address is always 127.0.0.1,
+    and in the services mode the counters live in the shared Redis): password logins in the
+    console's tests, single sign-on refusals in the identity app's."""
+    settings.MEGAROUTER_LOGIN_FAILURE_PREFIX = f"login-fail-test:{uuid.uuid4().hex[:10]}"

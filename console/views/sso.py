@@ -24,12 +24,13 @@ from console.forms import (
     add_service_errors,
 )
 from console.views.base import ConsoleOrgView
-from console.views.login import record_session
+from console.views.login import client_ip, record_session
 from identity import selectors, services
 from identity.errors import SsoRefused
 from identity.models import GroupMapping, IdentityProvider
 from orgs.audit import Actor
 from orgs.errors import InvalidInput
+from orgs.login_limits import login_blocked, login_failed
 from orgs.mfa import SSO_SESSION_ORG
 from orgs.models import Node, Organization
 from orgs.roles import MANAGE_MEMBERS
@@ -44,6 +45,19 @@ def _refused(request: HttpRequest, exc: SsoRefused, org: Organization | None) ->
         request.log_fields["sso_refused"] = exc.code
     context = {"title": exc.title, "detail": exc.detail, "code": exc.code, "org": org}
     return render(request, "sso/error.html", context, status=exc.status)
+
+
+def _blocked(request: HttpRequest) -> HttpResponse | None:
+    """The login rate limit of the client's address (orgs.login_limits), shared with password
+    logins: failed single sign-on attempts (a refused callback, an email of no configured
+    domain) count against the address like wrong passwords."""
+    blocked = login_blocked(account="", ip=client_ip(request))
+    if blocked is None:
+        return None
+    context = {"title": "Too many failed sign-ins", "detail": blocked.message, "code": "blocked"}
+    response = render(request, "sso/error.html", context, status=429)
+    response["Retry-After"] = str(blocked.retry_after_s)
+    return response
 
 
 def _live_org(org_slug: str) -> Organization:
@@ -77,6 +91,8 @@ def _begin(
 @require_http_methods(["POST"])
 def sso_by_email(request: HttpRequest) -> HttpResponse:
     """The login page's "Sign in with single sign-on": the email's domain picks the provider."""
+    if (blocked := _blocked(request)) is not None:
+        return blocked
     form = SsoEmailForm(request.POST)
     next_url = request.POST.get("next", "")
     if form.is_valid():
@@ -89,6 +105,7 @@ def sso_by_email(request: HttpRequest) -> HttpResponse:
             )
         domain = email.rpartition("@")[2]
         form.add_error("email", f"No single sign-on is set up for {domain}.")
+        login_failed(account="", ip=client_ip(request))  # probing for configured domains
     return render(
         request,
         "registration/login.html",
@@ -126,6 +143,8 @@ def sso_org(request: HttpRequest, org_slug: str) -> HttpResponse:
 def sso_callback(request: HttpRequest, org_slug: str) -> HttpResponse:
     """Where the provider sends the browser back (the redirect URI to register)."""
     org = _live_org(org_slug)
+    if (blocked := _blocked(request)) is not None:
+        return blocked
     pending_all: dict[str, Any] = dict(request.session.get(PENDING_KEY) or {})
     state = request.GET.get("state", "")
     pending = pending_all.pop(state, None) if state else None
@@ -143,6 +162,7 @@ def sso_callback(request: HttpRequest, org_slug: str) -> HttpResponse:
             ),
         )
     except SsoRefused as exc:
+        login_failed(account="", ip=client_ip(request))
         return _refused(request, exc, org)
     auth_login(request, outcome.user, backend="django.contrib.auth.backends.ModelBackend")
     request.session["console_org"] = org.slug

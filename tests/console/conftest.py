@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -21,12 +20,6 @@ def _reset() -> None:
     cache.delete(CATALOG_VERSION_CACHE_KEY)
     policy_table_reset()
     health_store_set(None)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_login_limits(settings) -> None:
-    """Every test counts failed logins afresh (the test client's address is always 127.0.0.1)."""
-    settings.MEGAROUTER_LOGIN_FAILURE_PREFIX = f"login-fail-test:{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture(autouse=True)

@@ -469,3 +469,18 @@ def test_an_organizations_mfa_requirement_is_met_by_its_own_provider_only(acme, 
     api = client.get("/api/orgs/globex/nodes/")
     assert api.status_code == 403 and api.json()["code"] == "mfa_required"
     assert LoginSession.objects.filter(user=alice, ended_at__isnull=True).count() == 1
+
+
+def test_failed_sign_ins_count_against_the_address_like_wrong_passwords(acme, settings):
+    settings.MEGAROUTER_LOGIN_FAILURES_PER_IP = 3
+    client = Client()
+    for _ in range(3):  # a callback with a state nobody issued: refused, counted
+        response = client.get("/sso/acme/callback/", {"state": "forged", "code": "x"})
+        assert response.status_code == 400, response.status_code
+    response = sign_in(client, acme, "alice")  # even a good sign-in waits now
+    assert response.status_code == 429 and "Too many failed" in response.content.decode()
+    assert int(response["Retry-After"]) > 0
+    assert not User.objects.filter(email="alice@acme.example").exists()
+    # the login page's email lookup is limited the same way
+    r = client.post("/sso/", {"email": "someone@unknown.example"})
+    assert r.status_code == 429
